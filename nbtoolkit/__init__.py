@@ -1,0 +1,42 @@
+"""nbtoolkit: learned adaptive timesteps for gravitational N-body simulation."""
+
+from __future__ import annotations
+
+from .control import RunControl, RunStopped
+from .errors import (
+    ConfigError,
+    DuplicateNameError,
+    InvalidStateError,
+    InvalidTimestepError,
+    NBToolkitError,
+    PluginError,
+    StateFileError,
+    UnknownNameError,
+)
+from .hookspecs import hookimpl
+from .integrator import Integrator
+from .physics import (
+    accelerations,
+    angular_momentum,
+    center_of_mass,
+    kinetic_energy,
+    linear_momentum,
+    potential_energy,
+    relative_energy_error,
+    state_energy,
+    to_center_of_mass_frame,
+    total_energy,
+)
+from .plugin_manager import DEFAULT_PLUGINS, PluginHost, get_host, reset_host
+from .predictor import DtPredictor, History
+from .state import NBodyState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "DEFAULT_PLUGINS", "DtPredictor", "DuplicateNameError", "History", "Integrator",
+    "InvalidStateError", "InvalidTimestepError", "NBToolkitError", "NBodyState", "PluginError", "PluginHost",
+    "RunControl", "RunStopped", "StateFileError", "UnknownNameError", "accelerations", "angular_momentum",
+    "center_of_mass", "get_host", "hookimpl", "kinetic_energy", "linear_momentum", "potential_energy",
+    "relative_energy_error", "reset_host", "state_energy", "to_center_of_mass_frame", "total_energy",
+]

@@ -1,0 +1,79 @@
+"""Hook specifications: the complete contract between nbtoolkit and its plugins.
+
+Plugins implement these with the :data:`hookimpl` marker (``from nbtoolkit import hookimpl``).
+Hooks are always called with keyword arguments.
+
+Registration hooks receive a ``register(name, factory)`` callback. ``factory(**options)``
+builds the object; options are keyword arguments chosen by the user (for example ``eta`` or
+``dt``), so factories should accept only the options they understand.
+
+Observer hooks receive one event dataclass from :mod:`nbtoolkit.events` (plain numbers and
+numpy arrays, no tensors attached to a graph) and return nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .events import EpochEnd, FitEnd, FitStart, ReplayIteration, StepAccepted, StepRejected
+
+PROJECT = "nbtoolkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[[str, Callable[..., Any]], None]
+
+
+@hookspec
+def nbtoolkit_register_integrators(register: Register) -> None:
+    """Register integrators: ``register(name, factory)``; ``factory(**options)`` returns an
+    :class:`nbtoolkit.integrator.Integrator` (advances a batched state by dt (B,), differentiable
+    in dt, with ``order`` and ``force_evals_per_step``)."""
+
+
+@hookspec
+def nbtoolkit_register_dt_predictors(register: Register) -> None:
+    """Register dt predictors: ``register(name, factory)``; ``factory(**options)`` returns an
+    :class:`nbtoolkit.predictor.DtPredictor` mapping ``(state, history)`` to dt (B,) > 0."""
+
+
+@hookspec
+def nbtoolkit_register_replay_samplers(register: Register) -> None:
+    """Register replay samplers: ``register(name, factory)``; ``factory(**options)`` returns a
+    callable ``sampler(buffer, batch_size, generator) -> LongTensor`` of distinct buffer indices."""
+
+
+# ----------------------------------------------------------------------------- observers
+@hookspec
+def nbtoolkit_fit_start(event: FitStart) -> None:
+    """Training starts; ``event`` is a :class:`nbtoolkit.events.FitStart`."""
+
+
+@hookspec
+def nbtoolkit_step_accepted(event: StepAccepted) -> None:
+    """Part 1 accepted a step for some systems; :class:`nbtoolkit.events.StepAccepted`."""
+
+
+@hookspec
+def nbtoolkit_step_rejected(event: StepRejected) -> None:
+    """Part 1 rejected a step and retrains; :class:`nbtoolkit.events.StepRejected`."""
+
+
+@hookspec
+def nbtoolkit_replay_iteration(event: ReplayIteration) -> None:
+    """Part 2 replayed one minibatch; :class:`nbtoolkit.events.ReplayIteration`."""
+
+
+@hookspec
+def nbtoolkit_epoch_end(event: EpochEnd) -> None:
+    """An epoch finished; :class:`nbtoolkit.events.EpochEnd`."""
+
+
+@hookspec
+def nbtoolkit_fit_end(event: FitEnd) -> None:
+    """Training finished or stopped; :class:`nbtoolkit.events.FitEnd`."""
+

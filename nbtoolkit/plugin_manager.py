@@ -1,0 +1,207 @@
+"""The plugin host: loads default and third-party plugins and builds the named registries.
+
+Loading order: the default plugins by module path (:data:`DEFAULT_PLUGINS`), then the
+entry points of group ``nbtoolkit``, then ``check_pending()``. A plugin that fails to import,
+register or honour its contract is recorded in :attr:`PluginHost.failures` (and warned about)
+with its name and the cause; the other plugins keep working.
+
+Environment variables:
+
+* ``NBTOOLKIT_BLOCK_PLUGINS``: comma-separated plugin names (module paths or entry-point names) not to load.
+* ``NBTOOLKIT_ONLY_PLUGINS``: if set, load only these plugin names (defaults included).
+* ``NBTOOLKIT_TRACE_HOOKS``: if set to a non-empty value other than ``0``, trace hook calls to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import Registry
+
+ENTRY_POINT_GROUP = "nbtoolkit"
+
+#: default plugins, registered by module path exactly like third-party ones
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "plugins.integrators",
+    "plugins.classical_predictors",
+)
+
+#: registry attribute -> (hook name, kind used in messages)
+REGISTRATION_HOOKS: dict[str, tuple[str, str]] = {
+    "integrators": ("nbtoolkit_register_integrators", "integrator"),
+    "predictors": ("nbtoolkit_register_dt_predictors", "dt predictor"),
+    "samplers": ("nbtoolkit_register_replay_samplers", "replay sampler"),
+}
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded or whose registration failed."""
+
+    plugin: str
+    stage: str  # "import", "register" or the hook name
+    reason: str
+
+    def __str__(self) -> str:
+        return f"plugin '{self.plugin}' failed at {self.stage}: {self.reason}"
+
+
+def _env_names(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+class PluginHost:
+    """Owns the pluggy manager, the plugin sources and the three registries."""
+
+    def __init__(
+        self,
+        default_plugins: Iterable[str] = DEFAULT_PLUGINS,
+        *,
+        load_entry_points: bool = True,
+        blocked: Iterable[str] | None = None,
+        only: Iterable[str] | None = None,
+        trace: bool | None = None,
+    ) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.failures: list[PluginFailure] = []
+        self.sources: dict[str, str] = {}
+        env_blocked = _env_names("NBTOOLKIT_BLOCK_PLUGINS") or set()
+        self.blocked = set(blocked or ()) | env_blocked
+        self.only = set(only) if only is not None else _env_names("NBTOOLKIT_ONLY_PLUGINS")
+        if trace is None:
+            trace = os.environ.get("NBTOOLKIT_TRACE_HOOKS", "") not in ("", "0")
+        if trace:
+            self.pm.trace.root.setwriter(sys.stderr.write)
+            self.pm.enable_tracing()
+        self.integrators = Registry("integrator")
+        self.predictors = Registry("dt predictor")
+        self.samplers = Registry("replay sampler")
+
+        for module_path in default_plugins:
+            if self._wanted(module_path):
+                self._load_module(module_path)
+        if load_entry_points:
+            self._load_entry_points()
+        self.pm.check_pending()
+        self.refresh()
+
+    # ------------------------------------------------------------------ loading
+    def _wanted(self, name: str) -> bool:
+        if name in self.blocked:
+            return False
+        return self.only is None or name in self.only
+
+    def _fail(self, plugin: str, stage: str, exc: BaseException | str) -> None:
+        reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        failure = PluginFailure(plugin, stage, reason)
+        self.failures.append(failure)
+        warnings.warn(str(failure), RuntimeWarning, stacklevel=3)
+
+    def _load_module(self, module_path: str) -> None:
+        try:
+            module = importlib.import_module(module_path)
+        except Exception as exc:
+            self._fail(module_path, "import", exc)
+            return
+        self._register(module, module_path, f"module {module_path}")
+
+    def _load_entry_points(self) -> None:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if not self._wanted(ep.name) or self.pm.get_plugin(ep.name) is not None:
+                continue
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.value
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                self._fail(ep.name, "import", exc)
+                continue
+            self._register(plugin, ep.name, dist)
+
+    def _register(self, plugin: Any, name: str, source: str) -> bool:
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # pluggy validates hookimpl signatures here
+            self._fail(name, "register", exc)
+            return False
+        self.sources[name] = source
+        return True
+
+    # ------------------------------------------------------------------ public
+    def register_plugin(self, plugin: Any, name: str | None = None, source: str | None = None) -> str:
+        """Register a plugin object or module at run time (tests, notebooks) and rebuild registries."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        if not self._register(plugin, name, source or f"object {name}"):
+            raise PluginError(str(self.failures[-1]))
+        self.refresh()
+        return name
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin by name and rebuild the registries."""
+        self.pm.unregister(name=name)
+        self.sources.pop(name, None)
+        self.failures = [f for f in self.failures if f.plugin != name]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild every registry by calling each plugin's registration hooks, one plugin at a time."""
+        self.failures = [f for f in self.failures if f.stage in ("import", "register")]
+        for attr, (hook_name, kind) in REGISTRATION_HOOKS.items():
+            registry = Registry(kind)
+            hook = getattr(self.pm.hook, hook_name)
+            plugins = [impl.plugin for impl in hook.get_hookimpls()]  # registration order
+            for plugin in plugins:
+                name = self.pm.get_name(plugin) or repr(plugin)
+                others = [p for p in plugins if p is not plugin]
+                caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+                def register(entry_name: str, factory: Any, _name: str = name, _registry: Registry = registry) -> None:
+                    _registry.add(entry_name, factory, _name, self.sources.get(_name, _name))
+
+                try:
+                    caller(register=register)
+                except Exception as exc:
+                    self._fail(name, hook_name, exc)
+            setattr(self, attr, registry)
+
+    def plugin_hooks(self, name: str) -> list[str]:
+        """Names of the hooks a registered plugin implements."""
+        plugin = self.pm.get_plugin(name)
+        if plugin is None:
+            return []
+        return sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+
+    @property
+    def hook(self) -> Any:
+        """The pluggy hook relay, for firing observer hooks: ``host.hook.nbtoolkit_epoch_end(event=...)``."""
+        return self.pm.hook
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, created on first use."""
+    global _HOST
+    if _HOST is None:
+        _HOST = PluginHost()
+    return _HOST
+
+
+def reset_host() -> None:
+    """Forget the process-wide host so the next :func:`get_host` reloads all plugins."""
+    global _HOST
+    _HOST = None

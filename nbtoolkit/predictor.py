@@ -1,0 +1,76 @@
+"""The dt-predictor contract that plugins implement, and the check applied to every prediction.
+
+A predictor is a :class:`torch.nn.Module` mapping a state (and, optionally, a window of the
+last K accepted states) to a timestep per system, ``dt`` of shape (B,), finite and > 0, in the
+time unit of the state. Classical rules have no parameters; learned ones do.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .errors import InvalidTimestepError
+from .state import NBodyState
+
+
+class History(NamedTuple):
+    """The last K accepted states of each system, newest last, zero-padded where missing.
+
+    position, velocity: (B, K, N, D); mask: (B, K) bool, True where the entry is real.
+    """
+
+    position: Tensor
+    velocity: Tensor
+    mask: Tensor
+
+    @staticmethod
+    def empty(state: NBodyState, length: int) -> "History":
+        B, N, D = state.position.shape
+        z = torch.zeros(B, length, N, D, dtype=state.dtype, device=state.device)
+        return History(z, z.clone(), torch.zeros(B, length, dtype=torch.bool, device=state.device))
+
+    def push(self, state: NBodyState) -> "History":
+        """Append ``state`` as the newest entry, dropping the oldest (returns a new History)."""
+        if self.position.shape[1] == 0:
+            return self
+        pos = torch.cat([self.position[:, 1:], state.position.detach().unsqueeze(1)], 1)
+        vel = torch.cat([self.velocity[:, 1:], state.velocity.detach().unsqueeze(1)], 1)
+        ones = torch.ones(self.mask.shape[0], 1, dtype=torch.bool, device=self.mask.device)
+        return History(pos, vel, torch.cat([self.mask[:, 1:], ones], 1))
+
+    def index(self, idx: Tensor | slice) -> "History":
+        return History(self.position[idx], self.velocity[idx], self.mask[idx])
+
+
+class DtPredictor(torch.nn.Module):
+    """Base class of dt predictors. ``history_len`` is K, the number of past states it reads."""
+
+    history_len: int = 0
+
+    def forward(self, state: NBodyState, history: History | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+
+def checked_dt(dt: Tensor, state: NBodyState, predictor_name: str) -> Tensor:
+    """Return ``dt`` if it has shape (B,) and is finite and > 0; else raise naming the predictor."""
+    B = state.batch_size
+    if not isinstance(dt, Tensor):
+        raise InvalidTimestepError(f"dt predictor '{predictor_name}' returned {type(dt).__name__}, not a tensor")
+    if dt.shape != (B,):
+        raise InvalidTimestepError(
+            f"dt predictor '{predictor_name}' returned dt of shape {tuple(dt.shape)}; expected ({B},)"
+        )
+    bad = ~(torch.isfinite(dt) & (dt > 0))
+    if bool(bad.any()):
+        b = int(torch.nonzero(bad)[0, 0])
+        raise InvalidTimestepError(
+            f"dt predictor '{predictor_name}' returned dt = {dt[b].item()} for system {b}; dt must be finite and > 0"
+        )
+    return dt

@@ -1,0 +1,228 @@
+"""The batched N-body state: one type for a single system (B = 1) and for batches of systems.
+
+Shapes (B systems, N bodies, D = 2 or 3 dimensions):
+
+* ``mass``      (B, N)     masses, > 0
+* ``position``  (B, N, D)  positions
+* ``velocity``  (B, N, D)  velocities
+* ``time``      (B,)       simulation time of each system
+* ``G``         float      gravitational constant (units are the user's; presets use G = 1)
+* ``softening`` float      Plummer softening length eps >= 0
+
+``acceleration`` is an optional cache of the accelerations at ``position`` (B, N, D) that
+integrators such as leapfrog reuse so a step costs one force evaluation. It is never part of
+equality and is dropped by anything that moves the bodies without recomputing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InvalidStateError
+
+DEFAULT_DTYPE = torch.float64
+
+ArrayLike = Tensor | np.ndarray | Sequence[Any] | float
+
+
+def as_tensor(value: ArrayLike, dtype: torch.dtype = DEFAULT_DTYPE, device: torch.device | str | None = None) -> Tensor:
+    """Convert numpy arrays, lists or tensors to a tensor of ``dtype`` (no copy when possible)."""
+    if isinstance(value, Tensor):
+        return value.to(dtype=dtype, device=device)
+    return torch.as_tensor(np.asarray(value), dtype=dtype, device=device)
+
+
+@dataclass(frozen=True)
+class NBodyState:
+    """A batch of gravitating systems. Frozen: use :meth:`replace` to derive a new state."""
+
+    mass: Tensor
+    position: Tensor
+    velocity: Tensor
+    time: Tensor
+    G: float = 1.0
+    softening: float = 0.0
+    acceleration: Tensor | None = field(default=None, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_arrays(
+        cls,
+        mass: ArrayLike,
+        position: ArrayLike,
+        velocity: ArrayLike,
+        time: ArrayLike | None = None,
+        *,
+        G: float = 1.0,
+        softening: float = 0.0,
+        dtype: torch.dtype = DEFAULT_DTYPE,
+        device: torch.device | str | None = None,
+        validate: bool = True,
+    ) -> "NBodyState":
+        """Build a state from numpy arrays, lists or tensors.
+
+        A single system may be given without the batch dimension (mass (N,), position (N, D));
+        it becomes B = 1. ``time`` defaults to zeros; a scalar is broadcast to (B,).
+        """
+        m = as_tensor(mass, dtype, device)
+        x = as_tensor(position, dtype, device)
+        v = as_tensor(velocity, dtype, device)
+        if m.dim() == 1 and x.dim() == 2:
+            m, x = m.unsqueeze(0), x.unsqueeze(0)
+            if v.dim() == 2:
+                v = v.unsqueeze(0)
+        batch = m.shape[0] if m.dim() >= 1 else 1
+        t = torch.zeros(batch, dtype=dtype, device=device) if time is None else as_tensor(time, dtype, device)
+        if t.dim() == 0:
+            t = t.expand(batch).clone()
+        state = cls(m, x, v, t, float(G), float(softening))
+        if validate:
+            state.validate()
+        return state
+
+    # ------------------------------------------------------------------ shape info
+    @property
+    def batch_size(self) -> int:
+        return int(self.mass.shape[0])
+
+    @property
+    def n_bodies(self) -> int:
+        return int(self.mass.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.position.shape[-1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.position.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.position.device
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, where: str = "state") -> "NBodyState":
+        """Check shapes, finiteness, positive masses and (unsoftened) coincident bodies.
+
+        Raises :class:`InvalidStateError` naming the offending field, system and body.
+        Returns ``self`` so it can be chained.
+        """
+        m, x, v, t = self.mass, self.position, self.velocity, self.time
+        if m.dim() != 2:
+            raise InvalidStateError(f"{where}: mass must have shape (B, N); got {tuple(m.shape)}")
+        B, N = m.shape
+        if N < 1 or B < 1:
+            raise InvalidStateError(f"{where}: need at least one system and one body; got mass shape {tuple(m.shape)}")
+        if x.dim() != 3 or x.shape[:2] != (B, N) or x.shape[2] not in (2, 3):
+            raise InvalidStateError(
+                f"{where}: position must have shape (B, N, D) = ({B}, {N}, 2 or 3) to match mass {tuple(m.shape)}; got {tuple(x.shape)}"
+            )
+        if v.shape != x.shape:
+            raise InvalidStateError(f"{where}: velocity shape {tuple(v.shape)} does not match position shape {tuple(x.shape)}")
+        if t.shape != (B,):
+            raise InvalidStateError(f"{where}: time must have shape (B,) = ({B},); got {tuple(t.shape)}")
+        for name, value in (("mass", m), ("position", x), ("velocity", v), ("time", t)):
+            bad = ~torch.isfinite(value)
+            if bool(bad.any()):
+                idx = tuple(int(i) for i in torch.nonzero(bad)[0])
+                raise InvalidStateError(f"{where}: {name} has a non-finite value ({value[idx].item()}) at index {idx}")
+        nonpos = m <= 0
+        if bool(nonpos.any()):
+            b, i = (int(k) for k in torch.nonzero(nonpos)[0])
+            raise InvalidStateError(f"{where}: mass must be > 0; system {b}, body {i} has mass {m[b, i].item()}")
+        if not (np.isfinite(self.G) and self.G > 0):
+            raise InvalidStateError(f"{where}: G must be finite and > 0; got {self.G}")
+        if not (np.isfinite(self.softening) and self.softening >= 0):
+            raise InvalidStateError(f"{where}: softening must be finite and >= 0; got {self.softening}")
+        if self.softening == 0 and N > 1:
+            d2 = (x.unsqueeze(-2) - x.unsqueeze(-3)).square().sum(-1)
+            d2 = d2 + torch.eye(N, dtype=d2.dtype, device=d2.device) * torch.finfo(d2.dtype).max
+            hit = d2 == 0
+            if bool(hit.any()):
+                b, i, j = (int(k) for k in torch.nonzero(hit)[0])
+                raise InvalidStateError(
+                    f"{where}: bodies {i} and {j} of system {b} coincide and softening is 0; "
+                    "move them apart or set a softening length"
+                )
+        return self
+
+    # ------------------------------------------------------------------ derivation
+    def replace(self, **changes: Any) -> "NBodyState":
+        """A copy with some fields changed. Changing position or G/softening drops the acceleration cache."""
+        if "acceleration" not in changes and ({"position", "G", "softening", "mass"} & changes.keys()):
+            changes["acceleration"] = None
+        return dataclasses.replace(self, **changes)
+
+    def detach(self) -> "NBodyState":
+        """The same state cut from any autograd graph (shares memory)."""
+        acc = None if self.acceleration is None else self.acceleration.detach()
+        return dataclasses.replace(
+            self, mass=self.mass.detach(), position=self.position.detach(),
+            velocity=self.velocity.detach(), time=self.time.detach(), acceleration=acc,
+        )
+
+    def clone(self) -> "NBodyState":
+        """A deep copy, detached from autograd."""
+        acc = None if self.acceleration is None else self.acceleration.detach().clone()
+        return dataclasses.replace(
+            self, mass=self.mass.detach().clone(), position=self.position.detach().clone(),
+            velocity=self.velocity.detach().clone(), time=self.time.detach().clone(), acceleration=acc,
+        )
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "NBodyState":
+        acc = None if self.acceleration is None else self.acceleration.to(dtype=dtype, device=device)
+        return dataclasses.replace(
+            self, mass=self.mass.to(dtype=dtype, device=device), position=self.position.to(dtype=dtype, device=device),
+            velocity=self.velocity.to(dtype=dtype, device=device), time=self.time.to(dtype=dtype, device=device),
+            acceleration=acc,
+        )
+
+    def index(self, idx: int | slice | Sequence[int] | Tensor) -> "NBodyState":
+        """Select systems along the batch dimension; an int keeps the batch dimension (B = 1)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1 if idx != -1 else None)
+        acc = None if self.acceleration is None else self.acceleration[idx]
+        return dataclasses.replace(
+            self, mass=self.mass[idx], position=self.position[idx], velocity=self.velocity[idx],
+            time=self.time[idx], acceleration=acc,
+        )
+
+    @staticmethod
+    def cat(states: Sequence["NBodyState"]) -> "NBodyState":
+        """Concatenate states along the batch dimension (same N, D, G and softening)."""
+        if not states:
+            raise InvalidStateError("cannot concatenate an empty list of states")
+        first = states[0]
+        for k, s in enumerate(states[1:], start=1):
+            if s.position.shape[1:] != first.position.shape[1:] or s.G != first.G or s.softening != first.softening:
+                raise InvalidStateError(
+                    f"cannot concatenate state {k}: (N, D, G, softening) = "
+                    f"({s.n_bodies}, {s.dim}, {s.G}, {s.softening}) differs from "
+                    f"({first.n_bodies}, {first.dim}, {first.G}, {first.softening})"
+                )
+        acc = None
+        if all(s.acceleration is not None for s in states):
+            acc = torch.cat([s.acceleration for s in states])  # type: ignore[misc]
+        return NBodyState(
+            torch.cat([s.mass for s in states]), torch.cat([s.position for s in states]),
+            torch.cat([s.velocity for s in states]), torch.cat([s.time for s in states]),
+            first.G, first.softening, acc,
+        )
+
+    def numpy(self) -> dict[str, np.ndarray | float]:
+        """Plain numpy arrays (detached copies), keyed by field name."""
+        return {
+            "mass": self.mass.detach().cpu().numpy(),
+            "position": self.position.detach().cpu().numpy(),
+            "velocity": self.velocity.detach().cpu().numpy(),
+            "time": self.time.detach().cpu().numpy(),
+            "G": self.G,
+            "softening": self.softening,
+        }
