@@ -1,0 +1,215 @@
+"""The ``nbtoolkit`` command line: ``plugins``, ``simulate``, ``train``, ``gui``.
+
+User errors (bad input, unknown names, broken plugins) print one paragraph on stderr and exit
+with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import __version__
+from .control import RunStopped
+from .errors import NBToolkitError
+from .plugin_manager import PluginHost, get_host
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+# ----------------------------------------------------------------------------- shared option groups
+def add_system_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--preset``/``--state`` and the preset parameters (unset ones keep the preset defaults)."""
+    from .presets import PRESETS
+
+    group = parser.add_argument_group("system")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=sorted(PRESETS), help="built-in initial condition")
+    source.add_argument("--state", type=Path, help="initial state .npz (keys mass, position, velocity[, time, G, softening])")
+    group.add_argument("--eccentricity", type=float, help="kepler: orbital eccentricity, 0 <= e < 1")
+    group.add_argument("--semi-major-axis", type=float, help="kepler, kepler-batch: semi-major axis")
+    group.add_argument("--masses", type=_float_list, help="kepler, kepler-batch: the two masses, e.g. 1,1")
+    group.add_argument("--start", choices=["apocentre", "pericentre"], help="kepler, kepler-batch: starting point")
+    group.add_argument("--num-orbits", type=int, help="kepler-batch: number of orbits in the batch")
+    group.add_argument("--e-min", type=float, help="kepler-batch: smallest eccentricity")
+    group.add_argument("--e-max", type=float, help="kepler-batch: largest eccentricity")
+    group.add_argument("--n", type=int, help="plummer: number of bodies")
+    group.add_argument("--seed", type=int, help="random seed (plummer, kepler-batch; training)")
+
+
+PRESET_FLAGS = ("eccentricity", "semi_major_axis", "masses", "start", "num_orbits", "e_min", "e_max", "n", "seed")
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def load_system(args: argparse.Namespace, default_preset: str | None = None) -> tuple[Any, torch.Tensor | None]:
+    """The initial state and its period (B,) or None, from ``--state`` or ``--preset`` and its flags."""
+    from .io import load_state
+    from .presets import PRESETS, make_preset
+
+    if args.state is not None:
+        return load_state(args.state), None
+    name = args.preset or default_preset
+    if name is None:
+        raise NBToolkitError("give --preset NAME or --state FILE")
+    accepted = PRESETS[name].params
+    given = {k: getattr(args, k) for k in PRESET_FLAGS if getattr(args, k, None) is not None}
+    unused = sorted(k for k in given if k not in accepted)
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise NBToolkitError(f"preset '{name}' does not take {flags}; it takes: {', '.join(sorted(accepted)) or '(nothing)'}")
+    system = make_preset(name, **given)
+    return system.state, system.period
+
+
+def create_predictor(host: PluginHost, name: str, options: dict[str, Any]) -> Any:
+    """Build a dt predictor from the registry, passing only the options the user set."""
+    return host.predictors.create(name, **{k: v for k, v in options.items() if v is not None})
+
+
+# ----------------------------------------------------------------------------- plugins
+def cmd_plugins(args: argparse.Namespace) -> int:
+    host = get_host()
+    rows = [("kind", "name", "plugin", "from")]
+    for registry in (host.integrators, host.predictors, host.samplers):
+        for entry in registry.entries():
+            rows.append((registry.kind, entry.name, entry.plugin, entry.source))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if args.verbose:
+        print("\nplugins:")
+        for name in sorted(host.sources):
+            hooks = ", ".join(host.plugin_hooks(name)) or "(no hooks)"
+            print(f"  {name}  [{host.sources[name]}]\n    hooks: {hooks}")
+    if host.failures:
+        print("\nfailed to load:", file=sys.stderr if not args.verbose else sys.stdout)
+        for failure in host.failures:
+            print(f"  {failure}", file=sys.stderr if not args.verbose else sys.stdout)
+    return 0
+
+
+# ----------------------------------------------------------------------------- simulate
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import simulate
+
+    host = get_host()
+    state, period = load_system(args)
+    integrator = host.integrators.create(args.integrator)
+    if args.checkpoint is not None:
+        from .training import load_predictor
+
+        predictor, predictor_name = load_predictor(args.checkpoint, host=host), f"checkpoint {args.checkpoint}"
+    else:
+        predictor_name = args.predictor or "freefall"
+        predictor = create_predictor(host, predictor_name, {"dt": args.dt, "eta": args.eta})
+    guard = args.guard_threshold if args.guard else None
+    progress = _ProgressPrinter(enabled=not args.quiet)
+    traj = simulate(
+        state, integrator, predictor, steps=args.steps, t_end=args.t_end, orbits=args.orbits, period=period,
+        guard_threshold=guard, max_halvings=args.max_halvings, max_steps=args.max_steps,
+        predictor_name=predictor_name, progress=progress,
+    )
+    progress.close()
+    if args.out is not None:
+        traj.save(args.out)
+    summary = traj.summary()
+    lines = [
+        f"systems            {summary['systems']}",
+        f"steps              {summary['steps']}",
+        f"force evaluations  {summary['force_evals']}",
+        f"max step |dE/E|    {summary['max_step_rel_dE']:.3e}",
+        f"final |dE/E|       {summary['final_rel_dE']:.3e}",
+    ]
+    if guard is not None:
+        lines.append(f"guarded steps      {summary['guarded_steps']} (threshold {guard:g})")
+    lines.append(f"wall time          {summary['wall_time']:.2f} s")
+    if args.out is not None:
+        lines.append(f"trajectory         {args.out}")
+    print("\n".join(lines))
+    return 0
+
+
+class _ProgressPrinter:
+    """A tqdm bar over the fraction of the run done (on stderr, only when it is a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=1000, unit="‰", disable=not enabled or None, leave=False, desc="simulating")
+
+    def __call__(self, step: int, fraction: float) -> None:
+        target = int(1000 * min(max(fraction, 0.0), 1.0))
+        if target > self._bar.n:
+            self._bar.update(target - self._bar.n)
+        self._bar.set_postfix_str(f"step {step}", refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    add_system_arguments(parser)
+    plug = parser.add_argument_group("plugins")
+    plug.add_argument("--integrator", default="leapfrog", help="integrator name (see `nbtoolkit plugins`)")
+    plug.add_argument("--predictor", help="dt predictor name (default freefall; see `nbtoolkit plugins`)")
+    plug.add_argument("--checkpoint", type=Path, help="use the trained predictor stored in this checkpoint")
+    plug.add_argument("--dt", type=float, help="constant predictor: the timestep")
+    plug.add_argument("--eta", type=float, help="aarseth/freefall predictors: accuracy parameter")
+    span = parser.add_argument_group("run length (give one)").add_mutually_exclusive_group(required=True)
+    span.add_argument("--steps", type=int, help="number of steps")
+    span.add_argument("--t-end", type=float, help="end time")
+    span.add_argument("--orbits", type=float, help="number of orbital periods (presets with a known period)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--guard", action="store_true", help="retry steps whose |dE/E| exceeds the threshold with half the dt")
+    run.add_argument("--guard-threshold", type=float, default=2e-4, help="energy gate of the guard (default 2e-4)")
+    run.add_argument("--max-halvings", type=int, default=20, help="guard: most dt halvings per step (default 20)")
+    run.add_argument("--max-steps", type=int, default=1_000_000, help="cap on the number of steps (default 1e6)")
+    run.add_argument("--out", type=Path, help="write the trajectory to this .npz file")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# ----------------------------------------------------------------------------- parser and entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbtoolkit", description="Learned adaptive timesteps for N-body simulation.")
+    parser.add_argument("--version", action="version", version=f"nbtoolkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list registered integrators, dt predictors and replay samplers")
+    p.add_argument("--verbose", "-v", action="store_true", help="also show each plugin's hooks and load failures")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("simulate", help="run a simulation headless and write its trajectory")
+    add_simulate_arguments(p)
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (NBToolkitError, RunStopped, KeyboardInterrupt) as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, (RunStopped, KeyboardInterrupt)):
+            print("nbtoolkit: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"nbtoolkit {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""State files: saving and loading :class:`~nbtoolkit.state.NBodyState` as NumPy ``.npz`` archives.
+
+File layout (all arrays numeric, no pickled objects):
+
+* ``mass``      (B, N)      or (N,) for a single system
+* ``position``  (B, N, D)   or (N, D)
+* ``velocity``  (B, N, D)   or (N, D)
+* ``time``      (B,)        optional (default 0); a scalar is broadcast to every system
+* ``G``         scalar      optional (default 1)
+* ``softening`` scalar      optional (default 0)
+
+Other keys are ignored, so a state can also be read from an archive that holds more (for
+example a trajectory file that stores its initial state under these names). Files are written
+atomically: to a temporary file in the target directory, then renamed over the target, so a
+reader never sees a half-written file and an interrupted write leaves the old file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InvalidStateError, StateFileError
+from .state import DEFAULT_DTYPE, NBodyState
+
+PathLike = str | os.PathLike[str]
+
+#: keys every state file must hold
+REQUIRED_KEYS = ("mass", "position", "velocity")
+#: optional scalar keys and their defaults
+SCALAR_DEFAULTS = {"G": 1.0, "softening": 0.0}
+
+_ZIP_MAGIC = b"PK"  # local file header (PK\x03\x04) or empty archive (PK\x05\x06)
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+class InvalidStateFileError(StateFileError, InvalidStateError):
+    """A state file that is well formed but holds an invalid state (non-finite values,
+    non-positive masses, coincident bodies, G <= 0, ...). Catchable as either parent."""
+
+
+def save_npz_atomic(path: PathLike, **arrays: Any) -> Path:
+    """Write ``arrays`` (names -> array-likes) to an uncompressed ``.npz`` at exactly ``path``.
+
+    No suffix is added. The data go to a temporary file in the same directory, are flushed to
+    disk, and the file is renamed over ``path`` (``os.replace``), so the write is atomic.
+    Object arrays are refused (they would need pickle to read back). Raises
+    :class:`StateFileError` if the directory does not exist or is not writable.
+    """
+    target = Path(path)
+    prepared: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if array.dtype == object:
+            raise StateFileError(f"{target}: cannot store key '{key}': object arrays are not allowed")
+        prepared[key] = array
+    directory = target.parent
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise StateFileError(f"{target}: cannot write into directory '{directory}': {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **prepared)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise StateFileError(f"{target}: write failed: {exc.strerror or exc}") from exc
+        raise
+    return target
+
+
+def save_state(path: PathLike, state: NBodyState) -> Path:
+    """Save ``state`` to ``path`` (atomically, see :func:`save_npz_atomic`).
+
+    Keys: mass (B, N), position and velocity (B, N, D), time (B,), G and softening (scalars).
+    The acceleration cache is not stored. Returns the path written.
+    """
+    data = state.numpy()
+    return save_npz_atomic(
+        path,
+        mass=data["mass"],
+        position=data["position"],
+        velocity=data["velocity"],
+        time=data["time"],
+        G=np.float64(state.G),
+        softening=np.float64(state.softening),
+    )
+
+
+def _numeric(archive: Any, path: Path, key: str) -> np.ndarray:
+    """Read ``key`` as a real numeric array, with a :class:`StateFileError` naming it otherwise."""
+    try:
+        array = archive[key]
+    except ValueError as exc:  # object arrays need pickle, which we never allow
+        raise StateFileError(f"{path}: key '{key}' cannot be read without pickle ({exc})") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise StateFileError(f"{path}: key '{key}' is corrupt: {exc}") from exc
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise StateFileError(f"{path}: key '{key}' must hold real numbers; it has dtype {array.dtype}")
+    return array
+
+
+def _scalar(archive: Any, path: Path, key: str) -> float:
+    if key not in archive.files:
+        return SCALAR_DEFAULTS[key]
+    value = _numeric(archive, path, key)
+    if value.size != 1:
+        raise StateFileError(f"{path}: key '{key}' must be a scalar; got shape {value.shape}")
+    return float(value.reshape(()))
+
+
+def load_state(path: PathLike, dtype: torch.dtype = DEFAULT_DTYPE) -> NBodyState:
+    """Load a state written by :func:`save_state` (or by hand, see the module docstring).
+
+    A file without the batch dimension (mass (N,), position (N, D)) gives B = 1; missing
+    ``time``/``G``/``softening`` default to 0/1/0. The state is validated with the path as the
+    location. Pickle is never used. Raises :class:`StateFileError` naming the path and the key
+    for a missing file, a file that is not an ``.npz`` archive, a missing key or a wrong shape,
+    and :class:`InvalidStateFileError` (a :class:`StateFileError` and an
+    :class:`~nbtoolkit.errors.InvalidStateError`) for a well-formed file holding an invalid state.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StateFileError(f"{path}: no such state file" if not path.exists() else f"{path}: not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(_NPY_MAGIC))
+    except OSError as exc:
+        raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if magic.startswith(_NPY_MAGIC):
+        raise StateFileError(f"{path}: is a single .npy array, not an .npz archive with keys {', '.join(REQUIRED_KEYS)}")
+    if not magic.startswith(_ZIP_MAGIC):
+        raise StateFileError(f"{path}: not an .npz archive (no zip signature at the start of the file)")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise StateFileError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from exc
+    with archive:
+        for key in REQUIRED_KEYS:
+            if key not in archive.files:
+                raise StateFileError(
+                    f"{path}: missing key '{key}' (found: {', '.join(archive.files) or 'none'}); "
+                    f"a state file needs {', '.join(REQUIRED_KEYS)}"
+                )
+        mass = _numeric(archive, path, "mass")
+        position = _numeric(archive, path, "position")
+        velocity = _numeric(archive, path, "velocity")
+        time = _numeric(archive, path, "time") if "time" in archive.files else None
+        G = _scalar(archive, path, "G")
+        softening = _scalar(archive, path, "softening")
+
+    if mass.ndim == 1 and position.ndim == 2:  # one system without the batch dimension
+        mass, position = mass[None], position[None]
+        if velocity.ndim == 2:
+            velocity = velocity[None]
+    if mass.ndim != 2:
+        raise StateFileError(f"{path}: key 'mass' must have shape (B, N) or (N,); got {mass.shape}")
+    B, N = mass.shape
+    if position.ndim != 3 or position.shape[:2] != (B, N) or position.shape[2] not in (2, 3):
+        raise StateFileError(
+            f"{path}: key 'position' must have shape (B, N, D) = ({B}, {N}, 2 or 3) to match mass {mass.shape}; "
+            f"got {position.shape}"
+        )
+    if velocity.shape != position.shape:
+        raise StateFileError(f"{path}: key 'velocity' has shape {velocity.shape}; expected {position.shape} like position")
+    if time is None:
+        time = np.zeros(B)
+    elif time.ndim == 0:
+        time = np.full(B, float(time))
+    elif time.shape != (B,):
+        raise StateFileError(f"{path}: key 'time' must have shape ({B},) or be a scalar; got {time.shape}")
+
+    state = NBodyState.from_arrays(
+        mass, position, velocity, time, G=G, softening=softening, dtype=dtype, validate=False
+    )
+    try:
+        return state.validate(where=str(path))
+    except InvalidStateError as exc:
+        raise InvalidStateFileError(str(exc)) from exc
+
+
+__all__ = ["InvalidStateFileError", "REQUIRED_KEYS", "load_state", "save_npz_atomic", "save_state"]

@@ -1,0 +1,69 @@
+"""Classical dt rules: values for known configurations and scale covariance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nbtoolkit import NBodyState
+from nbtoolkit.errors import ConfigError, PluginError
+from systems import random_cluster
+
+
+def scaled(state: NBodyState, L: float, M: float, G: float) -> NBodyState:
+    """Lengths x L, masses x M, gravitational constant G: velocities scale by sqrt(G M / L) / sqrt(G0 M0 / L0)."""
+    v_scale = math.sqrt(G * M / (state.G * L))
+    return NBodyState.from_arrays(
+        state.mass * M, state.position * L, state.velocity * v_scale, G=G, softening=state.softening * L
+    )
+
+
+@pytest.mark.parametrize("name", ["aarseth", "freefall"])
+@pytest.mark.parametrize("L, M, G", [(3.7, 0.4, 1.0), (0.02, 50.0, 6.674e-3)])
+def test_adaptive_rules_are_scale_covariant(host, name, L, M, G):
+    predictor = host.predictors.create(name)
+    state = random_cluster(4, 7, softening=0.0)
+    dt0 = predictor(state)
+    dt1 = predictor(scaled(state, L, M, G))
+    assert dt0.shape == (4,) and (dt0 > 0).all()
+    assert torch.allclose(dt1, dt0 * math.sqrt(L**3 / (G * M)), rtol=1e-12, atol=0)
+
+
+def test_freefall_of_a_pair_is_eta_sqrt_r3_over_G_M(host):
+    state = NBodyState.from_arrays([[1.0, 3.0], [2.0, 2.0]], [[[0, 0], [2, 0]], [[0, 0], [0, 0.5]]], torch.zeros(2, 2, 2), G=2.0)
+    dt = host.predictors.create("freefall", eta=0.1)(state)
+    expected = [0.1 * math.sqrt(8 / (2 * 4)), 0.1 * math.sqrt(0.125 / (2 * 4))]
+    assert dt.tolist() == pytest.approx(expected, rel=1e-14)
+
+
+def test_freefall_uses_the_closest_pair(host):
+    state = NBodyState.from_arrays([1.0, 1.0, 1.0], [[0, 0], [10, 0], [10.5, 0]], [[0, 0]] * 3)
+    assert host.predictors.create("freefall", eta=1.0)(state).item() == pytest.approx(math.sqrt(0.125 / 2))
+
+
+def test_aarseth_on_a_circular_binary_matches_the_closed_form(host):
+    d, m = 2.0, 1.5
+    v = math.sqrt(2 * m / d) / 2  # each body's speed on a circular orbit of separation d
+    state = NBodyState.from_arrays([m, m], [[-d / 2, 0], [d / 2, 0]], [[0, -v], [0, v]])
+    # |a| = m/d^2, |jerk| = m u/d^3 with u = 2v, nearest = d  =>  tau = d^1.5 / sqrt(3 m)
+    dt = host.predictors.create("aarseth", eta=0.03)(state)
+    assert dt.item() == pytest.approx(0.03 * d**1.5 / math.sqrt(3 * m), rel=1e-13)
+
+
+def test_aarseth_is_finite_for_bodies_at_rest(host):
+    state = NBodyState.from_arrays([3.0, 4.0, 5.0], [[1, 3], [-2, -1], [1, -1]], [[0, 0]] * 3)
+    dt = host.predictors.create("aarseth")(state)
+    assert torch.isfinite(dt).all() and dt.item() > 0
+
+
+def test_constant_returns_its_dt_and_rejects_bad_values(host):
+    state = random_cluster(3, 2)
+    assert host.predictors.create("constant", dt=0.125)(state).tolist() == [0.125] * 3
+    with pytest.raises(PluginError, match="dt must be finite and > 0"):
+        host.predictors.create("constant", dt=-1.0)
+    with pytest.raises(ConfigError):
+        host.predictors.get("freefall").factory(eta=float("nan"))
+    with pytest.raises(PluginError, match="does not take option"):
+        host.predictors.create("constant", eta=0.1)
