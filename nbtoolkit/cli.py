@@ -179,6 +179,51 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# ----------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_predictor, greedy_oracle, tune_scale
+
+    host = get_host()
+    state, period = load_system(args, default_preset="kepler")
+    if period is None:
+        raise NBToolkitError("evaluate runs whole orbits; choose a preset with a period (kepler, kepler-batch, figure-eight)")
+    integrator = host.integrators.create(args.integrator)
+    rows = []
+    for b in range(state.batch_size):
+        one, p = state.index(b), period[b : b + 1]
+        if args.checkpoint is not None:
+            from .training import load_predictor
+
+            learned = load_predictor(args.checkpoint, host=host)
+            rows += evaluate_predictor(one, p, integrator, learned, orbits=args.orbits, threshold=args.threshold,
+                                       label=f"system {b}: learned")
+        for rule in args.rules:
+            base = create_predictor(host, rule, {"eta": 1.0} if rule != "constant" else {"dt": 1.0})
+            factor = tune_scale(one, p, integrator, base, orbits=args.orbits, threshold=args.threshold,
+                                high=1.0 if rule != "constant" else float(p) / 100)
+            option = "dt" if rule == "constant" else "eta"
+            tuned = create_predictor(host, rule, {option: factor})
+            rows += evaluate_predictor(one, p, integrator, tuned, orbits=args.orbits, threshold=args.threshold,
+                                       label=f"system {b}: {rule} ({option}={factor:.4g})")
+        if args.oracle:
+            oracle = greedy_oracle(one, p, integrator, orbits=args.orbits, threshold=args.threshold)
+            rows.append(oracle | {"label": f"system {b}: greedy oracle"})
+    print(format_gate_table([r if isinstance(r, dict) else r.as_dict() for r in rows]))
+    return 0
+
+
+def format_gate_table(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width table of gate reports (label, steps, force evals, pass %, max and final |dE/E|)."""
+    width = max([len("predictor")] + [len(r["label"]) for r in rows])
+    lines = [f"{'predictor':<{width}}  {'steps':>8}  {'force evals':>11}  {'pass %':>7}  {'max |dE/E|':>10}  {'final |dE/E|':>12}"]
+    for r in rows:
+        lines.append(
+            f"{r['label']:<{width}}  {r['steps']:>8d}  {r['force_evals']:>11d}  {100 * r['pass_fraction']:>7.2f}  "
+            f"{r['max_step_rel_dE']:>10.3e}  {r['final_rel_dE']:>12.3e}"
+        )
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- parser and entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbtoolkit", description="Learned adaptive timesteps for N-body simulation.")
@@ -193,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run a simulation headless and write its trajectory")
     add_simulate_arguments(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("evaluate", help="compare dt predictors on whole orbits against the energy gate")
+    add_system_arguments(p)
+    p.add_argument("--integrator", default="leapfrog", help="integrator name (default leapfrog)")
+    p.add_argument("--checkpoint", type=Path, help="also evaluate the trained predictor in this checkpoint")
+    p.add_argument("--rules", nargs="*", default=["aarseth", "freefall"],
+                   help="classical rules to tune by bisection so every step passes (default: aarseth freefall)")
+    p.add_argument("--oracle", action="store_true", help="also run the greedy oracle (largest passing dt each step)")
+    p.add_argument("--orbits", type=float, default=10.0, help="orbital periods per run (default 10)")
+    p.add_argument("--threshold", type=float, default=2e-4, help="energy gate |dE/E| (default 2e-4)")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,220 @@
+"""Measure dt predictors against the energy gate, tune classical rules, and the greedy oracle.
+
+These are the figures by which a learned predictor is judged: for a run of a given number of
+orbits without any guard, how many steps and force evaluations it takes, what fraction of its
+steps pass the gate |dE/E| <= threshold, the worst per-step error and the drift at the end.
+Tuning and the oracle evaluate many candidate timesteps of one system at once as a batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time as _time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import NBToolkitError
+from .integrator import Integrator
+from .physics import relative_energy_error, state_energy
+from .predictor import DtPredictor, History
+from .simulate import iter_steps, simulate
+from .state import NBodyState
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """How one predictor did on one system over a run, without the guard."""
+
+    label: str
+    steps: int
+    force_evals: int
+    pass_fraction: float  # fraction of steps with |dE/E| <= threshold
+    max_step_rel_dE: float
+    final_rel_dE: float  # |E_end - E_0| / |E_0|
+    wall_time: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_predictor(
+    state: NBodyState,
+    period: Tensor,
+    integrator: Integrator,
+    predictor: DtPredictor,
+    *,
+    orbits: float,
+    threshold: float = 2e-4,
+    label: str = "predictor",
+    max_steps: int = 1_000_000,
+) -> list[GateReport]:
+    """Run ``orbits`` periods of every system with ``predictor`` (no guard); one report per system."""
+    traj = simulate(state, integrator, predictor, orbits=orbits, period=period, max_steps=max_steps, predictor_name=label)
+    active = traj.dt > 0
+    reports = []
+    for b in range(state.batch_size):
+        rel = traj.rel_dE[active[:, b], b]
+        e0, e1 = traj.energy[0, b], traj.energy[-1, b]
+        reports.append(GateReport(
+            label=label, steps=int(active[:, b].sum()), force_evals=int(traj.force_evals[b]),
+            pass_fraction=float(np.mean(rel <= threshold)) if rel.size else 1.0,
+            max_step_rel_dE=float(rel.max()) if rel.size else 0.0,
+            final_rel_dE=float(abs(e1 - e0) / abs(e0)), wall_time=traj.wall_time,
+        ))
+    return reports
+
+
+class ScaledPredictor(DtPredictor):
+    """``scale (B,) * base(state)``: runs one rule with a different eta (or constant dt) per system."""
+
+    def __init__(self, base: DtPredictor, scale: Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("scale", scale)
+        self.history_len = int(getattr(base, "history_len", 0))
+
+    def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
+        return self.scale * self.base(state, history)
+
+
+def _all_steps_pass(
+    state: NBodyState, period: Tensor, integrator: Integrator, predictor: DtPredictor, scales: Tensor,
+    orbits: float, threshold: float, max_steps: int,
+) -> Tensor:
+    """For each candidate scale, whether every step of ``orbits`` periods passes the gate (bool (K,)).
+
+    ``state`` is one system; it is replicated K times and run as one batch. A candidate stops
+    (dt = 0) as soon as one of its steps fails, so failing candidates cost little.
+    """
+    K = scales.shape[0]
+    batch = NBodyState.cat([state] * K)
+    end = batch.time + orbits * period.to(batch.dtype).expand(K)
+    failed = torch.zeros(K, dtype=torch.bool)
+
+    def limit(s: NBodyState) -> Tensor:
+        left = end - s.time
+        left = torch.where(left <= 1e-12 * end.abs().clamp_min(1.0), torch.zeros_like(left), left)
+        return torch.where(failed, torch.zeros_like(left), left)
+
+    stepper = iter_steps(batch, integrator, ScaledPredictor(predictor, scales), dt_limit=limit)
+    for k, result in enumerate(stepper, start=1):
+        failed |= (result.dt > 0) & (result.rel_dE > threshold)
+        if bool((limit(result.state) == 0).all()):
+            return ~failed
+        if k >= max_steps:
+            raise NBToolkitError(f"tuning exceeded max_steps={max_steps}; narrow the search range")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def tune_scale(
+    state: NBodyState,
+    period: Tensor,
+    integrator: Integrator,
+    predictor: DtPredictor,
+    *,
+    orbits: float,
+    threshold: float = 2e-4,
+    high: float = 1.0,
+    span: float = 64.0,
+    grid: int = 8,
+    rounds: int = 3,
+    max_steps: int = 2_000_000,
+) -> float:
+    """The largest factor s such that ``s * predictor`` passes the gate on every step of the run.
+
+    Searches a log grid of ``grid`` factors in [high/span, high], moving the bracket down while no
+    candidate passes, then refines between the largest passing factor and the next one up
+    (``rounds`` times). For a rule with parameter eta the best eta is ``s * eta``; for the
+    ``constant`` rule with dt = 1 it is the best constant dt. ``state`` must hold one system.
+    """
+    if state.batch_size != 1:
+        raise NBToolkitError(f"tune_scale takes one system; got a batch of {state.batch_size}")
+    lo, hi = high / span, high
+    for _ in range(12):
+        scales = torch.logspace(math.log10(lo), math.log10(hi), grid, dtype=state.dtype)
+        ok = _all_steps_pass(state, period, integrator, predictor, scales, orbits, threshold, max_steps)
+        if bool(ok.any()):
+            break
+        lo, hi = lo / span, lo
+    else:
+        raise NBToolkitError("no factor in a range of span**12 passes the gate")
+    for _ in range(rounds):
+        best = int(torch.nonzero(ok).max())
+        lo_new = float(scales[best])
+        # refine up to the next candidate, or search a whole grid span higher if the top one passed
+        hi_new = float(scales[best + 1]) if best + 1 < grid else lo_new * float(scales[-1] / scales[0])
+        scales = torch.logspace(math.log10(lo_new), math.log10(hi_new), grid, dtype=state.dtype)
+        ok = _all_steps_pass(state, period, integrator, predictor, scales, orbits, threshold, max_steps)
+        if not bool(ok.any()):  # non-monotonic: keep the last factor known to pass
+            return lo_new
+    return float(scales[int(torch.nonzero(ok).max())])
+
+
+def greedy_oracle(
+    state: NBodyState,
+    period: Tensor,
+    integrator: Integrator,
+    *,
+    orbits: float,
+    threshold: float = 2e-4,
+    first_dt: float | None = None,
+    candidates: int = 25,
+    refine: int = 9,
+    max_steps: int = 1_000_000,
+) -> dict[str, Any]:
+    """Step one system with, at every step, the largest dt found that passes the gate.
+
+    Each step tries ``candidates`` dts spanning a factor 8 either side of the previous dt as one
+    batch, takes the largest passing one, then refines between it and the next candidate up.
+    The energy error is not monotonic in dt, so this is a strong reference, not a strict floor.
+    Returns steps, force evaluations (those of the accepted steps) and max per-step |dE/E|.
+    """
+    if state.batch_size != 1:
+        raise NBToolkitError(f"greedy_oracle takes one system; got a batch of {state.batch_size}")
+    start = _time.perf_counter()
+    end = float(state.time[0] + orbits * float(period.reshape(-1)[0]))
+    dt_prev = first_dt if first_dt is not None else 1e-3 * float(period.reshape(-1)[0])
+    current, energy = state.detach(), state_energy(state)
+    steps, worst = 0, 0.0
+    factors = torch.logspace(-math.log10(8), math.log10(8), candidates, dtype=state.dtype)
+    with torch.no_grad():
+        while end - float(current.time[0]) > 1e-12 * max(1.0, abs(end)):
+            if steps >= max_steps:
+                raise NBToolkitError(f"greedy oracle exceeded max_steps={max_steps}")
+            left = end - float(current.time[0])
+            dts = torch.clamp(dt_prev * factors, max=left)
+            rel, states = _try_dts(current, energy, integrator, dts)
+            passing = torch.nonzero(rel <= threshold)
+            while passing.numel() == 0:
+                dts = dts / 8 ** 2
+                rel, states = _try_dts(current, energy, integrator, dts)
+                passing = torch.nonzero(rel <= threshold)
+            best = int(passing.max())
+            if best + 1 < dts.shape[0] and float(dts[best]) < left:
+                fine = torch.logspace(math.log10(float(dts[best])), math.log10(float(dts[best + 1])), refine + 2,
+                                      dtype=state.dtype)[1:-1]
+                rel_f, states_f = _try_dts(current, energy, integrator, fine)
+                passing_f = torch.nonzero(rel_f <= threshold)
+                if passing_f.numel():
+                    k = int(passing_f.max())
+                    dts, rel, states, best = fine, rel_f, states_f, k
+            worst = max(worst, float(rel[best]))
+            current = states.index(best)
+            energy = state_energy(current)
+            dt_prev = float(dts[best])
+            steps += 1
+    return {"label": "greedy oracle", "steps": steps, "force_evals": steps * integrator.force_evals_per_step,
+            "pass_fraction": 1.0, "max_step_rel_dE": worst,
+            "final_rel_dE": float(relative_energy_error(state_energy(state), energy)[0]),
+            "wall_time": _time.perf_counter() - start}
+
+
+def _try_dts(state: NBodyState, energy: Tensor, integrator: Integrator, dts: Tensor) -> tuple[Tensor, NBodyState]:
+    """Step copies of one system with each dt in ``dts`` (K,); return rel_dE (K,) and the K new states."""
+    batch = NBodyState.cat([state] * dts.shape[0])
+    new = integrator.step(batch, dts)
+    return relative_energy_error(energy.expand(dts.shape[0]), state_energy(new)), new

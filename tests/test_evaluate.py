@@ -1,0 +1,49 @@
+"""Gate reports, tuning of classical rules by bisection, and the greedy oracle."""
+
+from __future__ import annotations
+
+import torch
+
+from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_scale
+from nbtoolkit.cli import main
+from systems import two_body_orbit
+
+
+def test_tuned_eta_passes_every_step_and_a_larger_one_does_not(host):
+    state, period = two_body_orbit(e=0.7)
+    period = torch.tensor([period], dtype=torch.float64)
+    leapfrog = host.integrators.create("leapfrog")
+    eta = tune_scale(state, period, leapfrog, host.predictors.create("freefall", eta=1.0), orbits=1, rounds=2)
+    (tuned,) = evaluate_predictor(state, period, leapfrog, host.predictors.create("freefall", eta=eta), orbits=1)
+    (looser,) = evaluate_predictor(state, period, leapfrog, host.predictors.create("freefall", eta=1.3 * eta), orbits=1)
+    assert tuned.pass_fraction == 1.0 and tuned.max_step_rel_dE <= 2e-4
+    assert looser.pass_fraction < 1.0 and looser.steps < tuned.steps
+
+
+def test_greedy_oracle_passes_the_gate_with_fewer_steps_than_a_tuned_rule(host):
+    state, period = two_body_orbit(e=0.8)
+    period = torch.tensor([period], dtype=torch.float64)
+    leapfrog = host.integrators.create("leapfrog")
+    oracle = greedy_oracle(state, period, leapfrog, orbits=1)
+    eta = tune_scale(state, period, leapfrog, host.predictors.create("aarseth", eta=1.0), orbits=1, rounds=2)
+    (rule,) = evaluate_predictor(state, period, leapfrog, host.predictors.create("aarseth", eta=eta), orbits=1)
+    assert oracle["max_step_rel_dE"] <= 2e-4
+    assert oracle["steps"] < rule.steps
+    assert oracle["max_step_rel_dE"] > 0.5 * 2e-4  # it really pushes each step up to the gate
+
+
+def test_gate_report_counts_failures_per_system(host):
+    s1, p1 = two_body_orbit(e=0.1)
+    s2, p2 = two_body_orbit(e=0.9)
+    period = torch.tensor([p1, p2], dtype=torch.float64)
+    reports = evaluate_predictor(s1.cat([s1, s2]), period, host.integrators.create("leapfrog"),
+                                 host.predictors.create("constant", dt=0.02), orbits=1)
+    assert reports[0].pass_fraction == 1.0 and reports[1].pass_fraction < 1.0
+    assert reports[0].steps == round(p1 / 0.02 + 0.5)
+
+
+def test_evaluate_command_prints_a_table(capsys):
+    assert main(["evaluate", "--preset", "kepler", "--eccentricity", "0.5", "--orbits", "1", "--rules", "freefall", "--oracle"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["predictor", "steps", "force"]
+    assert out[1].startswith("system 0: freefall (eta=") and out[2].startswith("system 0: greedy oracle")
