@@ -9,8 +9,7 @@ File layout (all arrays numeric, no pickled objects):
 * ``G``         scalar      optional (default 1)
 * ``softening`` scalar      optional (default 0)
 
-Other keys are ignored, so a state can also be read from an archive that holds more (for
-example a trajectory file that stores its initial state under these names). Files are written
+Other keys are ignored, so an archive may carry extra data beside the state. Files are written
 atomically: to a temporary file in the target directory, then renamed over the target, so a
 reader never sees a half-written file and an interrupted write leaves the old file intact.
 """

@@ -9,32 +9,38 @@ gradients). Energies are in the user's units with the given ``G``; softening ``e
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 from .state import NBodyState
 
 
+@functools.lru_cache(maxsize=64)
+def _off_diagonal(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(N, N) matrix of ones with a zero diagonal (cached: it is needed at every force evaluation)."""
+    return 1 - torch.eye(n, dtype=dtype, device=device)
+
+
 def _pair_geometry(position: Tensor, softening: float) -> tuple[Tensor, Tensor, Tensor]:
     """Displacements r_ij = x_j - x_i (..., N, N, D), softened squared distances (..., N, N)
     with the diagonal set to 1, and the off-diagonal mask (N, N) as the position dtype."""
-    n = position.shape[-2]
+    off = _off_diagonal(position.shape[-2], position.dtype, position.device)
     disp = position.unsqueeze(-3) - position.unsqueeze(-2)
-    eye = torch.eye(n, dtype=position.dtype, device=position.device)
-    d2 = disp.square().sum(-1) + softening**2
-    d2 = d2 * (1 - eye) + eye  # diagonal -> 1 so no 0**-1.5 and no NaN gradients
-    return disp, d2, 1 - eye
+    d2 = disp.square().sum(-1) + (softening**2 + 1 - off)  # diagonal -> 1 + eps^2: no 0**-1.5, no NaN gradients
+    return disp, d2, off
 
 
 def accelerations(mass: Tensor, position: Tensor, G: float = 1.0, softening: float = 0.0) -> Tensor:
     """Gravitational accelerations a_i = G sum_j m_j r_ij / (|r_ij|^2 + eps^2)^{3/2}.
 
-    mass (..., N), position (..., N, D) -> acceleration (..., N, D).
+    mass (..., N), position (..., N, D) -> acceleration (..., N, D). The sum over j is a batched
+    matrix product, so no (..., N, N, D) weighted intermediate is formed.
     """
     disp, d2, off = _pair_geometry(position, softening)
-    inv_r3 = d2.pow(-1.5) * off
-    weights = inv_r3 * mass.unsqueeze(-2)  # (..., N, N): m_j / r_ij^3
-    return G * (weights.unsqueeze(-1) * disp).sum(-2)
+    weights = d2.pow(-1.5) * (mass.unsqueeze(-2) * off)  # (..., N, N): m_j / r_ij^3, 0 on the diagonal
+    return G * (weights.unsqueeze(-2) @ disp).squeeze(-2)
 
 
 def kinetic_energy(mass: Tensor, velocity: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, UnknownNameError
-from .physics import kinetic_energy, potential_energy, to_center_of_mass_frame
+from .physics import kinetic_energy, to_center_of_mass_frame
 from .state import DEFAULT_DTYPE, NBodyState
 
 #: period of the figure-eight orbit in G = 1, unit-mass units (Chenciner & Montgomery 2000; Simó 2002)

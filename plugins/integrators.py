@@ -6,6 +6,7 @@ All advance every system of a batch by its own dt (B,), keep the graph to dt and
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from nbtoolkit import hookimpl
@@ -17,10 +18,11 @@ from nbtoolkit.state import NBodyState
 def _kdk(state: NBodyState, dt: Tensor) -> NBodyState:
     """One kick-drift-kick velocity-Verlet step; returns the state with the new acceleration cached."""
     h = dt[:, None, None]
-    v_half = state.velocity + 0.5 * h * state_accelerations(state)
-    position = state.position + h * v_half
+    v_half = torch.addcmul(state.velocity, h, state_accelerations(state), value=0.5)
+    position = torch.addcmul(state.position, h, v_half)
     acc = accelerations(state.mass, position, state.G, state.softening)
-    return state.replace(position=position, velocity=v_half + 0.5 * h * acc, time=state.time + dt, acceleration=acc)
+    velocity = torch.addcmul(v_half, h, acc, value=0.5)
+    return state.replace(position=position, velocity=velocity, time=state.time + dt, acceleration=acc)
 
 
 class Leapfrog(Integrator):

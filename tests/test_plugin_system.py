@@ -67,7 +67,7 @@ def test_fake_plugin_is_gone_after_unregistering(host):
 
 
 def test_unknown_name_lists_the_known_ones(host):
-    with pytest.raises(UnknownNameError, match=r"unknown integrator 'nope'; known: leapfrog, rk4, yoshida4"):
+    with pytest.raises(UnknownNameError, match=r"unknown integrator 'nope'; known: (\w+, )*leapfrog, (\w+, )*rk4, (\w+, )*yoshida4"):
         host.integrators.get("nope")
 
 
@@ -187,7 +187,8 @@ def test_entry_point_plugins_are_discovered_with_their_distribution(installed_di
 def test_block_and_allow_lists_from_the_environment(installed_distribution, monkeypatch):
     monkeypatch.setenv("NBTOOLKIT_BLOCK_PLUGINS", "broken, plugins.classical_predictors")
     host = PluginHost()
-    assert host.failures == [] and "drift" in host.integrators and len(host.predictors) == 0
+    assert host.failures == [] and "drift" in host.integrators
+    assert not {"constant", "aarseth", "freefall"} & set(host.predictors.names())
     monkeypatch.delenv("NBTOOLKIT_BLOCK_PLUGINS")
     monkeypatch.setenv("NBTOOLKIT_ONLY_PLUGINS", "plugins.integrators")
     host = PluginHost()

@@ -47,8 +47,13 @@ def relative_orbit(state: NBodyState) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def assert_com_at_rest_at_origin(state: NBodyState) -> None:
-    torch.testing.assert_close(center_of_mass(state.mass, state.position), torch.zeros(state.batch_size, state.dim, dtype=torch.float64), atol=1e-14, rtol=0)
-    torch.testing.assert_close(linear_momentum(state.mass, state.velocity), torch.zeros(state.batch_size, state.dim, dtype=torch.float64), atol=1e-14, rtol=0)
+    zero = torch.zeros(state.batch_size, state.dim, dtype=torch.float64)
+    torch.testing.assert_close(center_of_mass(state.mass, state.position), zero, atol=1e-14, rtol=0)
+    torch.testing.assert_close(linear_momentum(state.mass, state.velocity), zero, atol=1e-14, rtol=0)
+
+
+def f64(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------- Kepler
@@ -62,13 +67,13 @@ def test_kepler_energy_angular_momentum_and_start(e: float, masses: tuple[float,
     state = kepler(eccentricity=e, semi_major_axis=a, masses=masses, start=start, G=G)
     assert state.position.shape == (1, 2, 2) and state.G == G
     torch.testing.assert_close(state.mass, torch.tensor([[m1, m2]], dtype=torch.float64))
-    torch.testing.assert_close(state_energy(state), torch.tensor([-G * m1 * m2 / (2 * a)], dtype=torch.float64), rtol=1e-13, atol=0)
+    torch.testing.assert_close(state_energy(state), f64(-G * m1 * m2 / (2 * a)), rtol=1e-13, atol=0)
     L = angular_momentum(state.mass, state.position, state.velocity)
-    torch.testing.assert_close(L, torch.tensor([mu * math.sqrt(G * M * a * (1 - e * e))], dtype=torch.float64), rtol=1e-13, atol=0)
+    torch.testing.assert_close(L, f64(mu * math.sqrt(G * M * a * (1 - e * e))), rtol=1e-13, atol=0)
     separation, ecc = relative_orbit(state)
     expected = a * (1 + e) if start.startswith("apo") else a * (1 - e)
-    torch.testing.assert_close(separation, torch.tensor([expected], dtype=torch.float64), rtol=1e-14, atol=0)
-    torch.testing.assert_close(ecc, torch.tensor([e], dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(separation, f64(expected), rtol=1e-14, atol=0)
+    torch.testing.assert_close(ecc, f64(e), rtol=0, atol=1e-12)
     assert_com_at_rest_at_origin(state)
 
 
