@@ -225,6 +225,30 @@ def format_gate_table(rows: list[dict[str, Any]]) -> str:
 
 
 # ----------------------------------------------------------------------------- parser and entry point
+def cmd_gui(args: argparse.Namespace) -> int:
+    """Open the viewer; without a display (or with --headless) run the main job in the terminal."""
+    from gui.app import display_available
+
+    if args.headless or not display_available():
+        from .demo import run_headless_demo
+
+        if not args.headless:
+            print("nbtoolkit gui: no display found; running the main job headless "
+                  "(set DISPLAY or WAYLAND_DISPLAY to open the window)", file=sys.stderr)
+        return run_headless_demo(epochs=args.epochs)
+    from gui.app import main as gui_main
+
+    forwarded = [f"--{k}={v}" for k in ("config", "checkpoint", "preset") if (v := getattr(args, k)) is not None]
+    return gui_main(forwarded)
+
+
+def add_train_parser_arguments(parser: argparse.ArgumentParser) -> None:
+    from .training.cli import add_train_arguments, run_train
+
+    add_train_arguments(parser)
+    parser.set_defaults(func=run_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbtoolkit", description="Learned adaptive timesteps for N-body simulation.")
     parser.add_argument("--version", action="version", version=f"nbtoolkit {__version__}")
@@ -238,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run a simulation headless and write its trajectory")
     add_simulate_arguments(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train a dt predictor with the generalization loop")
+    add_train_parser_arguments(p)
+
+    p = sub.add_parser("gui", help="open the desktop viewer (headless main job when there is no display)")
+    p.add_argument("--config", type=Path, help="training TOML file to preload")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint to preload for Simulate")
+    p.add_argument("--preset", help="initial condition to preselect")
+    p.add_argument("--headless", action="store_true", help="run the main job in the terminal even if a display exists")
+    p.add_argument("--epochs", type=int, default=30, help="headless main job: training epochs (default 30)")
+    p.set_defaults(func=cmd_gui)
 
     p = sub.add_parser("evaluate", help="compare dt predictors on whole orbits against the energy gate")
     add_system_arguments(p)

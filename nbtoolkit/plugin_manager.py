@@ -14,6 +14,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import os
@@ -34,6 +35,9 @@ ENTRY_POINT_GROUP = "nbtoolkit"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.integrators",
     "plugins.classical_predictors",
+    "plugins.mlp_predictor",
+    "plugins.samplers",
+    "plugins.observers",
 )
 
 #: registry attribute -> (hook name, kind used in messages)
@@ -121,13 +125,19 @@ class PluginHost:
 
     def _load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if not self._wanted(ep.name) or self.pm.get_plugin(ep.name) is not None:
+            if not self._wanted(ep.name):
                 continue
             dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.value
+            where = f"entry point '{ep.name} = {ep.value}' of {dist}"
+            if self.pm.get_plugin(ep.name) is not None:
+                if self.sources.get(ep.name) != dist:
+                    self._fail(ep.name, "register", f"the plugin name is already taken by {self.sources.get(ep.name)}; "
+                               f"{where} was not loaded")
+                continue
             try:
                 plugin = ep.load()
             except Exception as exc:
-                self._fail(ep.name, "import", exc)
+                self._fail(ep.name, "import", f"{type(exc).__name__}: {exc} ({where})")
                 continue
             self._register(plugin, ep.name, dist)
 
@@ -135,10 +145,32 @@ class PluginHost:
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # pluggy validates hookimpl signatures here
-            self._fail(name, "register", exc)
+            detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # one line
+            self._fail(name, "register", f"{type(exc).__name__}: {detail} ({source})")
+            return False
+        unknown = self._unknown_hooks(plugin)
+        if unknown:  # a misspelt hook would otherwise make check_pending() fail for every plugin
+            self.pm.unregister(plugin)
+            hints = "; ".join(
+                f"{hook}" + "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(hook, self._spec_names(), 1))
+                for hook in unknown
+            )
+            self._fail(name, "register", f"implements unknown hook(s) {hints} ({source})")
             return False
         self.sources[name] = source
         return True
+
+    def _spec_names(self) -> list[str]:
+        """Names of the hooks nbtoolkit specifies."""
+        return sorted(n for n, caller in vars(self.pm.hook).items() if not n.startswith("_") and caller.has_spec())
+
+    def _unknown_hooks(self, plugin: Any) -> list[str]:
+        """Hooks ``plugin`` implements (not as ``optionalhook``) that nbtoolkit does not specify."""
+        return sorted(
+            caller.name for caller in self.pm.get_hookcallers(plugin) or []
+            if not caller.has_spec()
+            and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
+        )
 
     # ------------------------------------------------------------------ public
     def register_plugin(self, plugin: Any, name: str | None = None, source: str | None = None) -> str:

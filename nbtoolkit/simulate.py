@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .contracts import checked_step
 from .control import RunControl
 from .errors import NBToolkitError
 from .integrator import Integrator
@@ -59,7 +60,9 @@ def iter_steps(
 
     ``dt_limit(state)`` (B,) caps dt (``simulate`` uses it to land on an end time; a limit of 0
     freezes a system). The predictor sees the last ``predictor.history_len`` states. No gradients
-    are recorded.
+    are recorded. Every integrator step goes through :func:`nbtoolkit.contracts.checked_step`, so
+    an integrator that breaks its contract (wrong shapes, time not advanced, NaN out of a finite
+    state) raises :class:`~nbtoolkit.errors.PluginError` naming it and its plugin.
     """
     state = state.detach()
     state.validate()
@@ -74,7 +77,7 @@ def iter_steps(
             proposed = checked_dt(predictor(state, history), state, predictor_name)
             limit = None if dt_limit is None else dt_limit(state)
             dt = proposed if limit is None else torch.minimum(proposed, limit)
-            new = integrator.step(state, dt)
+            new = checked_step(integrator, state, dt)
             new_energy = state_energy(new)
             rel = relative_energy_error(energy, new_energy)
             evals = torch.full_like(dt, evals_per_step)
@@ -107,7 +110,7 @@ def _guard(
         proposed = proposed.clone()
         proposed[idx] = proposed[idx] / 2
         dt = proposed if limit is None else torch.minimum(proposed, limit)
-        retry = integrator.step(state.index(idx), dt[idx])
+        retry = checked_step(integrator, state.index(idx), dt[idx])
         retry_e = state_energy(retry)
         retry_rel = relative_energy_error(e0[idx], retry_e)
         new = _scatter(new, idx, retry)

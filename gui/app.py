@@ -1,0 +1,101 @@
+"""Launching the viewer: ``nbtoolkit gui`` (via :func:`main`) or ``python -m gui``.
+
+Qt is imported only inside :func:`main` and :func:`create_window`, so :func:`display_available`
+and :func:`build_parser` work on machines without PyQt6 or without a display (the CLI uses
+them to fall back to headless commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from .main_window import MainWindow
+
+
+def display_available() -> bool:
+    """Whether a Qt window can be shown: always on Windows and macOS; elsewhere when an X11 or
+    Wayland display is set (DISPLAY / WAYLAND_DISPLAY) or a Qt platform is forced (QT_QPA_PLATFORM)."""
+    if sys.platform.startswith(("win", "darwin")):
+        return True
+    return any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+
+
+def build_parser(prog: str = "nbtoolkit gui") -> argparse.ArgumentParser:
+    """The viewer's command-line options."""
+    from nbtoolkit.presets import PRESETS
+
+    parser = argparse.ArgumentParser(prog=prog, description="Watch a dt predictor learn to step an orbit, live.")
+    parser.add_argument("--config", type=Path, help="training TOML file to preload (its [system] table picks the preset)")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint to preload for Simulate")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="initial condition to preselect")
+    return parser
+
+
+#: interpreter thread switch interval (s) while the viewer runs (Python's default is 0.005)
+GIL_SWITCH_INTERVAL = 0.001
+
+
+def configure_runtime() -> None:
+    """Process-wide settings that keep the GUI thread responsive next to a training thread.
+
+    torch's intra-op pool gets all CPU cores but one (at least one), leaving a core to the GUI
+    thread; and the interpreter hands the GIL between threads every millisecond instead of every
+    5 ms, so the GUI waits less for a training thread that is busy in Python.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+
+
+def create_window(args: argparse.Namespace) -> "MainWindow":
+    """Build the main window preloaded from parsed options (a QApplication must exist).
+
+    Problems with the options (a bad config file, a missing checkpoint) are shown in the window's
+    error banner, so the app still opens.
+    """
+    from nbtoolkit.errors import NBToolkitError
+
+    from .main_window import MainWindow
+
+    window = MainWindow()
+    try:
+        if args.config is not None:
+            window.controls.load_config(args.config)
+        if args.preset is not None:
+            window.controls.set_preset(args.preset)
+        if args.checkpoint is not None:
+            if not args.checkpoint.is_file():
+                raise NBToolkitError(f"checkpoint file '{args.checkpoint}' does not exist")
+            window.controls.set_checkpoint(args.checkpoint)
+            window.controls.set_mode("simulate")
+    except (NBToolkitError, OSError, ValueError) as exc:
+        window.show_error("Could not preload the options", str(exc))
+    window.preview_system()
+    return window
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Open the viewer and run the Qt event loop; returns the exit status."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if not display_available():
+        print("nbtoolkit gui: no display found (set DISPLAY or WAYLAND_DISPLAY, or use the headless "
+              "commands 'nbtoolkit train' / 'nbtoolkit simulate')", file=sys.stderr)
+        return 2
+    from PyQt6.QtWidgets import QApplication
+
+    configure_runtime()
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("nbtoolkit viewer")
+    window = create_window(args)
+    app.aboutToQuit.connect(window.shutdown)
+    # Ctrl+C in the terminal closes the window cleanly (the frame timer lets Python see the signal)
+    signal.signal(signal.SIGINT, lambda *_: window.close())
+    window.show()
+    return int(app.exec())

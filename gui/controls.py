@@ -1,0 +1,459 @@
+"""The control panel: system preset and its parameters, plugin choices, training and simulation
+settings, and the run buttons.
+
+The integrator, dt-predictor and replay-sampler drop-downs are filled from the plugin host's
+registries (:meth:`ControlPanel.refresh_plugins`), so a plugin installed by a third party shows
+up with no change here. Preset parameters come from ``nbtoolkit.presets.PRESETS[name].params``
+and the training defaults from ``TrainConfig``; values typed by the user are validated by those
+same objects, whose :class:`~nbtoolkit.errors.ConfigError` messages name the offending key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PyQt6.QtCore import Qt, pyqtSignal
+from PyQt6.QtGui import QDoubleValidator
+from PyQt6.QtWidgets import (
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+    QScrollArea, QSlider, QSpinBox, QTabWidget, QVBoxLayout, QWidget,
+)
+
+from nbtoolkit.errors import ConfigError
+from nbtoolkit.plugin_manager import PluginHost
+from nbtoolkit.presets import PRESETS, PresetSystem, make_preset
+from nbtoolkit.training import TrainConfig
+from nbtoolkit.training.config import read_toml
+
+MODE_TRAIN = "train"
+MODE_SIMULATE = "simulate"
+NO_REFERENCE = "(none)"
+PREFERRED = {"integrator": "leapfrog", "predictor": "mlp", "sampler": "uniform", "reference": "freefall"}
+MODEL_TRAINED = "model just trained"
+MODEL_CHECKPOINT = "checkpoint file"
+#: playback speeds offered by the slider (steps per second); the last slider position is "max"
+SPEED_RANGE = (1.0, 5000.0)
+SPEED_SLIDER_STEPS = 100
+DEFAULT_SPEED = 120.0
+MAX_INT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """What Simulate plays: the model source (a checkpoint path, or None for the model just
+    trained), steps (0 = until stopped), speed in steps per second (0 = as fast as possible),
+    and the energy-gate guard threshold (None = off)."""
+
+    checkpoint: str | None
+    steps: int
+    speed: float
+    guard_threshold: float | None
+
+
+def _format_float(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _float_edit(value: float, tooltip: str) -> QLineEdit:
+    edit = QLineEdit(_format_float(value))
+    validator = QDoubleValidator()
+    validator.setNotation(QDoubleValidator.Notation.ScientificNotation)
+    edit.setValidator(validator)
+    edit.setToolTip(tooltip)
+    return edit
+
+
+def _int_spin(value: int, low: int, high: int, tooltip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    spin.setToolTip(tooltip)
+    spin.setKeyboardTracking(False)
+    return spin
+
+
+def _read_float(edit: QLineEdit, key: str) -> float:
+    text = edit.text().strip()
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number; got {text!r}") from None
+
+
+def speed_from_slider(position: int) -> float:
+    """Steps per second for a slider position (log scale); the last position means 0 = unlimited."""
+    if position >= SPEED_SLIDER_STEPS:
+        return 0.0
+    lo, hi = (math.log10(v) for v in SPEED_RANGE)
+    return float(10 ** (lo + (hi - lo) * position / (SPEED_SLIDER_STEPS - 1)))
+
+
+def slider_from_speed(speed: float) -> int:
+    """The slider position closest to ``speed`` steps per second (0 = unlimited)."""
+    if speed <= 0:
+        return SPEED_SLIDER_STEPS
+    lo, hi = (math.log10(v) for v in SPEED_RANGE)
+    frac = (math.log10(min(max(speed, SPEED_RANGE[0]), SPEED_RANGE[1])) - lo) / (hi - lo)
+    return int(round(frac * (SPEED_SLIDER_STEPS - 1)))
+
+
+class ControlPanel(QWidget):
+    """All settings and run buttons. The window connects the ``*_clicked`` signals."""
+
+    start_clicked = pyqtSignal()
+    pause_clicked = pyqtSignal()
+    stop_clicked = pyqtSignal()
+    save_clicked = pyqtSignal()
+    speed_changed = pyqtSignal(float)  # steps per second, 0 = unlimited
+
+    def __init__(self, host: PluginHost, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.host = host
+        self._base_config: dict[str, Any] = TrainConfig().to_dict()
+        self._param_widgets: dict[str, QWidget] = {}
+        defaults = TrainConfig()
+
+        # ---- system
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(list(PRESETS))
+        self.preset_combo.setToolTip("Initial condition to train on or simulate")
+        self.preset_description = QLabel()
+        self.preset_description.setWordWrap(True)
+        self.preset_description.setStyleSheet("color: gray;")
+        self.params_form = QFormLayout()
+        system_box = QGroupBox("System")
+        system_layout = QVBoxLayout(system_box)
+        system_layout.addWidget(self.preset_combo)
+        system_layout.addWidget(self.preset_description)
+        system_layout.addLayout(self.params_form)
+
+        # ---- plugins
+        self.integrator_combo = QComboBox()
+        self.predictor_combo = QComboBox()
+        self.sampler_combo = QComboBox()
+        self.reference_combo = QComboBox()
+        self.integrator_combo.setToolTip("Integrator plugin (from the plugin registry)")
+        self.predictor_combo.setToolTip("dt predictor plugin to train, e.g. mlp (from the plugin registry)")
+        self.sampler_combo.setToolTip("Replay sampler plugin for Part 2 (from the plugin registry)")
+        self.reference_combo.setToolTip("Classical dt rule drawn as a reference on the dt plot")
+        self.reload_button = QPushButton("Reload plugins")
+        self.reload_button.setToolTip("Re-read the plugin registries")
+        self.reload_button.clicked.connect(self.refresh_plugins)
+        plugin_box = QGroupBox("Plugins")
+        plugin_form = QFormLayout(plugin_box)
+        plugin_form.addRow("integrator", self.integrator_combo)
+        plugin_form.addRow("dt predictor", self.predictor_combo)
+        plugin_form.addRow("replay sampler", self.sampler_combo)
+        plugin_form.addRow("reference dt", self.reference_combo)
+        plugin_form.addRow(self.reload_button)
+
+        # ---- training
+        self.threshold_edit = _float_edit(defaults.energy_threshold, "Energy gate: a step passes when |dE/E| <= this")
+        self.epochs_spin = _int_spin(defaults.epochs, 1, MAX_INT, "Epochs (Part 1 + Part 2 each)")
+        self.steps_spin = _int_spin(defaults.steps_per_epoch, 1, MAX_INT, "Accepted Part 1 steps per system and epoch")
+        self.batch_spin = _int_spin(defaults.replay_batch_size, 1, MAX_INT, "Part 2 replay minibatch size")
+        self.lr_edit = _float_edit(defaults.learning_rate, "Optimizer learning rate")
+        self.seed_spin = _int_spin(defaults.seed, 0, MAX_INT, "Random seed of the model and the replay sampler")
+        train_page = QWidget()
+        train_form = QFormLayout(train_page)
+        train_form.addRow("energy threshold", self.threshold_edit)
+        train_form.addRow("epochs", self.epochs_spin)
+        train_form.addRow("steps per epoch", self.steps_spin)
+        train_form.addRow("replay batch size", self.batch_spin)
+        train_form.addRow("learning rate", self.lr_edit)
+        train_form.addRow("seed", self.seed_spin)
+
+        # ---- simulation
+        self.model_combo = QComboBox()
+        self.model_combo.addItems([MODEL_TRAINED, MODEL_CHECKPOINT])
+        self.model_combo.setToolTip("Play with the model trained in this window or one loaded from a checkpoint")
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("checkpoint file (.pt)")
+        self.browse_button = QPushButton("Browse...")
+        self.browse_button.clicked.connect(self._browse_checkpoint)
+        checkpoint_row = QHBoxLayout()
+        checkpoint_row.addWidget(self.checkpoint_edit, 1)
+        checkpoint_row.addWidget(self.browse_button)
+        self.sim_steps_spin = _int_spin(0, 0, MAX_INT, "Steps to play (0 = until Stop)")
+        self.sim_steps_spin.setSpecialValueText("until stopped")
+        self.speed_slider = QSlider(Qt.Orientation.Horizontal)
+        self.speed_slider.setRange(0, SPEED_SLIDER_STEPS)
+        self.speed_slider.setValue(slider_from_speed(DEFAULT_SPEED))
+        self.speed_slider.setToolTip("Playback speed in steps per second (rightmost: as fast as possible)")
+        self.speed_label = QLabel()
+        self.speed_label.setMinimumWidth(80)
+        self.speed_slider.valueChanged.connect(self._on_speed_slider)
+        speed_row = QHBoxLayout()
+        speed_row.addWidget(self.speed_slider, 1)
+        speed_row.addWidget(self.speed_label)
+        self.guard_check = QCheckBox("halve dt when |dE/E| > energy threshold")
+        self.guard_check.setToolTip("Energy-gate guard during playback")
+        sim_page = QWidget()
+        sim_form = QFormLayout(sim_page)
+        sim_form.addRow("model", self.model_combo)
+        sim_form.addRow(checkpoint_row)
+        sim_form.addRow("steps", self.sim_steps_spin)
+        sim_form.addRow("speed", speed_row)
+        sim_form.addRow(self.guard_check)
+
+        self.mode_tabs = QTabWidget()
+        self.mode_tabs.addTab(train_page, "Train")
+        self.mode_tabs.addTab(sim_page, "Simulate")
+        self.mode_tabs.currentChanged.connect(lambda _: self._update_start_text())
+        tab_bar = self.mode_tabs.tabBar()
+        assert tab_bar is not None  # a QTabWidget always has its tab bar
+        self._tab_bar = tab_bar
+
+        # ---- run buttons
+        self.start_button = QPushButton()
+        self.pause_button = QPushButton("Pause")
+        self.stop_button = QPushButton("Stop")
+        self.save_button = QPushButton("Save checkpoint...")
+        self.save_button.setToolTip("Write the trained model to a checkpoint file (taken between two steps)")
+        self.start_button.clicked.connect(self.start_clicked)
+        self.pause_button.clicked.connect(self.pause_clicked)
+        self.stop_button.clicked.connect(self.stop_clicked)
+        self.save_button.clicked.connect(self.save_clicked)
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.pause_button, self.stop_button):
+            buttons.addWidget(button)
+
+        settings = QWidget()
+        settings_layout = QVBoxLayout(settings)
+        settings_layout.addWidget(system_box)
+        settings_layout.addWidget(plugin_box)
+        settings_layout.addWidget(self.mode_tabs)
+        settings_layout.addStretch(1)
+        scroll = QScrollArea()  # the settings scroll; the run buttons below always stay visible
+        scroll.setWidget(settings)
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scroll, 1)
+        layout.addLayout(buttons)
+        layout.addWidget(self.save_button)
+        self.setMinimumWidth(340)
+
+        self.preset_combo.currentTextChanged.connect(self._build_param_widgets)
+        self._build_param_widgets(self.preset_combo.currentText())
+        self.refresh_plugins()
+        self._on_speed_slider(self.speed_slider.value())
+        self._update_start_text()
+        self.set_run_state(None, paused=False, can_save=False)
+
+    # ------------------------------------------------------------------ plugins
+    def refresh_plugins(self) -> None:
+        """Fill the drop-downs from the host's registries, keeping the current choices if still there."""
+        self._fill(self.integrator_combo, self.host.integrators.names(), PREFERRED["integrator"])
+        self._fill(self.predictor_combo, self.host.predictors.names(), PREFERRED["predictor"])
+        self._fill(self.sampler_combo, self.host.samplers.names(), PREFERRED["sampler"])
+        self._fill(self.reference_combo, [NO_REFERENCE, *self.host.predictors.names()], PREFERRED["reference"])
+
+    @staticmethod
+    def _fill(combo: QComboBox, names: list[str], preferred: str) -> None:
+        current = combo.currentText()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(names)
+        for choice in (current, preferred):
+            index = combo.findText(choice)
+            if choice and index >= 0:
+                combo.setCurrentIndex(index)
+                break
+        combo.blockSignals(False)
+
+    @staticmethod
+    def _select(combo: QComboBox, name: str, what: str) -> None:
+        index = combo.findText(name)
+        if index < 0:
+            known = ", ".join(combo.itemText(i) for i in range(combo.count())) or "(none)"
+            raise ConfigError(f"{what} '{name}' is not registered; registered: {known}")
+        combo.setCurrentIndex(index)
+
+    def reference_name(self) -> str | None:
+        """Name of the classical reference dt rule, or None."""
+        name = self.reference_combo.currentText()
+        return None if name in ("", NO_REFERENCE) else name
+
+    # ------------------------------------------------------------------ system
+    def set_preset(self, name: str, params: dict[str, Any] | None = None) -> None:
+        """Choose preset ``name`` and set some of its parameters (others keep their defaults)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESETS))}")
+        self.preset_combo.setCurrentText(name)
+        self._build_param_widgets(name)
+        for raw_key, value in (params or {}).items():
+            key = raw_key.replace("-", "_")
+            widget = self._param_widgets.get(key)
+            if widget is None:
+                raise ConfigError(f"preset '{name}' does not take parameter '{raw_key}'; "
+                                  f"it takes: {', '.join(self._param_widgets) or '(none)'}")
+            self._set_param_widget(widget, value)
+
+    def _build_param_widgets(self, name: str) -> None:
+        while self.params_form.rowCount():
+            self.params_form.removeRow(0)
+        self._param_widgets = {}
+        spec = PRESETS[name]
+        self.preset_description.setText(spec.description)
+        for key, default in spec.params.items():
+            widget: QWidget
+            if isinstance(default, bool):
+                widget = QCheckBox()
+            elif isinstance(default, int):
+                widget = QSpinBox()
+                widget.setRange(-MAX_INT, MAX_INT)
+                widget.setKeyboardTracking(False)
+            else:
+                widget = QLineEdit()
+            self._set_param_widget(widget, default)
+            widget.setToolTip(f"{name}: {key} (default {default!r})")
+            self.params_form.addRow(key.replace("_", " "), widget)
+            self._param_widgets[key] = widget
+
+    @staticmethod
+    def _set_param_widget(widget: QWidget, value: Any) -> None:
+        if isinstance(widget, QCheckBox):
+            widget.setChecked(bool(value))
+        elif isinstance(widget, QSpinBox):
+            widget.setValue(int(value))
+        elif isinstance(widget, QLineEdit):
+            if isinstance(value, (tuple, list)):
+                widget.setText(", ".join(_format_float(v) if isinstance(v, float) else str(v) for v in value))
+            elif isinstance(value, float):
+                widget.setText(_format_float(value))
+            else:
+                widget.setText(str(value))
+
+    def preset_name(self) -> str:
+        return self.preset_combo.currentText()
+
+    def preset_params(self) -> dict[str, Any]:
+        """The parameter values shown (text fields as typed; ``make_preset`` converts them)."""
+        params: dict[str, Any] = {}
+        for key, widget in self._param_widgets.items():
+            if isinstance(widget, QCheckBox):
+                params[key] = widget.isChecked()
+            elif isinstance(widget, QSpinBox):
+                params[key] = widget.value()
+            elif isinstance(widget, QLineEdit):
+                params[key] = widget.text().strip()
+        return params
+
+    def build_system(self) -> PresetSystem:
+        """Build the chosen preset with the shown parameters (raises ConfigError naming a bad one)."""
+        return make_preset(self.preset_name(), **self.preset_params())
+
+    # ------------------------------------------------------------------ training settings
+    def train_config(self) -> TrainConfig:
+        """The training configuration: the loaded (or default) config with the shown settings on top."""
+        values = dict(self._base_config)
+        values.update(
+            energy_threshold=_read_float(self.threshold_edit, "energy threshold"),
+            epochs=self.epochs_spin.value(),
+            steps_per_epoch=self.steps_spin.value(),
+            replay_batch_size=self.batch_spin.value(),
+            learning_rate=_read_float(self.lr_edit, "learning rate"),
+            seed=self.seed_spin.value(),
+            integrator=self.integrator_combo.currentText(),
+            predictor=self.predictor_combo.currentText(),
+            sampler=self.sampler_combo.currentText(),
+        )
+        return TrainConfig.from_dict(values)
+
+    def set_config(self, config: TrainConfig) -> None:
+        """Show ``config`` (plugin names must be registered); keys without a widget are kept as the base."""
+        self._select(self.integrator_combo, config.integrator, "integrator")
+        self._select(self.predictor_combo, config.predictor, "dt predictor")
+        self._select(self.sampler_combo, config.sampler, "replay sampler")
+        self._base_config = config.to_dict()
+        self.threshold_edit.setText(_format_float(config.energy_threshold))
+        self.epochs_spin.setValue(config.epochs)
+        self.steps_spin.setValue(config.steps_per_epoch)
+        self.batch_spin.setValue(config.replay_batch_size)
+        self.lr_edit.setText(_format_float(config.learning_rate))
+        self.seed_spin.setValue(config.seed)
+
+    def load_config(self, path: str | Path) -> None:
+        """Load a training TOML file, including its ``[system]`` table (preset and parameters)."""
+        data, system = read_toml(path)
+        try:
+            config = TrainConfig.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        self.set_config(config)
+        if system:
+            system = dict(system)
+            preset = system.pop("preset", None)
+            if preset is None:
+                raise ConfigError(f"{path}: the [system] table needs a 'preset' key in the viewer")
+            self.set_preset(str(preset), system)
+
+    # ------------------------------------------------------------------ simulation settings
+    @property
+    def mode(self) -> str:
+        """"train" or "simulate": what Start does."""
+        return MODE_SIMULATE if self.mode_tabs.currentIndex() == 1 else MODE_TRAIN
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in (MODE_TRAIN, MODE_SIMULATE):
+            raise ValueError(f"mode must be '{MODE_TRAIN}' or '{MODE_SIMULATE}'; got {mode!r}")
+        self.mode_tabs.setCurrentIndex(1 if mode == MODE_SIMULATE else 0)
+
+    def set_checkpoint(self, path: str | Path) -> None:
+        """Use the checkpoint at ``path`` for Simulate."""
+        self.checkpoint_edit.setText(str(path))
+        self.model_combo.setCurrentText(MODEL_CHECKPOINT)
+
+    def speed(self) -> float:
+        """Playback speed in steps per second (0 = unlimited)."""
+        return speed_from_slider(self.speed_slider.value())
+
+    def set_speed(self, steps_per_second: float) -> None:
+        self.speed_slider.setValue(slider_from_speed(steps_per_second))
+
+    def simulation_settings(self) -> SimulationSettings:
+        checkpoint = None
+        if self.model_combo.currentText() == MODEL_CHECKPOINT:
+            checkpoint = self.checkpoint_edit.text().strip()
+            if not checkpoint:
+                raise ConfigError("choose a checkpoint file to simulate with (or use the model just trained)")
+        guard = _read_float(self.threshold_edit, "energy threshold") if self.guard_check.isChecked() else None
+        return SimulationSettings(checkpoint, self.sim_steps_spin.value(), self.speed(), guard)
+
+    def _on_speed_slider(self, position: int) -> None:
+        speed = speed_from_slider(position)
+        self.speed_label.setText("max" if speed == 0 else f"{speed:.3g} steps/s")
+        self.speed_changed.emit(speed)
+
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load checkpoint", self.checkpoint_edit.text(),
+                                              "Checkpoints (*.pt *.pth *.ckpt);;All files (*)")
+        if path:
+            self.set_checkpoint(path)
+
+    # ------------------------------------------------------------------ run state
+    def _update_start_text(self) -> None:
+        self.start_button.setText("Start simulation" if self.mode == MODE_SIMULATE else "Start training")
+
+    def set_run_state(self, running: str | None, *, paused: bool, can_save: bool) -> None:
+        """Enable the widgets that make sense: ``running`` is the active mode or None when idle."""
+        idle = running is None
+        settings = (
+            self.preset_combo, self.integrator_combo, self.predictor_combo, self.sampler_combo, self.reference_combo,
+            self.reload_button, self._tab_bar, self.start_button, self.threshold_edit, self.epochs_spin,
+            self.steps_spin, self.batch_spin, self.lr_edit, self.seed_spin, self.model_combo, self.checkpoint_edit,
+            self.browse_button, self.sim_steps_spin, self.guard_check, *self._param_widgets.values(),
+        )
+        for widget in settings:
+            widget.setEnabled(idle)
+        # the playback speed stays adjustable while playing
+        self.pause_button.setEnabled(not idle)
+        self.pause_button.setText("Resume" if paused else "Pause")
+        self.stop_button.setEnabled(not idle)
+        self.save_button.setEnabled(can_save)

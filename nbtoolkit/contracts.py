@@ -1,0 +1,192 @@
+"""Run-time checks of the integrator contract, so that a faulty plugin is named where it fails.
+
+Loops that step states with a plugin's integrator call :func:`checked_step` instead of
+``integrator.step``. It runs the step and checks the result:
+
+* it is an :class:`~nbtoolkit.state.NBodyState` with the input's shapes and dtype, the same
+  masses, ``G`` and softening, and an acceleration cache that is absent or of shape (B, N, D);
+* every system's ``time`` advanced by its ``dt`` (to round-off);
+* no position, velocity or cached acceleration became NaN or infinite out of a finite state and a
+  finite dt, **unless the step's own scale makes a floating-point overflow the expected outcome**.
+
+The last rule separates two things that look alike. A dt far too large for a system legitimately
+gives a wrong, even absurd, state; the energy gate exists to reject such steps (their relative
+energy error is reported as inf) and the run goes on. But such a state stays finite: Newtonian
+gravity only overflows when a length or speed reaches the range where the force law's r^3
+overflows (or two unsoftened bodies land within ~1e-100 of each other, which no real step does).
+So for each system with a non-finite result the check estimates the step's scale from the input,
+``|x|max + dt |v|max + dt^2 |a|max`` and ``|v|max + dt |a|max``; if both are below
+``finfo(dtype).max ** (1/3)`` (about 5.6e102 in float64), a correct step could not have
+overflowed and the integrator is at fault. Beyond that, the non-finite state is passed on as the
+blow-up it is.
+
+Any other exception raised by ``step`` (a plugin bug such as a shape error) is re-raised as a
+:class:`~nbtoolkit.errors.PluginError` naming the integrator, its plugin and where it came from
+(nbtoolkit's own errors and out-of-memory errors pass unchanged).
+
+Usage::
+
+    from nbtoolkit.contracts import checked_step
+    new_state = checked_step(integrator, state, dt)               # instead of integrator.step(state, dt)
+    new_state = checked_step(integrator, state, dt, name="pefrl", host=host)  # when the name is known
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .errors import NBToolkitError, PluginError
+from .integrator import Integrator
+from .physics import accelerations
+from .state import NBodyState
+
+if TYPE_CHECKING:
+    from .plugin_manager import PluginHost
+
+#: tolerance on the new time, in units of finfo(dtype).eps * (|t| + |dt|)
+TIME_TOLERANCE_EPS = 1000.0
+#: exceptions from step() that are the machine's, not the plugin's: passed on unchanged
+_RESOURCE_ERRORS: tuple[type[BaseException], ...] = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
+
+
+def checked_step(
+    integrator: Integrator,
+    state: NBodyState,
+    dt: Tensor,
+    *,
+    name: str | None = None,
+    host: PluginHost | None = None,
+) -> NBodyState:
+    """Advance ``state`` by ``dt`` (B,) with ``integrator`` and check the result (see the module doc).
+
+    Returns the new state unchanged. Raises :class:`PluginError` naming the integrator (by
+    ``name`` when given, else by looking its class up in the registry of ``host``, by default the
+    process-wide host), the plugin that registered it and its module or distribution, and what was
+    wrong. Keeps the autograd graph: the checks only read values.
+    """
+    try:
+        result = integrator.step(state, dt)
+    except (NBToolkitError, *_RESOURCE_ERRORS):
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"{integrator_origin(integrator, name=name, host=host)} raised {type(exc).__name__} in step(): {exc}"
+        ) from exc
+    problem = step_problem(state, dt, result)
+    if problem is not None:
+        raise PluginError(f"{integrator_origin(integrator, name=name, host=host)} broke the integrator contract: {problem}")
+    return result
+
+
+def step_problem(state: NBodyState, dt: Tensor, result: object) -> str | None:
+    """What is wrong with ``result`` as the step of ``state`` by ``dt`` (B,), or None if nothing."""
+    if not isinstance(result, NBodyState):
+        return f"step() returned {type(result).__name__}, not an NBodyState"
+    for field in ("mass", "position", "velocity", "time"):
+        before, after = getattr(state, field), getattr(result, field)
+        if not isinstance(after, Tensor):
+            return f"returned {field} of type {type(after).__name__}, not a tensor"
+        if after.shape != before.shape:
+            return f"returned {field} of shape {tuple(after.shape)} for an input of shape {tuple(before.shape)}"
+        if after.dtype != before.dtype:
+            return f"returned {field} of dtype {after.dtype} for an input of dtype {before.dtype}"
+    acc = result.acceleration
+    if acc is not None and (not isinstance(acc, Tensor) or acc.shape != state.position.shape):
+        shape = tuple(acc.shape) if isinstance(acc, Tensor) else type(acc).__name__
+        return f"returned an acceleration cache of shape {shape}; expected {tuple(state.position.shape)} or None"
+    if result.G != state.G or result.softening != state.softening:
+        return (f"changed G or softening from ({state.G}, {state.softening}) to ({result.G}, {result.softening})")
+    if result.mass is not state.mass and not torch.equal(result.mass.detach(), state.mass.detach()):
+        b = int(torch.nonzero((result.mass.detach() != state.mass.detach()).any(-1))[0, 0])
+        return f"changed the masses of system {b}"
+    return _time_problem(state, dt, result) or _finiteness_problem(state, dt, result)
+
+
+def _time_problem(state: NBodyState, dt: Tensor, result: NBodyState) -> str | None:
+    t0, t1, h = state.time.detach(), result.time.detach(), dt.detach()
+    expected = t0 + h
+    if torch.equal(t1, expected):  # the usual case, one comparison
+        return None
+    tol = TIME_TOLERANCE_EPS * torch.finfo(t0.dtype).eps * (t0.abs() + h.abs())
+    wrong = ~((t1 - expected).abs() <= tol) & torch.isfinite(expected)
+    if bool(wrong.any()):
+        b = int(torch.nonzero(wrong)[0, 0])
+        return (f"system {b} has time {t1[b].item()!r} after a step of dt = {h[b].item()!r} from time "
+                f"{t0[b].item()!r}; expected {expected[b].item()!r}")
+    return None
+
+
+def _finiteness_problem(state: NBodyState, dt: Tensor, result: NBodyState) -> str | None:
+    total = result.position.detach().sum() + result.velocity.detach().sum()
+    if result.acceleration is not None:
+        total = total + result.acceleration.detach().sum()
+    if math.isfinite(total.item()):  # any NaN or inf makes the sum non-finite: one reduction in the usual case
+        return None
+    outputs = {"position": result.position, "velocity": result.velocity}
+    if result.acceleration is not None:
+        outputs["acceleration cache"] = result.acceleration
+    bad = torch.zeros_like(state.time, dtype=torch.bool)
+    for value in outputs.values():
+        bad |= ~torch.isfinite(value.detach()).flatten(1).all(-1)
+    if not bool(bad.any()):
+        return None
+    x, v, h = state.position.detach(), state.velocity.detach(), dt.detach()
+    finite_input = torch.isfinite(x).flatten(1).all(-1) & torch.isfinite(v).flatten(1).all(-1) & torch.isfinite(h)
+    suspects = torch.nonzero(bad & finite_input).squeeze(1)
+    if suspects.numel() == 0:
+        return None
+    if state.acceleration is not None:
+        a = state.acceleration.detach()[suspects]
+    else:
+        a = accelerations(state.mass.detach()[suspects], x[suspects], state.G, state.softening)
+    xs, vs, hs = x[suspects].abs().flatten(1).amax(-1), v[suspects].abs().flatten(1).amax(-1), h[suspects].abs()
+    amax = a.abs().flatten(1).amax(-1)
+    length_scale = xs + hs * vs + hs * hs * amax
+    speed_scale = vs + hs * amax
+    limit = torch.finfo(x.dtype).max ** (1.0 / 3.0)
+    in_range = torch.isfinite(amax) & (length_scale < limit) & (speed_scale < limit)
+    if not bool(in_range.any()):
+        return None  # the dt is so large that overflow is the expected outcome: a blow-up, not a fault
+    b = int(suspects[torch.nonzero(in_range)[0, 0]])
+    field = next(f for f, value in outputs.items() if not bool(torch.isfinite(value[b].detach()).all()))
+    sample = outputs[field][b].detach().flatten()
+    first_bad = sample[~torch.isfinite(sample)][0].item()
+    return (f"returned a non-finite {field} ({first_bad}) for system {b} from a finite state with dt = "
+            f"{h[b].item()!r}, a step whose scale cannot overflow")
+
+
+def integrator_origin(integrator: Integrator, *, name: str | None = None, host: PluginHost | None = None) -> str:
+    """Describe an integrator for messages: ``integrator 'pefrl' (plugin 'pefrl' from nbtoolkit-pefrl 0.1.0)``.
+
+    The registry entry is found by ``name`` when given, else by the entry whose factory is the
+    integrator's class (or, for factory functions, lives in the class's module). An integrator
+    that no registered plugin provides is described by its class and module.
+    """
+    if host is None:
+        from .plugin_manager import get_host
+
+        host = get_host()
+    cls = type(integrator)
+    if name is not None and name in host.integrators:
+        entries = [host.integrators.get(name)]
+    else:
+        entries = [e for e in host.integrators.entries() if _made_by(e.factory, cls)]
+    if not entries:
+        label = f"'{name}'" if name is not None else cls.__qualname__
+        return f"integrator {label} (class {cls.__module__}.{cls.__qualname__}, from no registered plugin)"
+    names = " or ".join(f"'{e.name}'" for e in entries)
+    plugins = sorted({(e.plugin, e.source) for e in entries})
+    return f"integrator {names} (" + ", ".join(f"plugin '{p}' from {s}" for p, s in plugins) + ")"
+
+
+def _made_by(factory: object, cls: type) -> bool:
+    """Whether a registry factory builds instances of ``cls``: it is the class, or a factory
+    function (or partial of one) defined in the class's module."""
+    target = getattr(factory, "func", factory)
+    if isinstance(target, type):
+        return target is cls
+    return getattr(target, "__module__", None) == cls.__module__

@@ -1,0 +1,235 @@
+"""``nbtoolkit train``: arguments and command.
+
+Precedence of configuration values, lowest first: defaults, the checkpoint given to
+``--resume`` (model keys only), the ``--config`` TOML file, command-line flags. Every
+configuration key has a flag (``--steps-per-epoch`` for ``steps_per_epoch``; option tables
+take ``--predictor-option KEY=VALUE``, repeatable); ``--seed`` sets both the training seed and
+the seed of presets that take one.
+
+The system comes from ``--preset``/``--state`` (with the preset flags), else from the
+``[system]`` table of the TOML file (``preset = "..."`` plus parameters, which preset flags
+override), else, when resuming, from the checkpoint. Ctrl-C stops training cleanly at the next
+step (the checkpoint is still written); a second Ctrl-C aborts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..control import RunControl
+from ..errors import ConfigError
+from ..plugin_manager import get_host
+from ..state import NBodyState
+from .config import TrainConfig, read_toml
+from .trainer import Trainer
+
+EXIT_STOPPED = 130
+
+#: help text per configuration key
+KEY_HELP: dict[str, str] = {
+    "energy_threshold": "energy gate: a step passes when |dE/E| <= this (default 2e-4)",
+    "E_lower": "lower edge of the loss band on |dE/E| (default 1e-6)",
+    "E_upper": "upper edge of the loss band on |dE/E| (default 1e-4)",
+    "efficiency_weight": "weight of the band loss on passing steps, pushing dt up below E_lower (0 = off; default 1)",
+    "nonfinite_penalty": "loss of a step whose energy error is not finite (default 100)",
+    "epochs": "number of epochs (Part 1 + Part 2) in total, counting resumed ones (default 20)",
+    "steps_per_epoch": "accepted Part 1 steps per system and epoch (default 64)",
+    "n_steps": "integrator sub-steps with the predicted dt per step (default 1)",
+    "max_retrain_steps": "consecutive rejected attempts of one system before giving up (default 1000)",
+    "on_retrain_limit": "at max_retrain_steps: raise an error, or take the step with the fallback predictor",
+    "fallback_predictor": "classical predictor used by --on-retrain-limit fallback (default freefall)",
+    "stop_at_period": "stop collecting from a system once it completed its orbital period",
+    "replay_batch_size": "Part 2 minibatch size (default 512)",
+    "replay_steps": "cap on Part 2 iterations per epoch (default 1000)",
+    "min_replay_size": "skip Part 2 while the buffer holds fewer samples (default 2)",
+    "replay_scope": "keep the replay buffer across epochs (persistent) or clear it every epoch (epoch)",
+    "buffer_capacity": "most replay samples kept, oldest dropped first (default 100000)",
+    "learning_rate": "Adam learning rate (default 1e-3)",
+    "grad_clip": "gradient norm clipping, 0 = off (default 10)",
+    "integrator": "integrator name (default leapfrog; see `nbtoolkit plugins`)",
+    "predictor": "dt predictor to train (default mlp)",
+    "sampler": "replay sampler name: uniform, prioritized, recent, ... (default uniform)",
+    "predictor_options": "extra predictor factory option KEY=VALUE (repeatable), e.g. init_factor=0.01",
+    "sampler_options": "replay sampler option KEY=VALUE (repeatable), e.g. alpha=0.7",
+    "fallback_options": "fallback predictor option KEY=VALUE (repeatable), e.g. eta=0.02",
+    "history_len": "number of past accepted states the predictor sees (default 0)",
+    "hidden_width": "width of the predictor's hidden layers (default 64)",
+    "hidden_layers": "number of hidden layers (default 2)",
+    "activation": "hidden activation: tanh, silu, relu, gelu, softplus (default tanh)",
+    "fourier_features": "random Fourier features of the inputs, 0 = off (default 0)",
+    "fourier_scale": "standard deviation of the Fourier frequencies (default 1)",
+    "checkpoint_path": "write a checkpoint here at the end (and every --checkpoint-every epochs)",
+    "checkpoint_every": "also write the checkpoint every K epochs (0 = only at the end)",
+    "metrics_log": "append one JSON line per training event to this file",
+    "progress": "show the progress bar (default: when stderr is a terminal)",
+    "device": "torch device, e.g. cpu or cuda (default cpu)",
+}
+
+#: keys whose flag is not simply --key-with-dashes
+_FLAG_NAMES: dict[str, list[str]] = {
+    "checkpoint_path": ["--checkpoint", "--checkpoint-path"],
+    "E_lower": ["--E-lower", "--e-lower"],
+    "E_upper": ["--E-upper", "--e-upper"],
+    "predictor_options": ["--predictor-option"],
+    "sampler_options": ["--sampler-option"],
+    "fallback_options": ["--fallback-option"],
+}
+
+
+def _dest(key: str) -> str:
+    return f"train_{key}"
+
+
+def _option_pair(text: str) -> tuple[str, Any]:
+    """Parse KEY=VALUE; VALUE is read as a TOML value when it is one (numbers, true/false), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the system, run and configuration flags of ``nbtoolkit train`` to ``parser``."""
+    from ..cli import add_system_arguments
+
+    add_system_arguments(parser)
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", type=Path, help="TOML file of configuration keys (and an optional [system] table)")
+    run.add_argument("--resume", type=Path, help="continue training from this checkpoint (written back to it "
+                                                 "unless --checkpoint says otherwise)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (small models run fastest with 1)")
+    group = parser.add_argument_group("training configuration (flags override --config, which overrides --resume)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "seed":
+            continue  # --seed of the system group
+        flags = _FLAG_NAMES.get(f.name, ["--" + f.name.replace("_", "-")])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"dest": _dest(f.name), "default": None, "help": KEY_HELP[f.name]}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, dict):
+            kwargs.update(action="append", type=_option_pair, metavar="KEY=VALUE")
+        elif f.name in ("on_retrain_limit", "replay_scope", "activation"):
+            kwargs.update(type=str, choices=_choices(f.name))
+        else:
+            kwargs["type"] = type(default)
+        group.add_argument(*flags, **kwargs)
+
+
+def _choices(key: str) -> list[str]:
+    from .config import ACTIVATIONS
+
+    return {"on_retrain_limit": ["raise", "fallback"], "replay_scope": ["persistent", "epoch"],
+            "activation": list(ACTIVATIONS)}[key]
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, _dest(f.name), None)
+        if value is None:
+            continue
+        out[f.name] = dict(value) if isinstance(value, list) else value
+    if getattr(args, "seed", None) is not None:
+        out["seed"] = args.seed
+    return out
+
+
+def _system(args: argparse.Namespace, table: dict[str, Any] | None) -> tuple[NBodyState | None, torch.Tensor | None]:
+    """The initial state and period from --state / --preset (+ flags) / the [system] table, or (None, None)."""
+    from ..cli import PRESET_FLAGS
+    from ..io import load_state
+    from ..presets import PRESETS, make_preset
+
+    if getattr(args, "state", None) is not None:
+        return load_state(args.state), None
+    table = dict(table or {})
+    table_preset = table.pop("preset", None)
+    name = getattr(args, "preset", None) or table_preset
+    if name != table_preset:
+        table = {}  # the [system] table describes another preset than --preset
+    if name is None:
+        return None, None
+    if name not in PRESETS:
+        raise ConfigError(f"[system] preset: unknown preset '{name}'; known: {', '.join(sorted(PRESETS))}")
+    accepted = PRESETS[name].params
+    given = {k: getattr(args, k) for k in PRESET_FLAGS if k != "seed" and getattr(args, k, None) is not None}
+    unused = sorted(k for k in given if k not in accepted)
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise ConfigError(f"preset '{name}' does not take {flags}; it takes: {', '.join(sorted(accepted)) or '(nothing)'}")
+    if "seed" in accepted and getattr(args, "seed", None) is not None:
+        given["seed"] = args.seed
+    system = make_preset(name, **{**table, **given})
+    return system.state, system.period
+
+
+def _install_interrupt(control: RunControl) -> Any:
+    """First Ctrl-C asks the run to stop at its next step; the second one interrupts. Returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        if control.stop_requested:
+            raise KeyboardInterrupt
+        control.stop()
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``nbtoolkit train``; returns the exit status (0, or 130 when stopped by Ctrl-C).
+
+    Errors the user can fix are raised as :class:`~nbtoolkit.errors.NBToolkitError`.
+    """
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    host = get_host()
+    overrides: dict[str, Any] = {}
+    table = None
+    if args.config is not None:
+        overrides, table = read_toml(args.config)
+    overrides.update(_flag_overrides(args))
+    overrides.setdefault("progress", sys.stderr.isatty())
+    state, period = _system(args, table)
+    control = RunControl()
+    if args.resume is not None:
+        overrides.setdefault("checkpoint_path", str(args.resume))
+        trainer = Trainer.from_checkpoint(args.resume, state, host=host, control=control, period=period, **overrides)
+    else:
+        if state is None:
+            raise ConfigError("give --preset NAME or --state FILE, a [system] table in --config, or --resume CHECKPOINT")
+        trainer = Trainer(TrainConfig.from_dict(overrides), state, host=host, control=control, period=period)
+    previous = _install_interrupt(control)
+    try:
+        result = trainer.fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    cfg = trainer.config
+    last = result.epoch_metrics[-1] if result.epoch_metrics else None
+    lines = [f"epochs             {result.epochs_completed}/{cfg.epochs}" + (" (stopped)" if result.stopped else ""),
+             f"accepted steps     {trainer.total_accepted}",
+             f"retrains           {trainer.total_retrains}",
+             f"replay buffer      {len(trainer.buffer)} samples"]
+    if last is not None:
+        lines.append(f"last replay        {last['replay_iterations']} iterations, pass rate {100 * last['pass_rate']:.1f}%"
+                     + (" (skipped)" if last["replay_skipped"] else ""))
+        lines.append(f"last mean dt       {last['mean_dt']:.4g}")
+    lines.append(f"checkpoint         {cfg.checkpoint_path}" if cfg.checkpoint_path
+                 else "checkpoint         none written (use --checkpoint PATH)")
+    print("\n".join(lines))
+    return EXIT_STOPPED if result.stopped else 0

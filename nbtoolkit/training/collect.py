@@ -1,0 +1,264 @@
+"""Part 1: trajectory collection under the energy gate, for a batch of systems at once.
+
+Each iteration predicts dt for every still-collecting system and takes one step. Systems whose
+step passes the gate advance (their pre-step state, dt, |dE/E| and history window go into the
+replay buffer); the failing ones stay where they are, the predictor takes one optimizer step on
+their mean loss, and they are retried in the next iteration with a fresh prediction. A system
+is done after ``steps_per_epoch`` accepted steps (or, with a stop time, once it reaches it).
+
+Efficiency: with ``efficiency_weight`` w > 0 the optimizer step also carries w times the mean
+band loss of the systems that passed (see :func:`~nbtoolkit.training.steps.batch_objective`),
+and an iteration in which every system passed takes that step alone; this is what pushes dt up
+where |dE/E| < E_lower. Only steps taken because of failures count as retrains.
+
+Warmup: with ``history_len`` K > 0 a sample is only recorded once its history window is full,
+so the first K accepted steps from a fresh history are taken but not put in the buffer.
+
+Retry cap: ``max_retrain_steps`` consecutive rejections of one system raise
+:class:`~nbtoolkit.training.errors.RetrainLimitError`, or with ``on_retrain_limit =
+"fallback"`` that step is taken with the fallback (classical) predictor's dt, halved until it
+passes the gate (at most :data:`FALLBACK_HALVINGS` times), and collection goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..control import RunControl, RunStopped
+from ..events import StepAccepted, StepRejected
+from ..integrator import Integrator
+from ..physics import state_accelerations, state_energy
+from ..predictor import DtPredictor, History, checked_dt
+from ..state import NBodyState
+from .buffer import ReplayBuffer
+from .config import TrainConfig
+from .errors import RetrainLimitError
+from .steps import attempt_single_step, batch_objective, check_energy_threshold, optimizer_step, predict_and_step
+
+#: most dt halvings the fallback tries before giving up on a step
+FALLBACK_HALVINGS = 40
+
+
+@dataclass
+class CollectResult:
+    """What :func:`collect_trajectory` did.
+
+    ``state`` and ``history``: where the systems are now (detached); ``buffer``: the replay
+    buffer the samples went to; ``accepted`` and ``rejected`` (B,) long: accepted steps and
+    rejected attempts per system; ``recorded``: samples added to the buffer; ``retrains``:
+    optimizer steps taken; ``fallbacks``: steps taken with the fallback predictor;
+    ``dt_sum``: sum of accepted dt (all systems); ``stopped``: ended by a stop request.
+    """
+
+    state: NBodyState
+    history: History | None
+    buffer: ReplayBuffer
+    accepted: Tensor
+    rejected: Tensor
+    recorded: int
+    retrains: int
+    fallbacks: int
+    dt_sum: float
+    stopped: bool
+
+    @property
+    def mean_dt(self) -> float:
+        """Mean accepted dt over all accepted steps (0 if none)."""
+        total = int(self.accepted.sum())
+        return self.dt_sum / total if total else 0.0
+
+
+def _put(full: Tensor, idx: Tensor, rows: Tensor) -> Tensor:
+    out = full.clone()
+    out[idx] = rows
+    return out
+
+
+def _scatter_state(base: NBodyState, idx: Tensor, part: NBodyState) -> NBodyState:
+    acc = None
+    if base.acceleration is not None and part.acceleration is not None:
+        acc = _put(base.acceleration, idx, part.acceleration)
+    return base.replace(position=_put(base.position, idx, part.position), velocity=_put(base.velocity, idx, part.velocity),
+                        time=_put(base.time, idx, part.time), acceleration=acc)
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().copy()
+
+
+class _Collection:
+    """Mutable bookkeeping of one :func:`collect_trajectory` call."""
+
+    def __init__(self, predictor: DtPredictor, integrator: Integrator, state: NBodyState, config: TrainConfig,
+                 optimizer: torch.optim.Optimizer, buffer: ReplayBuffer, history: History | None, epoch: int,
+                 stop_time: Tensor | None, hook: Any, fallback: DtPredictor | None, predictor_name: str) -> None:
+        self.predictor, self.integrator, self.config, self.optimizer = predictor, integrator, config, optimizer
+        self.buffer, self.epoch, self.hook, self.fallback = buffer, epoch, hook, fallback
+        self.predictor_name = predictor_name
+        self.state = state.detach()
+        if self.state.acceleration is None:  # integrators that reuse the cache then never recompute it
+            self.state = self.state.replace(acceleration=state_accelerations(self.state).detach())
+        self.history = history
+        self.energy = state_energy(self.state).detach()
+        B = state.batch_size
+        device = state.device
+        self.accepted = torch.zeros(B, dtype=torch.long, device=device)
+        self.rejected = torch.zeros(B, dtype=torch.long, device=device)
+        self.attempts = torch.zeros(B, dtype=torch.long, device=device)  # consecutive rejections
+        self.stop_time = stop_time
+        self.recorded = self.retrains = self.fallbacks = 0
+        self.dt_sum = 0.0
+
+    def active(self) -> Tensor:
+        active = self.accepted < self.config.steps_per_epoch
+        if self.stop_time is not None:
+            active &= self.state.time < self.stop_time
+        return torch.nonzero(active).squeeze(1)
+
+    def iterate(self, idx: Tensor) -> None:
+        """One batched attempt for systems ``idx``: accept the passing ones, retrain on the failing ones."""
+        sub = self.state.index(idx)
+        hsub = None if self.history is None else self.history.index(idx)
+        out = predict_and_step(self.predictor, self.integrator, sub, hsub, self.config, energy0=self.energy[idx],
+                               predictor_name=self.predictor_name)
+        ok = out.passed
+        if bool(ok.any()):
+            rows = torch.nonzero(ok).squeeze(1)
+            self.accept(idx[rows], sub.index(rows), out.state.index(rows), None if hsub is None else hsub.index(rows),
+                        out.dt.detach()[rows], out.rel_dE[rows])
+        objective = batch_objective(out.losses, out.rel_dE, self.config)
+        if bool(ok.all()):
+            if float(objective.detach()) > 0:  # the efficiency term alone
+                optimizer_step(self.optimizer, objective, self.config.grad_clip)
+            return
+        rows = torch.nonzero(~ok).squeeze(1)
+        failing = idx[rows]
+        loss = out.losses[rows].mean()
+        optimizer_step(self.optimizer, objective, self.config.grad_clip)
+        self.retrains += 1
+        self.attempts[failing] += 1
+        self.rejected[failing] += 1
+        if self.hook is not None:
+            self.hook.nbtoolkit_step_rejected(event=StepRejected(
+                epoch=self.epoch, step=int(self.accepted[failing[0]]), attempt=int(self.attempts[failing].max()),
+                systems=_np(failing), dt=_np(out.dt[rows]), rel_dE=_np(out.rel_dE[rows]), loss=float(loss.detach()),
+            ))
+        over = self.attempts[failing] >= self.config.max_retrain_steps
+        if bool(over.any()):
+            self.retrain_limit(failing[over], sub.index(rows[over]), None if hsub is None else hsub.index(rows[over]),
+                               out.rel_dE[rows[over]])
+
+    def accept(self, idx: Tensor, before: NBodyState, after: NBodyState, hist: History | None, dt: Tensor,
+               rel: Tensor) -> None:
+        """Advance systems ``idx`` to ``after``, record their samples and fire StepAccepted."""
+        if hist is None:
+            record = torch.ones_like(idx, dtype=torch.bool)
+        else:
+            record = hist.mask.all(dim=1)
+        if bool(record.any()):
+            r = torch.nonzero(record).squeeze(1)
+            self.buffer.add(before.index(r), dt[r], rel[r], history=None if hist is None else hist.index(r),
+                            system=idx[r], epoch=self.epoch)
+            self.recorded += int(r.numel())
+        if hist is not None:
+            pushed = hist.push(before)
+            assert self.history is not None
+            self.history = History(_put(self.history.position, idx, pushed.position),
+                                   _put(self.history.velocity, idx, pushed.velocity), _put(self.history.mask, idx, pushed.mask))
+        self.state = _scatter_state(self.state, idx, after)
+        self.energy = _put(self.energy, idx, state_energy(after).detach())
+        step = int(self.accepted[idx[0]])
+        self.accepted[idx] += 1
+        self.dt_sum += float(dt.sum())
+        if self.hook is not None:
+            self.hook.nbtoolkit_step_accepted(event=StepAccepted(
+                epoch=self.epoch, step=step, systems=_np(idx), dt=_np(dt), rel_dE=_np(rel), retrains=_np(self.attempts[idx]),
+                time=_np(after.time), position=_np(after.position), velocity=_np(after.velocity), mass=_np(after.mass),
+            ))
+        self.attempts[idx] = 0
+
+    def retrain_limit(self, idx: Tensor, sub: NBodyState, hist: History | None, rel: Tensor) -> None:
+        """Systems ``idx`` reached ``max_retrain_steps``: raise, or take the step with the fallback."""
+        cfg = self.config
+        first = int(idx[0])
+        if cfg.on_retrain_limit == "raise" or self.fallback is None:
+            raise RetrainLimitError(first, float(rel[0]), cfg.energy_threshold, int(self.attempts[first]), self.epoch,
+                                    int(self.accepted[first]))
+        with torch.no_grad():
+            dt = checked_dt(self.fallback(sub, hist), sub, f"fallback {cfg.fallback_predictor}")
+            e0 = self.energy[idx]
+            for _ in range(FALLBACK_HALVINGS + 1):
+                after = attempt_single_step(self.integrator, sub, dt, cfg.n_steps)
+                passed, rel = check_energy_threshold(sub, after, cfg.energy_threshold, energy0=e0)
+                if bool(passed.all()):
+                    break
+                dt = torch.where(passed, dt, dt / 2)
+            else:
+                bad = int(torch.nonzero(~passed)[0, 0])
+                raise RetrainLimitError(
+                    int(idx[bad]), float(rel[bad]), cfg.energy_threshold, int(self.attempts[idx[bad]]), self.epoch,
+                    int(self.accepted[idx[bad]]),
+                    detail=f"the fallback predictor '{cfg.fallback_predictor}' did not pass either after "
+                           f"{FALLBACK_HALVINGS} halvings of its dt",
+                )
+        self.fallbacks += int(idx.numel())
+        self.accept(idx, sub, after.detach(), hist, dt, rel.detach())
+
+
+def collect_trajectory(
+    predictor: DtPredictor,
+    integrator: Integrator,
+    state: NBodyState,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    *,
+    buffer: ReplayBuffer | None = None,
+    history: History | None = None,
+    epoch: int = 0,
+    stop_time: Tensor | None = None,
+    hook: Any = None,
+    control: RunControl | None = None,
+    fallback: DtPredictor | None = None,
+    predictor_name: str = "predictor",
+) -> CollectResult:
+    """Part 1: collect ``config.steps_per_epoch`` accepted steps from every system of ``state``.
+
+    ``buffer`` receives the samples (a new one of ``config.buffer_capacity`` is made if None);
+    ``history`` is the systems' current history window (None: a fresh, empty one when the
+    predictor reads history). ``stop_time`` (B,) ends a system's collection once its time
+    reaches it. ``hook`` (``host.hook``) gets StepAccepted / StepRejected events. ``control``
+    is checked before every attempt; a stop request ends collection early with
+    ``stopped=True`` and everything accepted so far kept. ``fallback`` is the classical
+    predictor used when ``config.on_retrain_limit == "fallback"``.
+
+    Raises :class:`~nbtoolkit.training.errors.RetrainLimitError` when a system is rejected
+    ``max_retrain_steps`` times in a row (and no fallback applies).
+    """
+    K = int(getattr(predictor, "history_len", 0))
+    state = state.detach()
+    if buffer is None:
+        buffer = ReplayBuffer.like(state, config.buffer_capacity, K)
+    if K and history is None:
+        history = History.empty(state, K)
+    run = _Collection(predictor, integrator, state, config, optimizer, buffer, history if K else None, epoch,
+                      stop_time, hook, fallback, predictor_name)
+    stopped = False
+    while True:
+        idx = run.active()
+        if idx.numel() == 0:
+            break
+        if control is not None:
+            try:
+                control.checkpoint()
+            except RunStopped:
+                stopped = True
+                break
+        run.iterate(idx)
+    return CollectResult(state=run.state, history=run.history, buffer=buffer, accepted=run.accepted, rejected=run.rejected,
+                         recorded=run.recorded, retrains=run.retrains, fallbacks=run.fallbacks, dt_sum=run.dt_sum,
+                         stopped=stopped)

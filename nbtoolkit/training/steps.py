@@ -1,0 +1,145 @@
+"""Single-step primitives shared by Part 1 and Part 2 (the seed's names, batched).
+
+Everything here works on a batch of B systems at once. The dt returned by the predictor stays
+on the autograd graph through the integrator step to the energy error, so the loss on
+|dE/E| trains the predictor.
+
+Loss (per sample, on l = log |dE/E|, band [E_lower, E_upper]):
+
+    loss = relu(l - log E_upper)^2 + relu(log E_lower - l)^2
+
+zero inside the band, squared log-distance outside. |dE/E| is floored at
+:data:`~nbtoolkit.training.config.REL_DE_FLOOR` (round-off). A non-finite |dE/E| (the step
+blew up) costs ``nonfinite_penalty`` with a gradient that shrinks dt, and never yields NaN
+gradients: such samples are re-stepped with dt detached, so nothing flows back through the
+blown-up arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..contracts import checked_step
+from ..integrator import Integrator
+from ..physics import relative_energy_error, state_energy
+from ..predictor import DtPredictor, History, checked_dt
+from ..state import NBodyState
+from .config import REL_DE_FLOOR, TrainConfig
+
+
+def attempt_single_step(integrator: Integrator, state: NBodyState, dt: Tensor, n_steps: int = 1) -> NBodyState:
+    """Advance ``state`` (B systems) by ``n_steps`` integrator steps of ``dt`` (B,) each.
+
+    Returns a new state on the graph of ``dt``; ``state`` itself is never modified (states are
+    frozen and integrators return new ones). A step that breaks the integrator contract (wrong
+    shapes, NaN out of a finite state, ...) raises :class:`~nbtoolkit.errors.PluginError` naming
+    the integrator and its plugin.
+    """
+    new = state
+    for _ in range(n_steps):
+        new = checked_step(integrator, new, dt)
+    return new
+
+
+def check_energy_threshold(state0: NBodyState, state1: NBodyState, threshold: float, *,
+                           energy0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Compare energies before and after a step.
+
+    Returns ``(passed, rel_dE)``: ``rel_dE`` (B,) = |E1 - E0| / |E0| (inf where not finite),
+    on the graph of state1; ``passed`` (B,) bool, True where ``rel_dE <= threshold``.
+    ``energy0`` (B,) may be given to skip recomputing E0.
+    """
+    e0 = state_energy(state0) if energy0 is None else energy0
+    rel = relative_energy_error(e0.detach(), state_energy(state1))
+    return rel.detach() <= threshold, rel
+
+
+def compute_single_step_loss(rel_dE: Tensor, config: TrainConfig, dt: Tensor | None = None) -> Tensor:
+    """Band loss per sample, (B,), on log |dE/E| outside [E_lower, E_upper] (see module docstring).
+
+    Non-finite ``rel_dE`` gives ``config.nonfinite_penalty``; when ``dt`` (B,) is given, that
+    penalty carries the gradient ``2 sqrt(penalty)`` per unit of log dt, so training shrinks dt,
+    as the band loss would at |dE/E| = E_upper * exp(sqrt(penalty)). Gradients are always finite.
+    """
+    finite = torch.isfinite(rel_dE)
+    safe = torch.where(finite, rel_dE, torch.ones_like(rel_dE)).clamp_min(REL_DE_FLOOR)
+    log_rel = safe.log()
+    band = torch.relu(log_rel - math.log(config.E_upper)).square() + torch.relu(math.log(config.E_lower) - log_rel).square()
+    penalty = torch.full_like(band, config.nonfinite_penalty)
+    if dt is not None:
+        log_dt = dt.log()
+        penalty = penalty + 2.0 * math.sqrt(config.nonfinite_penalty) * (log_dt - log_dt.detach())
+    return torch.where(finite, band, penalty)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """One predicted step of a batch: dt (B,) and losses (B,) on the graph; the rest detached."""
+
+    dt: Tensor
+    state: NBodyState
+    rel_dE: Tensor
+    passed: Tensor
+    losses: Tensor
+
+
+def predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBodyState, history: History | None,
+                     config: TrainConfig, *, energy0: Tensor | None = None,
+                     predictor_name: str = "predictor") -> StepOutcome:
+    """Predict dt for every system, step, measure |dE/E| and the per-sample loss, all batched.
+
+    Systems whose step is not finite are stepped again with their dt detached, so their
+    (penalty) loss reaches the predictor only through :func:`compute_single_step_loss`'s dt
+    term. The returned state is detached (it is only ever accepted, not trained through).
+    """
+    dt = checked_dt(predictor(state, history), state, predictor_name)
+    e0 = state_energy(state) if energy0 is None else energy0
+    new = attempt_single_step(integrator, state, dt, config.n_steps)
+    passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=e0)
+    finite = torch.isfinite(rel)
+    if dt.requires_grad and not bool(finite.all()):
+        safe_dt = torch.where(finite, dt, dt.detach())
+        new = attempt_single_step(integrator, state, safe_dt, config.n_steps)
+        passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=e0)
+    losses = compute_single_step_loss(rel, config, dt)
+    return StepOutcome(dt=dt, state=new.detach(), rel_dE=rel.detach(), passed=passed, losses=losses)
+
+
+def batch_objective(losses: Tensor, rel_dE: Tensor, config: TrainConfig) -> Tensor:
+    """The training objective of one evaluated batch (Part 1 attempt or Part 2 minibatch).
+
+    Mean loss of the samples failing the gate, plus ``efficiency_weight`` times the mean loss
+    of the passing ones (which pushes dt up where |dE/E| < E_lower). A scalar on the graph of
+    ``losses``; 0 when there is nothing to learn.
+    """
+    passed = rel_dE <= config.energy_threshold
+    total = losses.sum() * 0.0
+    if bool((~passed).any()):
+        total = total + losses[~passed].mean()
+    if config.efficiency_weight > 0 and bool(passed.any()):
+        total = total + config.efficiency_weight * losses[passed].mean()
+    return total
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float = 0.0) -> bool:
+    """Backpropagate ``loss`` and step ``optimizer`` (gradient norm clipped at ``grad_clip`` > 0).
+
+    If any gradient is not finite the update is skipped (returns False) so the model is never
+    corrupted; returns True when the parameters were updated.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not params:
+        return False
+    if not all(bool(torch.isfinite(p.grad).all()) for p in params):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return True

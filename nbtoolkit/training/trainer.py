@@ -1,0 +1,294 @@
+"""The training driver: epochs of Part 1 (collection) + Part 2 (generalization), with observer events.
+
+:class:`Trainer` owns the predictor, integrator, optimizer, replay buffer, the systems' current
+state and history, and the replay RNG. :meth:`Trainer.fit` runs epochs until ``config.epochs``
+are done, firing the observer hooks of :mod:`nbtoolkit.hookspecs` through ``host.hook``; it
+prints nothing. Epoch numbers in events are 0-based indices of the running epoch;
+:attr:`Trainer.epoch` counts completed epochs.
+
+The replay buffer persists across epochs by default (``replay_scope = "persistent"``): Part 2
+then keeps the predictor correct on every region of phase space visited so far, not just the
+last ``steps_per_epoch`` steps, which with the seed's small per-epoch trajectories would make
+Part 2 a no-op. ``replay_scope = "epoch"`` clears it at the start of every epoch (the seed's
+behaviour).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import __version__
+from ..control import RunControl, RunStopped
+from ..errors import ConfigError
+from ..events import EpochEnd, FitEnd, FitStart
+from ..plugin_manager import PluginHost, get_host
+from ..predictor import DtPredictor, History
+from ..state import NBodyState
+from .buffer import ReplayBuffer
+from .checkpoint import (
+    history_from_dict, history_to_dict, load_predictor_state, plugin_info, read_checkpoint,
+    state_from_dict, state_to_dict, write_checkpoint,
+)
+from .collect import collect_trajectory
+from .config import RUNTIME_KEYS, TrainConfig
+from .errors import CheckpointError
+from .replay import generalize_on_trajectory
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` did: ``epochs_completed`` (total, including epochs of earlier runs
+    this trainer resumed from), ``stopped`` (ended by a stop request), and one metrics dict per
+    epoch completed in this call (the keys of :class:`~nbtoolkit.events.EpochEnd`, plus
+    ``fallbacks``, ``mean_rel_dE`` and ``max_rel_dE`` of the last replay minibatch)."""
+
+    epochs_completed: int
+    stopped: bool
+    epoch_metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _same_layout(a: NBodyState, b: NBodyState) -> bool:
+    return a.position.shape[1:] == b.position.shape[1:] and a.G == b.G and a.softening == b.softening
+
+
+class Trainer:
+    """Trains a dt predictor on ``state`` (B systems) with the generalization loop.
+
+    ``host``: plugin host (default :func:`nbtoolkit.get_host`); ``control``: pause/stop
+    (checked between Part 1 attempts and Part 2 iterations); ``predictor``: a ready
+    predictor instead of building ``config.predictor`` from the registry (it must match
+    ``config.predictor`` and the architecture keys for checkpoints to load back);
+    ``period`` (B,): the systems' orbital periods, needed by ``stop_at_period``.
+    """
+
+    def __init__(self, config: TrainConfig, state: NBodyState, *, host: PluginHost | None = None,
+                 control: RunControl | None = None, predictor: DtPredictor | None = None,
+                 period: Tensor | None = None) -> None:
+        self.config = config
+        self.host = host or get_host()
+        self.control = control
+        self.device = torch.device(config.device)
+        self.state = state.detach().to(device=self.device).validate("training state")
+        self.initial_state = self.state.clone()
+        self.period = None if period is None else torch.as_tensor(period, dtype=self.state.dtype).to(self.device)
+        if self.period is not None and self.period.shape != (self.state.batch_size,):
+            raise ConfigError(f"period must have shape ({self.state.batch_size},); got {tuple(self.period.shape)}")
+        self.stop_time: Tensor | None = None
+        if config.stop_at_period:
+            if self.period is None:
+                raise ConfigError("configuration key 'stop_at_period' needs the orbital period of every system; "
+                                  "this state has none (use a periodic preset or pass period=...)")
+            self.stop_time = self.state.time + self.period
+
+        self.integrator = self.host.integrators.create(config.integrator)
+        accepted = self.host.predictors.get(config.predictor).accepted_options()
+        self.predictor_options = config.predictor_build_options(accepted)
+        if predictor is None:
+            predictor = self.host.predictors.create(config.predictor, **self.predictor_options)
+        self.predictor = predictor.to(device=self.device, dtype=self.state.dtype)
+        if not isinstance(self.predictor, DtPredictor) or not self.predictor.trainable:
+            raise ConfigError(f"dt predictor '{config.predictor}' has no trainable parameters; choose a learned one (e.g. mlp)")
+        if int(getattr(self.predictor, "history_len", 0)) != config.history_len:
+            raise ConfigError(
+                f"configuration key 'history_len' is {config.history_len} but dt predictor '{config.predictor}' "
+                f"reads {getattr(self.predictor, 'history_len', 0)} past states"
+            )
+        self.sampler = self.host.samplers.create(config.sampler, **config.sampler_options)
+        self.fallback: DtPredictor | None = None
+        if config.on_retrain_limit == "fallback":
+            self.fallback = self.host.predictors.create(config.fallback_predictor, **config.fallback_options)
+            self.fallback = self.fallback.to(device=self.device, dtype=self.state.dtype)
+        self.optimizer = torch.optim.Adam(self.predictor.parameters(), lr=config.learning_rate)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.history: History | None = History.empty(self.state, config.history_len) if config.history_len else None
+        self.buffer = ReplayBuffer.like(self.state, config.buffer_capacity, config.history_len)
+        self.epoch = 0
+        self.total_accepted = 0
+        self.total_retrains = 0
+
+    # ------------------------------------------------------------------ training
+    def fit(self) -> FitResult:
+        """Run epochs until ``config.epochs`` are completed (or a stop request).
+
+        Fires FitStart, then per epoch StepAccepted / StepRejected / ReplayIteration events and
+        EpochEnd, then FitEnd. A stop request (``RunStopped``) ends it cleanly with
+        ``stopped=True``. Any other exception fires FitEnd(stopped=True, error=...) and is
+        re-raised. With ``config.checkpoint_path`` set, a checkpoint is written every
+        ``checkpoint_every`` epochs and at the end (also after a stop).
+        """
+        cfg = self.config
+        hook = self.host.hook
+        start = time.perf_counter()
+        results: list[dict[str, Any]] = []
+        stopped = False
+        if cfg.checkpoint_path:
+            folder = Path(cfg.checkpoint_path).parent
+            if not folder.is_dir():
+                raise ConfigError(f"configuration key 'checkpoint_path': directory '{folder}' does not exist")
+        try:
+            hook.nbtoolkit_fit_start(event=FitStart(
+                epochs=cfg.epochs, start_epoch=self.epoch, n_systems=self.state.batch_size, n_bodies=self.state.n_bodies,
+                dim=self.state.dim, energy_threshold=cfg.energy_threshold, mass=self.state.mass.cpu().numpy().copy(),
+                position=self.state.position.cpu().numpy().copy(), config=cfg.to_dict(),
+            ))
+            while self.epoch < cfg.epochs:
+                metrics = self._run_epoch(start)
+                if metrics is None:
+                    stopped = True
+                    break
+                results.append(metrics)
+                if cfg.checkpoint_path and cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0 \
+                        and self.epoch < cfg.epochs:
+                    self.save_checkpoint(cfg.checkpoint_path)
+            if cfg.checkpoint_path:
+                self.save_checkpoint(cfg.checkpoint_path)
+        except RunStopped:
+            stopped = True
+        except BaseException as exc:
+            hook.nbtoolkit_fit_end(event=FitEnd(
+                epochs_completed=self.epoch, total_accepted=self.total_accepted, total_retrains=self.total_retrains,
+                wall_time=time.perf_counter() - start, stopped=True, error=f"{type(exc).__name__}: {exc}",
+            ))
+            raise
+        hook.nbtoolkit_fit_end(event=FitEnd(
+            epochs_completed=self.epoch, total_accepted=self.total_accepted, total_retrains=self.total_retrains,
+            wall_time=time.perf_counter() - start, stopped=stopped,
+        ))
+        return FitResult(epochs_completed=self.epoch, stopped=stopped, epoch_metrics=results)
+
+    def _run_epoch(self, start: float) -> dict[str, Any] | None:
+        """One epoch; returns its metrics, or None if a stop request ended it early."""
+        cfg = self.config
+        hook = self.host.hook
+        if cfg.replay_scope == "epoch":
+            self.buffer.clear()
+        collected = collect_trajectory(
+            self.predictor, self.integrator, self.state, cfg, self.optimizer, buffer=self.buffer, history=self.history,
+            epoch=self.epoch, stop_time=self.stop_time, hook=hook, control=self.control, fallback=self.fallback,
+            predictor_name=cfg.predictor,
+        )
+        self.state, self.history = collected.state, collected.history
+        accepted = int(collected.accepted.sum())
+        self.total_accepted += accepted
+        self.total_retrains += collected.retrains
+        if collected.stopped:
+            return None
+        converged, iterations, replay = generalize_on_trajectory(
+            self.predictor, self.integrator, self.buffer, cfg, self.optimizer, generator=self.generator,
+            sampler=self.sampler, sampler_name=cfg.sampler, epoch=self.epoch, hook=hook, control=self.control,
+            predictor_name=cfg.predictor,
+        )
+        if replay["stopped"]:
+            return None
+        evaluated = replay["pass_count"] + replay["fail_count"]
+        event = EpochEnd(
+            epoch=self.epoch, accepted_steps=accepted, retrains=collected.retrains, replay_iterations=iterations,
+            replay_converged=converged, replay_skipped=bool(replay["skipped"]),
+            pass_rate=replay["pass_count"] / evaluated if evaluated else 1.0, loss=float(replay["loss"]),
+            mean_dt=collected.mean_dt, buffer_size=len(self.buffer), wall_time=time.perf_counter() - start,
+        )
+        self.epoch += 1
+        hook.nbtoolkit_epoch_end(event=event)
+        return {**vars(event), "fallbacks": collected.fallbacks, "mean_rel_dE": replay["mean_rel_dE"],
+                "max_rel_dE": replay["max_rel_dE"]}
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything :meth:`from_checkpoint` needs to continue exactly (tensors and plain values)."""
+        cfg = self.config
+        return {
+            "versions": {"nbtoolkit": str(__version__), "torch": str(torch.__version__)},
+            "config": cfg.to_dict(),
+            "plugins": {
+                "integrator": plugin_info(self.host, "integrators", cfg.integrator),
+                "predictor": plugin_info(self.host, "predictors", cfg.predictor),
+                "sampler": plugin_info(self.host, "samplers", cfg.sampler),
+            },
+            "predictor_options": dict(self.predictor_options),
+            "predictor_state": {k: v.detach().cpu() for k, v in self.predictor.state_dict().items()},
+            "optimizer_state": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "totals": {"accepted": self.total_accepted, "retrains": self.total_retrains},
+            "rng_state": self.generator.get_state(),
+            "state": state_to_dict(self.state),
+            "initial_state": state_to_dict(self.initial_state),
+            "history": history_to_dict(self.history),
+            "stop_time": None if self.stop_time is None else self.stop_time.cpu(),
+            "period": None if self.period is None else self.period.cpu(),
+            "buffer": {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in self.buffer.state_dict().items()},
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
+        """Write a checkpoint atomically (see :mod:`nbtoolkit.training.checkpoint`)."""
+        return write_checkpoint(self.checkpoint_payload(), path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], state: NBodyState | None = None, *,
+                        host: PluginHost | None = None, control: RunControl | None = None,
+                        period: Tensor | None = None, **config_overrides: Any) -> "Trainer":
+        """Resume training from a checkpoint.
+
+        Without ``state`` the run continues exactly where it stopped (same systems, history,
+        replay buffer, optimizer and RNG state). With ``state`` the trained model, optimizer
+        and epoch count carry over to new systems (``period`` for them, if needed); the replay
+        buffer is kept when the new systems have the same N, D, G and softening, else it starts
+        empty. ``config_overrides`` change configuration keys (e.g. ``epochs`` to train
+        longer). Run keys (checkpoint_path, checkpoint_every, metrics_log, progress, device) are
+        not restored from the file: they come from the overrides or their defaults.
+        """
+        data = read_checkpoint(path)
+        where = f"checkpoint '{path}'"
+        saved = {k: v for k, v in dict(data["config"]).items() if k not in RUNTIME_KEYS}
+        try:
+            config = TrainConfig.from_dict({**saved, **config_overrides})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        host = host or get_host()
+        saved_predictor = str(data["plugins"]["predictor"]["name"])
+        if config.predictor != saved_predictor:
+            raise CheckpointError(
+                f"{where} holds dt predictor '{saved_predictor}'; cannot resume it as '{config.predictor}'"
+            )
+        restored_state = state_from_dict(data["state"], f"{where}: state")
+        new_systems = state is not None
+        if state is None:
+            state = restored_state
+            period = None if data["period"] is None else data["period"]
+        if config.predictor not in host.predictors:
+            raise CheckpointError(
+                f"{where} was trained with dt predictor '{config.predictor}', which is not registered now "
+                f"(known: {', '.join(host.predictors.names())}); install or enable the plugin that provides it"
+            )
+        trainer = cls(config, state, host=host, control=control, period=period)
+        load_predictor_state(trainer.predictor, data["predictor_state"], config.predictor, where)
+        try:
+            trainer.optimizer.load_state_dict(data["optimizer_state"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{where}: optimizer state does not fit the predictor ({exc})") from None
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = config.learning_rate
+        trainer.generator.set_state(data["rng_state"])
+        trainer.epoch = int(data["epoch"])
+        trainer.total_accepted = int(data["totals"]["accepted"])
+        trainer.total_retrains = int(data["totals"]["retrains"])
+        if not new_systems:
+            trainer.initial_state = state_from_dict(data["initial_state"], f"{where}: initial_state").to(device=trainer.device)
+            history = history_from_dict(data["history"])
+            if (history is None) != (config.history_len == 0):
+                raise CheckpointError(f"{where}: its history window does not match history_len = {config.history_len}")
+            trainer.history = None if history is None else History(*(t.to(trainer.device) for t in history))
+            if config.stop_at_period and data["stop_time"] is not None:
+                trainer.stop_time = data["stop_time"].to(trainer.device)
+        if not new_systems or _same_layout(state, restored_state):
+            try:
+                trainer.buffer.load_state_dict(data["buffer"])
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"{where}: replay buffer does not fit this configuration ({exc})") from None
+        return trainer

@@ -1,0 +1,309 @@
+"""The viewer driving real training and simulation runs on its worker thread (tiny configs)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("PyQt6")
+pytest.importorskip("pyqtgraph")
+pytest.importorskip("pytestqt")
+
+from PyQt6.QtGui import QImage  # noqa: E402
+
+from gui.bridge import reference_dt  # noqa: E402
+from gui.main_window import MainWindow  # noqa: E402
+from nbtoolkit import hookimpl  # noqa: E402
+from nbtoolkit.events import EpochEnd, StepAccepted  # noqa: E402
+from nbtoolkit.integrator import Integrator  # noqa: E402
+from nbtoolkit.presets import make_preset  # noqa: E402
+from nbtoolkit.training import TrainConfig, Trainer  # noqa: E402
+
+TIMEOUT_MS = 60_000
+TINY = dict(steps_per_epoch=12, replay_batch_size=8, replay_steps=20, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Train with one intra-op thread (as the app does on 2 cores), restoring the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class EventSpy:
+    """Observer plugin recording every training event (called on the worker thread)."""
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+        self.lock = threading.Lock()
+
+    def _add(self, event: object) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.events)
+
+    def of(self, kind: type) -> list:
+        with self.lock:
+            return [e for e in self.events if isinstance(e, kind)]
+
+    @hookimpl
+    def nbtoolkit_step_accepted(self, event):
+        self._add(event)
+
+    @hookimpl
+    def nbtoolkit_step_rejected(self, event):
+        self._add(event)
+
+    @hookimpl
+    def nbtoolkit_replay_iteration(self, event):
+        self._add(event)
+
+    @hookimpl
+    def nbtoolkit_epoch_end(self, event):
+        self._add(event)
+
+
+@pytest.fixture
+def spy(host):
+    plugin = EventSpy()
+    name = host.register_plugin(plugin, name="test-gui-event-spy")
+    yield plugin
+    host.unregister_plugin(name)
+
+
+@pytest.fixture
+def window(qtbot, host):
+    win = MainWindow(host)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    win.shutdown()
+
+
+def configure(window: MainWindow, **overrides) -> None:
+    window.controls.set_config(TrainConfig(**{**TINY, **overrides}))
+    window.controls.set_preset("kepler", {"eccentricity": 0.5})
+
+
+def wait_finished(qtbot, window: MainWindow):
+    if window.is_running:
+        with qtbot.waitSignal(window.run_finished, timeout=TIMEOUT_MS) as blocker:
+            pass
+        return blocker.args[0]
+    return window.last_outcome
+
+
+def test_training_fills_the_plots_with_the_engine_metrics_then_simulates_the_model(qtbot, window, spy, host):
+    configure(window, epochs=2)
+    with qtbot.waitSignal(window.epoch_finished, timeout=TIMEOUT_MS) as blocker:
+        assert window.start_training()
+    assert isinstance(blocker.args[0], EpochEnd) and blocker.args[0].epoch == 0
+    outcome = wait_finished(qtbot, window)
+    assert outcome.kind == "finished", outcome.error
+    window.refresh()
+
+    accepted = [e for e in spy.of(StepAccepted) if 0 in e.systems]
+    rows = [int(np.nonzero(e.systems == 0)[0][0]) for e in accepted]
+    series = window.plots.series(0)
+    assert len(accepted) == 2 * TINY["steps_per_epoch"]
+    np.testing.assert_array_equal(series["step"], np.arange(1, len(accepted) + 1))
+    np.testing.assert_allclose(series["rel_dE"], [e.rel_dE[j] for e, j in zip(accepted, rows)])
+    np.testing.assert_allclose(series["dt"], [e.dt[j] for e, j in zip(accepted, rows)])
+    np.testing.assert_array_equal(series["retrains"], [e.retrains[j] for e, j in zip(accepted, rows)])
+    x, y = window.plots.curves["dt"].getOriginalDataset()
+    np.testing.assert_allclose(y, series["dt"])
+    # the reference curve is the freefall rule on the accepted states
+    freefall = host.predictors.create("freefall")
+    last = accepted[-1]
+    expected = reference_dt(freefall, last.mass, last.position, last.velocity, last.time, 1.0, 0.0)
+    assert series["reference_step"][-1] == len(accepted) + 1
+    np.testing.assert_allclose(series["reference_dt"][-1], expected[rows[-1]])
+
+    epochs = spy.of(EpochEnd)
+    ep = window.plots.epoch_series()
+    np.testing.assert_array_equal(ep["epoch"], [1, 2])
+    np.testing.assert_array_equal(ep["replay_iterations"], [e.replay_iterations for e in epochs])
+    np.testing.assert_allclose(ep["pass_rate"], [e.pass_rate for e in epochs])
+    np.testing.assert_allclose(ep["loss"], [e.loss for e in epochs])
+    assert f"accepted {sum(e.accepted_steps for e in epochs)}" in window.status_text()
+    assert "epoch 2 / 2" in window.status_text()
+    assert window.orbit.frames_drawn >= 1 and window.orbit.n_frames > 1
+
+    # Simulate with the model just trained
+    window.controls.set_mode("simulate")
+    window.controls.sim_steps_spin.setValue(25)
+    window.controls.set_speed(0)
+    assert window.start()
+    outcome = wait_finished(qtbot, window)
+    assert outcome.kind == "finished", outcome.error
+    window.refresh()
+    assert outcome.result.steps == 25
+    sim = window.plots.series(0)
+    np.testing.assert_array_equal(sim["step"], np.arange(1, 26))
+    assert np.all(sim["dt"] > 0) and len(sim["drift"]) == 25
+    assert window.orbit.time == pytest.approx(float(np.sum(sim["dt"])))
+
+
+def test_pause_stops_new_data_and_resume_restarts_it(qtbot, window, spy):
+    configure(window, epochs=10_000)
+    assert window.start_training()
+    qtbot.waitUntil(lambda: len(window.plots.accepted) >= 3, timeout=TIMEOUT_MS)
+    window.pause()
+    assert window.controls.pause_button.text() == "Resume"
+    qtbot.waitUntil(lambda: window.worker.control.parked, timeout=TIMEOUT_MS)
+    qtbot.wait(50)  # deliver what was queued before the pause took effect
+    engine_events, shown = spy.count(), len(window.plots.accepted) + len(window.plots.rejected)
+    qtbot.wait(400)
+    assert spy.count() == engine_events
+    assert len(window.plots.accepted) + len(window.plots.rejected) == shown
+    assert "paused" in window.status_text()
+    window.resume()
+    qtbot.waitUntil(lambda: len(window.plots.accepted) > shown + 2, timeout=TIMEOUT_MS)
+    assert spy.count() > engine_events
+    window.stop()
+    assert wait_finished(qtbot, window).kind == "stopped"
+
+
+def test_stop_ends_the_worker_thread_and_reenables_the_controls(qtbot, window, host):
+    configure(window, epochs=10_000)
+    assert window.start_training()
+    assert not window.controls.start_button.isEnabled()
+    qtbot.waitUntil(lambda: len(window.plots.accepted) >= 2, timeout=TIMEOUT_MS)
+    thread = window.worker.worker_thread
+    bridge_name = window.bridge.plugin_name
+    with qtbot.waitSignal(window.run_finished, timeout=TIMEOUT_MS) as blocker:
+        window.stop()
+    outcome = blocker.args[0]
+    assert outcome.kind == "stopped" and outcome.result.stopped
+    assert not thread.isRunning() and thread.isFinished()
+    assert not window.is_running and window.worker is None
+    assert host.pm.get_plugin(bridge_name) is None
+    assert window.controls.start_button.isEnabled() and not window.controls.stop_button.isEnabled()
+    assert window.controls.save_button.isEnabled()  # the partly trained model can be saved
+
+
+class ExplodingIntegrator(Integrator):
+    order = 2
+
+    def step(self, state, dt):
+        raise RuntimeError("integrator exploded on purpose")
+
+
+class ExplodingPlugin:
+    @hookimpl
+    def nbtoolkit_register_integrators(self, register):
+        register("test-exploding", ExplodingIntegrator)
+
+
+def test_a_training_error_shows_in_the_window_and_the_app_stays_usable(qtbot, host):
+    name = host.register_plugin(ExplodingPlugin(), name="test-exploding-plugin")
+    try:
+        win = MainWindow(host)  # built after the plugin arrived: it is in the drop-down
+        qtbot.addWidget(win)
+        configure(win, epochs=1, integrator="test-exploding")
+        assert win.controls.integrator_combo.currentText() == "test-exploding"
+        assert win.start_training()
+        outcome = wait_finished(qtbot, win)
+        assert outcome.kind == "failed"
+        assert "integrator exploded on purpose" in win.error_text()
+        assert "integrator exploded on purpose" in (outcome.details or "")
+        assert win.controls.start_button.isEnabled()
+        # usable afterwards: a good run starts and produces data
+        win.controls.integrator_combo.setCurrentText("leapfrog")
+        with qtbot.waitSignal(win.epoch_finished, timeout=TIMEOUT_MS):
+            assert win.start_training()
+        assert win.error_text() == ""
+        win.stop()
+        wait_finished(qtbot, win)
+    finally:
+        host.unregister_plugin(name)
+
+
+def test_screenshot_during_training_is_not_blank(qtbot, window, tmp_path):
+    configure(window, epochs=10_000)
+    assert window.start_training()
+    qtbot.waitUntil(lambda: len(window.plots.accepted) >= 8 and window.plots.redraws >= 2, timeout=TIMEOUT_MS)
+    qtbot.wait(100)
+    path = tmp_path / "training.png"
+    assert window.grab().save(str(path))
+    window.stop()
+    image = QImage(str(path)).convertToFormat(QImage.Format.Format_RGB32)
+    assert image.width() > 600 and image.height() > 400
+    ptr = image.constBits()
+    ptr.setsize(image.sizeInBytes())
+    pixels = np.frombuffer(ptr, dtype=np.uint32).reshape(image.height(), image.bytesPerLine() // 4)
+    assert len(np.unique(pixels)) > 50
+    orbit = window.orbit.plot.grab().toImage().convertToFormat(QImage.Format.Format_RGB32)
+    optr = orbit.constBits()
+    optr.setsize(orbit.sizeInBytes())
+    orbit_pixels = np.frombuffer(optr, dtype=np.uint32)
+    background = np.bincount(orbit_pixels & 0xFFFFFF).argmax()
+    assert np.count_nonzero((orbit_pixels & 0xFFFFFF) != background) > 200  # bodies, trails, axes
+    wait_finished(qtbot, window)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of a model trained headless for one tiny epoch on the Kepler preset."""
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("gui") / "kepler.pt"
+    trainer = Trainer(TrainConfig(epochs=1, **TINY), make_preset("kepler", eccentricity=0.5).state)
+    trainer.fit()
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_simulate_mode_with_a_checkpoint_animates_frames(qtbot, window, checkpoint):
+    window.controls.set_preset("kepler", {"eccentricity": 0.5})
+    window.controls.set_mode("simulate")
+    window.controls.set_checkpoint(checkpoint)
+    window.controls.sim_steps_spin.setValue(60)
+    window.controls.set_speed(300)
+    window.controls.guard_check.setChecked(True)
+    drawn_times: list[float] = []
+    window.frame_timer.timeout.connect(lambda: drawn_times.append(window.orbit.time))
+    start_frames = window.orbit.frames_drawn
+    with qtbot.waitSignal(window.frames_received, timeout=TIMEOUT_MS):
+        assert window.start()
+    assert window.mode == "simulate"
+    outcome = wait_finished(qtbot, window)
+    assert outcome.kind == "finished", outcome.error
+    window.refresh()
+    assert outcome.result.steps == 60
+    assert window.orbit.frames_drawn - start_frames >= 2
+    shown = [t for t in drawn_times if np.isfinite(t) and t > 0]
+    assert len(set(shown)) >= 2 and shown == sorted(shown)  # time moved forward across several frames
+    series = window.plots.series()
+    threshold = float(window.controls.threshold_edit.text())
+    assert len(series["step"]) == 60 and np.all(series["rel_dE"] <= threshold)  # the guard held every step
+    assert "step 60" in window.status_text()
+
+
+def test_closing_the_window_during_a_paused_run_stops_the_thread(qtbot, host):
+    win = MainWindow(host)
+    qtbot.addWidget(win)
+    win.show()
+    configure(win, epochs=10_000)
+    assert win.start_training()
+    qtbot.waitUntil(lambda: len(win.plots.accepted) >= 2, timeout=TIMEOUT_MS)
+    thread = win.worker.worker_thread
+    bridge_name = win.bridge.plugin_name
+    win.pause()
+    win.close()
+    assert not thread.isRunning()
+    assert not win.is_running
+    assert host.pm.get_plugin(bridge_name) is None
+    assert win.last_outcome is not None and win.last_outcome.kind == "stopped"

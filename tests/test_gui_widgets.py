@@ -1,0 +1,450 @@
+"""Viewer building blocks tested with synthetic engine events (no training run needed)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("PyQt6")
+pytest.importorskip("pyqtgraph")
+pytest.importorskip("pytestqt")
+
+from PyQt6.QtCore import QObject  # noqa: E402
+
+from gui.app import build_parser, create_window, display_available  # noqa: E402
+from gui.bridge import EngineBridge, connect_queued, reference_dt  # noqa: E402
+from gui.controls import ControlPanel, slider_from_speed, speed_from_slider  # noqa: E402
+from gui.main_window import MainWindow  # noqa: E402
+from gui.orbit_view import MAX_MASS_CLASSES, OrbitView, TrailBuffer, mass_classes  # noqa: E402
+from gui.plots import REL_DE_DISPLAY_RANGE, LivePlots  # noqa: E402
+from gui.worker import PlaybackFrame, WorkerControl  # noqa: E402
+from nbtoolkit import RunStopped, hookimpl  # noqa: E402
+from nbtoolkit.errors import ConfigError  # noqa: E402
+from nbtoolkit.events import EpochEnd, StepAccepted, StepRejected  # noqa: E402
+from nbtoolkit.presets import PRESETS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def accepted_event(systems: list[int], step: int = 0, *, n: int = 2, seed: int = 0) -> StepAccepted:
+    """A StepAccepted for ``systems`` of N = ``n`` bodies in 2-D at well separated positions."""
+    rng = np.random.default_rng(seed)
+    k = len(systems)
+    position = rng.normal(size=(k, n, 2)) + np.arange(n)[None, :, None] * 3.0
+    return StepAccepted(
+        epoch=0, step=step, systems=np.array(systems), dt=rng.uniform(0.01, 0.1, k), rel_dE=rng.uniform(1e-7, 1e-4, k),
+        retrains=rng.integers(0, 4, k), time=rng.uniform(0, 1, k), position=position,
+        velocity=rng.normal(size=(k, n, 2)), mass=np.ones((k, n)),
+    )
+
+
+def rejected_event(systems: list[int], rel: float = 3e-3) -> StepRejected:
+    k = len(systems)
+    return StepRejected(epoch=0, step=0, attempt=1, systems=np.array(systems), dt=np.full(k, 0.2),
+                        rel_dE=np.full(k, rel), loss=1.5)
+
+
+def epoch_event(epoch: int, iterations: int, pass_rate: float, loss: float) -> EpochEnd:
+    return EpochEnd(epoch=epoch, accepted_steps=10, retrains=2, replay_iterations=iterations, replay_converged=True,
+                    replay_skipped=False, pass_rate=pass_rate, loss=loss, mean_dt=0.05, buffer_size=10, wall_time=1.0)
+
+
+# ----------------------------------------------------------------------------- bridge
+class Receiver(QObject):
+    """Records what arrives and on which thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[object, object, int]] = []
+
+    def on_accepted(self, event: object, ref: object) -> None:
+        self.calls.append((event, ref, threading.get_ident()))
+
+
+def test_bridge_delivers_hook_events_on_the_gui_thread_with_reference_dt(qtbot, host):
+    freefall = host.predictors.create("freefall")
+    bridge = EngineBridge(freefall, G=1.0, softening=0.0)
+    receiver = Receiver()
+    connect_queued(bridge.step_accepted, receiver.on_accepted)
+    bridge.attach(host)
+    try:
+        assert host.pm.get_plugin(bridge.plugin_name) is bridge
+        event = accepted_event([0, 1], n=3)
+        worker = threading.Thread(target=lambda: host.hook.nbtoolkit_step_accepted(event=event))
+        worker.start()
+        worker.join()
+        qtbot.waitUntil(lambda: len(receiver.calls) == 1, timeout=5000)
+    finally:
+        bridge.detach()
+    received, ref, thread_id = receiver.calls[0]
+    assert received is event
+    assert thread_id == threading.get_ident()  # the slot ran on the GUI thread, not the emitter's
+    expected = reference_dt(freefall, event.mass, event.position, event.velocity, event.time, 1.0, 0.0)
+    np.testing.assert_allclose(ref, expected)
+    assert ref.shape == (2,) and np.all(ref > 0)
+    # detached: the host no longer calls it
+    assert host.pm.get_plugin(bridge.plugin_name) is None
+    host.hook.nbtoolkit_step_accepted(event=event)
+    qtbot.wait(50)
+    assert len(receiver.calls) == 1
+
+
+def test_bridge_survives_a_broken_reference_rule(qtbot, host):
+    class Broken(torch.nn.Module):
+        def forward(self, state, history=None):
+            raise RuntimeError("no dt today")
+
+    bridge = EngineBridge(Broken())  # type: ignore[arg-type]
+    notices: list[str] = []
+    refs: list[object] = []
+    bridge.notice.connect(notices.append)
+    bridge.step_accepted.connect(lambda event, ref: refs.append(ref))
+    bridge.nbtoolkit_step_accepted(accepted_event([0]))
+    bridge.nbtoolkit_step_accepted(accepted_event([0]))
+    assert refs == [None, None]
+    assert len(notices) == 1 and "no dt today" in notices[0]
+
+
+# ----------------------------------------------------------------------------- worker control
+def test_worker_control_runs_tasks_between_steps_even_while_paused():
+    control = WorkerControl()
+    ran: list[str] = []
+    control.pause()
+    finished = threading.Event()
+
+    def loop() -> None:
+        try:
+            control.checkpoint()
+        except RunStopped:
+            ran.append("stopped")
+        finished.set()
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not control.parked and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert control.parked
+    control.submit(lambda: ran.append("task"))
+    deadline = time.monotonic() + 5
+    while "task" not in ran and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert ran == ["task"] and control.parked and not finished.is_set()
+    control.stop()
+    thread.join(5)
+    assert ran == ["task", "stopped"] and not control.parked
+
+
+def test_worker_control_sleep_returns_early_on_stop():
+    control = WorkerControl()
+    threading.Timer(0.05, control.stop).start()
+    start = time.monotonic()
+    control.sleep(30.0)
+    assert time.monotonic() - start < 10.0
+    with pytest.raises(RunStopped):
+        control.checkpoint()
+
+
+# ----------------------------------------------------------------------------- plots
+def test_plots_record_events_per_system_and_push_them_to_the_curves(qtbot):
+    plots = LivePlots()
+    qtbot.addWidget(plots)
+    plots.reset("train", n_systems=2, energy_threshold=2e-4, band=(1e-6, 1e-4), reference_name="freefall")
+    plots.add_rejected(rejected_event([1], rel=float("inf")))
+    first = accepted_event([0, 1], seed=1)
+    plots.add_accepted(first, reference_dt=np.array([0.5, 0.6]))
+    plots.add_rejected(rejected_event([0], rel=5e-3))
+    second = accepted_event([0], seed=2)
+    plots.add_accepted(second)
+    plots.add_epoch(epoch_event(0, iterations=7, pass_rate=0.75, loss=0.3))
+    plots.add_epoch(epoch_event(1, iterations=1, pass_rate=1.0, loss=0.0))
+
+    s0, s1 = plots.series(0), plots.series(1)
+    np.testing.assert_array_equal(s0["step"], [1, 2])
+    np.testing.assert_allclose(s0["rel_dE"], [first.rel_dE[0], second.rel_dE[0]])
+    np.testing.assert_allclose(s0["dt"], [first.dt[0], second.dt[0]])
+    np.testing.assert_allclose(s0["retrains"], [first.retrains[0], second.retrains[0]])
+    np.testing.assert_array_equal(s0["rejected_step"], [2])  # tried for step 2 of system 0
+    np.testing.assert_array_equal(s1["rejected_step"], [1])
+    np.testing.assert_array_equal(s1["rejected_rel_dE"], [np.inf])
+    np.testing.assert_array_equal(s0["reference_step"], [2])  # the state after step 1 starts step 2
+    np.testing.assert_allclose(s1["reference_dt"], [0.6])
+
+    assert plots.redraws == 0
+    plots.show_system(1)
+    assert plots.refresh() and not plots.refresh()
+    x, y = plots.curves["rel_dE"].getOriginalDataset()
+    np.testing.assert_array_equal(x, [1])
+    np.testing.assert_allclose(y, [first.rel_dE[1]])
+    _, y_rej = plots.curves["rejected_rel_dE"].getOriginalDataset()
+    assert y_rej[0] == REL_DE_DISPLAY_RANGE[1]  # a blown-up attempt is drawn at the ceiling
+    x_ep, y_it = plots.curves["replay_iterations"].getOriginalDataset()
+    np.testing.assert_array_equal(x_ep, [1, 2])
+    np.testing.assert_array_equal(y_it, [7, 1])
+    np.testing.assert_allclose(plots.curves["pass_rate"].getOriginalDataset()[1], [0.75, 1.0])
+    np.testing.assert_allclose(plots.curves["loss"].getOriginalDataset()[1], [0.3, 0.0])
+    assert plots.threshold_line.value() == pytest.approx(np.log10(2e-4))
+
+    plots.reset("simulate", n_systems=1, energy_threshold=None)
+    assert len(plots.series()["step"]) == 0 and not plots.threshold_line.isVisible()
+
+
+def test_plots_record_simulation_frames(qtbot):
+    plots = LivePlots()
+    qtbot.addWidget(plots)
+    plots.reset("simulate", n_systems=2, energy_threshold=1e-3, reference_name="aarseth")
+    frames = [
+        PlaybackFrame(step=k, time=np.array([0.1 * k, 0.2 * k]), position=np.zeros((2, 3, 2)),
+                      dt=np.array([0.1, 0.2]), rel_dE=np.array([1e-6, 2e-6]) * k, drift=np.array([1e-6, 3e-6]) * k,
+                      halvings=np.array([0, k % 2]), reference_dt=np.array([0.05, 0.07]))
+        for k in (1, 2, 3)
+    ]
+    plots.add_frames(frames)
+    s1 = plots.series(1)
+    np.testing.assert_array_equal(s1["step"], [1, 2, 3])
+    np.testing.assert_allclose(s1["drift"], [3e-6, 6e-6, 9e-6])
+    np.testing.assert_array_equal(s1["retrains"], [1, 0, 1])
+    np.testing.assert_array_equal(s1["reference_step"], [1, 2, 3])
+    assert plots.epoch_view.isHidden()
+
+
+# ----------------------------------------------------------------------------- orbit view
+def test_mass_classes_cover_every_body_once_and_grow_with_mass():
+    kepler = mass_classes(np.array([1.0, 1e-3]))
+    assert len(kepler) == 2
+    light, heavy = sorted(kepler, key=lambda c: c.size)
+    assert list(light.bodies) == [1] and list(heavy.bodies) == [0]
+    many = np.random.default_rng(0).lognormal(size=500)
+    classes = mass_classes(many)
+    assert 1 < len(classes) <= MAX_MASS_CLASSES
+    assert sorted(np.concatenate([c.bodies for c in classes]).tolist()) == list(range(500))
+    assert len(mass_classes(np.ones(1000))) == 1
+
+
+def test_trail_buffer_keeps_the_newest_frames_in_order():
+    buffer = TrailBuffer(4, n_bodies=1, dim=2)
+    for k in range(6):
+        buffer.push(np.full((1, 2), k))
+    np.testing.assert_array_equal(buffer.ordered()[:, 0, 0], [2, 3, 4, 5])
+    np.testing.assert_array_equal(buffer.resized(2).ordered()[:, 0, 0], [4, 5])
+
+
+def test_orbit_view_draws_only_on_refresh_with_trails_and_projection(qtbot):
+    view = OrbitView(trail_length=100)
+    qtbot.addWidget(view)
+    n = 1000
+    mass = np.where(np.arange(n) < 10, 5.0, 1.0)
+    view.set_system(mass, dim=3)
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(150, n, 3))
+    for k, frame in enumerate(frames):
+        view.push_frame(frame, time=0.01 * k)
+    assert view.frames_drawn == 0  # pushing data never redraws
+    assert view.n_frames == 101
+    assert view.refresh() and not view.refresh()
+    assert view.frames_drawn == 1
+    assert view.time_label.text() == f"t = {0.01 * 149:.6g}"
+    xs = np.concatenate([s.getData()[0] for s in view._dots])
+    assert sorted(xs.tolist()) == sorted(frames[-1, :, 0].tolist())
+    segments = sum(len(c.getData()[0]) for bands in view._trails for c in bands)
+    assert segments == 2 * 100 * n  # 100 segments per body, two ends each
+    view.plane_combo.setCurrentText("x-z")
+    assert view.refresh()
+    ys = np.concatenate([s.getData()[1] for s in view._dots])
+    assert sorted(ys.tolist()) == sorted(frames[-1, :, 2].tolist())
+    view.trail_spin.setValue(10)
+    assert view.n_frames == 11
+
+
+def test_orbit_view_merges_sub_pixel_trail_segments_unless_asked_not_to(qtbot):
+    view = OrbitView(trail_length=100)
+    qtbot.addWidget(view)
+    view.resize(500, 500)
+    view.show()
+    n = 200
+    view.set_system(np.ones(n), dim=2)
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(n, 2))
+    spread = np.array([[-5.0, -5.0], [5.0, 5.0]])  # two bodies far out fix the view to about +-5
+    for k in range(101):
+        frame = base + 1e-4 * k  # every body creeps by far less than a pixel per point
+        frame[:2] = spread
+        view.push_frame(frame, time=k)
+    view.refresh()
+    assert view.stride > 1
+    x, _ = view._dots[0].getData()
+    np.testing.assert_allclose(np.sort(x), np.sort(frame[:, 0]))  # the newest positions are always drawn
+    thinned = sum(len(c.getData()[0]) for c in view._trails[0])
+    view.level_of_detail = False
+    view.push_frame(frame, time=101)
+    view.refresh()
+    assert view.stride == 1
+    assert sum(len(c.getData()[0]) for c in view._trails[0]) == 2 * 100 * n > thinned
+
+
+# ----------------------------------------------------------------------------- controls
+class FakePlugin:
+    """A third-party plugin providing one of each kind of registry entry."""
+
+    @hookimpl
+    def nbtoolkit_register_integrators(self, register):
+        register("test-fake-integrator", lambda: None)
+
+    @hookimpl
+    def nbtoolkit_register_dt_predictors(self, register):
+        register("test-fake-dt", lambda: None)
+
+    @hookimpl
+    def nbtoolkit_register_replay_samplers(self, register):
+        register("test-fake-sampler", lambda: None)
+
+
+def combo_items(combo) -> list[str]:
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
+def test_dropdowns_list_the_registries_including_a_plugin_registered_at_run_time(qtbot, host):
+    name = host.register_plugin(FakePlugin(), name="test-fake-plugin")
+    try:
+        panel = ControlPanel(host)
+        qtbot.addWidget(panel)
+        assert combo_items(panel.integrator_combo) == host.integrators.names()
+        assert "test-fake-integrator" in combo_items(panel.integrator_combo)
+        assert "leapfrog" in combo_items(panel.integrator_combo)
+        assert "test-fake-dt" in combo_items(panel.predictor_combo)
+        assert "test-fake-sampler" in combo_items(panel.sampler_combo)
+        assert panel.integrator_combo.currentText() == "leapfrog"  # the default stays preselected
+    finally:
+        host.unregister_plugin(name)
+    panel.refresh_plugins()
+    assert "test-fake-integrator" not in combo_items(panel.integrator_combo)
+
+
+def test_controls_build_the_config_and_the_preset_from_the_widgets(qtbot, host):
+    panel = ControlPanel(host)
+    qtbot.addWidget(panel)
+    panel.set_preset("kepler", {"eccentricity": 0.7, "masses": (1.0, 0.5)})
+    panel.threshold_edit.setText("5e-4")
+    panel.epochs_spin.setValue(3)
+    panel.steps_spin.setValue(11)
+    panel.batch_spin.setValue(32)
+    panel.lr_edit.setText("2e-3")
+    panel.seed_spin.setValue(7)
+    config = panel.train_config()
+    assert (config.energy_threshold, config.epochs, config.steps_per_epoch) == (5e-4, 3, 11)
+    assert (config.replay_batch_size, config.learning_rate, config.seed) == (32, 2e-3, 7)
+    assert (config.integrator, config.predictor, config.sampler) == ("leapfrog", "mlp", "uniform")
+    system = panel.build_system()
+    assert system.params["eccentricity"] == 0.7 and system.params["masses"] == (1.0, 0.5)
+    assert set(panel.preset_params()) == set(PRESETS["kepler"].params)
+
+    panel._param_widgets["eccentricity"].setText("1.5")
+    with pytest.raises(ConfigError, match="eccentricity"):
+        panel.build_system()
+    panel.lr_edit.setText("fast")
+    with pytest.raises(ConfigError, match="learning rate"):
+        panel.train_config()
+    with pytest.raises(ConfigError, match="does not take parameter 'nope'"):
+        panel.set_preset("kepler", {"nope": 1})
+
+
+def test_controls_load_a_toml_config_with_its_system_table(qtbot, host, tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('epochs = 4\nreplay_steps = 17\nenergy_threshold = 1e-3\n\n'
+                    '[system]\npreset = "plummer"\nn = 12\nseed = 3\n')
+    panel = ControlPanel(host)
+    qtbot.addWidget(panel)
+    panel.load_config(path)
+    assert panel.preset_name() == "plummer" and panel.preset_params()["n"] == 12
+    config = panel.train_config()
+    assert (config.epochs, config.replay_steps, config.energy_threshold) == (4, 17, 1e-3)
+    path.write_text('integrator = "warp-drive"\n')
+    with pytest.raises(ConfigError, match="warp-drive"):
+        panel.load_config(path)
+
+
+def test_speed_slider_maps_log_scale_and_max():
+    assert speed_from_slider(slider_from_speed(0)) == 0.0
+    for speed in (1.0, 30.0, 120.0, 5000.0):
+        assert speed_from_slider(slider_from_speed(speed)) == pytest.approx(speed, rel=0.06)
+
+
+# ----------------------------------------------------------------------------- window
+def test_window_redraws_on_its_frame_timer_not_per_event(qtbot, host):
+    window = MainWindow(host)
+    qtbot.addWidget(window)
+    window.frame_timer.stop()
+    window.controls.set_preset("kepler")
+    bridge = EngineBridge(None)
+    connect_queued(bridge.step_accepted, window._on_step_accepted)
+    window.plots.reset("train", n_systems=1, energy_threshold=2e-4)
+    drawn = window.orbit.frames_drawn, window.plots.redraws
+    for k in range(300):
+        bridge.step_accepted.emit(accepted_event([0], step=k, seed=k), None)
+    qtbot.waitUntil(lambda: len(window.plots.accepted) == 300, timeout=5000)
+    assert (window.orbit.frames_drawn, window.plots.redraws) == drawn
+    window.frame_timer.start()
+    qtbot.waitUntil(lambda: window.plots.redraws > drawn[1], timeout=5000)
+    assert window.orbit.frames_drawn > drawn[0]
+    assert window.orbit.frames_drawn - drawn[0] < 300
+
+
+def test_setup_errors_show_in_the_window_and_leave_it_usable(qtbot, host):
+    window = MainWindow(host)
+    qtbot.addWidget(window)
+    window.controls.set_preset("kepler")
+    window.controls._param_widgets["eccentricity"].setText("2")
+    assert window.start_training() is False
+    assert "eccentricity" in window.error_text() and not window.is_running
+    window.controls.set_mode("simulate")
+    window.controls._param_widgets["eccentricity"].setText("0.5")
+    assert window.start() is False  # no model trained yet and no checkpoint chosen
+    assert "no trained model" in window.error_text()
+    assert window.controls.start_button.isEnabled()
+
+
+def test_display_available_follows_the_environment(monkeypatch):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert display_available() is False
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert display_available() is True
+    monkeypatch.delenv("WAYLAND_DISPLAY")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert display_available() is True
+
+
+def test_create_window_preloads_options_and_reports_bad_ones(qtbot, tmp_path):
+    config = tmp_path / "cfg.toml"
+    config.write_text('epochs = 2\n[system]\npreset = "figure-eight"\n')
+    args = build_parser().parse_args(["--config", str(config), "--checkpoint", str(tmp_path / "missing.pt")])
+    window = create_window(args)
+    qtbot.addWidget(window)
+    assert window.controls.preset_name() == "figure-eight"
+    assert window.controls.epochs_spin.value() == 2
+    assert "missing.pt" in window.error_text()
+    args = build_parser().parse_args(["--preset", "pythagorean"])
+    other = create_window(args)
+    qtbot.addWidget(other)
+    assert other.controls.preset_name() == "pythagorean" and other.error_text() == ""
+    assert other.orbit.n_frames == 1  # the initial state is shown before any run
+
+
+def test_python_m_gui_without_a_display_exits_with_a_message():
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    proc = subprocess.run([sys.executable, "-m", "gui", "--preset", "kepler"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "no display" in proc.stderr

@@ -1,0 +1,170 @@
+"""The learned ``mlp`` dt predictor: scale-free, permutation/rotation invariant, positive, trainable."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nbtoolkit import NBodyState
+from nbtoolkit.errors import ConfigError, PluginError
+from nbtoolkit.predictor import History
+from plugins.mlp_predictor import MLPDtPredictor, closest_pair_scales, pair_features
+from systems import random_cluster, two_body_orbit
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread avoids thread-sync overhead (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make(host, **options):
+    options.setdefault("hidden_width", 8)
+    options.setdefault("seed", 0)
+    return host.predictors.create("mlp", **options)
+
+
+def test_registered_and_outputs_positive_dt_of_shape_b(host):
+    pred = make(host)
+    assert isinstance(pred, MLPDtPredictor) and pred.trainable
+    state = random_cluster(5, 4)
+    dt = pred(state)
+    assert dt.shape == (5,) and dt.dtype == torch.float64
+    assert bool((dt > 0).all()) and bool(torch.isfinite(dt).all())
+
+
+def test_untrained_dt_is_init_factor_times_closest_pair_free_fall_time(host):
+    state = random_cluster(3, 5)
+    pred = make(host, init_factor=0.03)
+    tau, _ = closest_pair_scales(state.mass, state.position, state.G, state.softening)
+    ratio = pred(state) / tau
+    assert torch.allclose(ratio, torch.full_like(ratio, 0.03), rtol=0.05)
+
+
+@pytest.mark.parametrize("history_len", [0, 2])
+def test_rescaling_units_rescales_dt_by_dynamical_time(host, history_len):
+    """Lengths x L, masses x M, velocities x sqrt(G M / L): dt scales by sqrt(L^3 / (G M)) to round-off."""
+    pred = make(host, history_len=history_len, fourier_features=4, hidden_layers=2)
+    state = random_cluster(4, 6, softening=0.05)
+    L, M = 37.0, 0.004
+    scaled = NBodyState.from_arrays(state.mass * M, state.position * L, state.velocity * math.sqrt(M / L),
+                                    softening=state.softening * L)
+    history = scaled_history = None
+    if history_len:
+        history = History.empty(state, history_len).push(state.replace(position=state.position * 1.1))
+        scaled_history = History(history.position * L, history.velocity * math.sqrt(M / L), history.mask)
+    dt, dt_scaled = pred(state, history), pred(scaled, scaled_history)
+    assert torch.allclose(dt_scaled, dt * math.sqrt(L**3 / M), rtol=1e-10)
+
+
+def test_changing_G_rescales_dt(host):
+    pred = make(host)
+    state = random_cluster(2, 3)
+    heavy_g = state.replace(G=4.0, velocity=state.velocity * 2.0)  # same orbits, time runs twice as fast
+    assert torch.allclose(pred(heavy_g), pred(state) / 2.0, rtol=1e-10)
+
+
+def test_invariant_under_relabelling_rotation_and_translation(host):
+    pred = make(host, fourier_features=3)
+    state = random_cluster(3, 5)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    permuted = NBodyState.from_arrays(state.mass[:, perm], state.position[:, perm], state.velocity[:, perm])
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    moved = NBodyState.from_arrays(state.mass, state.position @ q.T + 5.0, state.velocity @ q.T - 1.0)
+    dt = pred(state)
+    assert torch.allclose(pred(permuted), dt, rtol=1e-12)
+    assert torch.allclose(pred(moved), dt, rtol=1e-10)
+
+
+def test_pair_features_of_a_kepler_orbit_are_its_invariants():
+    state, _ = two_body_orbit(e=0.6)  # starts at pericentre
+    feats, tau_min, r_min = pair_features(state)
+    assert feats.shape == (1, 1, 7)
+    r = 1 - 0.6
+    assert torch.allclose(r_min, torch.tensor([r], dtype=torch.float64))
+    assert torch.allclose(tau_min, torch.tensor([math.sqrt(r**3 / 2.0)], dtype=torch.float64))
+    f = feats[0, 0]
+    assert math.isclose(float(f[2]), math.log1p(2 - r), rel_tol=1e-12)  # v^2 r / GM = 2 - r / a
+    assert abs(float(f[3])) < 1e-12  # no radial velocity at pericentre
+    assert math.isclose(float(f[4]), math.log1p(0.6), rel_tol=1e-12)  # eccentricity
+    assert math.isclose(float(f[5]), 1.0) and math.isclose(float(f[6]), 1.0)
+
+
+def test_history_changes_the_prediction_and_missing_history_is_zero_padding(host):
+    pred = make(host, history_len=3)
+    state = random_cluster(2, 4)
+    empty = History.empty(state, 3)
+    assert torch.equal(pred(state, None), pred(state, empty))
+    full = empty.push(state.replace(position=state.position * 0.5)).push(state.replace(position=state.position * 0.8))
+    # a real past state enters the features, so the output moves
+    with torch.no_grad():
+        for p in pred.parameters():
+            p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(2)))
+    assert not torch.allclose(pred(state, empty), pred(state, full))
+    with pytest.raises(ConfigError, match="history_len"):
+        pred(state, History.empty(state, 2))
+
+
+def test_gradient_reaches_every_parameter_through_dt(host):
+    pred = make(host, history_len=1, fourier_features=2)
+    state = random_cluster(3, 4)
+    pred(state, History.empty(state, 1).push(state)).log().sum().backward()
+    for name, p in pred.named_parameters():
+        assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+    assert float(pred.head[-1].weight.grad.abs().sum()) > 0
+
+
+def test_output_stays_positive_for_extreme_weights(host):
+    pred = make(host)
+    with torch.no_grad():
+        pred.head[-1].bias.fill_(1e6)
+    dt_hi = pred(random_cluster(2, 3))
+    with torch.no_grad():
+        pred.head[-1].bias.fill_(-1e6)
+    dt_lo = pred(random_cluster(2, 3))
+    assert bool((dt_lo > 0).all()) and bool(torch.isfinite(dt_hi).all()) and bool((dt_hi > dt_lo).all())
+
+
+def test_same_seed_same_weights_and_architecture_options(host):
+    a, b = make(host, seed=5), make(host, seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    wide = make(host, hidden_width=16, hidden_layers=3, activation="silu", fourier_features=5)
+    linears = [m for m in wide.pair_net if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3 and linears[0].in_features == 7 + 2 * 5 and linears[0].out_features == 16
+    assert any(isinstance(m, torch.nn.SiLU) for m in wide.modules())
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"hidden_width": 0}, "hidden_width"),
+    ({"activation": "sigmoid"}, "activation"),
+    ({"init_factor": -1.0}, "init_factor"),
+    ({"history_len": -2}, "history_len"),
+])
+def test_bad_options_name_the_option(host, options, key):
+    with pytest.raises(PluginError, match=key):
+        make(host, **options)
+
+
+def test_single_body_is_rejected(host):
+    state = NBodyState.from_arrays([[1.0]], [[[0.0, 0.0]]], [[[0.0, 0.0]]])
+    with pytest.raises(ConfigError, match="two bodies"):
+        make(host)(state)
+
+
+def test_only_the_closest_pairs_enter_the_network_and_stay_permutation_invariant(host):
+    state = random_cluster(3, 8)  # 28 pairs
+    feats, tau_min, _ = pair_features(state, max_pairs=6)
+    assert feats.shape == (3, 6, 7)
+    assert torch.allclose(feats[..., 0].amin(-1), torch.zeros(3, dtype=torch.float64))  # the closest pair is in
+    all_feats, _, _ = pair_features(state)
+    kept = torch.sort(feats[..., 0], dim=-1).values
+    assert torch.allclose(kept, torch.sort(all_feats[..., 0], dim=-1).values[:, :6])
+    pred = make(host, max_pairs=6)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
+    permuted = NBodyState.from_arrays(state.mass[:, perm], state.position[:, perm], state.velocity[:, perm])
+    assert torch.allclose(pred(permuted), pred(state), rtol=1e-12)

@@ -1,0 +1,85 @@
+"""TrainConfig: the seed's defaults, validation naming the key, TOML round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from nbtoolkit.errors import ConfigError
+from nbtoolkit.training import TrainConfig
+from nbtoolkit.training.config import read_toml
+
+
+def test_seed_defaults():
+    cfg = TrainConfig()
+    assert cfg.energy_threshold == 2e-4
+    assert cfg.replay_batch_size == 512 and cfg.replay_steps == 1000 and cfg.min_replay_size == 2
+    assert cfg.E_lower == 1e-6 and cfg.E_upper == 1e-4
+    assert cfg.history_len == 0 and cfg.n_steps == 1
+    assert (cfg.integrator, cfg.predictor, cfg.sampler) == ("leapfrog", "mlp", "uniform")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("energy_threshold", 0.0), ("energy_threshold", float("nan")), ("E_lower", -1.0), ("epochs", 0),
+    ("steps_per_epoch", 2.5), ("replay_batch_size", 0), ("replay_steps", -3), ("max_retrain_steps", 0),
+    ("learning_rate", float("inf")), ("history_len", -1), ("hidden_width", 0), ("activation", "swish"),
+    ("on_retrain_limit", "ignore"), ("replay_scope", "forever"), ("buffer_capacity", 0), ("n_steps", True),
+    ("seed", -1), ("predictor", ""), ("progress", "yes"), ("predictor_options", {"a": [1, 2]}), ("device", "gpu9"),
+    ("efficiency_weight", -0.5), ("fourier_scale", 0.0),
+])
+def test_out_of_range_values_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        TrainConfig(**{key: value})
+
+
+def test_band_must_be_ordered_and_below_the_gate():
+    with pytest.raises(ConfigError, match="E_lower"):
+        TrainConfig(E_lower=1e-4, E_upper=1e-5)
+    with pytest.raises(ConfigError, match="E_upper"):
+        TrainConfig(E_upper=5e-4)  # above energy_threshold 2e-4: failing steps would cost nothing
+
+
+def test_unknown_keys_are_errors_with_a_suggestion():
+    with pytest.raises(ConfigError, match="unknown configuration key 'replay_batchsize'.*replay_batch_size"):
+        TrainConfig.from_dict({"replay_batchsize": 8})
+    with pytest.raises(ConfigError, match="'colour'"):
+        TrainConfig().replace(colour="red")
+
+
+def test_replace_validates_and_keeps_the_rest():
+    cfg = TrainConfig(epochs=3).replace(learning_rate=0.01)
+    assert cfg.epochs == 3 and cfg.learning_rate == 0.01
+    with pytest.raises(ConfigError, match="learning_rate"):
+        cfg.replace(learning_rate=0)
+
+
+def test_integers_given_for_floats_are_accepted_as_floats():
+    cfg = TrainConfig.from_dict({"learning_rate": 1, "grad_clip": 0})
+    assert isinstance(cfg.learning_rate, float) and cfg.grad_clip == 0.0
+
+
+def test_toml_round_trip_and_system_table(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'epochs = 7\nsteps_per_epoch = 3\nsampler = "prioritized"\nE_lower = 1e-7\n'
+        '[sampler_options]\nalpha = 0.7\n'
+        '[system]\npreset = "kepler"\neccentricity = 0.6\n'
+    )
+    cfg = TrainConfig.from_toml(path)
+    assert cfg.epochs == 7 and cfg.steps_per_epoch == 3 and cfg.sampler_options == {"alpha": 0.7}
+    assert cfg.E_lower == 1e-7
+    data, system = read_toml(path)
+    assert system == {"preset": "kepler", "eccentricity": 0.6} and "system" not in data
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_toml_errors_name_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = 0\n")
+    with pytest.raises(ConfigError, match="bad.toml.*'epochs'"):
+        TrainConfig.from_toml(bad)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("epochs = = 3\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        TrainConfig.from_toml(broken)
+    with pytest.raises(ConfigError, match="does not exist"):
+        TrainConfig.from_toml(tmp_path / "missing.toml")

@@ -1,0 +1,383 @@
+"""Trainer.fit (epochs, observer events, stop, errors), checkpoints (exact resume, clear errors), CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+
+import pytest
+import torch
+
+from nbtoolkit import NBodyState, hookimpl
+from nbtoolkit.control import RunControl
+from nbtoolkit.errors import ConfigError
+from nbtoolkit.presets import make_preset
+from nbtoolkit.training import CheckpointError, FitResult, RetrainLimitError, TrainConfig, Trainer, load_predictor
+from nbtoolkit.training.cli import add_train_arguments, run_train
+from systems import two_body_orbit
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread avoids thread-sync overhead (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+SMALL = dict(hidden_width=8, hidden_layers=1, steps_per_epoch=6, replay_batch_size=16, replay_steps=50)
+
+
+def kepler_batch(n: int = 3):
+    return make_preset("kepler-batch", num_orbits=n, e_min=0.5, e_max=0.9, seed=0)
+
+
+class Events:
+    """A plugin object recording every observer event (optionally stopping the run on the k-th accepted step)."""
+
+    def __init__(self, control: RunControl | None = None, stop_at: int | None = None) -> None:
+        self.seen: list = []
+        self.control, self.stop_at = control, stop_at
+
+    def names(self) -> list[str]:
+        return [type(e).__name__ for e in self.seen]
+
+    def of(self, name: str) -> list:
+        return [e for e in self.seen if type(e).__name__ == name]
+
+    @hookimpl
+    def nbtoolkit_fit_start(self, event):
+        self.seen.append(event)
+
+    @hookimpl
+    def nbtoolkit_step_accepted(self, event):
+        self.seen.append(event)
+        if self.stop_at is not None and len(self.of("StepAccepted")) == self.stop_at:
+            self.control.stop()
+
+    @hookimpl
+    def nbtoolkit_step_rejected(self, event):
+        self.seen.append(event)
+
+    @hookimpl
+    def nbtoolkit_replay_iteration(self, event):
+        self.seen.append(event)
+
+    @hookimpl
+    def nbtoolkit_epoch_end(self, event):
+        self.seen.append(event)
+
+    @hookimpl
+    def nbtoolkit_fit_end(self, event):
+        self.seen.append(event)
+
+
+@pytest.fixture
+def events(host):
+    recorder = Events()
+    name = host.register_plugin(recorder, name="test-events")
+    yield recorder
+    host.unregister_plugin(name)
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# ----------------------------------------------------------------------------- fit
+def test_fit_runs_epochs_and_fires_events_in_order(events):
+    system = kepler_batch()
+    trainer = Trainer(TrainConfig(epochs=3, seed=1, predictor_options={"init_factor": 0.2}, **SMALL), system.state)
+    result = trainer.fit()
+    assert isinstance(result, FitResult) and result.epochs_completed == 3 and not result.stopped
+    assert len(result.epoch_metrics) == 3 and trainer.epoch == 3
+    names = events.names()
+    assert names[0] == "FitStart" and names[-1] == "FitEnd" and names.count("EpochEnd") == 3
+    assert {"StepAccepted", "StepRejected", "ReplayIteration"} <= set(names)
+    start, end = events.seen[0], events.seen[-1]
+    assert start.n_systems == 3 and start.config["epochs"] == 3 and start.mass.shape == (3, 2)
+    assert end.epochs_completed == 3 and not end.stopped and end.error is None
+    assert end.total_accepted == 3 * 3 * 6 == trainer.total_accepted
+    epoch_ends = events.of("EpochEnd")
+    assert [e.epoch for e in epoch_ends] == [0, 1, 2]
+    assert [e.buffer_size for e in epoch_ends] == [18, 36, 54] and len(trainer.buffer) == 54
+    assert all(e.accepted_steps == 18 for e in epoch_ends)
+    # plain data only: no tensors in events
+    for e in events.seen:
+        assert not any(isinstance(v, torch.Tensor) for v in vars(e).values())
+    assert trainer.state.time.shape == (3,) and bool((trainer.state.time > 0).all())
+
+
+def test_fit_accepted_states_all_pass_the_gate(events):
+    trainer = Trainer(TrainConfig(epochs=2, seed=2, predictor_options={"init_factor": 0.3}, **SMALL), kepler_batch().state)
+    trainer.fit()
+    accepted = events.of("StepAccepted")
+    assert all(bool((e.rel_dE <= 2e-4).all()) for e in accepted)
+    assert bool((trainer.buffer.dt > 0).all())
+
+
+def test_epoch_scope_clears_the_buffer_every_epoch(events):
+    cfg = TrainConfig(epochs=2, replay_scope="epoch", **SMALL)
+    trainer = Trainer(cfg, kepler_batch(2).state)
+    trainer.fit()
+    assert [e.buffer_size for e in events.of("EpochEnd")] == [12, 12]
+
+
+def test_stop_request_ends_fit_cleanly(host):
+    control = RunControl()
+    recorder = Events(control=control, stop_at=4)
+    name = host.register_plugin(recorder, name="test-stopper")
+    try:
+        trainer = Trainer(TrainConfig(epochs=5, **SMALL), kepler_batch(1).state, control=control)
+        result = trainer.fit()
+    finally:
+        host.unregister_plugin(name)
+    assert result.stopped and result.epochs_completed == 0 and trainer.epoch == 0
+    end = recorder.seen[-1]
+    assert type(end).__name__ == "FitEnd" and end.stopped and end.error is None
+    assert len(recorder.of("StepAccepted")) == 4 and len(trainer.buffer) == 4
+
+
+def test_pause_blocks_until_resumed(host):
+    control = RunControl()
+    control.pause()
+    trainer = Trainer(TrainConfig(epochs=1, **SMALL), kepler_batch(1).state, control=control)
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.setdefault("result", trainer.fit()))
+    worker.start()
+    worker.join(0.3)
+    assert worker.is_alive() and trainer.total_accepted == 0
+    control.resume()
+    worker.join(30)
+    assert not worker.is_alive() and box["result"].epochs_completed == 1
+
+
+def test_errors_fire_fit_end_with_the_message_and_are_reraised(events):
+    cfg = TrainConfig(epochs=2, max_retrain_steps=2, learning_rate=1e-12, efficiency_weight=0.0,
+                      predictor_options={"init_factor": 2.0}, **SMALL)
+    trainer = Trainer(cfg, kepler_batch(2).state)
+    with pytest.raises(RetrainLimitError):
+        trainer.fit()
+    end = events.seen[-1]
+    assert type(end).__name__ == "FitEnd" and end.stopped and "RetrainLimitError" in end.error
+
+
+def test_stop_at_period_needs_a_period_and_stops_there():
+    system = make_preset("kepler", eccentricity=0.1)
+    with pytest.raises(ConfigError, match="stop_at_period"):
+        Trainer(TrainConfig(stop_at_period=True, **SMALL), system.state)
+    cfg = TrainConfig(epochs=50, stop_at_period=True, **{**SMALL, "steps_per_epoch": 64})
+    trainer = Trainer(cfg, system.state, period=system.period / 40)
+    trainer.fit()
+    assert float(trainer.state.time[0]) >= float(system.period[0]) / 40
+    assert trainer.total_accepted < 50 * 64
+
+
+def test_a_classical_predictor_cannot_be_trained():
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        Trainer(TrainConfig(predictor="freefall"), kepler_batch(1).state)
+
+
+def test_history_len_must_match_the_predictor(host):
+    pred = host.predictors.create("mlp", hidden_width=4, history_len=2)
+    with pytest.raises(ConfigError, match="history_len"):
+        Trainer(TrainConfig(history_len=0), kepler_batch(1).state, predictor=pred)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("history_len, sampler", [(0, "uniform"), (2, "prioritized")])
+def test_resume_from_checkpoint_continues_exactly(tmp_path, history_len, sampler):
+    state = kepler_batch(3).state
+    cfg = TrainConfig(epochs=4, seed=3, history_len=history_len, sampler=sampler,
+                      predictor_options={"init_factor": 0.15}, **SMALL)
+    straight = Trainer(cfg, state)
+    straight_result = straight.fit()
+    first = Trainer(cfg.replace(epochs=2, checkpoint_path=str(tmp_path / "half.pt")), state)
+    first.fit()
+    resumed = Trainer.from_checkpoint(tmp_path / "half.pt", epochs=4)
+    assert resumed.epoch == 2 and len(resumed.buffer) == len(first.buffer)
+    result = resumed.fit()
+    assert result.epochs_completed == 4 and len(result.epoch_metrics) == 2
+    assert same_weights(straight.predictor, resumed.predictor)
+    assert torch.equal(straight.state.position, resumed.state.position)
+    assert torch.equal(straight.buffer.rel_dE, resumed.buffer.rel_dE)
+    assert [m["loss"] for m in straight_result.epoch_metrics[2:]] == [m["loss"] for m in result.epoch_metrics]
+    assert straight.total_retrains == resumed.total_retrains
+
+
+def test_checkpoint_every_k_epochs_and_at_the_end(tmp_path, events):
+    path = tmp_path / "model.pt"
+    saved_epochs = []
+
+    class Watch:
+        @hookimpl
+        def nbtoolkit_epoch_end(self, event):
+            if path.exists():
+                saved_epochs.append(int(torch.load(path, weights_only=True)["epoch"]))
+
+    from nbtoolkit import get_host
+    name = get_host().register_plugin(Watch(), name="test-watch")
+    try:
+        Trainer(TrainConfig(epochs=5, checkpoint_path=str(path), checkpoint_every=2, **SMALL), kepler_batch(1).state).fit()
+    finally:
+        get_host().unregister_plugin(name)
+    assert saved_epochs == [2, 2, 4]  # seen at the ends of epochs 3, 4 (after epoch 2's save) and 5
+    assert int(torch.load(path, weights_only=True)["epoch"]) == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary files left
+
+
+def test_load_predictor_gives_the_trained_model_in_eval_mode(tmp_path):
+    trainer = Trainer(TrainConfig(epochs=1, history_len=1, **SMALL), kepler_batch(2).state)
+    trainer.fit()
+    trainer.save_checkpoint(tmp_path / "m.pt")
+    pred = load_predictor(tmp_path / "m.pt")
+    assert not pred.training and pred.history_len == 1
+    state, _ = two_body_orbit(e=0.7)
+    with torch.no_grad():
+        assert torch.equal(pred(state), trainer.predictor(state))
+
+
+def test_checkpoint_records_plugins_and_versions(tmp_path):
+    trainer = Trainer(TrainConfig(epochs=1, **SMALL), kepler_batch(1).state)
+    trainer.save_checkpoint(tmp_path / "m.pt")
+    data = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert data["plugins"]["predictor"] == {"name": "mlp", "plugin": "plugins.mlp_predictor",
+                                            "source": "module plugins.mlp_predictor"}
+    assert data["plugins"]["integrator"]["name"] == "leapfrog" and data["plugins"]["sampler"]["name"] == "uniform"
+    assert set(data["versions"]) == {"nbtoolkit", "torch"} and "optimizer_state" in data and "rng_state" in data
+
+
+def test_corrupt_truncated_and_foreign_files_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_predictor(tmp_path / "nothing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="garbage.pt.*corrupt"):
+        load_predictor(garbage)
+    trainer = Trainer(TrainConfig(epochs=1, **SMALL), kepler_batch(1).state)
+    good = trainer.save_checkpoint(tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt.*corrupt"):
+        Trainer.from_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not an nbtoolkit checkpoint"):
+        load_predictor(foreign)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": "nbtoolkit-checkpoint", "evil": argparse.Namespace(a=1)}, pickled)
+    with pytest.raises(CheckpointError, match="pickled.pt"):
+        load_predictor(pickled)  # weights_only=True refuses arbitrary objects
+
+
+def test_mismatched_architecture_or_predictor_is_a_clear_error(tmp_path):
+    trainer = Trainer(TrainConfig(epochs=1, **SMALL), kepler_batch(1).state)
+    path = trainer.save_checkpoint(tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="hidden_width.*shape"):
+        Trainer.from_checkpoint(path, hidden_width=16)
+    with pytest.raises(CheckpointError, match="holds dt predictor 'mlp'"):
+        Trainer.from_checkpoint(path, predictor="freefall")
+    with pytest.raises(ConfigError, match="unknown configuration key 'bogus'"):
+        Trainer.from_checkpoint(path, bogus=1)
+
+
+def test_from_checkpoint_with_new_systems_keeps_model_and_compatible_buffer(tmp_path):
+    trainer = Trainer(TrainConfig(epochs=1, **SMALL), kepler_batch(2).state)
+    trainer.fit()
+    path = trainer.save_checkpoint(tmp_path / "m.pt")
+    fresh = make_preset("kepler", eccentricity=0.3)
+    moved = Trainer.from_checkpoint(path, fresh.state, period=fresh.period, epochs=2)
+    assert same_weights(moved.predictor, trainer.predictor) and len(moved.buffer) == 12
+    assert torch.equal(moved.state.position, fresh.state.position)
+    three_body = make_preset("figure-eight")
+    other = Trainer.from_checkpoint(path, three_body.state, epochs=2)
+    assert len(other.buffer) == 0 and other.state.n_bodies == 3
+
+
+# ----------------------------------------------------------------------------- CLI
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_cli_train_preset_then_resume_from_config(tmp_path, capsys):
+    model = tmp_path / "model.pt"
+    log = tmp_path / "metrics.jsonl"
+    rc = run_train(parse("--preset", "kepler", "--eccentricity", "0.6", "--epochs", "2", "--steps-per-epoch", "4",
+                         "--seed", "1", "--checkpoint", str(model), "--hidden-width", "8", "--metrics-log", str(log),
+                         "--no-progress"))
+    assert rc == 0 and model.exists()
+    assert "epochs             2/2" in capsys.readouterr().out
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines[0]["event"] == "FitStart" and lines[-1]["event"] == "FitEnd"
+    assert sum(1 for r in lines if r["event"] == "StepAccepted") == 8 and "position" not in lines[1]
+    config = tmp_path / "run.toml"
+    config.write_text('epochs = 3\nsampler = "recent"\n[sampler_options]\nhalf_life = 4.0\n')
+    rc = run_train(parse("--config", str(config), "--resume", str(model), "--no-progress"))
+    data = torch.load(model, weights_only=True)
+    assert rc == 0 and data["epoch"] == 3 and data["config"]["sampler"] == "recent"
+    assert data["config"]["seed"] == 1 and data["config"]["hidden_width"] == 8
+    assert data["config"]["sampler_options"] == {"half_life": 4.0}
+
+
+def test_cli_kepler_batch_with_eccentricity_range(tmp_path, capsys):
+    model = tmp_path / "batch.pt"
+    rc = run_train(parse("--preset", "kepler-batch", "--e-min", "0.5", "--e-max", "0.95", "--num-orbits", "3",
+                         "--epochs", "1", "--steps-per-epoch", "3", "--checkpoint", str(model), "--hidden-width", "4",
+                         "--predictor-option", "init_factor=0.01", "--no-progress"))
+    data = torch.load(model, weights_only=True)
+    assert rc == 0 and data["state"]["mass"].shape == (3, 2)
+    assert data["predictor_options"]["init_factor"] == 0.01
+    # apocentre separations a (1 + e) of the sampled eccentricities lie in [1.5, 1.95]
+    x = data["initial_state"]["position"]
+    separation = (x[:, 1] - x[:, 0]).norm(dim=-1)
+    assert bool(((separation >= 1.5) & (separation <= 1.95)).all())
+
+
+def test_every_config_key_has_a_flag():
+    import dataclasses
+
+    flags = {"energy_threshold": "--energy-threshold=1e-3", "E_lower": "--E-lower=1e-7", "E_upper": "--e-upper=1e-5",
+             "stop_at_period": "--stop-at-period", "progress": "--progress", "predictor_options": "--predictor-option=a=1",
+             "sampler_options": "--sampler-option=b=x", "fallback_options": "--fallback-option=eta=0.1",
+             "checkpoint_path": "--checkpoint=x.pt", "on_retrain_limit": "--on-retrain-limit=fallback",
+             "replay_scope": "--replay-scope=epoch", "activation": "--activation=silu", "seed": "--seed=4"}
+    argv = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in flags:
+            argv.append(flags[f.name])
+        elif isinstance(f.default, str):
+            argv.append(f"--{f.name.replace('_', '-')}=abc")
+        else:
+            argv.append(f"--{f.name.replace('_', '-')}=3")
+    args = parse(*argv)
+    from nbtoolkit.training.cli import _flag_overrides
+
+    given = _flag_overrides(args)
+    assert set(given) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert given["predictor_options"] == {"a": 1} and given["sampler_options"] == {"b": "x"}
+    assert given["E_lower"] == 1e-7 and given["stop_at_period"] is True and given["seed"] == 4
+
+
+def test_cli_needs_a_system_and_names_bad_preset_flags(tmp_path):
+    with pytest.raises(ConfigError, match="--preset"):
+        run_train(parse("--epochs", "1"))
+    with pytest.raises(ConfigError, match="does not take --e-min"):
+        run_train(parse("--preset", "kepler", "--e-min", "0.3"))
+
+
+def test_cli_system_table_in_config(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('epochs = 1\nsteps_per_epoch = 2\nhidden_width = 4\ncheckpoint_path = "%s"\n'
+                      '[system]\npreset = "kepler-batch"\nnum_orbits = 2\n' % (tmp_path / "t.pt").as_posix())
+    assert run_train(parse("--config", str(config), "--no-progress")) == 0
+    assert torch.load(tmp_path / "t.pt", weights_only=True)["state"]["mass"].shape == (2, 2)
+
+
+def test_state_from_arrays_trains_too():
+    state = NBodyState.cat([two_body_orbit(e=0.2)[0], two_body_orbit(e=0.4)[0]])
+    result = Trainer(TrainConfig(epochs=1, **SMALL), state).fit()
+    assert result.epochs_completed == 1
