@@ -17,7 +17,6 @@ reader never sees a half-written file and an interrupted write leaves the old fi
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .errors import InvalidStateError, StateFileError
 from .state import DEFAULT_DTYPE, NBodyState
 
@@ -59,25 +59,10 @@ def save_npz_atomic(path: PathLike, **arrays: Any) -> Path:
         if array.dtype == object:
             raise StateFileError(f"{target}: cannot store key '{key}': object arrays are not allowed")
         prepared[key] = array
-    directory = target.parent
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        atomic_write(target, lambda handle: np.savez(handle, **prepared))
     except OSError as exc:
-        raise StateFileError(f"{target}: cannot write into directory '{directory}': {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **prepared)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise StateFileError(f"{target}: write failed: {exc.strerror or exc}") from exc
-        raise
+        raise StateFileError(f"{target}: cannot write into directory '{target.parent}': {exc.strerror or exc}") from exc
     return target
 
 

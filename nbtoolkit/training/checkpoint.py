@@ -19,12 +19,12 @@ the last accepted state and runs that epoch again in full.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_write
 from ..errors import UnknownNameError
 from ..plugin_manager import PluginHost, get_host
 from ..predictor import DtPredictor, History
@@ -43,18 +43,10 @@ def write_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> P
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise CheckpointError(f"cannot write checkpoint '{target}': directory '{folder}' does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write checkpoint '{target}': {exc}") from exc
-        raise
+        atomic_write(target, lambda fh: torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, fh))
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint '{target}': {exc}") from exc
     return target
 
 
