@@ -10,10 +10,12 @@ Measures, in one run and on the same main window:
 first with no training, then while a real ``Trainer.fit()`` (kepler-batch, default
 configuration) runs on a worker thread and its events stream into the live plots through the
 engine bridge, as in the app. The frame rate is capped by the window's frame timer
-(``gui.main_window.FRAME_RATE``). Requirements: >= 30 frames/s and a worst timer delay under
-100 ms while training. The last line printed is the frame rate while training.
+(``gui.main_window.FRAME_RATE``). The orbit view merges trail segments shorter than a pixel
+when drawing, as it does in the app; ``--full-detail`` draws every stored trail point instead.
+Requirements: >= 30 frames/s and a worst timer delay under 100 ms while training. The last
+line printed is the frame rate while training; the exit status is 1 if a requirement failed.
 
-    python benchmarks/bench_gui.py [--seconds 5] [--bodies 1000] [--trail 100]
+    python benchmarks/bench_gui.py [--seconds 5] [--bodies 1000] [--trail 100] [--full-detail]
 """
 
 from __future__ import annotations

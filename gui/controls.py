@@ -28,8 +28,8 @@ from nbtoolkit.presets import PRESETS, PresetSystem, make_preset
 from nbtoolkit.training import TrainConfig
 from nbtoolkit.training.config import read_toml
 
-MODE_TRAIN = "train"
-MODE_SIMULATE = "simulate"
+from .worker import MODE_SIMULATE, MODE_TRAIN
+
 NO_REFERENCE = "(none)"
 PREFERRED = {"integrator": "leapfrog", "predictor": "mlp", "sampler": "uniform", "reference": "freefall"}
 MODEL_TRAINED = "model just trained"

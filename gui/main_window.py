@@ -30,10 +30,10 @@ from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.state import NBodyState
 
 from .bridge import EngineBridge, connect_queued
-from .controls import MODE_SIMULATE, MODE_TRAIN, ControlPanel
+from .controls import ControlPanel
 from .orbit_view import OrbitView
 from .plots import LivePlots
-from .worker import PlaybackFrame, PlaybackWorker, RunOutcome, RunWorker, TrainingWorker
+from .worker import MODE_SIMULATE, MODE_TRAIN, PlaybackFrame, PlaybackWorker, RunOutcome, RunWorker, TrainingWorker
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class MainWindow(QMainWindow):
         status = self.statusBar()
         assert status is not None  # a QMainWindow always creates its status bar on demand
         self._status: QStatusBar = status
-        self.status_labels = {name: QLabel() for name in ("state", "epoch", "steps", "retrains", "part2", "elapsed")}
+        self.status_labels = {name: QLabel() for name in ("state", "epoch", "steps", "retrains", "part2", "time", "elapsed")}
         for label in self.status_labels.values():
             label.setMinimumWidth(90)
             self._status.addPermanentWidget(label)
@@ -514,13 +514,19 @@ class MainWindow(QMainWindow):
         return time.monotonic() - self._started_at - paused
 
     def _on_tick(self) -> None:
-        """Frame timer: redraw the orbit view and, less often, the plots, when they are due."""
+        """Frame timer: redraw the orbit view or, less often, the plots, when due.
+
+        At most one of the two per tick, the more overdue one (relative to its period), so they
+        are repainted in separate passes and the event loop is never held by both at once.
+        Deadlines advance from the due time, not from now, so late ticks do not lower the rate.
+        """
         now = time.monotonic()
-        if now >= self._next_frame:
-            # schedule from the due time, not from now, so late ticks do not lower the rate
+        frame_late = (now - self._next_frame) / self._frame_period
+        plot_late = (now - self._next_plot) / self._plot_period
+        if frame_late >= 0 and frame_late >= plot_late:
             self._next_frame = max(self._next_frame + self._frame_period, now - self._frame_period)
             self.orbit.refresh()
-        if now >= self._next_plot:
+        elif plot_late >= 0:
             self._next_plot = max(self._next_plot + self._plot_period, now - self._plot_period)
             self.plots.refresh()
             self._refresh_status()
@@ -541,11 +547,11 @@ class MainWindow(QMainWindow):
             state = "paused"
         else:
             state = "training" if self._mode == MODE_TRAIN else "simulating"
-        texts = {"state": state, "epoch": "", "steps": "", "retrains": "", "part2": ""}
+        texts = {"state": state, "epoch": "", "steps": "", "retrains": "", "part2": "", "time": ""}
         if self._mode == MODE_SIMULATE or (self._mode is None and c["step"]):
             texts["steps"] = f"step {c['step']}"
             if np.isfinite(c["time"]):
-                texts["retrains"] = f"t = {c['time']:.5g}"
+                texts["time"] = f"t = {c['time']:.5g}"
         elif c["epoch"] is not None or c["accepted"]:
             epoch = "-" if c["epoch"] is None else str(c["epoch"])
             texts["epoch"] = f"epoch {epoch}" + (f" / {c['epochs']}" if c["epochs"] is not None else "")

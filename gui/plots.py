@@ -27,14 +27,14 @@ from PyQt6.QtWidgets import QVBoxLayout, QWidget
 
 from nbtoolkit.events import EpochEnd, StepAccepted, StepRejected
 
-from .worker import PlaybackFrame
+from .worker import MODE_SIMULATE, MODE_TRAIN, PlaybackFrame
 
 #: |dE/E| values are drawn clipped to this range (a blown-up attempt has rel_dE = inf)
 REL_DE_DISPLAY_RANGE = (1e-16, 1e2)
+#: curves of |dE/E| values, drawn clipped to REL_DE_DISPLAY_RANGE
+CLIPPED_CURVES = ("rel_dE", "rejected_rel_dE", "drift")
 #: the step axis starts at [0, STEP_AXIS_MIN]
 STEP_AXIS_MIN = 20.0
-MODE_TRAIN = "train"
-MODE_SIMULATE = "simulate"
 
 
 class Columns:
@@ -77,6 +77,24 @@ class Columns:
 
     def clear(self) -> None:
         self._size = 0
+
+
+def _decades(values: np.ndarray) -> tuple[float, float] | None:
+    """The whole decades [log10 lo, log10 hi] spanning the positive finite ``values`` (a log axis
+    range), or None if there are none."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size == 0:
+        return None
+    lo, hi = np.floor(np.log10(positive.min())), np.ceil(np.log10(positive.max()))
+    return float(lo), float(max(hi, lo + 1))
+
+
+def _nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... that is >= ``value``."""
+    if value <= 1:
+        return 1.0
+    magnitude = 10 ** np.floor(np.log10(value))
+    return float(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= value))
 
 
 def _clip_rel(values: np.ndarray) -> np.ndarray:
@@ -153,6 +171,9 @@ class LivePlots(QWidget):
         self._next_step = np.ones(1, dtype=np.int64)
         self._steps_dirty = False
         self._epochs_dirty = False
+        self._drawn: dict[str, tuple[int, int]] = {}  # curve -> (system, points) last pushed to it
+        self._y_spans: dict[int, tuple[float, float]] = {}  # id(plot) -> y range set by _fit_y
+        self._threshold = np.zeros(0)  # the energy threshold, kept in the |dE/E| range
         self.redraws = 0
         self.reset(MODE_TRAIN, n_systems=1, energy_threshold=None)
 
@@ -210,6 +231,9 @@ class LivePlots(QWidget):
         self.epoch_view.setVisible(not simulate)
         for curve in self.curves.values():
             curve.setData([], [])
+        self._drawn = {}
+        self._y_spans = {}
+        self._threshold = np.array([] if energy_threshold is None else [energy_threshold])
         self._steps_dirty = self._epochs_dirty = True
 
     @staticmethod
@@ -304,21 +328,40 @@ class LivePlots(QWidget):
         nice = next(m * magnitude for m in (1, 1.5, 2, 3, 4, 5, 6, 8, 10) if m * magnitude >= target)
         self.err_plot.setXRange(0, nice, padding=0.02)
 
+    def _fit_y(self, plot: pg.PlotItem, span: tuple[float, float] | None) -> None:
+        """Set the y range to ``span`` if it changed (None: no data, keep the range); ranges are
+        whole decades or round numbers, so the axes are redrawn only when the data outgrow them."""
+        if span is None or self._y_spans.get(id(plot)) == span:
+            return
+        self._y_spans[id(plot)] = span
+        plot.setYRange(*span, padding=0.05)
+
     def refresh(self) -> bool:
         """Push new data to the curve items; returns whether anything was redrawn."""
         redrew = False
         if self._steps_dirty:
             self._steps_dirty = False
             data = self.series()
-            c = self.curves
-            c["rel_dE"].setData(data["step"], _clip_rel(data["rel_dE"]))
-            c["dt"].setData(data["step"], data["dt"])
-            c["retrains"].setData(data["step"], data["retrains"])
-            c["rejected_rel_dE"].setData(data["rejected_step"], _clip_rel(data["rejected_rel_dE"]))
-            c["rejected_dt"].setData(data["rejected_step"], data["rejected_dt"])
-            c["reference_dt"].setData(data["reference_step"], data["reference_dt"])
-            c["drift"].setData(data["drift_step"], _clip_rel(data["drift"]))
+            shown = {  # curve -> (x, y); curves whose data did not change are left alone
+                "rel_dE": (data["step"], data["rel_dE"]), "dt": (data["step"], data["dt"]),
+                "retrains": (data["step"], data["retrains"]),
+                "rejected_rel_dE": (data["rejected_step"], data["rejected_rel_dE"]),
+                "rejected_dt": (data["rejected_step"], data["rejected_dt"]),
+                "reference_dt": (data["reference_step"], data["reference_dt"]),
+                "drift": (data["drift_step"], data["drift"]),
+            }
+            for name, (x, y) in shown.items():
+                key = (self.system, len(x))
+                if self._drawn.get(name) == key:
+                    continue
+                self._drawn[name] = key
+                self.curves[name].setData(x, _clip_rel(y) if name in CLIPPED_CURVES else y)
             self._grow_step_axis(float(data["step"][-1]) if len(data["step"]) else 0.0)
+            err = np.concatenate([_clip_rel(data["rel_dE"]), _clip_rel(data["rejected_rel_dE"]),
+                                  _clip_rel(data["drift"]), self._threshold])
+            self._fit_y(self.err_plot, _decades(err))
+            self._fit_y(self.dt_plot, _decades(np.concatenate([data["dt"], data["rejected_dt"], data["reference_dt"]])))
+            self._fit_y(self.retrain_plot, (0.0, _nice_ceiling(float(data["retrains"].max(initial=0.0)))))
             redrew = True
         if self._epochs_dirty:
             self._epochs_dirty = False

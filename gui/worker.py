@@ -33,6 +33,10 @@ from nbtoolkit.state import NBodyState
 
 from .bridge import reference_dt
 
+#: the two kinds of run: training a dt predictor, or playing a simulation with one
+MODE_TRAIN = "train"
+MODE_SIMULATE = "simulate"
+
 
 class WorkerControl(RunControl):
     """A :class:`RunControl` that can also run tasks on the worker thread between two steps,

@@ -8,6 +8,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,10 +26,10 @@ from nbtoolkit import hookimpl  # noqa: E402
 from nbtoolkit.events import EpochEnd, StepAccepted  # noqa: E402
 from nbtoolkit.integrator import Integrator  # noqa: E402
 from nbtoolkit.presets import make_preset  # noqa: E402
-from nbtoolkit.training import TrainConfig, Trainer  # noqa: E402
+from nbtoolkit.training import TrainConfig, Trainer, load_predictor  # noqa: E402
 
 TIMEOUT_MS = 60_000
-TINY = dict(steps_per_epoch=12, replay_batch_size=8, replay_steps=20, seed=0)
+TINY: dict[str, Any] = dict(steps_per_epoch=12, replay_batch_size=8, replay_steps=20, seed=0)
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +107,7 @@ def wait_finished(qtbot, window: MainWindow):
     return window.last_outcome
 
 
-def test_training_fills_the_plots_with_the_engine_metrics_then_simulates_the_model(qtbot, window, spy, host):
+def test_training_fills_the_plots_with_the_engine_metrics_then_simulates_the_model(qtbot, window, spy, host, tmp_path):
     configure(window, epochs=2)
     with qtbot.waitSignal(window.epoch_finished, timeout=TIMEOUT_MS) as blocker:
         assert window.start_training()
@@ -142,6 +143,12 @@ def test_training_fills_the_plots_with_the_engine_metrics_then_simulates_the_mod
     assert "epoch 2 / 2" in window.status_text()
     assert window.orbit.frames_drawn >= 1 and window.orbit.n_frames > 1
 
+    # the finished run's model can be saved and loaded back
+    saved = tmp_path / "after.pt"
+    with qtbot.waitSignal(window._training_worker.checkpoint_saved, timeout=TIMEOUT_MS):
+        assert window.save_checkpoint(saved)
+    assert isinstance(load_predictor(saved), torch.nn.Module)
+
     # Simulate with the model just trained
     window.controls.set_mode("simulate")
     window.controls.sim_steps_spin.setValue(25)
@@ -157,7 +164,7 @@ def test_training_fills_the_plots_with_the_engine_metrics_then_simulates_the_mod
     assert window.orbit.time == pytest.approx(float(np.sum(sim["dt"])))
 
 
-def test_pause_stops_new_data_and_resume_restarts_it(qtbot, window, spy):
+def test_pause_stops_new_data_and_resume_restarts_it(qtbot, window, spy, tmp_path):
     configure(window, epochs=10_000)
     assert window.start_training()
     qtbot.waitUntil(lambda: len(window.plots.accepted) >= 3, timeout=TIMEOUT_MS)
@@ -170,6 +177,12 @@ def test_pause_stops_new_data_and_resume_restarts_it(qtbot, window, spy):
     assert spy.count() == engine_events
     assert len(window.plots.accepted) + len(window.plots.rejected) == shown
     assert "paused" in window.status_text()
+    # a checkpoint requested while paused is written by the worker between two steps
+    saved = tmp_path / "paused.pt"
+    with qtbot.waitSignal(window._training_worker.checkpoint_saved, timeout=TIMEOUT_MS) as blocker:
+        assert window.save_checkpoint(saved)
+    assert blocker.args == [str(saved)] and saved.is_file()
+    assert spy.count() == engine_events
     window.resume()
     qtbot.waitUntil(lambda: len(window.plots.accepted) > shown + 2, timeout=TIMEOUT_MS)
     assert spy.count() > engine_events
