@@ -104,3 +104,16 @@ def test_malformed_and_non_finite_state_files_are_named(tmp_path, capsys):
 def test_debug_shows_the_traceback(capsys):
     with pytest.raises(Exception, match="unknown integrator"):
         main(["--debug", "simulate", "--preset", "kepler", "--integrator", "nope", "--steps", "3"])
+
+
+def test_gui_without_a_display_runs_the_main_job_headless(capsys, monkeypatch):
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    code, out, err = run_cli(capsys, "gui", "--epochs", "1")
+    assert code == 0
+    assert "no display found" in err
+    learned = [line.split() for line in out.splitlines() if line.startswith("learned (mlp)")]
+    tuned = [line.split() for line in out.splitlines() if line.startswith("freefall (eta=")]
+    assert len(learned) == 1 and len(tuned) == 1
+    assert int(learned[0][2]) > 0  # steps of the held-out orbit with the learned dt
+    assert tuned[0][-3] == "100.00"  # the tuned rule passes the gate on every step
