@@ -24,7 +24,7 @@ def test_seed_defaults():
     ("learning_rate", float("inf")), ("history_len", -1), ("hidden_width", 0), ("activation", "swish"),
     ("on_retrain_limit", "ignore"), ("replay_scope", "forever"), ("buffer_capacity", 0), ("n_steps", True),
     ("seed", -1), ("predictor", ""), ("progress", "yes"), ("predictor_options", {"a": [1, 2]}), ("device", "gpu9"),
-    ("efficiency_weight", -0.5), ("fourier_scale", 0.0),
+    ("efficiency_weight", -0.5), ("fourier_scale", 0.0), ("lr_decay", 0.0), ("lr_decay", 1.5),
 ])
 def test_out_of_range_values_name_the_key(key, value):
     with pytest.raises(ConfigError, match=f"'{key}'"):
@@ -50,6 +50,15 @@ def test_replace_validates_and_keeps_the_rest():
     assert cfg.epochs == 3 and cfg.learning_rate == 0.01
     with pytest.raises(ConfigError, match="learning_rate"):
         cfg.replace(learning_rate=0)
+
+
+def test_learning_rate_falls_geometrically_from_first_to_last_epoch():
+    cfg = TrainConfig(epochs=5, learning_rate=1e-3, lr_decay=0.01)
+    rates = [cfg.learning_rate_at(k) for k in range(7)]
+    assert rates[0] == 1e-3 and rates[2] == pytest.approx(1e-4, rel=1e-12)
+    assert rates[4] == pytest.approx(1e-5, rel=1e-12) and rates[5:] == [rates[4]] * 2  # held after the last epoch
+    assert TrainConfig(epochs=1, lr_decay=0.5).learning_rate_at(0) == 1e-3
+    assert {TrainConfig(epochs=4).learning_rate_at(k) for k in range(4)} == {1e-3}  # default: constant
 
 
 def test_integers_given_for_floats_are_accepted_as_floats():

@@ -118,6 +118,24 @@ def test_fit_accepted_states_all_pass_the_gate(events):
     assert bool((trainer.buffer.dt > 0).all())
 
 
+def test_fit_follows_the_learning_rate_schedule(host):
+    seen = []
+
+    class LearningRates:
+        @hookimpl
+        def nbtoolkit_epoch_end(self, event):
+            seen.append(trainer.optimizer.param_groups[0]["lr"])
+
+    cfg = TrainConfig(epochs=3, seed=1, learning_rate=4e-3, lr_decay=0.25, **SMALL)
+    trainer = Trainer(cfg, kepler_batch(2).state, host=host)
+    host.register_plugin(LearningRates(), name="test-learning-rates")
+    try:
+        trainer.fit()
+    finally:
+        host.unregister_plugin("test-learning-rates")
+    assert seen == pytest.approx([4e-3, 2e-3, 1e-3], rel=1e-12)
+
+
 def test_epoch_scope_clears_the_buffer_every_epoch(events):
     cfg = TrainConfig(epochs=2, replay_scope="epoch", **SMALL)
     trainer = Trainer(cfg, kepler_batch(2).state)

@@ -54,6 +54,7 @@ KEY_HELP: dict[str, str] = {
     "replay_scope": "keep the replay buffer across epochs (persistent) or clear it every epoch (epoch)",
     "buffer_capacity": "most replay samples kept, oldest dropped first (default 100000)",
     "learning_rate": "Adam learning rate (default 1e-3)",
+    "lr_decay": "the learning rate falls geometrically over the epochs to learning_rate * this (default 1 = constant)",
     "grad_clip": "gradient norm clipping, 0 = off (default 10)",
     "integrator": "integrator name (default leapfrog; see `nbtoolkit plugins`)",
     "predictor": "dt predictor to train (default mlp)",

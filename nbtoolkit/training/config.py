@@ -65,6 +65,7 @@ class TrainConfig:
     buffer_capacity: int = 100_000  #: most samples kept (oldest overwritten first)
     # optimisation
     learning_rate: float = 1e-3
+    lr_decay: float = 1.0  #: the learning rate falls geometrically to learning_rate * lr_decay over the epochs (1 = constant)
     grad_clip: float = 10.0  #: max gradient norm (0 = no clipping)
     seed: int = 0
     # plugins (names in the registries) and their extra options
@@ -125,6 +126,13 @@ class TrainConfig:
         """A validated copy with some keys changed; unknown keys are a :class:`ConfigError`."""
         _reject_unknown(changes)
         return dataclasses.replace(self, **changes)
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The learning rate of 0-based ``epoch``: ``learning_rate * lr_decay ** (epoch / (epochs - 1))``,
+        falling geometrically from ``learning_rate`` in the first epoch to ``learning_rate * lr_decay``
+        in the last (held there if training goes on past ``epochs``)."""
+        progress = min(epoch, self.epochs - 1) / (self.epochs - 1) if self.epochs > 1 else 0.0
+        return self.learning_rate * self.lr_decay**progress
 
     def predictor_build_options(self, accepted: set[str] | None) -> dict[str, Any]:
         """Options for the predictor factory: the architecture keys and ``seed`` it accepts
@@ -201,6 +209,12 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
     return check
 
 
+def _fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) <= 1:
+        raise ConfigError(f"configuration key '{name}' must be a number in (0, 1]; got {value!r}")
+    return float(value)
+
+
 def _name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"configuration key '{name}' must be a non-empty name; got {value!r}")
@@ -256,6 +270,7 @@ _RULES: dict[str, Callable[[str, Any], Any]] = {
     "replay_scope": _choice(("persistent", "epoch")),
     "buffer_capacity": _int(1, MAX_BUFFER_CAPACITY),
     "learning_rate": _float(0.0),
+    "lr_decay": _fraction,
     "grad_clip": _float(0.0, strict=False),
     "seed": _int(0, 2**63 - 1),
     "integrator": _name,

@@ -169,6 +169,8 @@ class Trainer:
         hook = self.host.hook
         if cfg.replay_scope == "epoch":
             self.buffer.clear()
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.learning_rate_at(self.epoch)
         collected = collect_trajectory(
             self.predictor, self.integrator, self.state, cfg, self.optimizer, buffer=self.buffer, history=self.history,
             epoch=self.epoch, stop_time=self.stop_time, hook=hook, control=self.control, fallback=self.fallback,
