@@ -32,15 +32,6 @@ TIMEOUT_MS = 60_000
 TINY: dict[str, Any] = dict(steps_per_epoch=12, replay_batch_size=8, replay_steps=20, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Train with one intra-op thread (as the app does on 2 cores), restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class EventSpy:
     """Observer plugin recording every training event (called on the worker thread)."""
 
@@ -271,7 +262,6 @@ def test_screenshot_during_training_is_not_blank(qtbot, window, tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A checkpoint of a model trained headless for one tiny epoch on the Kepler preset."""
-    torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("gui") / "kepler.pt"
     trainer = Trainer(TrainConfig(epochs=1, **TINY), make_preset("kepler", eccentricity=0.5).state)
     trainer.fit()

@@ -14,15 +14,6 @@ from plugins.mlp_predictor import MLPDtPredictor, closest_pair_scales, pair_feat
 from systems import random_cluster, two_body_orbit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids thread-sync overhead (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make(host, **options):
     options.setdefault("hidden_width", 8)
     options.setdefault("seed", 0)

@@ -12,15 +12,6 @@ from systems import random_cluster
 SAMPLERS = ["uniform", "prioritized", "recent"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids thread-sync overhead (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def filled_buffer(n: int, rel_dE: torch.Tensor | None = None) -> ReplayBuffer:
     state = random_cluster(n, 3, dim=2)
     buf = ReplayBuffer.like(state, capacity=10_000)

@@ -14,15 +14,6 @@ from nbtoolkit.training import (
 from systems import random_cluster, two_body_orbit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids thread-sync overhead (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 METRIC_KEYS = {"pass_count", "fail_count", "mean_rel_dE", "max_rel_dE"}
 
 

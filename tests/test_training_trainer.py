@@ -18,15 +18,6 @@ from nbtoolkit.training.cli import add_train_arguments, run_train
 from systems import two_body_orbit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids thread-sync overhead (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 SMALL = dict(hidden_width=8, hidden_layers=1, steps_per_epoch=6, replay_batch_size=16, replay_steps=50)
 
 
