@@ -19,6 +19,8 @@ from .presets import make_preset
 TRAIN_PRESET = {"num_orbits": 8, "e_min": 0.5, "e_max": 0.95, "seed": 0}
 HELD_OUT_ECCENTRICITY = 0.75
 ORBITS = 10
+#: the loss band just under the gate and the learning-rate decay of benchmarks/bench_quality.py
+TRAINING = {"E_lower": 1.1e-4, "E_upper": 1.7e-4, "lr_decay": 0.03}
 
 
 def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdout) -> int:
@@ -28,7 +30,7 @@ def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdo
 
     host = get_host()
     system = make_preset("kepler-batch", **TRAIN_PRESET)
-    config = TrainConfig(epochs=epochs, seed=seed, progress=sys.stderr.isatty())
+    config = TrainConfig(epochs=epochs, seed=seed, progress=sys.stderr.isatty(), **TRAINING)
     print(f"training '{config.predictor}' on {system.state.batch_size} Kepler orbits, e in "
           f"[{TRAIN_PRESET['e_min']}, {TRAIN_PRESET['e_max']}], {epochs} epochs ...", file=out, flush=True)
     trainer = Trainer(config, system.state, host=host, period=system.period)
