@@ -21,7 +21,7 @@ from .errors import NBToolkitError
 from .integrator import Integrator
 from .physics import relative_energy_error, state_energy
 from .predictor import DtPredictor, History
-from .simulate import iter_steps, simulate
+from .simulate import iter_steps, simulate, time_remaining
 from .state import NBodyState
 
 
@@ -96,8 +96,7 @@ def _all_steps_pass(
     failed = torch.zeros(K, dtype=torch.bool)
 
     def limit(s: NBodyState) -> Tensor:
-        left = end - s.time
-        left = torch.where(left <= 1e-12 * end.abs().clamp_min(1.0), torch.zeros_like(left), left)
+        left = time_remaining(end, s.time)
         return torch.where(failed, torch.zeros_like(left), left)
 
     stepper = iter_steps(batch, integrator, ScaledPredictor(predictor, scales), dt_limit=limit)
@@ -176,16 +175,15 @@ def greedy_oracle(
     if state.batch_size != 1:
         raise NBToolkitError(f"greedy_oracle takes one system; got a batch of {state.batch_size}")
     start = _time.perf_counter()
-    end = float(state.time[0] + orbits * float(period.reshape(-1)[0]))
+    end = state.time + orbits * float(period.reshape(-1)[0])  # (1,)
     dt_prev = first_dt if first_dt is not None else 1e-3 * float(period.reshape(-1)[0])
     current, energy = state.detach(), state_energy(state)
     steps, worst = 0, 0.0
     factors = torch.logspace(-math.log10(8), math.log10(8), candidates, dtype=state.dtype)
     with torch.no_grad():
-        while end - float(current.time[0]) > 1e-12 * max(1.0, abs(end)):
+        while (left := float(time_remaining(end, current.time)[0])) > 0:
             if steps >= max_steps:
                 raise NBToolkitError(f"greedy oracle exceeded max_steps={max_steps}")
-            left = end - float(current.time[0])
             dts = torch.clamp(dt_prev * factors, max=left)
             rel, states = _try_dts(current, energy, integrator, dts)
             passing = torch.nonzero(rel <= threshold)

@@ -138,7 +138,7 @@ def _scatter(base: NBodyState, idx: Tensor, part: NBodyState) -> NBodyState:
     )
 
 
-def _remaining(end: Tensor, time: Tensor) -> Tensor:
+def time_remaining(end: Tensor, time: Tensor) -> Tensor:
     """Time left to ``end`` (B,), with round-off-sized remainders (relative 1e-12) counted as 0."""
     left = end - time
     return torch.where(left <= 1e-12 * end.abs().clamp_min(1.0), torch.zeros_like(left), left)
@@ -239,7 +239,7 @@ def simulate(
     if steps is not None and steps > max_steps:
         raise NBToolkitError(f"steps={steps} exceeds max_steps={max_steps}")
 
-    dt_limit = None if end is None else (lambda s: _remaining(end, s.time))
+    dt_limit = None if end is None else (lambda s: time_remaining(end, s.time))
     energy0 = state_energy(state.detach())
     times, positions, velocities, energies = [t0.numpy().copy()], [state.position.detach().numpy().copy()], [
         state.velocity.detach().numpy().copy()], [energy0.numpy().copy()]
@@ -267,7 +267,7 @@ def simulate(
         else:
             span = (end - t0).numpy()
             done_fraction = float(np.min((s.time.numpy() - t0.numpy()) / span))
-            finished = bool((_remaining(end, s.time) == 0).all())
+            finished = bool((time_remaining(end, s.time) == 0).all())
         if progress is not None:
             progress(k, done_fraction)
         if finished:
