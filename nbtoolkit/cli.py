@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .control import RunStopped
-from .errors import NBToolkitError
+from .errors import ConfigError, NBToolkitError
 from .plugin_manager import PluginHost, get_host
 
 EXIT_USER_ERROR = 2
@@ -45,6 +45,19 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
 PRESET_FLAGS = ("eccentricity", "semi_major_axis", "masses", "start", "num_orbits", "e_min", "e_max", "n", "seed")
 
 
+def preset_flag_values(args: argparse.Namespace, name: str, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The preset parameters set by flags (unset ones omitted); a flag the preset does not take is an error."""
+    from .presets import PRESETS
+
+    accepted = PRESETS[name].params
+    given = {k: getattr(args, k) for k in PRESET_FLAGS if k not in exclude and getattr(args, k, None) is not None}
+    unused = sorted(k for k in given if k not in accepted)
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise ConfigError(f"preset '{name}' does not take {flags}; it takes: {', '.join(sorted(accepted)) or '(nothing)'}")
+    return given
+
+
 def _float_list(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
@@ -55,20 +68,14 @@ def _float_list(text: str) -> tuple[float, ...]:
 def load_system(args: argparse.Namespace, default_preset: str | None = None) -> tuple[Any, torch.Tensor | None]:
     """The initial state and its period (B,) or None, from ``--state`` or ``--preset`` and its flags."""
     from .io import load_state
-    from .presets import PRESETS, make_preset
+    from .presets import make_preset
 
     if args.state is not None:
         return load_state(args.state), None
     name = args.preset or default_preset
     if name is None:
         raise NBToolkitError("give --preset NAME or --state FILE")
-    accepted = PRESETS[name].params
-    given = {k: getattr(args, k) for k in PRESET_FLAGS if getattr(args, k, None) is not None}
-    unused = sorted(k for k in given if k not in accepted)
-    if unused:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise NBToolkitError(f"preset '{name}' does not take {flags}; it takes: {', '.join(sorted(accepted)) or '(nothing)'}")
-    system = make_preset(name, **given)
+    system = make_preset(name, **preset_flag_values(args, name))
     return system.state, system.period
 
 

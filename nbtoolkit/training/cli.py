@@ -151,7 +151,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _system(args: argparse.Namespace, table: dict[str, Any] | None) -> tuple[NBodyState | None, torch.Tensor | None]:
     """The initial state and period from --state / --preset (+ flags) / the [system] table, or (None, None)."""
-    from ..cli import PRESET_FLAGS
+    from ..cli import preset_flag_values
     from ..io import load_state
     from ..presets import PRESETS, make_preset
 
@@ -167,11 +167,7 @@ def _system(args: argparse.Namespace, table: dict[str, Any] | None) -> tuple[NBo
     if name not in PRESETS:
         raise ConfigError(f"[system] preset: unknown preset '{name}'; known: {', '.join(sorted(PRESETS))}")
     accepted = PRESETS[name].params
-    given = {k: getattr(args, k) for k in PRESET_FLAGS if k != "seed" and getattr(args, k, None) is not None}
-    unused = sorted(k for k in given if k not in accepted)
-    if unused:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise ConfigError(f"preset '{name}' does not take {flags}; it takes: {', '.join(sorted(accepted)) or '(nothing)'}")
+    given = preset_flag_values(args, name, exclude=("seed",))  # --seed also seeds training, so it is never "unused"
     if "seed" in accepted and getattr(args, "seed", None) is not None:
         given["seed"] = args.seed
     system = make_preset(name, **{**table, **given})
