@@ -188,34 +188,48 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
     from .evaluate import evaluate_predictor, greedy_oracle, tune_scale
 
     host = get_host()
     state, period = load_system(args, default_preset="kepler")
-    if period is None:
-        raise NBToolkitError("evaluate runs whole orbits; choose a preset with a period (kepler, kepler-batch, figure-eight)")
+    if args.t_end is not None:
+        span = args.t_end - state.time
+        if not bool((span > 0).all()):
+            raise NBToolkitError(f"--t-end {args.t_end:g} must lie after the start time of every system")
+        period, orbits = span, 1.0  # one "orbit" of length t_end - t0
+    elif period is None:
+        raise NBToolkitError("this system has no orbital period: give --t-end T (the end time of each run)")
+    else:
+        orbits = args.orbits
     integrator = host.integrators.create(args.integrator)
+    learned_models = [(f"checkpoint {args.checkpoint}", args.checkpoint)] if args.checkpoint is not None else []
     rows = []
     for b in range(state.batch_size):
         one, p = state.index(b), period[b : b + 1]
-        if args.checkpoint is not None:
+        run = dict(orbits=orbits, threshold=args.threshold)
+        for label, path in learned_models:
             from .training import load_predictor
 
-            learned = load_predictor(args.checkpoint, host=host)
-            rows += evaluate_predictor(one, p, integrator, learned, orbits=args.orbits, threshold=args.threshold,
+            rows += evaluate_predictor(one, p, integrator, load_predictor(path, host=host), **run,
                                        label=f"system {b}: learned")
+        for name in args.predictor:
+            rows += evaluate_predictor(one, p, integrator, host.predictors.create(name), **run,
+                                       label=f"system {b}: {name}")
         for rule in args.rules:
             base = create_predictor(host, rule, {"eta": 1.0} if rule != "constant" else {"dt": 1.0})
-            factor = tune_scale(one, p, integrator, base, orbits=args.orbits, threshold=args.threshold,
-                                high=1.0 if rule != "constant" else float(p) / 100)
+            factor = tune_scale(one, p, integrator, base, orbits=orbits, threshold=args.threshold,
+                                high=1.0 if rule != "constant" else float(p) * orbits / 20)
             option = "dt" if rule == "constant" else "eta"
             tuned = create_predictor(host, rule, {option: factor})
-            rows += evaluate_predictor(one, p, integrator, tuned, orbits=args.orbits, threshold=args.threshold,
+            rows += evaluate_predictor(one, p, integrator, tuned, **run,
                                        label=f"system {b}: {rule} ({option}={factor:.4g})")
         if args.oracle:
-            oracle = greedy_oracle(one, p, integrator, orbits=args.orbits, threshold=args.threshold)
+            oracle = greedy_oracle(one, p, integrator, orbits=orbits, threshold=args.threshold)
             rows.append(oracle | {"label": f"system {b}: greedy oracle"})
-    print(format_gate_table([r if isinstance(r, dict) else r.as_dict() for r in rows]))
+    table = [r if isinstance(r, dict) else r.as_dict() for r in rows]
+    print(json.dumps(table, indent=1) if args.json else format_gate_table(table))
     return 0
 
 
@@ -284,11 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="compare dt predictors on whole orbits against the energy gate")
     add_system_arguments(p)
     p.add_argument("--integrator", default="leapfrog", help="integrator name (default leapfrog)")
-    p.add_argument("--checkpoint", type=Path, help="also evaluate the trained predictor in this checkpoint")
+    p.add_argument("--checkpoint", type=Path, help="also evaluate the trained predictor in this checkpoint or model file")
+    p.add_argument("--predictor", action="append", default=[], metavar="NAME",
+                   help="also evaluate this registered dt predictor as it is, e.g. learned (repeatable)")
     p.add_argument("--rules", nargs="*", default=["aarseth", "freefall"],
                    help="classical rules to tune by bisection so every step passes (default: aarseth freefall)")
     p.add_argument("--oracle", action="store_true", help="also run the greedy oracle (largest passing dt each step)")
-    p.add_argument("--orbits", type=float, default=10.0, help="orbital periods per run (default 10)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--orbits", type=float, default=10.0, help="orbital periods per run (default 10)")
+    length.add_argument("--t-end", type=float, help="run to this time instead (systems without a period: "
+                                                    "pythagorean, plummer, --state)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON (a list of rows)")
     p.add_argument("--threshold", type=float, default=2e-4, help="energy gate |dE/E| (default 2e-4)")
     p.set_defaults(func=cmd_evaluate)
     return parser

@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.integrators",
     "plugins.classical_predictors",
     "plugins.mlp_predictor",
+    "plugins.learned_predictor",
     "plugins.samplers",
     "plugins.observers",
 )

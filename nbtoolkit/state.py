@@ -2,12 +2,18 @@
 
 Shapes (B systems, N bodies, D = 2 or 3 dimensions):
 
-* ``mass``      (B, N)     masses, > 0
+* ``mass``      (B, N)     masses, > 0 (0 marks a padding body, see below)
 * ``position``  (B, N, D)  positions
 * ``velocity``  (B, N, D)  velocities
 * ``time``      (B,)       simulation time of each system
 * ``G``         float      gravitational constant (units are the user's; presets use G = 1)
 * ``softening`` float      Plummer softening length eps >= 0
+
+Batches that mix systems with different numbers of bodies pad the smaller systems with
+*padding bodies*: mass exactly 0, at rest far from everything. They exert no force and add
+nothing to any energy or momentum, so the physics of the real bodies is unchanged;
+:attr:`NBodyState.body_mask` (mass > 0) tells predictors which bodies are real. Only states
+validated with ``allow_padding=True`` (training batches) may hold them.
 
 ``acceleration`` is an optional cache of the accelerations at ``position`` (B, N, D) that
 integrators such as leapfrog reuse so a step costs one force evaluation. It is never part of
@@ -96,6 +102,11 @@ class NBodyState:
         return int(self.mass.shape[1])
 
     @property
+    def body_mask(self) -> Tensor:
+        """(B, N) bool: True for real bodies, False for padding bodies (mass 0)."""
+        return self.mass > 0
+
+    @property
     def dim(self) -> int:
         return int(self.position.shape[-1])
 
@@ -108,11 +119,13 @@ class NBodyState:
         return self.position.device
 
     # ------------------------------------------------------------------ validation
-    def validate(self, where: str = "state") -> "NBodyState":
+    def validate(self, where: str = "state", *, allow_padding: bool = False) -> "NBodyState":
         """Check shapes, finiteness, positive masses and (unsoftened) coincident bodies.
 
-        Raises :class:`InvalidStateError` naming the offending field, system and body.
-        Returns ``self`` so it can be chained.
+        With ``allow_padding`` a mass of exactly 0 marks a padding body (see the module
+        docstring); every system must still hold at least two real bodies. Raises
+        :class:`InvalidStateError` naming the offending field, system and body. Returns
+        ``self`` so it can be chained.
         """
         m, x, v, t = self.mass, self.position, self.velocity, self.time
         if m.dim() != 2:
@@ -133,7 +146,12 @@ class NBodyState:
             if bool(bad.any()):
                 idx = tuple(int(i) for i in torch.nonzero(bad)[0])
                 raise InvalidStateError(f"{where}: {name} has a non-finite value ({value[idx].item()}) at index {idx}")
-        nonpos = m <= 0
+        nonpos = m < 0 if allow_padding else m <= 0
+        if allow_padding:
+            real = (m > 0).sum(-1)
+            if bool((real < 2).any()):
+                b = int(torch.nonzero(real < 2)[0, 0])
+                raise InvalidStateError(f"{where}: system {b} has {int(real[b])} bodies of mass > 0; it needs at least 2")
         if bool(nonpos.any()):
             b, i = (int(k) for k in torch.nonzero(nonpos)[0])
             raise InvalidStateError(f"{where}: mass must be > 0; system {b}, body {i} has mass {m[b, i].item()}")
@@ -193,6 +211,12 @@ class NBodyState:
             self, mass=self.mass[idx], position=self.position[idx], velocity=self.velocity[idx],
             time=self.time[idx], acceleration=acc,
         )
+
+    def trim_bodies(self, n: int) -> "NBodyState":
+        """The first ``n`` bodies of every system (drops trailing padding bodies; views, no copy)."""
+        acc = None if self.acceleration is None else self.acceleration[:, :n]
+        return dataclasses.replace(self, mass=self.mass[:, :n], position=self.position[:, :n],
+                                   velocity=self.velocity[:, :n], acceleration=acc)
 
     @staticmethod
     def cat(states: Sequence["NBodyState"]) -> "NBodyState":

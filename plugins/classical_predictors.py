@@ -12,7 +12,7 @@ from torch import Tensor
 
 from nbtoolkit import hookimpl
 from nbtoolkit.errors import ConfigError
-from nbtoolkit.physics import pair_distances, state_accelerations
+from nbtoolkit.physics import pair_distances
 from nbtoolkit.predictor import DtPredictor, History
 from nbtoolkit.state import NBodyState
 
@@ -36,13 +36,16 @@ class ConstantDt(DtPredictor):
 
 
 class AarsethDt(DtPredictor):
-    """Acceleration/jerk criterion, regularised so it is finite for every valid state:
+    """Acceleration/jerk criterion, regularised so it is finite and > 0 for every valid state:
 
-    dt = eta * min_i |a_i| / sqrt(|j_i|^2 + |a_i|^3 / r_i)
+    dt = eta * min_i A_i / sqrt(|j_i|^2 + A_i^3 / r_i)
 
-    with a_i the acceleration, j_i = da_i/dt the jerk and r_i the distance from body i to its
-    nearest neighbour. Where the jerk dominates this is Aarseth's first-order rule eta |a|/|j|;
-    for bodies at rest (j = 0) it becomes eta sqrt(r/|a|), a free-fall-like time.
+    with j_i = da_i/dt the jerk, r_i the distance from body i to its nearest neighbour and
+    A_i = sum_j G m_j / r_ij^2 the sum of the *magnitudes* of the pull of every other body.
+    For two bodies A_i = |a_i| and this is Aarseth's first-order rule eta |a|/|j| where the jerk
+    dominates; for bodies at rest (j = 0) it becomes eta sqrt(r/A), a free-fall-like time. Using
+    A_i instead of |a_i| keeps a body whose pulls cancel (the middle body of the figure-eight at
+    its start, a = 0) from forcing dt = 0. Padding bodies (mass 0) are ignored.
     """
 
     def __init__(self, eta: float = 0.02) -> None:
@@ -52,7 +55,6 @@ class AarsethDt(DtPredictor):
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
         m, x, v = state.mass, state.position, state.velocity
         n = x.shape[-2]
-        acc = state_accelerations(state)
         r = x.unsqueeze(-3) - x.unsqueeze(-2)  # r_ij = x_j - x_i, (B, N, N, D)
         u = v.unsqueeze(-3) - v.unsqueeze(-2)
         d2 = r.square().sum(-1) + state.softening**2
@@ -62,10 +64,12 @@ class AarsethDt(DtPredictor):
         rv = (r * u).sum(-1)
         w = (m.unsqueeze(-2) * inv_r3).unsqueeze(-1)
         jerk = state.G * (w * (u - 3 * (rv / d2).unsqueeze(-1) * r)).sum(-2)
-        a_norm = acc.norm(dim=-1)
-        nearest = pair_distances(x).amin(-1).clamp_min(state.softening) if n > 1 else torch.ones_like(a_norm)
-        tau = a_norm / (jerk.square().sum(-1) + a_norm.pow(3) / nearest).sqrt()
-        return self.eta * tau.amin(-1)
+        pull = state.G * (m.unsqueeze(-2) * inv_r3 * d2.sqrt()).sum(-1)  # A_i, (B, N)
+        real = state.body_mask
+        dist = pair_distances(x).masked_fill(~real.unsqueeze(-2), float("inf"))
+        nearest = dist.amin(-1).clamp_min(state.softening) if n > 1 else torch.ones_like(pull)
+        tau = pull / (jerk.square().sum(-1) + pull.pow(3) / nearest).sqrt()
+        return self.eta * tau.masked_fill(~real, float("inf")).amin(-1)
 
 
 class FreeFallDt(DtPredictor):
@@ -79,8 +83,10 @@ class FreeFallDt(DtPredictor):
         r = pair_distances(state.position)
         if state.softening:
             r = (r.square() + state.softening**2).sqrt()
+        real = state.body_mask
+        pair = real.unsqueeze(-1) & real.unsqueeze(-2)
         msum = state.mass.unsqueeze(-1) + state.mass.unsqueeze(-2)
-        t_ff = (r.pow(3) / (state.G * msum)).sqrt()
+        t_ff = (r.pow(3) / (state.G * msum)).sqrt().masked_fill(~pair, float("inf"))
         return self.eta * t_ff.flatten(-2).amin(-1)
 
 

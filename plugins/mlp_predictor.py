@@ -1,13 +1,20 @@
 """The learned ``mlp`` dt predictor: a small permutation-invariant network, scale-free by design.
 
-dt = f * tau_min, where tau_min = min over pairs sqrt(r_ij^3 / (G (m_i + m_j))) is the
-free-fall time of the closest pair (r softened as sqrt(r^2 + eps^2)) and the dimensionless
-factor f = init_factor * exp(S tanh(y / S)) comes from the network output y (S =
-:data:`LOG_FACTOR_RANGE`, so f stays within e^±S of ``init_factor`` and dt > 0 always).
+Every pair of bodies proposes a timestep and the system takes the smallest:
+
+    dt = safety * min over pairs (i, j) of  tau_ij * init_factor * exp(S tanh(g_ij / S))
+
+where tau_ij = sqrt(r_ij^3 / (G (m_i + m_j))) is the pair's free-fall time (r softened as
+sqrt(r^2 + eps^2)), g_ij the network's output for that pair (S = :data:`LOG_FACTOR_RANGE`, so
+each proposal stays within e^±S of ``init_factor`` tau_ij and dt > 0 always) and ``safety`` a
+factor calibrated after training (:mod:`nbtoolkit.training.calibrate`; 1 until then). A
+pair's output g_ij sees the pair's own features and the pooled features of every pair, so a
+pair that is irrelevant to the system's energy (a distant planet, a wide pair in a cluster)
+can learn to propose a long step, and the proposals of N bodies work for any N.
 
 Every network input is dimensionless and invariant under rotations, translations and
 relabelling of the bodies, so rescaling lengths by L and masses by M (velocities by
-sqrt(G M / L)) leaves f unchanged and scales dt by sqrt(L^3 / (G M)) exactly.
+sqrt(G M / L)) leaves the factors unchanged and scales dt by sqrt(L^3 / (G M)) exactly.
 
 Inputs, per pair (i, j) with separation r, relative velocity v, M = m_i + m_j, mu = G M:
 
@@ -16,35 +23,44 @@ Inputs, per pair (i, j) with separation r, relative velocity v, M = m_i + m_j, m
 * asinh((r . v) / sqrt(mu r)): radial velocity in units of the local circular speed
 * log(1 + e): the pair's osculating eccentricity
 * 4 m_i m_j / M^2 and M / M_total: mass ratios
+* log(1 + G m_i m_j / (r |E|)): the pair's binding energy against the system's total |E|,
+  which sets how much an error in this pair weighs in the relative energy error
+* log(1 + |a_ij - a_ij,2body| r^2 / mu): the tidal perturbation of the pair by all other
+  bodies, relative to the pair's own attraction (0 for an isolated pair)
 
 (optionally followed by random Fourier features of these), embedded by a pair network and
 pooled by mean and max over pairs (DeepSets). Only the ``max_pairs`` pairs with the shortest
 free-fall times enter the network (all of them when there are fewer, or ``max_pairs`` = 0), so
-its cost does not grow as N^2 while the pairs that set the timestep are always seen. Global input: asinh(eps / r_min). With
-``history_len`` K > 0, each of the K past accepted states adds (mask, log(tau_min,k / tau_min),
-log(r_min,k / r_min)); missing entries are zero.
+its cost does not grow as N^2 while the pairs that set the timestep are always seen. Global
+inputs: asinh(eps / r_min) and log N. With ``history_len`` K > 0, each of the K past accepted
+states adds (mask, log(tau_min,k / tau_min), log(r_min,k / r_min)); missing entries are zero.
+
+Padding bodies (mass 0, see :mod:`nbtoolkit.state`) are masked out of every pair, minimum and
+pooling, so a system predicts the same dt alone and padded inside a mixed-N batch.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from nbtoolkit import hookimpl
 from nbtoolkit.errors import ConfigError
+from nbtoolkit.physics import state_accelerations, state_energy
 from nbtoolkit.predictor import DtPredictor, History
 from nbtoolkit.state import NBodyState
 
-#: the log of the dt factor is confined to log(init_factor) +- this (smoothly, by tanh)
+#: the log of each pair's dt factor is confined to log(init_factor) +- this (smoothly, by tanh)
 LOG_FACTOR_RANGE = 8.0
 #: per-pair input features before Fourier features
-PAIR_FEATURES = 7
+PAIR_FEATURES = 9
 #: per-history-entry features
 HISTORY_FEATURES = 3
 #: global features
-GLOBAL_FEATURES = 1
+GLOBAL_FEATURES = 2
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -55,44 +71,73 @@ def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 def closest_pair_scales(mass: Tensor, position: Tensor, G: float, softening: float) -> tuple[Tensor, Tensor]:
-    """(tau_min, r_min), each (B,): the smallest pair free-fall time and the smallest (softened) separation."""
+    """(tau_min, r_min), each (B,): the smallest pair free-fall time and the smallest (softened)
+    separation among pairs of real bodies (padding bodies, mass 0, are ignored)."""
     i, j = _pairs(mass.shape[-1], position.device)
+    real = (mass[:, i] > 0) & (mass[:, j] > 0)
     r = ((position[:, j] - position[:, i]).square().sum(-1) + softening**2).sqrt()
-    tau = (r.pow(3) / (G * (mass[:, i] + mass[:, j]))).sqrt()
-    return tau.amin(-1), r.amin(-1)
+    msum = torch.where(real, mass[:, i] + mass[:, j], torch.ones_like(r))
+    inf = torch.full_like(r, math.inf)
+    tau = torch.where(real, (r.pow(3) / (G * msum)).sqrt(), inf)
+    return tau.amin(-1), torch.where(real, r, inf).amin(-1)
 
 
-def pair_features(state: NBodyState, max_pairs: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """Dimensionless pair features (B, P', 7) (see module docstring), tau_min (B,) and r_min (B,).
+class PairFeatures(NamedTuple):
+    """Pair inputs of the network for the P' selected pairs of each system.
 
-    P' = min(P, max_pairs) pairs with the shortest free-fall times (all P pairs if max_pairs is 0).
+    features (B, P', 9), log_tau (B, P') each pair's log free-fall time, mask (B, P') True for
+    pairs of real bodies, tau_min and r_min (B,) over all real pairs.
     """
+
+    features: Tensor
+    log_tau: Tensor
+    mask: Tensor
+    tau_min: Tensor
+    r_min: Tensor
+
+
+def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
+    """Dimensionless pair features (see module docstring) of the ``max_pairs`` pairs with the
+    shortest free-fall times (all P pairs if max_pairs is 0)."""
     m, x, v, G = state.mass, state.position, state.velocity, state.G
     i, j = _pairs(state.n_bodies, x.device)
+    real = (m[:, i] > 0) & (m[:, j] > 0)
+    one = torch.ones_like(real, dtype=x.dtype)
     r_vec = x[:, j] - x[:, i]
     v_vec = v[:, j] - v[:, i]
-    msum = m[:, i] + m[:, j]
+    msum = torch.where(real, m[:, i] + m[:, j], one)
     mu = G * msum
     r = (r_vec.square().sum(-1) + state.softening**2).sqrt()
     v2 = v_vec.square().sum(-1)
     rv = (r_vec * v_vec).sum(-1)
     tau = (r.pow(3) / mu).sqrt()
-    tau_min, r_min = tau.amin(-1), r.amin(-1)
+    inf = torch.full_like(tau, math.inf)
+    tau = torch.where(real, tau, inf)
+    tau_min, r_min = tau.amin(-1), torch.where(real, r, inf).amin(-1)
     ecc_vec = ((v2 - mu / r).unsqueeze(-1) * r_vec - rv.unsqueeze(-1) * v_vec) / mu.unsqueeze(-1)
     ecc = ecc_vec.square().sum(-1).sqrt()
+    energy = state_energy(state).abs().unsqueeze(-1)
+    acc = state_accelerations(state)
+    tidal = acc[:, j] - acc[:, i] + (mu / r.pow(3)).unsqueeze(-1) * r_vec
+    safe_tau = torch.where(real, tau, one)
     feats = torch.stack([
-        (tau / tau_min.unsqueeze(-1)).log(),
+        (safe_tau / tau_min.unsqueeze(-1)).log(),
         (r / r_min.unsqueeze(-1)).log(),
         torch.log1p(v2 * r / mu),
         torch.asinh(rv / (mu * r).sqrt()),
         torch.log1p(ecc),
         4 * m[:, i] * m[:, j] / msum.square(),
         msum / m.sum(-1, keepdim=True),
+        torch.log1p(G * m[:, i] * m[:, j] / (r * energy)),
+        torch.log1p(tidal.square().sum(-1).sqrt() * r.square() / mu),
     ], dim=-1)
+    feats = torch.where(real.unsqueeze(-1), feats, torch.zeros_like(feats))
+    log_tau = safe_tau.log()
     if 0 < max_pairs < feats.shape[1]:
         closest = torch.topk(tau, max_pairs, dim=-1, largest=False).indices
         feats = torch.gather(feats, 1, closest.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
-    return feats, tau_min, r_min
+        log_tau, real = torch.gather(log_tau, 1, closest), torch.gather(real, 1, closest)
+    return PairFeatures(feats, log_tau, real, tau_min, r_min)
 
 
 def history_features(state: NBodyState, history: History, tau_min: Tensor, r_min: Tensor) -> Tensor:
@@ -122,14 +167,14 @@ def _mlp(sizes: list[int], activation: type[nn.Module], dtype: torch.dtype, fina
 
 
 class MLPDtPredictor(DtPredictor):
-    """dt = factor(dimensionless features) x free-fall time of the closest pair (see module docstring).
+    """dt = safety x min over pairs of a learned factor x the pair's free-fall time (see module docstring).
 
     Options: ``hidden_width`` and ``hidden_layers`` (of both the pair network and the head),
     ``activation`` (tanh, silu, relu, gelu, softplus), ``fourier_features`` (number of random
     frequencies, 0 = off) and ``fourier_scale`` (their standard deviation), ``history_len`` K,
-    ``init_factor`` (dt / tau_min of the untrained network), ``max_pairs`` (closest pairs fed
+    ``init_factor`` (dt / tau of the untrained network), ``max_pairs`` (closest pairs fed
     to the network, 0 = all), ``seed`` (initial weights and Fourier frequencies; None uses the
-    global RNG).
+    global RNG). The calibrated ``safety`` factor is a buffer, saved with the weights.
     """
 
     def __init__(self, hidden_width: int = 64, hidden_layers: int = 2, activation: str = "tanh",
@@ -156,11 +201,13 @@ class MLPDtPredictor(DtPredictor):
             "fourier", torch.randn(PAIR_FEATURES, fourier_features, generator=generator, dtype=dtype) * fourier_scale
         )
         self.register_buffer("log_init_factor", torch.tensor(math.log(init_factor), dtype=dtype))
+        self.register_buffer("log_safety", torch.tensor(0.0, dtype=dtype))
         act = _ACTIVATIONS[activation]
         pair_in = PAIR_FEATURES + 2 * fourier_features
-        head_in = 2 * hidden_width + GLOBAL_FEATURES + HISTORY_FEATURES * history_len
+        context = 2 * hidden_width + GLOBAL_FEATURES + HISTORY_FEATURES * history_len
         self.pair_net = _mlp([pair_in] + [hidden_width] * hidden_layers, act, dtype, final_activation=True)
-        self.head = _mlp([head_in] + [hidden_width] * hidden_layers + [1], act, dtype, final_activation=False)
+        self.head = _mlp([hidden_width + context] + [hidden_width] * hidden_layers + [1], act, dtype,
+                         final_activation=False)
         self._init_weights(generator)
 
     def _init_weights(self, generator: torch.Generator | None) -> None:
@@ -173,13 +220,21 @@ class MLPDtPredictor(DtPredictor):
                 layer.bias.zero_()
             linears[-1].weight.mul_(0.01)
 
-    def features(self, state: NBodyState, history: History | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(pair inputs (B, P, F), head extras (B, G + 3K), tau_min (B,))."""
-        feats, tau_min, r_min = pair_features(state, self.options["max_pairs"])
+    @property
+    def safety(self) -> float:
+        """The calibrated factor on every dt (1 before calibration)."""
+        return float(self.log_safety.exp())
+
+    def features(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
+        """(pair features with Fourier features appended, global extras (B, 2 + 3K))."""
+        pf = pair_features(state, self.options["max_pairs"])
+        feats = pf.features
         if self.fourier.shape[1]:
             proj = 2 * math.pi * feats @ self.fourier
             feats = torch.cat([feats, proj.sin(), proj.cos()], dim=-1)
-        extras = [torch.asinh(state.softening / r_min).unsqueeze(-1)]
+            feats = torch.where(pf.mask.unsqueeze(-1), feats, torch.zeros_like(feats))
+        n_real = state.body_mask.sum(-1).to(state.dtype)
+        extras = [torch.asinh(state.softening / pf.r_min).unsqueeze(-1), n_real.log().unsqueeze(-1)]
         if self.history_len:
             if history is None:
                 history = History.empty(state, self.history_len)
@@ -187,22 +242,26 @@ class MLPDtPredictor(DtPredictor):
                 raise ConfigError(
                     f"mlp predictor reads history_len = {self.history_len} past states; got {history.position.shape[1]}"
                 )
-            extras.append(history_features(state, history, tau_min, r_min))
-        return feats, torch.cat(extras, dim=-1), tau_min
+            extras.append(history_features(state, history, pf.tau_min, pf.r_min))
+        return pf._replace(features=feats), torch.cat(extras, dim=-1)
 
-    def log_factor(self, state: NBodyState, history: History | None = None) -> tuple[Tensor, Tensor]:
-        """(log(dt / tau_min) (B,), tau_min (B,))."""
-        feats, extras, tau_min = self.features(state, history)
-        emb = self.pair_net(feats)  # (B, P, W)
-        pooled = torch.cat([emb.mean(dim=1), emb.amax(dim=1), extras], dim=-1)
-        y = self.head(pooled).squeeze(-1)
-        return self.log_init_factor + LOG_FACTOR_RANGE * torch.tanh(y / LOG_FACTOR_RANGE), tau_min
+    def log_dt(self, state: NBodyState, history: History | None = None) -> Tensor:
+        """log dt (B,), before the calibrated safety factor."""
+        pf, extras = self.features(state, history)
+        mask = pf.mask.unsqueeze(-1)
+        emb = self.pair_net(pf.features)  # (B, P, W)
+        count = pf.mask.sum(-1, keepdim=True).clamp_min(1).to(emb.dtype)
+        mean = torch.where(mask, emb, torch.zeros_like(emb)).sum(1) / count
+        peak = torch.where(mask, emb, torch.full_like(emb, -math.inf)).amax(1)
+        context = torch.cat([mean, peak, extras], dim=-1)
+        y = self.head(torch.cat([emb, context.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)).squeeze(-1)
+        proposals = pf.log_tau + self.log_init_factor + LOG_FACTOR_RANGE * torch.tanh(y / LOG_FACTOR_RANGE)
+        return torch.where(pf.mask, proposals, torch.full_like(proposals, math.inf)).amin(-1)
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
-        if state.n_bodies < 2:
+        if int(state.body_mask.sum(-1).min()) < 2:
             raise ConfigError("mlp predictor needs at least two bodies (its timescale is the closest pair's free-fall time)")
-        log_f, tau_min = self.log_factor(state, history)
-        return tau_min * log_f.exp()
+        return (self.log_dt(state, history) + self.log_safety).exp()
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.options.items())

@@ -9,7 +9,7 @@ import torch
 
 from nbtoolkit import NBodyState
 from nbtoolkit.errors import ConfigError, PluginError
-from systems import random_cluster
+from systems import random_cluster, two_body_orbit
 
 
 def scaled(state: NBodyState, L: float, M: float, G: float) -> NBodyState:
@@ -67,3 +67,33 @@ def test_constant_returns_its_dt_and_rejects_bad_values(host):
         host.predictors.get("freefall").factory(eta=float("nan"))
     with pytest.raises(PluginError, match="does not take option"):
         host.predictors.create("constant", eta=0.1)
+
+
+def test_aarseth_is_positive_at_the_figure_eight_start_where_one_body_feels_no_force(host):
+    """The middle body of the figure-eight starts with a = 0 (its two pulls cancel) but a non-zero jerk."""
+    from nbtoolkit.physics import state_accelerations
+    from nbtoolkit.presets import make_preset
+
+    state = make_preset("figure-eight").state
+    assert float(state_accelerations(state)[0, 2].norm()) < 1e-12
+    dt = host.predictors.create("aarseth", eta=0.02)(state)
+    freefall = host.predictors.create("freefall", eta=0.02)(state)
+    assert bool((dt > 0).all()) and bool(torch.isfinite(dt).all())
+    assert 0.05 < float(dt / freefall) < 20  # a timescale of the orbit, not a degenerate one
+
+
+def test_aarseth_and_freefall_ignore_padding_bodies(host):
+    from nbtoolkit.training.trainset import pad_systems
+    from nbtoolkit.families import SystemDraw
+
+    state, _ = two_body_orbit(e=0.3)
+    x3 = torch.cat([state.position[0], torch.zeros(2, 1, dtype=torch.float64)], -1)
+    v3 = torch.cat([state.velocity[0], torch.zeros(2, 1, dtype=torch.float64)], -1)
+    tri = SystemDraw("test", torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64),
+                     torch.tensor([[5.0, 0, 0], [-5.0, 0, 0], [0, 5.0, 0]], dtype=torch.float64),
+                     torch.zeros(3, 3, dtype=torch.float64))
+    padded = pad_systems([SystemDraw("test", state.mass[0], x3, v3), tri])
+    alone = NBodyState.from_arrays(state.mass, x3.unsqueeze(0), v3.unsqueeze(0))
+    for name in ("aarseth", "freefall"):
+        rule = host.predictors.create(name, eta=0.05)
+        assert torch.allclose(rule(padded)[:1], rule(alone), rtol=1e-12), name

@@ -66,7 +66,8 @@ def test_invariant_under_relabelling_rotation_and_translation(host):
     perm = torch.tensor([3, 0, 4, 1, 2])
     permuted = NBodyState.from_arrays(state.mass[:, perm], state.position[:, perm], state.velocity[:, perm])
     q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
-    moved = NBodyState.from_arrays(state.mass, state.position @ q.T + 5.0, state.velocity @ q.T - 1.0)
+    # translations and rotations; not Galilean boosts, which change |E| and so the gate |dE/E| itself
+    moved = NBodyState.from_arrays(state.mass, state.position @ q.T + 5.0, state.velocity @ q.T)
     dt = pred(state)
     assert torch.allclose(pred(permuted), dt, rtol=1e-12)
     assert torch.allclose(pred(moved), dt, rtol=1e-10)
@@ -74,8 +75,8 @@ def test_invariant_under_relabelling_rotation_and_translation(host):
 
 def test_pair_features_of_a_kepler_orbit_are_its_invariants():
     state, _ = two_body_orbit(e=0.6)  # starts at pericentre
-    feats, tau_min, r_min = pair_features(state)
-    assert feats.shape == (1, 1, 7)
+    feats, _, mask, tau_min, r_min = pair_features(state)
+    assert feats.shape == (1, 1, 9) and bool(mask.all())
     r = 1 - 0.6
     assert torch.allclose(r_min, torch.tensor([r], dtype=torch.float64))
     assert torch.allclose(tau_min, torch.tensor([math.sqrt(r**3 / 2.0)], dtype=torch.float64))
@@ -84,6 +85,8 @@ def test_pair_features_of_a_kepler_orbit_are_its_invariants():
     assert abs(float(f[3])) < 1e-12  # no radial velocity at pericentre
     assert math.isclose(float(f[4]), math.log1p(0.6), rel_tol=1e-12)  # eccentricity
     assert math.isclose(float(f[5]), 1.0) and math.isclose(float(f[6]), 1.0)
+    assert math.isclose(float(f[7]), math.log1p(2 / r), rel_tol=1e-12)  # G m1 m2 / (r |E|) = 2a / r
+    assert abs(float(f[8])) < 1e-12  # an isolated pair feels no tidal perturbation
 
 
 def test_history_changes_the_prediction_and_missing_history_is_zero_padding(host):
@@ -126,7 +129,7 @@ def test_same_seed_same_weights_and_architecture_options(host):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     wide = make(host, hidden_width=16, hidden_layers=3, activation="silu", fourier_features=5)
     linears = [m for m in wide.pair_net if isinstance(m, torch.nn.Linear)]
-    assert len(linears) == 3 and linears[0].in_features == 7 + 2 * 5 and linears[0].out_features == 16
+    assert len(linears) == 3 and linears[0].in_features == 9 + 2 * 5 and linears[0].out_features == 16
     assert any(isinstance(m, torch.nn.SiLU) for m in wide.modules())
 
 
@@ -149,10 +152,10 @@ def test_single_body_is_rejected(host):
 
 def test_only_the_closest_pairs_enter_the_network_and_stay_permutation_invariant(host):
     state = random_cluster(3, 8)  # 28 pairs
-    feats, tau_min, _ = pair_features(state, max_pairs=6)
-    assert feats.shape == (3, 6, 7)
+    feats, _, _, tau_min, _ = pair_features(state, max_pairs=6)
+    assert feats.shape == (3, 6, 9)
     assert torch.allclose(feats[..., 0].amin(-1), torch.zeros(3, dtype=torch.float64))  # the closest pair is in
-    all_feats, _, _ = pair_features(state)
+    all_feats = pair_features(state).features
     kept = torch.sort(feats[..., 0], dim=-1).values
     assert torch.allclose(kept, torch.sort(all_feats[..., 0], dim=-1).values[:, :6])
     pred = make(host, max_pairs=6)

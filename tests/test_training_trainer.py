@@ -18,7 +18,8 @@ from nbtoolkit.training.cli import add_train_arguments, run_train
 from systems import two_body_orbit
 
 
-SMALL = dict(hidden_width=8, hidden_layers=1, steps_per_epoch=6, replay_batch_size=16, replay_steps=50)
+SMALL = dict(hidden_width=8, hidden_layers=1, steps_per_epoch=6, replay_batch_size=16, replay_steps=50,
+             calibrate_pass_rate=0)  # calibration has its own tests
 
 
 def kepler_batch(n: int = 3):
@@ -273,7 +274,7 @@ def test_corrupt_truncated_and_foreign_files_give_clear_errors(tmp_path):
         Trainer.from_checkpoint(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    with pytest.raises(CheckpointError, match="not an nbtoolkit checkpoint"):
+    with pytest.raises(CheckpointError, match="not an nbtoolkit model file or checkpoint"):
         load_predictor(foreign)
     pickled = tmp_path / "pickled.pt"
     torch.save({"format": "nbtoolkit-checkpoint", "evil": argparse.Namespace(a=1)}, pickled)
@@ -371,9 +372,14 @@ def test_every_config_key_has_a_flag():
     assert given["E_lower"] == 1e-7 and given["stop_at_period"] is True and given["seed"] == 4
 
 
-def test_cli_needs_a_system_and_names_bad_preset_flags(tmp_path):
-    with pytest.raises(ConfigError, match="--preset"):
-        run_train(parse("--epochs", "1"))
+def test_cli_without_a_system_trains_on_the_general_set_and_names_bad_preset_flags(tmp_path, capsys):
+    ckpt = tmp_path / "g.pt"
+    assert run_train(parse("--epochs", "1", "--steps-per-epoch", "1", "--replay-steps", "1", "--calibrate-pass-rate",
+                           "0", "--checkpoint", str(ckpt))) == 0
+    assert "training set 'general'" in capsys.readouterr().err
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["config"]["E_lower"] != TrainConfig().E_lower  # the set's [train] settings were applied
+    assert saved["state"]["mass"].shape[0] > 40 and bool((saved["state"]["mass"] == 0).any())  # padded mixed N
     with pytest.raises(ConfigError, match="does not take --e-min"):
         run_train(parse("--preset", "kepler", "--e-min", "0.3"))
 

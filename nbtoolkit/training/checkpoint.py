@@ -11,6 +11,11 @@ A checkpoint is a dict of tensors and plain Python values (no pickled objects):
 * ``epoch``, ``totals``, ``rng_state`` (the replay generator)
 * ``state``, ``initial_state``, ``history``, ``stop_time``, ``period``, ``buffer``: the run itself
 
+A *model file* (:func:`export_model`, format :data:`MODEL_FORMAT`) keeps only what flying the
+model needs (``config``, ``plugins``, ``predictor_options``, ``predictor_state``,
+``calibration`` and free-form ``info``): tens of kB instead of the replay buffer's MBs.
+:func:`load_predictor` reads both.
+
 Checkpoints written at the end of an epoch resume exactly: the resumed run produces the same
 numbers as one that never stopped. A checkpoint written after a stop in mid-epoch resumes from
 the last accepted state and runs that epoch again in full.
@@ -33,6 +38,8 @@ from .errors import CheckpointError
 
 FORMAT = "nbtoolkit-checkpoint"
 FORMAT_VERSION = 1
+MODEL_FORMAT = "nbtoolkit-model"
+MODEL_KEYS = ("config", "plugins", "predictor_options", "predictor_state")
 REQUIRED_KEYS = ("config", "plugins", "predictor_options", "predictor_state", "optimizer_state", "epoch", "totals",
                  "rng_state", "state", "initial_state", "history", "stop_time", "period", "buffer")
 
@@ -50,11 +57,9 @@ def write_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> P
     return target
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load and check a checkpoint file; every problem is a :class:`CheckpointError` naming the file."""
-    p = Path(path)
+def _load(p: Path, what: str) -> dict[str, Any]:
     if not p.is_file():
-        raise CheckpointError(f"checkpoint '{p}' does not exist")
+        raise CheckpointError(f"{what} '{p}' does not exist")
     try:
         data = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -62,20 +67,57 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         detail = [ln for ln in lines if "WeightsUnpickler error" in ln]  # the useful line of torch's long message
         reason = (detail or lines or [type(exc).__name__])[0]
         raise CheckpointError(
-            f"checkpoint '{p}' cannot be read: it is corrupt, truncated or not an nbtoolkit checkpoint "
+            f"{what} '{p}' cannot be read: it is corrupt, truncated or not an nbtoolkit {what} "
             f"({type(exc).__name__}: {reason})"
         ) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"'{p}' is not an nbtoolkit checkpoint (no '{FORMAT}' marker)")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"'{p}' is not an nbtoolkit {what}")
     version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if data.get("format") in (FORMAT, MODEL_FORMAT) and (not isinstance(version, int) or version > FORMAT_VERSION):
         raise CheckpointError(
-            f"checkpoint '{p}' has format version {version!r}; this nbtoolkit reads versions up to {FORMAT_VERSION}"
+            f"{what} '{p}' has format version {version!r}; this nbtoolkit reads versions up to {FORMAT_VERSION}"
         )
+    return data
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and check a checkpoint file; every problem is a :class:`CheckpointError` naming the file."""
+    p = Path(path)
+    data = _load(p, "checkpoint")
+    if data.get("format") != FORMAT:
+        raise CheckpointError(f"'{p}' is not an nbtoolkit checkpoint (no '{FORMAT}' marker)")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise CheckpointError(f"checkpoint '{p}' is incomplete: missing {', '.join(missing)}")
     return data
+
+
+def read_model(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a model file or a checkpoint (both carry :data:`MODEL_KEYS`)."""
+    p = Path(path)
+    data = _load(p, "model")
+    if data.get("format") not in (FORMAT, MODEL_FORMAT):
+        raise CheckpointError(f"'{p}' is not an nbtoolkit model file or checkpoint (no '{MODEL_FORMAT}' "
+                              f"or '{FORMAT}' marker)")
+    missing = [k for k in MODEL_KEYS if k not in data]
+    if missing:
+        raise CheckpointError(f"model '{p}' is incomplete: missing {', '.join(missing)}")
+    return data
+
+
+def export_model(checkpoint_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
+                 info: dict[str, Any] | None = None) -> Path:
+    """Write the model file of a checkpoint (atomically): weights, options, configuration, calibration."""
+    data = read_checkpoint(checkpoint_path)
+    payload = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "versions": data.get("versions", {}),
+               **{k: data[k] for k in MODEL_KEYS}, "calibration": data.get("calibration"),
+               "epoch": data["epoch"], "info": dict(info or {})}
+    target = Path(out_path)
+    try:
+        atomic_write(target, lambda fh: torch.save(payload, fh))
+    except OSError as exc:
+        raise CheckpointError(f"cannot write model file '{target}': {exc}") from exc
+    return target
 
 
 def plugin_info(host: PluginHost, registry_name: str, name: str) -> dict[str, str]:
@@ -96,7 +138,7 @@ def state_from_dict(d: dict[str, Any], where: str) -> NBodyState:
     try:
         state = NBodyState(d["mass"], d["position"], d["velocity"], d["time"], float(d["G"]), float(d["softening"]),
                            d.get("acceleration"))
-        return state.validate(where)
+        return state.validate(where, allow_padding=True)
     except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
 
@@ -143,14 +185,14 @@ def load_predictor_state(predictor: DtPredictor, state_dict: dict[str, Any], nam
 
 
 def load_predictor(checkpoint_path: str | os.PathLike[str], host: PluginHost | None = None) -> DtPredictor:
-    """The trained dt predictor stored in a checkpoint, in eval mode (float64, CPU).
+    """The trained dt predictor stored in a checkpoint or model file, in eval mode (float64, CPU).
 
     The predictor is rebuilt from its registry name and the options recorded in the
-    checkpoint, then its weights are loaded.
+    file, then its weights (and calibrated safety factor) are loaded.
     """
     host = host or get_host()
-    data = read_checkpoint(checkpoint_path)
-    where = f"checkpoint '{checkpoint_path}'"
+    data = read_model(checkpoint_path)
+    where = f"{'model' if data.get('format') == MODEL_FORMAT else 'checkpoint'} '{checkpoint_path}'"
     try:
         name = str(data["plugins"]["predictor"]["name"])
     except (KeyError, TypeError):

@@ -6,9 +6,12 @@ configuration key has a flag (``--steps-per-epoch`` for ``steps_per_epoch``; opt
 take ``--predictor-option KEY=VALUE``, repeatable); ``--seed`` sets both the training seed and
 the seed of presets that take one.
 
-The system comes from ``--preset``/``--state`` (with the preset flags), else from the
+The systems come from ``--preset``/``--state`` (with the preset flags), else from the
 ``[system]`` table of the TOML file (``preset = "..."`` plus parameters, which preset flags
-override), else, when resuming, from the checkpoint. Ctrl-C stops training cleanly at the next
+override), else from ``--training-set`` or the ``[[systems]]`` tables of the TOML file, else,
+when resuming, from the checkpoint, else from the built-in training set ``general``. A
+training set is drawn with the training seed; the same set drawn with seed + 1 serves as
+the validation systems of the safety calibration. Ctrl-C stops training cleanly at the next
 step (the checkpoint is still written); a second Ctrl-C aborts.
 """
 
@@ -56,6 +59,8 @@ KEY_HELP: dict[str, str] = {
     "learning_rate": "Adam learning rate (default 1e-3)",
     "lr_decay": "the learning rate falls geometrically over the epochs to learning_rate * this (default 1 = constant)",
     "grad_clip": "gradient norm clipping, 0 = off (default 10)",
+    "calibrate_pass_rate": "after training, scale dt so each validation system passes this share of its steps (0 = off; default 0.995)",
+    "calibrate_steps": "unguarded steps per validation system and calibration round (default 256)",
     "integrator": "integrator name (default leapfrog; see `nbtoolkit plugins`)",
     "predictor": "dt predictor to train (default mlp)",
     "sampler": "replay sampler name: uniform, prioritized, recent, ... (default uniform)",
@@ -112,6 +117,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", type=Path, help="continue training from this checkpoint (written back to it "
                                                  "unless --checkpoint says otherwise)")
     run.add_argument("--threads", type=int, help="torch CPU threads (small models run fastest with 1)")
+    run.add_argument("--training-set", metavar="NAME|FILE",
+                     help="train on a built-in training set (general, ...) or a TOML file of [[systems]] tables "
+                          "(default: general, when no --preset/--state/[system] is given)")
+    run.add_argument("--export-model", type=Path, metavar="FILE",
+                     help="also write a model file (weights, options and calibration only; see docs/models.md)")
     group = parser.add_argument_group("training configuration (flags override --config, which overrides --resume)")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "seed":
@@ -174,6 +184,23 @@ def _system(args: argparse.Namespace, table: dict[str, Any] | None) -> tuple[NBo
     return system.state, system.period
 
 
+def _training_set(args: argparse.Namespace, systems: Any) -> Any:
+    """The training set of --training-set, the [[systems]] tables of --config, or ``general``."""
+    from .trainset import DEFAULT_TRAINING_SET, TrainingSet, load_training_set
+
+    if getattr(args, "training_set", None) is not None:
+        return load_training_set(args.training_set)
+    if systems is not None:
+        return TrainingSet.from_tables(systems, name=str(args.config))
+    return load_training_set(DEFAULT_TRAINING_SET)
+
+
+def _trained_on(trainer: Trainer) -> str:
+    """A one-line description of what the trainer trained on, for the model file."""
+    s = trainer.initial_state
+    return f"{s.batch_size} systems, up to {s.n_bodies} bodies, {trainer.epoch} epochs"
+
+
 def _install_interrupt(control: RunControl) -> Any:
     """First Ctrl-C asks the run to stop at its next step; the second one interrupts. Returns the old handler."""
     if threading.current_thread() is not threading.main_thread():
@@ -197,19 +224,31 @@ def run_train(args: argparse.Namespace) -> int:
     host = get_host()
     overrides: dict[str, Any] = {}
     table = None
+    systems = None
     if args.config is not None:
         overrides, table = read_toml(args.config)
+        systems = overrides.pop("systems", None)
     overrides.update(_flag_overrides(args))
     overrides.setdefault("progress", sys.stderr.isatty())
     state, period = _system(args, table)
+    validation = None
+    if state is not None and (getattr(args, "training_set", None) is not None or systems is not None):
+        raise ConfigError("give either a system (--preset, --state, [system]) or a training set "
+                          "(--training-set, [[systems]]), not both")
+    if state is None and (args.resume is None or getattr(args, "training_set", None) is not None or systems is not None):
+        tset = _training_set(args, systems)
+        overrides = {**tset.settings, **overrides}  # the set's [train] settings, under the user's own
+        seed = int(overrides.get("seed", TrainConfig.seed))
+        state, validation = tset.build(seed), tset.build(seed + 1)
+        print(f"{tset.summary()}; validation systems drawn with seed {seed + 1}", file=sys.stderr)
     control = RunControl()
     if args.resume is not None:
         overrides.setdefault("checkpoint_path", str(args.resume))
         trainer = Trainer.from_checkpoint(args.resume, state, host=host, control=control, period=period, **overrides)
+        trainer.validation_state = validation
     else:
-        if state is None:
-            raise ConfigError("give --preset NAME or --state FILE, a [system] table in --config, or --resume CHECKPOINT")
-        trainer = Trainer(TrainConfig.from_dict(overrides), state, host=host, control=control, period=period)
+        trainer = Trainer(TrainConfig.from_dict(overrides), state, host=host, control=control, period=period,
+                          validation_state=validation)
     previous = _install_interrupt(control)
     try:
         result = trainer.fit()
@@ -226,7 +265,18 @@ def run_train(args: argparse.Namespace) -> int:
         lines.append(f"last replay        {last['replay_iterations']} iterations, pass rate {100 * last['pass_rate']:.1f}%"
                      + (" (skipped)" if last["replay_skipped"] else ""))
         lines.append(f"last mean dt       {last['mean_dt']:.4g}")
+    if trainer.calibration is not None:
+        lines.append(f"safety factor      {trainer.calibration.safety:.4g} (calibrated to pass "
+                     f"{100 * cfg.calibrate_pass_rate:g} % of steps on every validation system)")
     lines.append(f"checkpoint         {cfg.checkpoint_path}" if cfg.checkpoint_path
                  else "checkpoint         none written (use --checkpoint PATH)")
+    if getattr(args, "export_model", None) is not None:
+        if not cfg.checkpoint_path:
+            raise ConfigError("--export-model needs --checkpoint PATH (the model file is written from it)")
+        from .checkpoint import export_model
+
+        export_model(cfg.checkpoint_path, args.export_model,
+                     info={"trained_on": _trained_on(trainer)})
+        lines.append(f"model file         {args.export_model}")
     print("\n".join(lines))
     return EXIT_STOPPED if result.stopped else 0

@@ -68,6 +68,9 @@ class TrainConfig:
     lr_decay: float = 1.0  #: the learning rate falls geometrically to learning_rate * lr_decay over the epochs (1 = constant)
     grad_clip: float = 10.0  #: max gradient norm (0 = no clipping)
     seed: int = 0
+    # safety calibration after training (nbtoolkit.training.calibrate)
+    calibrate_pass_rate: float = 0.995  #: share of validation steps the calibrated dt must pass, per system (0 = off)
+    calibrate_steps: int = 256  #: unguarded steps of each validation system per calibration round
     # plugins (names in the registries) and their extra options
     integrator: str = "leapfrog"
     predictor: str = "mlp"
@@ -273,6 +276,8 @@ _RULES: dict[str, Callable[[str, Any], Any]] = {
     "lr_decay": _fraction,
     "grad_clip": _float(0.0, strict=False),
     "seed": _int(0, 2**63 - 1),
+    "calibrate_pass_rate": _float(0.0, high=1.0, strict=False),
+    "calibrate_steps": _int(1),
     "integrator": _name,
     "predictor": _name,
     "sampler": _name,

@@ -87,10 +87,62 @@ class StepOutcome:
     losses: Tensor
 
 
+def padding_groups(state: NBodyState) -> list[tuple[Tensor, int]] | None:
+    """Systems grouped by their number of real bodies rounded up to 2, 3, 4, 8, 16, ...: a list of
+    (indices, bodies to keep), or None when the batch holds no padding bodies (padding must
+    trail the real bodies, as :func:`~nbtoolkit.training.trainset.pad_systems` lays it out)."""
+    real = state.body_mask
+    if bool(real.all()):
+        return None
+    counts = real.sum(-1)
+    bucket = torch.where(counts <= 3, counts, 2 ** torch.ceil(torch.log2(counts.to(torch.float64))).long())
+    bucket = bucket.clamp(max=state.n_bodies)
+    groups = []
+    for b in torch.unique(bucket).tolist():
+        idx = torch.nonzero(bucket == b).squeeze(-1)
+        groups.append((idx, int(counts[idx].max())))
+    return groups
+
+
 def predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBodyState, history: History | None,
                      config: TrainConfig, *, energy0: Tensor | None = None,
                      predictor_name: str = "predictor") -> StepOutcome:
     """Predict dt for every system, step, measure |dE/E| and the per-sample loss, all batched.
+
+    A batch padded to mix numbers of bodies is evaluated as one batched computation per
+    group of similar N (:func:`padding_groups`), each trimmed of its padding, so a two-body
+    system does not pay for the 64 slots of the largest one. Padding bodies exert no force
+    and hold no energy, so the result is the same as on the padded batch; they stay where
+    they are.
+    """
+    groups = padding_groups(state)
+    if groups is None or len(groups) == 1 and groups[0][1] == state.n_bodies:
+        return _predict_and_step(predictor, integrator, state, history, config, energy0, predictor_name)
+    e0 = state_energy(state) if energy0 is None else energy0
+    outs = []
+    for idx, n in groups:
+        sub = state.index(idx).trim_bodies(n)
+        hsub = None if history is None else History(history.position[idx, :, :n], history.velocity[idx, :, :n],
+                                                    history.mask[idx])
+        outs.append(_predict_and_step(predictor, integrator, sub, hsub, config, e0[idx], predictor_name))
+    order = torch.cat([idx for idx, _ in groups])
+    inverse = torch.argsort(order)
+    position, velocity = state.position.detach().clone(), state.velocity.detach().clone()
+    caches = all(o.state.acceleration is not None for o in outs)
+    acceleration = torch.zeros_like(position) if caches else None
+    for (idx, n), o in zip(groups, outs):
+        position[idx, :n], velocity[idx, :n] = o.state.position, o.state.velocity
+        if acceleration is not None:
+            acceleration[idx, :n] = o.state.acceleration
+    time = torch.cat([o.state.time for o in outs])[inverse]
+    new = state.detach().replace(position=position, velocity=velocity, time=time, acceleration=acceleration)
+    pick = lambda name: torch.cat([getattr(o, name) for o in outs])[inverse]  # noqa: E731
+    return StepOutcome(dt=pick("dt"), state=new, rel_dE=pick("rel_dE"), passed=pick("passed"), losses=pick("losses"))
+
+
+def _predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBodyState, history: History | None,
+                      config: TrainConfig, energy0: Tensor | None, predictor_name: str) -> StepOutcome:
+    """:func:`predict_and_step` on one batch without padding groups.
 
     Systems whose step is not finite are stepped again with their dt detached, so their
     (penalty) loss reaches the predictor only through :func:`compute_single_step_loss`'s dt

@@ -36,6 +36,7 @@ from .checkpoint import (
     history_from_dict, history_to_dict, load_predictor_state, plugin_info, read_checkpoint,
     state_from_dict, state_to_dict, write_checkpoint,
 )
+from .calibrate import CalibrationResult, calibrate_safety
 from .collect import collect_trajectory
 from .config import RUNTIME_KEYS, TrainConfig
 from .errors import CheckpointError
@@ -65,18 +66,23 @@ class Trainer:
     (checked between Part 1 attempts and Part 2 iterations); ``predictor``: a ready
     predictor instead of building ``config.predictor`` from the registry (it must match
     ``config.predictor`` and the architecture keys for checkpoints to load back);
-    ``period`` (B,): the systems' orbital periods, needed by ``stop_at_period``.
+    ``period`` (B,): the systems' orbital periods, needed by ``stop_at_period``;
+    ``validation_state``: systems not trained on, for the safety calibration at the end of
+    :meth:`fit` (default: the training systems from their initial state).
     """
 
     def __init__(self, config: TrainConfig, state: NBodyState, *, host: PluginHost | None = None,
                  control: RunControl | None = None, predictor: DtPredictor | None = None,
-                 period: Tensor | None = None) -> None:
+                 period: Tensor | None = None, validation_state: NBodyState | None = None) -> None:
         self.config = config
         self.host = host or get_host()
         self.control = control
         self.device = torch.device(config.device)
-        self.state = state.detach().to(device=self.device).validate("training state")
+        self.state = state.detach().to(device=self.device).validate("training state", allow_padding=True)
         self.initial_state = self.state.clone()
+        self.validation_state = None if validation_state is None else \
+            validation_state.detach().to(device=self.device).validate("validation state", allow_padding=True)
+        self.calibration: CalibrationResult | None = None
         self.period = None if period is None else torch.as_tensor(period, dtype=self.state.dtype).to(self.device)
         if self.period is not None and self.period.shape != (self.state.batch_size,):
             raise ConfigError(f"period must have shape ({self.state.batch_size},); got {tuple(self.period.shape)}")
@@ -118,7 +124,9 @@ class Trainer:
         """Run epochs until ``config.epochs`` are completed (or a stop request).
 
         Fires FitStart, then per epoch StepAccepted / StepRejected / ReplayIteration events and
-        EpochEnd, then FitEnd. A stop request (``RunStopped``) ends it cleanly with
+        EpochEnd, then FitEnd. Training runs without the safety factor (it is reset to 1); once
+        all epochs are done and ``calibrate_pass_rate`` > 0 it is calibrated
+        (:meth:`calibrate`). A stop request (``RunStopped``) ends it cleanly with
         ``stopped=True``. Any other exception fires FitEnd(stopped=True, error=...) and is
         re-raised. With ``config.checkpoint_path`` set, a checkpoint is written every
         ``checkpoint_every`` epochs and at the end (also after a stop).
@@ -132,6 +140,9 @@ class Trainer:
             folder = Path(cfg.checkpoint_path).parent
             if not folder.is_dir():
                 raise ConfigError(f"configuration key 'checkpoint_path': directory '{folder}' does not exist")
+        if hasattr(self.predictor, "log_safety"):
+            with torch.no_grad():
+                self.predictor.log_safety.zero_()
         try:
             hook.nbtoolkit_fit_start(event=FitStart(
                 epochs=cfg.epochs, start_epoch=self.epoch, n_systems=self.state.batch_size, n_bodies=self.state.n_bodies,
@@ -147,6 +158,8 @@ class Trainer:
                 if cfg.checkpoint_path and cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0 \
                         and self.epoch < cfg.epochs:
                     self.save_checkpoint(cfg.checkpoint_path)
+            if not stopped and cfg.calibrate_pass_rate > 0 and hasattr(self.predictor, "log_safety"):
+                self.calibrate()
             if cfg.checkpoint_path:
                 self.save_checkpoint(cfg.checkpoint_path)
         except RunStopped:
@@ -201,6 +214,14 @@ class Trainer:
         return {**vars(event), "fallbacks": collected.fallbacks, "mean_rel_dE": replay["mean_rel_dE"],
                 "max_rel_dE": replay["max_rel_dE"]}
 
+    def calibrate(self) -> CalibrationResult:
+        """Set the predictor's safety factor on the validation systems (see :mod:`.calibrate`)."""
+        cfg = self.config
+        state = self.validation_state if self.validation_state is not None else self.initial_state
+        self.calibration = calibrate_safety(self.predictor, self.integrator, state, threshold=cfg.energy_threshold,
+                                            target_pass_rate=cfg.calibrate_pass_rate, steps=cfg.calibrate_steps)
+        return self.calibration
+
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_payload(self) -> dict[str, Any]:
         """Everything :meth:`from_checkpoint` needs to continue exactly (tensors and plain values)."""
@@ -225,6 +246,9 @@ class Trainer:
             "stop_time": None if self.stop_time is None else self.stop_time.cpu(),
             "period": None if self.period is None else self.period.cpu(),
             "buffer": {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in self.buffer.state_dict().items()},
+            "calibration": None if self.calibration is None else {
+                "factor": self.calibration.factor, "safety": self.calibration.safety,
+                "pass_rate": self.calibration.pass_rate, "per_system": self.calibration.per_system.cpu()},
         }
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,202 @@
+"""Does one learned dt work on any system? The ``learned`` predictor against per-system-tuned rules.
+
+Public evaluation set (none of these systems is in the training set, which is drawn at random):
+
+* Kepler e = 0.1, 0.55, 0.9, 0.99, equal masses and mass ratio 0.01 (3 periods, apocentre start)
+* the figure-eight (3 periods)
+* a hierarchical triple: inner binary m = 1, 0.5, a = 1, e = 0.4; third body m = 0.3 on
+  a = 7, e = 0.2, inclined by 30 degrees (one outer period, about 87 time units)
+* Plummer-32 (seed 1, Hénon units, no softening) to t = 1
+
+For each system, without any guard: the learned predictor; the ``freefall`` and ``aarseth``
+rules with eta tuned *for that system* so that every step passes the gate
+(:func:`nbtoolkit.evaluate.tune_scale`); the best constant dt found the same way; the greedy
+oracle (the largest passing dt at every step). Then the learned predictor again *with* the
+guard (a failing step is retried with half the dt; force evaluations include the rejected
+attempts). Printed per row: steps, force evaluations, pass %, the worst and the final |dE/E|.
+
+The last lines give, over the systems, the worst ratio of learned steps to the better tuned
+rule, the median ratio to the oracle and the lowest pass %, against the requirements (pass
+>= 99 %, ratio to the better rule <= 1, median ratio to the oracle <= 1.3). A second table runs
+the same model with ``yoshida4`` (a 4th-order integrator it was not trained with) against the
+tuned free-fall rule, to show whether it transfers.
+
+Run: ``python benchmarks/bench_generalization.py [--checkpoint model.pt] [--quick] [--json out.json]``
+(``--quick`` skips the oracle, the constant dt and the yoshida4 table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nbtoolkit import get_host
+from nbtoolkit.cli import format_gate_table
+from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_scale
+from nbtoolkit.families import kepler_relative
+from nbtoolkit.integrator import Integrator
+from nbtoolkit.predictor import DtPredictor
+from nbtoolkit.presets import make_preset
+from nbtoolkit.simulate import simulate
+from nbtoolkit.state import NBodyState
+
+THRESHOLD = 2e-4
+
+
+@dataclass
+class Case:
+    """One evaluation system: its state (B = 1) and how long to run it (period (1,) x orbits)."""
+
+    name: str
+    state: NBodyState
+    period: torch.Tensor
+    orbits: float
+
+
+def hierarchical_triple() -> NBodyState:
+    """Inner binary (1, 0.5; a = 1, e = 0.4) and a third body 0.3 on a = 7, e = 0.2, inclined 30 degrees."""
+    one = torch.ones(1, dtype=torch.float64)
+    m1, m2, m3 = 1.0, 0.5, 0.3
+    xi, vi = kepler_relative(one, 0.4 * one, (m1 + m2) * one, 0.3 * one)
+    xo, vo = kepler_relative(7 * one, 0.2 * one, (m1 + m2 + m3) * one, 2.0 * one)
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    tilt = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]], dtype=torch.float64)
+    xo, vo = xo @ tilt.T, vo @ tilt.T
+    inner = torch.tensor([-m2, m1, 0.0], dtype=torch.float64).view(3, 1) / (m1 + m2)
+    outer = torch.tensor([-m3, -m3, m1 + m2], dtype=torch.float64).view(3, 1) / (m1 + m2 + m3)
+    position, velocity = inner * xi + outer * xo, inner * vi + outer * vo
+    mass = torch.tensor([m1, m2, m3], dtype=torch.float64)
+    com_v = (mass.view(3, 1) * velocity).sum(0) / mass.sum()
+    com_x = (mass.view(3, 1) * position).sum(0) / mass.sum()
+    return NBodyState.from_arrays(mass, position - com_x, velocity - com_v)
+
+
+def cases() -> list[Case]:
+    out = []
+    for masses, tag in (((1.0, 1.0), "q=1"), ((1.0, 0.01), "q=0.01")):
+        for e in (0.1, 0.55, 0.9, 0.99):
+            system = make_preset("kepler", eccentricity=e, masses=masses)
+            out.append(Case(f"kepler e={e} {tag}", system.state, system.period, 3.0))
+    eight = make_preset("figure-eight")
+    out.append(Case("figure-eight", eight.state, eight.period, 3.0))
+    triple = hierarchical_triple()
+    outer_period = 2 * math.pi * math.sqrt(7.0**3 / 1.8)
+    out.append(Case("hierarchical triple", triple, torch.tensor([outer_period], dtype=torch.float64), 1.0))
+    out.append(Case("plummer-32 t=1", make_preset("plummer", n=32, seed=1).state, torch.ones(1, dtype=torch.float64), 1.0))
+    return out
+
+
+def tuned_rule(host: Any, case: Case, integrator: Integrator, rule: str) -> dict[str, Any]:
+    """The rule with its parameter tuned for this system so that every step passes, and its report."""
+    constant = rule == "constant"
+    base = host.predictors.create(rule, **({"dt": 1.0} if constant else {"eta": 1.0}))
+    high = float(case.period) * case.orbits / 20 if constant else 1.0
+    factor = tune_scale(case.state, case.period, integrator, base, orbits=case.orbits, threshold=THRESHOLD, high=high)
+    option = "dt" if constant else "eta"
+    tuned = host.predictors.create(rule, **{option: factor})
+    report = evaluate_predictor(case.state, case.period, integrator, tuned, orbits=case.orbits, threshold=THRESHOLD,
+                                label=f"{rule} ({option}={factor:.3g}, tuned)")[0]
+    return report.as_dict()
+
+
+def guarded(case: Case, integrator: Integrator, predictor: DtPredictor, label: str) -> dict[str, Any]:
+    traj = simulate(case.state, integrator, predictor, orbits=case.orbits, period=case.period,
+                    guard_threshold=THRESHOLD, predictor_name=label)
+    s = traj.summary()
+    return {"label": label, "steps": s["steps"], "force_evals": s["force_evals"], "pass_fraction": 1.0,
+            "max_step_rel_dE": s["max_step_rel_dE"], "final_rel_dE": s["final_rel_dE"], "wall_time": s["wall_time"],
+            "guarded_steps": s["guarded_steps"]}
+
+
+def load_learned(host: Any, checkpoint: Path | None) -> DtPredictor:
+    if checkpoint is not None:
+        from nbtoolkit.training import load_predictor
+
+        return load_predictor(checkpoint, host=host)
+    return host.predictors.create("learned")
+
+
+def run(checkpoint: Path | None, quick: bool, integrator_name: str = "leapfrog") -> dict[str, Any]:
+    host = get_host()
+    integrator = host.integrators.create(integrator_name)
+    learned = load_learned(host, checkpoint)
+    results: dict[str, Any] = {"integrator": integrator_name, "systems": []}
+    for case in cases():
+        start = time.perf_counter()
+        rows = [evaluate_predictor(case.state, case.period, integrator, learned, orbits=case.orbits,
+                                   threshold=THRESHOLD, label="learned")[0].as_dict()]
+        rows.append(guarded(case, integrator, learned, "learned + guard"))
+        rules = ["freefall", "aarseth"] if integrator_name == "leapfrog" or not quick else ["freefall"]
+        rows += [tuned_rule(host, case, integrator, rule) for rule in rules]
+        if not quick:
+            rows.append(tuned_rule(host, case, integrator, "constant"))
+            oracle = greedy_oracle(case.state, case.period, integrator, orbits=case.orbits, threshold=THRESHOLD)
+            rows.append({**oracle, "label": "greedy oracle"})
+        best_rule = min(r["steps"] for r in rows if "tuned" in r["label"] and not r["label"].startswith("constant"))
+        entry = {"system": case.name, "rows": rows, "learned_steps": rows[0]["steps"],
+                 "learned_pass": rows[0]["pass_fraction"], "best_rule_steps": best_rule,
+                 "ratio_to_rule": rows[0]["steps"] / best_rule}
+        if not quick:
+            entry["oracle_steps"] = rows[-1]["steps"]
+            entry["ratio_to_oracle"] = rows[0]["steps"] / rows[-1]["steps"]
+        results["systems"].append(entry)
+        print(f"\n{case.name} ({case.orbits:g} x {float(case.period):.4g} time units, {integrator_name}, "
+              f"{time.perf_counter() - start:.0f} s)", flush=True)
+        print(format_gate_table(rows), flush=True)
+    systems = results["systems"]
+    results["worst_ratio_to_rule"] = max(s["ratio_to_rule"] for s in systems)
+    results["lowest_pass"] = min(s["learned_pass"] for s in systems)
+    if not quick:
+        results["median_ratio_to_oracle"] = statistics.median(s["ratio_to_oracle"] for s in systems)
+    return results
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    lines = [f"{'system':<22} {'learned':>8} {'best rule':>9} {'ratio':>6} {'oracle':>7} {'ratio':>6} {'pass %':>7}"]
+    for s in results["systems"]:
+        oracle = f"{s['oracle_steps']:>7d} {s['ratio_to_oracle']:>6.2f}" if "oracle_steps" in s else f"{'-':>7} {'-':>6}"
+        lines.append(f"{s['system']:<22} {s['learned_steps']:>8d} {s['best_rule_steps']:>9d} "
+                     f"{s['ratio_to_rule']:>6.2f} {oracle} {100 * s['learned_pass']:>7.2f}")
+    median = results.get("median_ratio_to_oracle")
+    lines.append(f"{results['integrator']}: worst learned/best-tuned-rule step ratio {results['worst_ratio_to_rule']:.3f} "
+                 f"(required <= 1); median learned/oracle ratio "
+                 + (f"{median:.3f} (required <= 1.3)" if median is not None else "not measured (--quick)")
+                 + f"; lowest pass {100 * results['lowest_pass']:.2f} % (required >= 99 %)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, help="evaluate this checkpoint or model file instead of 'learned'")
+    parser.add_argument("--quick", action="store_true", help="skip the oracle, the constant dt and the yoshida4 table")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = [run(args.checkpoint, args.quick)]
+    if not args.quick:
+        results.append(run(args.checkpoint, True, "yoshida4"))
+    print()
+    for r in results:
+        print("\n".join(summary_lines(r)))
+        print()
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+    main_run = results[0]
+    ok = main_run["lowest_pass"] >= 0.99 and main_run["worst_ratio_to_rule"] <= 1.0 \
+        and main_run.get("median_ratio_to_oracle", 0.0) <= 1.3
+    print("requirements met" if ok else "requirements NOT met")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

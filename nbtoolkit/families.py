@@ -1,0 +1,350 @@
+"""Families of gravitating systems with randomised parameters, for training sets and tests.
+
+A *family* draws ``count`` systems whose parameters are sampled from ranges, with a
+``torch.Generator`` so a seed gives the same systems. Every family returns a list of
+:class:`SystemDraw` (one per system: masses (N,), positions and velocities (N, 3) in the
+centre-of-mass frame, G = 1), since systems of one family may differ in N. Two-dimensional
+systems lie in the z = 0 plane (every learned feature is rotation invariant, so a planar system
+embedded in 3-D is the same system); ``dim = 3`` systems get a random orientation.
+
+Parameters are either a number (fixed) or a two-element range ``[low, high]``. Ranges of
+scales (semi-major axes, masses, mass ratios) are sampled log-uniformly, the others uniformly.
+
+Families (:data:`FAMILIES`):
+
+* ``kepler``: bound two-body orbits: ``eccentricity``, ``mass_ratio`` m2/m1, ``semi_major_axis``,
+  ``total_mass``, ``mean_anomaly`` (in turns: 0 = pericentre, 0.5 = apocentre), ``dim``.
+  ``log_one_minus_e = 1`` draws 1 - e log-uniformly within the eccentricity range instead of e
+  uniformly, so that e = 0.9, 0.99 and 0.999 are as common as e = 0 and 0.5 are.
+* ``planets``: a star (mass ``total_mass``) with ``planets`` bodies of mass ``mass_ratio`` times
+  the star's on orbits with ``eccentricity``, spaced by ``spacing`` in semi-major axis.
+* ``triple``: hierarchical triples: an inner binary (``inner_eccentricity``, ``inner_mass_ratio``)
+  and a third body (``outer_mass_ratio`` of the binary's mass) on an outer orbit
+  (``outer_eccentricity``, ``period_ratio`` as the semi-major axis ratio), kept above the
+  Mardling & Aarseth (2001) stability limit; ``dim = 3`` adds a random mutual inclination.
+* ``figure-eight``: the Chenciner–Montgomery choreography with positions, velocities and
+  masses perturbed by relative amounts up to ``perturbation``, at a random scale.
+* ``democratic``: three comparable masses (``mass_ratio`` range between lightest and
+  heaviest) placed at random in a unit disc or ball with virial ratio ``virial_ratio``
+  (T/|U|; 0 starts at rest like Burrau's problem).
+* ``plummer``: Plummer spheres of ``n`` equal-mass bodies (Hénon units, then scaled by
+  ``scale``), via :func:`nbtoolkit.presets.plummer`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+from .physics import kinetic_energy, potential_energy
+
+#: samples drawn log-uniformly when given as a range
+LOG_PARAMS = frozenset({"mass_ratio", "semi_major_axis", "total_mass", "inner_mass_ratio", "outer_mass_ratio",
+                        "period_ratio", "scale", "spacing"})
+
+
+@dataclass(frozen=True)
+class SystemDraw:
+    """One drawn system: mass (N,), position (N, 3), velocity (N, 3), float64, G = 1, CoM frame."""
+
+    family: str
+    mass: Tensor
+    position: Tensor
+    velocity: Tensor
+
+    @property
+    def n_bodies(self) -> int:
+        return int(self.mass.shape[0])
+
+
+# ----------------------------------------------------------------------------- sampling helpers
+class Sampler:
+    """Draws parameters of one family: numbers stay fixed, ``[low, high]`` ranges are sampled."""
+
+    def __init__(self, family: str, params: dict[str, Any], defaults: dict[str, Any], generator: torch.Generator):
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise ConfigError(f"family '{family}' does not take parameter '{unknown[0]}'; "
+                              f"it takes: {', '.join(sorted(defaults))}")
+        self.family = family
+        self.params = {**defaults, **params}
+        self.generator = generator
+        for key, value in self.params.items():
+            self._check(key, value)
+
+    def _check(self, key: str, value: Any) -> None:
+        where = f"family '{self.family}': parameter {key}"
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)) and len(value) != 2:
+            raise ConfigError(f"{where} must be a number or a range [low, high]; got {value!r}")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{where} must hold finite numbers; got {value!r}")
+        if isinstance(value, (list, tuple)) and value[0] > value[1]:
+            raise ConfigError(f"{where}: range [low, high] has low > high; got {value!r}")
+        if key in LOG_PARAMS and min(values) <= 0:
+            raise ConfigError(f"{where} must be > 0; got {value!r}")
+
+    def bounds(self, key: str) -> tuple[float, float]:
+        value = self.params[key]
+        lo, hi = (value if isinstance(value, (list, tuple)) else (value, value))
+        return float(lo), float(hi)
+
+    def draw(self, key: str, size: int) -> Tensor:
+        """``size`` samples of ``key`` (float64)."""
+        lo, hi = self.bounds(key)
+        u = torch.rand(size, generator=self.generator, dtype=torch.float64)
+        if key in LOG_PARAMS:
+            return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
+        return lo + (hi - lo) * u
+
+    def draw_int(self, key: str, size: int) -> Tensor:
+        """``size`` integers in [low, high], log-uniform (so small and large N are both common)."""
+        lo, hi = self.bounds(key)
+        if lo < 1 or not float(lo).is_integer() or not float(hi).is_integer():
+            raise ConfigError(f"family '{self.family}': parameter {key} must hold integers >= 1; got {self.params[key]!r}")
+        u = torch.rand(size, generator=self.generator, dtype=torch.float64)
+        return torch.exp(math.log(lo) + (math.log(hi + 1) - math.log(lo)) * u).floor().clamp(lo, hi).long()
+
+    def dims(self, size: int) -> Tensor:
+        lo, hi = self.bounds("dim")
+        if lo not in (2.0, 3.0) or hi not in (2.0, 3.0):
+            raise ConfigError(f"family '{self.family}': parameter dim must be 2, 3 or [2, 3]; got {self.params['dim']!r}")
+        return torch.where(torch.rand(size, generator=self.generator) < 0.5, int(lo), int(hi))
+
+
+def random_rotation(generator: torch.Generator) -> Tensor:
+    """A uniformly random 3-D rotation matrix (3, 3), from a random unit quaternion."""
+    q = torch.randn(4, generator=generator, dtype=torch.float64)
+    w, x, y, z = (q / q.norm()).tolist()
+    return torch.tensor([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ], dtype=torch.float64)
+
+
+def planar_rotation(generator: torch.Generator) -> Tensor:
+    """A uniformly random rotation about the z axis (3, 3)."""
+    phi = 2 * math.pi * float(torch.rand((), generator=generator, dtype=torch.float64))
+    c, s = math.cos(phi), math.sin(phi)
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def kepler_relative(a: Tensor, e: Tensor, mu: Tensor, mean_anomaly: Tensor) -> tuple[Tensor, Tensor]:
+    """Relative position and velocity (B, 3) of bound Kepler orbits in the x-y plane, pericentre on +x.
+
+    a, e, mu = G (m1 + m2) and mean anomaly (radians), each (B,). Kepler's equation is solved by
+    Newton's method started at E = pi (which converges for every e < 1).
+    """
+    E = torch.full_like(a, math.pi)
+    M = torch.remainder(mean_anomaly, 2 * math.pi)
+    for _ in range(60):
+        E = E - (E - e * torch.sin(E) - M) / (1 - e * torch.cos(E))
+    cos_e, sin_e = torch.cos(E), torch.sin(E)
+    root = torch.sqrt(1 - e * e)
+    n = torch.sqrt(mu / a**3)
+    denom = 1 - e * cos_e
+    zero = torch.zeros_like(a)
+    pos = torch.stack([a * (cos_e - e), a * root * sin_e, zero], -1)
+    vel = torch.stack([-a * n * sin_e / denom, a * n * root * cos_e / denom, zero], -1)
+    return pos, vel
+
+
+def _to_com(mass: Tensor, position: Tensor, velocity: Tensor) -> tuple[Tensor, Tensor]:
+    w = (mass / mass.sum()).unsqueeze(-1)
+    return position - (w * position).sum(0), velocity - (w * velocity).sum(0)
+
+
+def _orient(position: Tensor, velocity: Tensor, dim: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    rot = random_rotation(generator) if dim == 3 else planar_rotation(generator)
+    return position @ rot.T, velocity @ rot.T
+
+
+def _finish(family: str, mass: Tensor, position: Tensor, velocity: Tensor, dim: int,
+            generator: torch.Generator) -> SystemDraw:
+    position, velocity = _to_com(mass, position, velocity)
+    position, velocity = _orient(position, velocity, dim, generator)
+    return SystemDraw(family, mass.clone(), position.contiguous(), velocity.contiguous())
+
+
+# ----------------------------------------------------------------------------- families
+def _kepler(s: Sampler, count: int) -> list[SystemDraw]:
+    e = s.draw("eccentricity", count)
+    if s.params["log_one_minus_e"]:
+        lo, hi = s.bounds("eccentricity")
+        if hi >= 1:
+            raise ConfigError("family 'kepler': eccentricity must stay below 1 for bound orbits")
+        u = torch.rand(count, generator=s.generator, dtype=torch.float64)
+        e = 1 - torch.exp(math.log(1 - lo) + (math.log(1 - hi) - math.log(1 - lo)) * u)
+    q = s.draw("mass_ratio", count)
+    a = s.draw("semi_major_axis", count)
+    total = s.draw("total_mass", count)
+    mean_anomaly = 2 * math.pi * s.draw("mean_anomaly", count)
+    dims = s.dims(count)
+    rel_x, rel_v = kepler_relative(a, e, total, mean_anomaly)
+    out = []
+    for b in range(count):
+        m1, m2 = total[b] / (1 + q[b]), total[b] * q[b] / (1 + q[b])
+        mass = torch.stack([m1, m2])
+        frac = torch.stack([-m2, m1]).unsqueeze(-1) / total[b]
+        out.append(_finish("kepler", mass, frac * rel_x[b], frac * rel_v[b], int(dims[b]), s.generator))
+    return out
+
+
+def _planets(s: Sampler, count: int) -> list[SystemDraw]:
+    out = []
+    for k in s.draw_int("planets", count).tolist():
+        star = s.draw("total_mass", 1)
+        q = s.draw("mass_ratio", k)
+        spacing = s.draw("spacing", k)
+        a = s.draw("semi_major_axis", 1) * torch.cumprod(torch.cat([torch.ones(1, dtype=torch.float64), spacing[1:]]), 0)
+        e = s.draw("eccentricity", k)
+        anomaly = 2 * math.pi * torch.rand(k, generator=s.generator, dtype=torch.float64)
+        mass = torch.cat([star, star * q])
+        rel_x, rel_v = kepler_relative(a, e, star * (1 + q), anomaly)
+        dim = int(s.dims(1)[0])
+        if dim == 3:  # small mutual inclinations, as in planetary systems
+            for p in range(k):
+                tilt = 0.1 * float(torch.randn((), generator=s.generator, dtype=torch.float64))
+                c, si = math.cos(tilt), math.sin(tilt)
+                rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -si], [0.0, si, c]], dtype=torch.float64)
+                turn = planar_rotation(s.generator)
+                rel_x[p], rel_v[p] = turn @ (rot @ rel_x[p]), turn @ (rot @ rel_v[p])
+        zero = torch.zeros(1, 3, dtype=torch.float64)
+        out.append(_finish("planets", mass, torch.cat([zero, rel_x]), torch.cat([zero, rel_v]), dim, s.generator))
+    return out
+
+
+def _mardling_aarseth(q_out: float, e_out: float) -> float:
+    """Smallest stable a_out / a_in (Mardling & Aarseth 2001, coplanar prograde)."""
+    return 2.8 * (1 + q_out) ** 0.4 * (1 + e_out) ** 0.4 / (1 - e_out) ** 1.2
+
+
+def _triple(s: Sampler, count: int) -> list[SystemDraw]:
+    e_in, q_in = s.draw("inner_eccentricity", count), s.draw("inner_mass_ratio", count)
+    e_out, q_out = s.draw("outer_eccentricity", count), s.draw("outer_mass_ratio", count)
+    ratio, scale = s.draw("period_ratio", count), s.draw("scale", count)
+    dims = s.dims(count)
+    out = []
+    for b in range(count):
+        m1, m2 = 1 / (1 + q_in[b]), q_in[b] / (1 + q_in[b])
+        m3 = q_out[b]
+        a_out = max(float(ratio[b]), 1.2 * _mardling_aarseth(float(q_out[b]), float(e_out[b])))
+        anomalies = 2 * math.pi * torch.rand(2, generator=s.generator, dtype=torch.float64)
+        one = torch.ones(1, dtype=torch.float64)
+        xi, vi = kepler_relative(one, e_in[b:b + 1], one, anomalies[:1])
+        xo, vo = kepler_relative(a_out * one, e_out[b:b + 1], (1 + m3) * one, anomalies[1:])
+        if int(dims[b]) == 3:
+            rot = random_rotation(s.generator)
+            xi, vi = xi @ rot.T, vi @ rot.T
+        mass = torch.stack([m1, m2, m3])
+        # inner binary about its centre of mass, which sits at -m3/(1+m3) x_out; body 3 at x_out/(1+m3)
+        inner_frac = torch.stack([-m2, m1, torch.zeros_like(m1)]).unsqueeze(-1)
+        outer_frac = torch.stack([-m3, -m3, torch.ones_like(m3)]).unsqueeze(-1) / (1 + m3)
+        pos, vel = inner_frac * xi + outer_frac * xo, inner_frac * vi + outer_frac * vo
+        sc = float(scale[b])
+        out.append(_finish("triple", mass, pos * sc, vel / math.sqrt(sc), int(dims[b]), s.generator))
+    return out
+
+
+def _figure_eight(s: Sampler, count: int) -> list[SystemDraw]:
+    from .presets import figure_eight
+
+    base = figure_eight()
+    amp, scale = s.draw("perturbation", count), s.draw("scale", count)
+    out = []
+    for b in range(count):
+        noise = lambda *shape: 1 + amp[b] * (2 * torch.rand(*shape, generator=s.generator, dtype=torch.float64) - 1)  # noqa: E731
+        mass = base.mass[0] * noise(3)
+        pos = torch.cat([base.position[0] * noise(3, 2), torch.zeros(3, 1, dtype=torch.float64)], -1)
+        vel = torch.cat([base.velocity[0] * noise(3, 2), torch.zeros(3, 1, dtype=torch.float64)], -1)
+        sc = float(scale[b])
+        out.append(_finish("figure-eight", mass, pos * sc, vel / math.sqrt(sc), 2, s.generator))
+    return out
+
+
+def _democratic(s: Sampler, count: int) -> list[SystemDraw]:
+    out = []
+    q, virial, dims = s.draw("mass_ratio", count), s.draw("virial_ratio", count), s.dims(count)
+    for b in range(count):
+        dim = int(dims[b])
+        for _ in range(100):  # redraw until no two bodies start closer than 0.2 (of a unit disc or ball)
+            pos = 2 * torch.rand(3, 3, generator=s.generator, dtype=torch.float64) - 1
+            if dim == 2:
+                pos[:, 2] = 0
+            dist = torch.pdist(pos)
+            if float(dist.min()) > 0.2 and float(pos.norm(dim=-1).max()) <= 1:
+                break
+        mass = torch.exp(math.log(float(q[b])) * torch.rand(3, generator=s.generator, dtype=torch.float64))
+        mass = mass / mass.sum()
+        vel = torch.randn(3, 3, generator=s.generator, dtype=torch.float64)
+        if dim == 2:
+            vel[:, 2] = 0
+        pos, vel = _to_com(mass, pos, vel)
+        T, U = kinetic_energy(mass, vel), potential_energy(mass, pos)
+        vel = vel * torch.sqrt(virial[b] * U.abs() / T)
+        scale = s.draw("scale", 1)
+        out.append(_finish("democratic", mass, pos * scale, vel / scale.sqrt(), dim, s.generator))
+    return out
+
+
+def _plummer(s: Sampler, count: int) -> list[SystemDraw]:
+    from .presets import plummer
+
+    out = []
+    for n in s.draw_int("n", count).tolist():
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=s.generator))
+        state = plummer(n=max(n, 2), seed=seed, dim=3)
+        scale = float(s.draw("scale", 1))
+        out.append(SystemDraw("plummer", state.mass[0].clone(), state.position[0] * scale,
+                              state.velocity[0] / math.sqrt(scale)))
+    return out
+
+
+@dataclass(frozen=True)
+class Family:
+    """A named family: ``build(sampler, count)`` and the default of every parameter."""
+
+    name: str
+    build: Callable[[Sampler, int], list[SystemDraw]]
+    defaults: dict[str, Any]
+    description: str
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("kepler", _kepler, {"eccentricity": [0.0, 0.99], "mass_ratio": [1e-3, 1.0], "semi_major_axis": [0.1, 10.0],
+                               "total_mass": [0.1, 10.0], "mean_anomaly": [0.0, 1.0], "dim": [2, 3],
+                               "log_one_minus_e": 0},
+           "bound two-body orbits"),
+    Family("planets", _planets, {"planets": [2, 4], "mass_ratio": [1e-4, 1e-2], "eccentricity": [0.0, 0.3],
+                                 "spacing": [1.5, 3.0], "semi_major_axis": [0.5, 2.0], "total_mass": [0.5, 2.0],
+                                 "dim": [2, 3]},
+           "a star with planets on near-coplanar orbits"),
+    Family("triple", _triple, {"inner_eccentricity": [0.0, 0.9], "inner_mass_ratio": [0.01, 1.0],
+                               "outer_eccentricity": [0.0, 0.6], "outer_mass_ratio": [1e-3, 2.0],
+                               "period_ratio": [3.0, 30.0], "scale": [0.1, 10.0], "dim": [2, 3]},
+           "hierarchical triples above the Mardling-Aarseth stability limit"),
+    Family("figure-eight", _figure_eight, {"perturbation": [0.0, 0.03], "scale": [0.3, 3.0]},
+           "perturbed figure-eight choreographies"),
+    Family("democratic", _democratic, {"mass_ratio": [0.2, 1.0], "virial_ratio": [0.0, 0.6], "scale": [0.3, 3.0],
+                                       "dim": [2, 3]},
+           "three comparable masses at random, from rest to virialised"),
+    Family("plummer", _plummer, {"n": [4, 64], "scale": [0.3, 3.0]},
+           "Plummer spheres of n equal-mass bodies"),
+)}
+
+
+def draw_family(name: str, count: int, generator: torch.Generator, **params: Any) -> list[SystemDraw]:
+    """``count`` systems of family ``name`` with ``params`` overriding its defaults."""
+    family = FAMILIES.get(name)
+    if family is None:
+        raise ConfigError(f"unknown system family '{name}'; known: {', '.join(FAMILIES)}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"family '{name}': count must be an integer >= 1; got {count!r}")
+    return family.build(Sampler(name, params, family.defaults, generator), count)

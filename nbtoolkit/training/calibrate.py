@@ -1,0 +1,113 @@
+"""Safety calibration: make a trained predictor pass the gate on a target share of steps.
+
+A network trained to keep |dE/E| inside a band just under the gate passes it on most steps of
+systems like its training set, and fails more often on systems unlike them. Calibration
+measures this on *validation* systems it was not trained on and sets one factor on every dt
+(the predictor's ``log_safety`` buffer) so that a target share of steps passes:
+
+1. Roll the validation systems out unguarded with the predictor, as ``evaluate`` would.
+2. At every step, try the step again with the predicted dt scaled by each factor of a log grid
+   (one batched step of all systems x all factors) and record the largest factor s* up to
+   which every factor passes the gate.
+3. Per system, take the ``1 - target_pass_rate`` quantile of s*: with that factor the system
+   would have passed ``target_pass_rate`` of its steps. The calibrated factor is the smallest of
+   these over the systems (so every validation system meets the target, not just the average),
+   which may be above 1 when the network is conservative everywhere.
+
+This is split conformal calibration of the dt factor to a per-system pass-rate target; it is
+repeated ``rounds`` times because the rolled-out states depend on the factor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..integrator import Integrator
+from ..physics import relative_energy_error, state_energy
+from ..predictor import DtPredictor
+from ..state import NBodyState
+from .steps import padding_groups
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """``factor``: the factor applied in this call (the product over rounds); ``safety``: the
+    predictor's total factor now; ``per_system`` (B,): each system's quantile of s* in the last
+    round; ``pass_rate``: share of validation steps of the last round's rollout whose s* >= 1."""
+
+    factor: float
+    safety: float
+    per_system: Tensor
+    pass_rate: float
+
+
+def max_passing_scale(integrator: Integrator, state: NBodyState, dt: Tensor, scales: Tensor,
+                      threshold: float) -> Tensor:
+    """(B,): the largest of ``scales`` (K,, ascending) up to which every ``scale * dt`` passes the gate
+    (0 where even the smallest fails). One integrator step of B * K systems."""
+    B, K = state.batch_size, scales.shape[0]
+    batch = NBodyState.cat([state] * K)  # system b, scale k at index k * B + b
+    trial_dt = (scales.unsqueeze(1) * dt.unsqueeze(0)).reshape(K * B)
+    new = integrator.step(batch, trial_dt)
+    rel = relative_energy_error(state_energy(batch), state_energy(new)).reshape(K, B)
+    ok_prefix = torch.cumprod((rel <= threshold).to(torch.int64), dim=0).bool()  # passes at every scale so far
+    best = torch.where(ok_prefix, scales.unsqueeze(1).to(dt.dtype), torch.zeros_like(rel)).amax(0)
+    return best
+
+
+def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBodyState, scales: Tensor,
+                    threshold: float, steps: int) -> Tensor:
+    """s* (steps, B) along an unguarded rollout of ``state``; a system that blows up keeps its last s*."""
+    current = state.detach()
+    found = torch.zeros(steps, state.batch_size, dtype=state.dtype)
+    alive = torch.ones(state.batch_size, dtype=torch.bool)
+    for k in range(steps):
+        dt = predictor(current, None)
+        found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold), found[k - 1])
+        new = integrator.step(current, dt)
+        alive &= torch.isfinite(new.position).flatten(1).all(-1) & torch.isfinite(new.velocity).flatten(1).all(-1)
+        if not bool(alive.any()):
+            found[k + 1:] = found[k]
+            break
+        keep = alive.view(-1, 1, 1)
+        current = new.replace(position=torch.where(keep, new.position, current.position),
+                              velocity=torch.where(keep, new.velocity, current.velocity),
+                              time=torch.where(alive, new.time, current.time))
+    return found
+
+
+def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBodyState, *, threshold: float,
+                     target_pass_rate: float = 0.995, steps: int = 256, rounds: int = 3,
+                     span: float = 4.0, grid: int = 33) -> CalibrationResult:
+    """Set ``predictor.log_safety`` so each validation system in ``state`` passes ``target_pass_rate``
+    of its unguarded steps (see module docstring). ``state`` may hold padding bodies."""
+    if not hasattr(predictor, "log_safety"):
+        raise ConfigError(f"dt predictor {type(predictor).__name__} has no 'log_safety' buffer to calibrate")
+    if not 0 < target_pass_rate < 1:
+        raise ConfigError(f"target_pass_rate must be in (0, 1); got {target_pass_rate}")
+    scales = torch.logspace(-math.log10(span), math.log10(span), grid, dtype=state.dtype)
+    groups = padding_groups(state) or [(torch.arange(state.batch_size), state.n_bodies)]
+    total, per_system, pass_rate = 1.0, torch.ones(state.batch_size, dtype=state.dtype), 1.0
+    was_training = predictor.training
+    predictor.eval()
+    with torch.no_grad():
+        for _ in range(rounds):
+            s_star = torch.zeros(steps, state.batch_size, dtype=state.dtype)
+            for idx, n in groups:
+                s_star[:, idx] = _rollout_scales(predictor, integrator, state.index(idx).trim_bodies(n), scales,
+                                                 threshold, steps)
+            pass_rate = float((s_star >= 1).to(torch.float64).mean())
+            per_system = torch.quantile(s_star, 1 - target_pass_rate, dim=0, interpolation="lower")
+            factor = float(per_system.min().clamp(min=1 / span, max=span))
+            total *= factor
+            predictor.log_safety.add_(math.log(factor))
+            if abs(math.log(factor)) < math.log(float(scales[1] / scales[0])):
+                break
+    predictor.train(was_training)
+    return CalibrationResult(factor=total, safety=float(predictor.log_safety.exp()), per_system=per_system,
+                             pass_rate=pass_rate)

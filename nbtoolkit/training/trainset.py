@@ -1,0 +1,184 @@
+"""Training sets: data that says which systems a dt predictor learns from, mixed in one run.
+
+A training set is a list of ``[[systems]]`` tables, each naming a family of
+:mod:`nbtoolkit.families`, how many systems to draw (``count``) and the family's parameter
+ranges (omitted ones keep the family's defaults)::
+
+    name = "my-set"
+    [[systems]]
+    family = "kepler"
+    count = 16
+    eccentricity = [0.0, 0.99]
+    mass_ratio = [1e-3, 1.0]
+
+    [[systems]]
+    family = "plummer"
+    count = 4
+    n = [4, 32]
+
+An optional ``[train]`` table holds the training settings the set is meant to be trained
+with (configuration keys of :class:`~nbtoolkit.training.TrainConfig`); ``nbtoolkit train``
+applies them under the user's own TOML file and flags. Built-in sets live beside this module
+in ``sets/NAME.toml``; ``general`` is the default of ``nbtoolkit train``. A training TOML
+file may hold ``[[systems]]`` tables itself.
+
+**Mixing N.** Systems with different numbers of bodies share one batched state: smaller
+systems are padded with massless *padding bodies* (see :mod:`nbtoolkit.state`) placed at rest
+far outside the system. Padding keeps the seed's loop exactly as it is (one state, per-system
+accept, one batched replay) at the price of force evaluations over N_max^2 pairs for every
+system; bucketing by N would save that compute but needs one state, history and replay buffer
+per bucket, and a replay minibatch per bucket. ``docs/models.md`` gives the measured cost.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..families import FAMILIES, SystemDraw, draw_family
+from ..state import DEFAULT_DTYPE, NBodyState
+
+#: padding bodies sit at rest at (PADDING_DISTANCE + k) times the system's radius on the x axis
+PADDING_DISTANCE = 1e3
+#: the training set ``nbtoolkit train`` uses when no system is given
+DEFAULT_TRAINING_SET = "general"
+
+
+@dataclass(frozen=True)
+class SystemsSpec:
+    """One ``[[systems]]`` table: ``count`` systems of ``family`` with parameter overrides."""
+
+    family: str
+    count: int
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A named list of :class:`SystemsSpec`; :meth:`build` draws and pads them into one state."""
+
+    name: str
+    systems: tuple[SystemsSpec, ...]
+    description: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)  #: the [train] table: recommended configuration keys
+
+    @classmethod
+    def from_tables(cls, tables: Any, name: str = "custom", description: str = "",
+                    settings: dict[str, Any] | None = None) -> "TrainingSet":
+        """Parse ``[[systems]]`` tables (a list of dicts); every problem names the table and key."""
+        if not isinstance(tables, list) or not tables:
+            raise ConfigError(f"training set '{name}': 'systems' must be a non-empty list of [[systems]] tables")
+        specs = []
+        for k, table in enumerate(tables):
+            where = f"training set '{name}', [[systems]] table {k + 1}"
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where} must be a table; got {type(table).__name__}")
+            params = dict(table)
+            family = params.pop("family", None)
+            if family not in FAMILIES:
+                raise ConfigError(f"{where}: family must be one of {', '.join(FAMILIES)}; got {family!r}")
+            count = params.pop("count", 1)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigError(f"{where}: count must be an integer >= 1; got {count!r}")
+            unknown = sorted(set(params) - set(FAMILIES[family].defaults))
+            if unknown:
+                raise ConfigError(f"{where}: family '{family}' does not take '{unknown[0]}'; "
+                                  f"it takes: {', '.join(sorted(FAMILIES[family].defaults))}")
+            specs.append(SystemsSpec(family, count, params))
+        if settings is not None:
+            from .config import TrainConfig
+
+            if not isinstance(settings, dict):
+                raise ConfigError(f"training set '{name}': [train] must be a table of configuration keys")
+            try:
+                TrainConfig.from_dict(dict(settings))
+            except ConfigError as exc:
+                raise ConfigError(f"training set '{name}', [train] table: {exc}") from None
+        return cls(name, tuple(specs), description, dict(settings or {}))
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "TrainingSet":
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"training set file '{p}' does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"training set file '{p}' cannot be read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"training set file '{p}' is not valid TOML: {exc}") from None
+        return cls.from_tables(data.get("systems"), str(data.get("name", p.stem)), str(data.get("description", "")),
+                               data.get("train"))
+
+    @property
+    def size(self) -> int:
+        return sum(spec.count for spec in self.systems)
+
+    def draw(self, seed: int) -> list[SystemDraw]:
+        """Every system of the set, drawn with a generator seeded by ``seed`` (same seed, same systems)."""
+        generator = torch.Generator().manual_seed(int(seed))
+        draws: list[SystemDraw] = []
+        for k, spec in enumerate(self.systems):
+            try:
+                draws += draw_family(spec.family, spec.count, generator, **spec.params)
+            except ConfigError as exc:
+                raise ConfigError(f"training set '{self.name}', [[systems]] table {k + 1}: {exc}") from None
+        return draws
+
+    def build(self, seed: int, dtype: torch.dtype = DEFAULT_DTYPE) -> NBodyState:
+        """One padded state (B = :attr:`size`, N = the largest N, D = 3) of every system."""
+        return pad_systems(self.draw(seed), dtype)
+
+    def summary(self) -> str:
+        parts = [f"{spec.count} {spec.family}" for spec in self.systems]
+        return f"training set '{self.name}': {self.size} systems ({', '.join(parts)})"
+
+
+def pad_systems(draws: list[SystemDraw], dtype: torch.dtype = DEFAULT_DTYPE) -> NBodyState:
+    """Stack systems of any N into one state, padding each with massless bodies (see module docstring)."""
+    if not draws:
+        raise ConfigError("no systems to stack")
+    n_max = max(d.n_bodies for d in draws)
+    mass = torch.zeros(len(draws), n_max, dtype=torch.float64)
+    position = torch.zeros(len(draws), n_max, 3, dtype=torch.float64)
+    velocity = torch.zeros(len(draws), n_max, 3, dtype=torch.float64)
+    for b, d in enumerate(draws):
+        n = d.n_bodies
+        mass[b, :n], position[b, :n], velocity[b, :n] = d.mass, d.position, d.velocity
+        radius = float(d.position.norm(dim=-1).max())
+        position[b, n:, 0] = radius * (PADDING_DISTANCE + torch.arange(n_max - n, dtype=torch.float64))
+    state = NBodyState(mass.to(dtype), position.to(dtype), velocity.to(dtype), torch.zeros(len(draws), dtype=dtype))
+    return state.validate("training set", allow_padding=True)
+
+
+def builtin_training_sets() -> dict[str, Path]:
+    """Names of the built-in training sets and their TOML files."""
+    folder = resources.files(__package__).joinpath("sets")
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".toml")}
+
+
+def load_training_set(name_or_path: str | Path) -> TrainingSet:
+    """A built-in set by name (``general``, ...) or a TOML file by path."""
+    builtin = builtin_training_sets()
+    if str(name_or_path) in builtin:
+        return TrainingSet.from_toml(builtin[str(name_or_path)])
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        return TrainingSet.from_toml(path)
+    raise ConfigError(f"unknown training set '{name_or_path}'; built-in: {', '.join(sorted(builtin))}, "
+                      "or give the path of a TOML file with [[systems]] tables")
+
+
+def padded_fraction(state: NBodyState) -> float:
+    """Share of body slots that are padding (the compute padding costs over N_max^2 pairs is about 1 - (1 - this)^2)."""
+    return 1.0 - float(state.body_mask.to(torch.float64).mean())
+
+
+__all__ = ["DEFAULT_TRAINING_SET", "PADDING_DISTANCE", "SystemsSpec", "TrainingSet", "builtin_training_sets",
+           "load_training_set", "pad_systems", "padded_fraction"]

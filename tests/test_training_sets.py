@@ -1,0 +1,180 @@
+"""System families, training sets in TOML, padding of mixed-N batches, and the safety calibration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nbtoolkit import NBodyState
+from nbtoolkit.errors import ConfigError, InvalidStateError
+from nbtoolkit.families import FAMILIES, draw_family, kepler_relative
+from nbtoolkit.physics import angular_momentum, linear_momentum, state_energy, total_energy
+from nbtoolkit.training import TrainConfig
+from nbtoolkit.training.calibrate import calibrate_safety, max_passing_scale
+from nbtoolkit.training.steps import _predict_and_step, padding_groups, predict_and_step
+from nbtoolkit.training.trainset import TrainingSet, builtin_training_sets, load_training_set, pad_systems
+
+
+def test_kepler_relative_has_the_energy_and_angular_momentum_of_its_elements():
+    a = torch.tensor([1.0, 2.5, 0.3], dtype=torch.float64)
+    e = torch.tensor([0.0, 0.6, 0.99], dtype=torch.float64)
+    mu = torch.tensor([1.0, 3.0, 0.2], dtype=torch.float64)
+    x, v = kepler_relative(a, e, mu, torch.tensor([0.3, 2.0, 3.1], dtype=torch.float64))
+    energy = 0.5 * v.square().sum(-1) - mu / x.norm(dim=-1)
+    h = torch.linalg.cross(x, v, dim=-1).norm(dim=-1)
+    assert torch.allclose(energy, -mu / (2 * a), rtol=1e-12)
+    assert torch.allclose(h, (mu * a * (1 - e**2)).sqrt(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_draws_bound_systems_at_rest_in_their_centre_of_mass_frame(family):
+    draws = draw_family(family, 3, torch.Generator().manual_seed(4))
+    assert len(draws) == 3
+    for d in draws:
+        assert d.position.shape == (d.n_bodies, 3) and bool((d.mass > 0).all())
+        assert float(total_energy(d.mass, d.position, d.velocity)) < 0 or family == "democratic"
+        assert float(linear_momentum(d.mass, d.velocity).norm()) < 1e-12 * float(d.mass.sum() * d.velocity.norm())
+        assert float((d.mass.unsqueeze(-1) * d.position).sum(0).norm()) < 1e-10 * float(d.position.norm())
+
+
+def test_families_are_reproducible_and_respect_their_ranges():
+    a = draw_family("kepler", 20, torch.Generator().manual_seed(1), eccentricity=[0.2, 0.3], mass_ratio=0.5)
+    b = draw_family("kepler", 20, torch.Generator().manual_seed(1), eccentricity=[0.2, 0.3], mass_ratio=0.5)
+    assert all(torch.equal(x.position, y.position) for x, y in zip(a, b))
+    for d in a:
+        assert math.isclose(float(d.mass[1] / d.mass[0]), 0.5, rel_tol=1e-12)
+        rel_x, rel_v = d.position[1] - d.position[0], d.velocity[1] - d.velocity[0]
+        mu = float(d.mass.sum())
+        ecc = ((rel_v.square().sum() - mu / rel_x.norm()) * rel_x - (rel_x @ rel_v) * rel_v) / mu
+        assert 0.2 - 1e-9 <= float(ecc.norm()) <= 0.3 + 1e-9
+    plummer = draw_family("plummer", 10, torch.Generator().manual_seed(0), n=[4, 9])
+    assert all(4 <= d.n_bodies <= 9 for d in plummer)
+
+
+def test_hierarchical_triples_stay_outside_the_stability_limit():
+    for d in draw_family("triple", 8, torch.Generator().manual_seed(2), period_ratio=[1.0, 1.5]):
+        inner = (d.position[1] - d.position[0]).norm()
+        com = (d.mass[:2, None] * d.position[:2]).sum(0) / d.mass[:2].sum()
+        assert float((d.position[2] - com).norm()) > 2.0 * float(inner)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"family": "nonsense"}, "family must be one of"),
+    ({"family": "kepler", "count": 0}, "count"),
+    ({"family": "kepler", "eccentricty": 0.3}, "does not take 'eccentricty'"),
+])
+def test_bad_systems_tables_name_the_table_and_key(bad, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        TrainingSet.from_tables([{"family": "kepler", "count": 2}, bad], name="mine")
+    assert "table 2" in str(info.value)
+
+
+def test_bad_parameter_values_are_named_when_drawing():
+    tset = TrainingSet.from_tables([{"family": "kepler", "count": 2, "mass_ratio": [0.0, 1.0]}])
+    with pytest.raises(ConfigError, match="mass_ratio must be > 0"):
+        tset.draw(0)
+
+
+def test_builtin_general_set_mixes_families_and_numbers_of_bodies():
+    assert "general" in builtin_training_sets()
+    tset = load_training_set("general")
+    families = {spec.family for spec in tset.systems}
+    assert {"kepler", "triple", "figure-eight", "plummer"} <= families
+    state = tset.build(seed=0)
+    counts = state.body_mask.sum(-1)
+    assert state.batch_size == tset.size and int(counts.min()) == 2 and int(counts.max()) == state.n_bodies > 8
+    assert torch.equal(tset.build(seed=0).position, state.position)
+    assert not torch.equal(tset.build(seed=1).position, state.position)
+
+
+def test_training_set_from_a_toml_file(tmp_path):
+    path = tmp_path / "set.toml"
+    path.write_text('name = "tiny"\n[[systems]]\nfamily = "kepler"\ncount = 3\n\n'
+                    '[[systems]]\nfamily = "plummer"\ncount = 1\nn = 5\n')
+    tset = load_training_set(path)
+    assert tset.name == "tiny" and tset.size == 4
+    state = tset.build(seed=3)
+    assert state.n_bodies == 5 and state.body_mask.sum(-1).tolist() == [2, 2, 2, 5]
+    with pytest.raises(ConfigError, match="unknown training set"):
+        load_training_set("no-such-set")
+
+
+def test_padding_bodies_change_no_energy_and_are_only_allowed_when_asked_for():
+    draws = draw_family("kepler", 2, torch.Generator().manual_seed(0)) + \
+        draw_family("plummer", 1, torch.Generator().manual_seed(0), n=6)
+    padded = pad_systems(draws)
+    for b, d in enumerate(draws):
+        alone = total_energy(d.mass, d.position, d.velocity)
+        assert torch.allclose(state_energy(padded)[b], alone, rtol=1e-14)
+    assert float(angular_momentum(padded.mass, padded.position, padded.velocity)[0].norm()) > 0
+    with pytest.raises(InvalidStateError, match="mass must be > 0"):
+        NBodyState(padded.mass, padded.position, padded.velocity, padded.time).validate()
+    lone = padded.mass.clone()
+    lone[0, 1] = 0
+    with pytest.raises(InvalidStateError, match="system 0 has 1 bodies"):
+        NBodyState(lone, padded.position, padded.velocity, padded.time).validate(allow_padding=True)
+
+
+def test_learned_dt_is_the_same_alone_and_padded_in_a_mixed_batch(host):
+    pred = host.predictors.create("mlp", hidden_width=8, seed=0, max_pairs=4)
+    draws = draw_family("triple", 2, torch.Generator().manual_seed(0)) + \
+        draw_family("plummer", 1, torch.Generator().manual_seed(0), n=7)
+    padded = pad_systems(draws)
+    for b, d in enumerate(draws):
+        alone = NBodyState.from_arrays(d.mass, d.position, d.velocity)
+        assert torch.allclose(pred(padded)[b], pred(alone)[0], rtol=1e-12)
+
+
+def test_grouped_step_of_a_padded_batch_equals_the_padded_computation(host):
+    pred = host.predictors.create("mlp", hidden_width=8, seed=1)
+    integrator = host.integrators.create("leapfrog")
+    state = load_training_set("general").build(seed=0).index(torch.arange(0, 58, 4))
+    groups = padding_groups(state)
+    assert groups is not None and len(groups) > 1
+    assert sorted(torch.cat([idx for idx, _ in groups]).tolist()) == list(range(state.batch_size))
+    cfg = TrainConfig()
+    grouped = predict_and_step(pred, integrator, state, None, cfg)
+    whole = _predict_and_step(pred, integrator, state, None, cfg, None, "mlp")
+    real = state.body_mask
+    assert torch.allclose(grouped.dt, whole.dt, rtol=1e-12)
+    assert torch.allclose(grouped.state.position[real], whole.state.position[real], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(grouped.rel_dE, whole.rel_dE, rtol=1e-6, atol=1e-15)
+    grouped.losses.sum().backward()
+    assert all(p.grad is not None for p in pred.parameters())
+
+
+def test_max_passing_scale_brackets_the_gate(host):
+    from systems import two_body_orbit
+
+    state, _ = two_body_orbit(e=0.5)
+    integrator = host.integrators.create("leapfrog")
+    dt = torch.tensor([0.01], dtype=torch.float64)
+    scales = torch.logspace(-1, 2, 31, dtype=torch.float64)
+    best = float(max_passing_scale(integrator, state, dt, scales, threshold=2e-4)[0])
+    assert 0.1 <= best < 100
+
+    def rel(scale: float) -> float:
+        new = integrator.step(state, dt * scale)
+        return float(((state_energy(new) - state_energy(state)) / state_energy(state)).abs()[0])
+
+    assert rel(best) <= 2e-4 < rel(float(scales[scales > best][0]))
+
+
+def test_calibration_brings_a_timid_predictor_up_to_the_target_pass_rate(host):
+    pred = host.predictors.create("mlp", hidden_width=8, seed=0, init_factor=0.002)
+    integrator = host.integrators.create("leapfrog")
+    state = pad_systems(draw_family("kepler", 4, torch.Generator().manual_seed(5), eccentricity=[0.0, 0.5]))
+    before = pred(state).detach()
+    result = calibrate_safety(pred, integrator, state, threshold=2e-4, target_pass_rate=0.99, steps=60, span=16.0)
+    assert result.factor > 2 and math.isclose(pred.safety, result.factor, rel_tol=1e-12)
+    assert torch.allclose(pred(state), before * result.factor, rtol=1e-12)
+    # the calibrated dt passes the gate on (at least) the target share of a fresh rollout's steps
+    current, passed, total = state, 0, 0
+    with torch.no_grad():
+        for _ in range(60):
+            new = integrator.step(current, pred(current))
+            rel = ((state_energy(new) - state_energy(current)) / state_energy(current)).abs()
+            passed, total, current = passed + int((rel <= 2e-4).sum()), total + rel.numel(), new
+    assert passed / total >= 0.97
