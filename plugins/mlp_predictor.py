@@ -7,7 +7,9 @@ Every pair of bodies proposes a timestep and the system takes the smallest:
 where tau_ij = sqrt(r_ij^3 / (G (m_i + m_j))) is the pair's free-fall time (r softened as
 sqrt(r^2 + eps^2)), g_ij the network's output for that pair (S = :data:`LOG_FACTOR_RANGE`, so
 each proposal stays within e^±S of ``init_factor`` tau_ij and dt > 0 always) and ``safety`` a
-factor calibrated after training (:mod:`nbtoolkit.training.calibrate`; 1 until then). A
+factor calibrated after training (:mod:`nbtoolkit.training.calibrate`; 1 until then), one per
+class of systems by number of bodies (:data:`SAFETY_BUCKETS`: 2, 3, 4-7, 8-15, 16-31, 32 or
+more), so that the margin a cluster needs is not imposed on a binary. A
 pair's output g_ij sees the pair's own features and the pooled features of every pair, so a
 pair that is irrelevant to the system's energy (a distant planet, a wide pair in a cluster)
 can learn to propose a long step, and the proposals of N bodies work for any N.
@@ -61,6 +63,14 @@ PAIR_FEATURES = 9
 HISTORY_FEATURES = 3
 #: global features
 GLOBAL_FEATURES = 2
+#: upper ends of the body-count classes with their own safety factor: N = 2, 3, 4-7, 8-15, 16-31, >= 32
+SAFETY_BUCKETS = (2, 3, 7, 15, 31)
+
+
+def safety_bucket(n_real: Tensor) -> Tensor:
+    """Index (B,) of each system's body-count class in :data:`SAFETY_BUCKETS` (0 for N = 2, ...)."""
+    bounds = torch.tensor(SAFETY_BUCKETS, dtype=n_real.dtype, device=n_real.device)
+    return torch.bucketize(n_real, bounds)
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -201,7 +211,7 @@ class MLPDtPredictor(DtPredictor):
             "fourier", torch.randn(PAIR_FEATURES, fourier_features, generator=generator, dtype=dtype) * fourier_scale
         )
         self.register_buffer("log_init_factor", torch.tensor(math.log(init_factor), dtype=dtype))
-        self.register_buffer("log_safety", torch.tensor(0.0, dtype=dtype))
+        self.register_buffer("log_safety", torch.zeros(len(SAFETY_BUCKETS) + 1, dtype=dtype))
         act = _ACTIVATIONS[activation]
         pair_in = PAIR_FEATURES + 2 * fourier_features
         context = 2 * hidden_width + GLOBAL_FEATURES + HISTORY_FEATURES * history_len
@@ -221,9 +231,13 @@ class MLPDtPredictor(DtPredictor):
             linears[-1].weight.mul_(0.01)
 
     @property
-    def safety(self) -> float:
-        """The calibrated factor on every dt (1 before calibration)."""
-        return float(self.log_safety.exp())
+    def safety(self) -> list[float]:
+        """The calibrated factor on dt per body-count class of :data:`SAFETY_BUCKETS` (1 before calibration)."""
+        return [float(v) for v in self.log_safety.exp()]
+
+    def safety_index(self, state: NBodyState) -> Tensor:
+        """(B,) which safety factor applies to each system (see :data:`SAFETY_BUCKETS`)."""
+        return safety_bucket(state.body_mask.sum(-1))
 
     def features(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
         """(pair features with Fourier features appended, global extras (B, 2 + 3K))."""
@@ -261,7 +275,7 @@ class MLPDtPredictor(DtPredictor):
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
         if int(state.body_mask.sum(-1).min()) < 2:
             raise ConfigError("mlp predictor needs at least two bodies (its timescale is the closest pair's free-fall time)")
-        return (self.log_dt(state, history) + self.log_safety).exp()
+        return (self.log_dt(state, history) + self.log_safety[self.safety_index(state)]).exp()
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.options.items())

@@ -168,8 +168,10 @@ def test_calibration_brings_a_timid_predictor_up_to_the_target_pass_rate(host):
     state = pad_systems(draw_family("kepler", 4, torch.Generator().manual_seed(5), eccentricity=[0.0, 0.5]))
     before = pred(state).detach()
     result = calibrate_safety(pred, integrator, state, threshold=2e-4, target_pass_rate=0.99, steps=60, span=16.0)
-    assert result.factor > 2 and math.isclose(pred.safety, result.factor, rel_tol=1e-12)
-    assert torch.allclose(pred(state), before * result.factor, rtol=1e-12)
+    # two-body systems are class 0; classes without validation systems take the smallest factor
+    assert result.factor[0] > 2 and math.isclose(pred.safety[0], result.factor[0], rel_tol=1e-12)
+    assert pred.safety == pytest.approx([pred.safety[0]] * len(pred.safety))
+    assert torch.allclose(pred(state), before * result.factor[0], rtol=1e-12)
     # the calibrated dt passes the gate on (at least) the target share of a fresh rollout's steps
     current, passed, total = state, 0, 0
     with torch.no_grad():
@@ -178,3 +180,18 @@ def test_calibration_brings_a_timid_predictor_up_to_the_target_pass_rate(host):
             rel = ((state_energy(new) - state_energy(current)) / state_energy(current)).abs()
             passed, total, current = passed + int((rel <= 2e-4).sum()), total + rel.numel(), new
     assert passed / total >= 0.97
+
+
+def test_each_body_count_class_gets_the_factor_of_its_own_validation_systems(host):
+    from plugins.mlp_predictor import safety_bucket
+
+    assert safety_bucket(torch.tensor([2, 3, 4, 7, 8, 15, 16, 31, 32, 64])).tolist() == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    pred = host.predictors.create("mlp", hidden_width=8, seed=0, init_factor=0.002)
+    integrator = host.integrators.create("leapfrog")
+    g = torch.Generator().manual_seed(1)
+    state = pad_systems(draw_family("kepler", 2, g, eccentricity=[0.0, 0.3]) + draw_family("figure-eight", 2, g))
+    result = calibrate_safety(pred, integrator, state, threshold=2e-4, steps=30, span=16.0)
+    assert result.per_system.shape == (4,)
+    # binaries and triples differ, and each class's factor is its own systems' smallest
+    assert pred.safety[0] != pytest.approx(pred.safety[1])
+    assert min(pred.safety) == pytest.approx(pred.safety[2]) == pytest.approx(pred.safety[5])

@@ -14,8 +14,12 @@ measures this on *validation* systems it was not trained on and sets one factor 
    these over the systems (so every validation system meets the target, not just the average),
    which may be above 1 when the network is conservative everywhere.
 
-This is split conformal calibration of the dt factor to a per-system pass-rate target; it is
-repeated ``rounds`` times because the rolled-out states depend on the factor.
+The predictor may hold several factors, one per class of systems (``predictor.safety_index(state)``
+says which applies to each system; the ``mlp`` predictor classes systems by their number of
+bodies). Each class gets the smallest factor of its own validation systems; a class without
+any takes the smallest over all systems. This is split conformal calibration of the dt factor
+to a per-system pass-rate target, conditional on the class; it is repeated up to ``rounds``
+times because the rolled-out states depend on the factor.
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from .steps import padding_groups
 
 @dataclass(frozen=True)
 class CalibrationResult:
-    """``factor``: the factor applied in this call (the product over rounds); ``safety``: the
-    predictor's total factor now; ``per_system`` (B,): each system's quantile of s* in the last
-    round; ``pass_rate``: share of validation steps of the last round's rollout whose s* >= 1."""
+    """``factor`` (C,): the factors applied in this call per class (products over rounds);
+    ``safety`` (C,): the predictor's factors now; ``per_system`` (B,): each system's quantile of s*
+    in the last round; ``pass_rate``: share of validation steps of the last round's rollout whose
+    s* >= 1."""
 
-    factor: float
-    safety: float
+    factor: list[float]
+    safety: list[float]
     per_system: Tensor
     pass_rate: float
 
@@ -83,16 +88,19 @@ def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBody
 
 def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBodyState, *, threshold: float,
                      target_pass_rate: float = 0.995, steps: int = 256, rounds: int = 3,
-                     span: float = 4.0, grid: int = 33) -> CalibrationResult:
+                     span: float = 4.0, grid: int = 65) -> CalibrationResult:
     """Set ``predictor.log_safety`` so each validation system in ``state`` passes ``target_pass_rate``
     of its unguarded steps (see module docstring). ``state`` may hold padding bodies."""
-    if not hasattr(predictor, "log_safety"):
-        raise ConfigError(f"dt predictor {type(predictor).__name__} has no 'log_safety' buffer to calibrate")
+    if not hasattr(predictor, "log_safety") or not hasattr(predictor, "safety_index"):
+        raise ConfigError(f"dt predictor {type(predictor).__name__} has no 'log_safety' factors to calibrate")
     if not 0 < target_pass_rate < 1:
         raise ConfigError(f"target_pass_rate must be in (0, 1); got {target_pass_rate}")
     scales = torch.logspace(-math.log10(span), math.log10(span), grid, dtype=state.dtype)
     groups = padding_groups(state) or [(torch.arange(state.batch_size), state.n_bodies)]
-    total, per_system, pass_rate = 1.0, torch.ones(state.batch_size, dtype=state.dtype), 1.0
+    classes = predictor.safety_index(state)
+    n_classes = int(predictor.log_safety.numel())
+    total = torch.ones(n_classes, dtype=state.dtype)
+    per_system, pass_rate = torch.ones(state.batch_size, dtype=state.dtype), 1.0
     was_training = predictor.training
     predictor.eval()
     with torch.no_grad():
@@ -103,11 +111,14 @@ def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBod
                                                  threshold, steps)
             pass_rate = float((s_star >= 1).to(torch.float64).mean())
             per_system = torch.quantile(s_star, 1 - target_pass_rate, dim=0, interpolation="lower")
-            factor = float(per_system.min().clamp(min=1 / span, max=span))
+            factor = torch.full((n_classes,), float(per_system.min()), dtype=state.dtype)
+            for c in classes.unique().tolist():
+                factor[c] = per_system[classes == c].min()
+            factor = factor.clamp(min=1 / span, max=span)
             total *= factor
-            predictor.log_safety.add_(math.log(factor))
-            if abs(math.log(factor)) < math.log(float(scales[1] / scales[0])):
+            predictor.log_safety.add_(factor.log().to(predictor.log_safety))
+            if bool((factor.log().abs() < math.log(float(scales[1] / scales[0]))).all()):
                 break
     predictor.train(was_training)
-    return CalibrationResult(factor=total, safety=float(predictor.log_safety.exp()), per_system=per_system,
-                             pass_rate=pass_rate)
+    return CalibrationResult(factor=total.tolist(), safety=[float(v) for v in predictor.log_safety.exp()],
+                             per_system=per_system, pass_rate=pass_rate)

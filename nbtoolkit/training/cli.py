@@ -266,7 +266,8 @@ def run_train(args: argparse.Namespace) -> int:
                      + (" (skipped)" if last["replay_skipped"] else ""))
         lines.append(f"last mean dt       {last['mean_dt']:.4g}")
     if trainer.calibration is not None:
-        lines.append(f"safety factor      {trainer.calibration.safety:.4g} (calibrated to pass "
+        factors = ", ".join(f"{f:.3g}" for f in trainer.calibration.safety)
+        lines.append(f"safety factors     {factors} (per class of systems; calibrated to pass "
                      f"{100 * cfg.calibrate_pass_rate:g} % of steps on every validation system)")
     lines.append(f"checkpoint         {cfg.checkpoint_path}" if cfg.checkpoint_path
                  else "checkpoint         none written (use --checkpoint PATH)")
