@@ -10,6 +10,8 @@ and :func:`potential_energy` loops in Python only over chunks of a fixed size (s
 from __future__ import annotations
 
 import functools
+import os
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -22,7 +24,7 @@ from .threads import CHUNK_ELEMENTS, kernel_workers, run_blocks
 
 # ----------------------------------------------------------------------------- force kernel
 #
-# Both formulations below compute exactly the sums of the textbook kernel, pair by pair, on
+# The formulations below compute exactly the sums of the textbook kernel, pair by pair, on
 # component-wise differences x_j - x_i (no cancellation against |x|), and never form a
 # (..., N, N, D) tensor: every temporary holds at most threads.CHUNK_ELEMENTS numbers, so peak
 # extra memory is the (B, N, D) input/output copies plus a fixed budget per worker thread.
@@ -31,7 +33,9 @@ from .threads import CHUNK_ELEMENTS, kernel_workers, run_blocks
 #   the N (N - 1) / 2 pairs i < j are visited (Newton's third law gives the force on j). Every
 #   operation then runs over long contiguous rows of systems, whatever N.
 # * "rows" (larger N, or few systems): blocks of systems and of rows i, each (b, rows, N), with
-#   all N columns j; the diagonal has r_ii = 0 and contributes exactly nothing.
+#   all N columns j; 1 / r_ii is made exactly 0 (r_ii^2 = +inf), so the diagonal adds nothing.
+# * "small" (the whole B N N D fits in one chunk, outside the pair path): the same sums in the
+#   fewest operations, since per-operation overhead is all that matters there.
 #
 # Without an autograd graph, independent blocks of the batch run on the kernel's worker threads
 # (see nbtoolkit.threads). With a graph (training), one thread computes the same operations out
@@ -54,14 +58,9 @@ def _pair_index(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 @functools.lru_cache(maxsize=64)
 def _diagonal_shift(n: int, eps2: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(N, N): eps^2 everywhere plus 1 on the diagonal, so the softened r_ii^2 is 1 + eps^2 (never 0)."""
-    return torch.eye(n, dtype=dtype, device=device) + eps2
-
-
-@functools.lru_cache(maxsize=64)
-def _off_diagonal(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(N, N) matrix of ones with a zero diagonal."""
-    return 1 - torch.eye(n, dtype=dtype, device=device)
+    """(N, N): eps^2 off the diagonal and +inf on it, so 1 / r_ii = 0 exactly (with zero
+    gradient) and the self-interaction drops out of every sum. Only for N N within one chunk."""
+    return torch.full((n, n), eps2, dtype=dtype, device=device).fill_diagonal_(float("inf"))
 
 
 def _needs_graph(*tensors: Tensor) -> bool:
@@ -126,34 +125,36 @@ def _pairs_pot_nograd(xt: Tensor, mt: Tensor, eps2: float) -> Tensor:
 
 
 # --- rows i (all columns j), batch outermost: xt (b, D, N), m (b, N)
-def _rows_sq(xt: Tensor, r0: int, r1: int, shift: Tensor) -> tuple[list[Tensor], Tensor]:
-    """Component differences d_c = x_j - x_i, each (b, r1 - r0, N), and softened r^2 (diagonal 1 + eps^2)."""
+def _rows_sq(xt: Tensor, r0: int, r1: int, eps2: float) -> tuple[list[Tensor], Tensor]:
+    """Component differences d_c = x_j - x_i, each (b, r1 - r0, N), and softened r^2 with +inf
+    where j = i (so 1 / r_ii = 0 exactly, with zero gradient)."""
     d = [c.unsqueeze(-2) - c.narrow(-1, r0, r1 - r0).unsqueeze(-1) for c in xt.unbind(1)]
     s = d[0] * d[0]
     for dc in d[1:]:
         s = torch.addcmul(s, dc, dc)
-    return d, s + shift.narrow(0, r0, r1 - r0)
+    s.diagonal(r0, -2, -1).fill_(float("inf"))  # no operation above saves s for backward
+    return d, s + eps2
 
 
-def _rows_chunk_acc(xt: Tensor, m: Tensor, r0: int, r1: int, shift: Tensor) -> Tensor:
+def _rows_chunk_acc(xt: Tensor, m: Tensor, r0: int, r1: int, eps2: float) -> Tensor:
     """Differentiable: G a_i for rows r0:r1, (b, r1 - r0, D) (G is folded into m)."""
-    d, s = _rows_sq(xt, r0, r1, shift)
+    d, s = _rows_sq(xt, r0, r1, eps2)
     w = s.rsqrt()
     w = w * w * w * m.unsqueeze(-2)
     return torch.stack([(dc * w).sum(-1) for dc in d], -1)
 
 
-def _rows_chunk_pot(xt: Tensor, m: Tensor, r0: int, r1: int, shift: Tensor, off: Tensor) -> Tensor:
+def _rows_chunk_pot(xt: Tensor, m: Tensor, r0: int, r1: int, eps2: float) -> Tensor:
     """Differentiable: sum over i in r0:r1 and j != i of m_i m_j / r_ij, (b,)."""
-    _, s = _rows_sq(xt, r0, r1, shift)
-    return ((s.rsqrt() * off.narrow(0, r0, r1 - r0) * m.unsqueeze(-2)).sum(-1) * m.narrow(1, r0, r1 - r0)).sum(-1)
+    _, s = _rows_sq(xt, r0, r1, eps2)
+    return ((s.rsqrt() * m.unsqueeze(-2)).sum(-1) * m.narrow(1, r0, r1 - r0)).sum(-1)
 
 
 def _row_step(b: int, n: int) -> int:
     return max(1, min(n, CHUNK_ELEMENTS // max(1, b * n)))
 
 
-def _rows_acc_nograd(xt: Tensor, m: Tensor, shift: Tensor, out: Tensor) -> None:
+def _rows_acc_nograd(xt: Tensor, m: Tensor, eps2: float, out: Tensor) -> None:
     """In-place version of _rows_chunk_acc over all rows, written into out (b, N, D)."""
     b, dim, n = xt.shape
     step = _row_step(b, n)
@@ -163,19 +164,20 @@ def _rows_acc_nograd(xt: Tensor, m: Tensor, shift: Tensor, out: Tensor) -> None:
         s = d[0] * d[0]
         for dc in d[1:]:
             s.addcmul_(dc, dc)
-        w = s.add_(shift.narrow(0, r0, r1 - r0)).rsqrt_()
+        s.diagonal(r0, -2, -1).fill_(float("inf"))
+        w = s.add_(eps2).rsqrt_()
         w = (w * w).mul_(w).mul_(m.unsqueeze(-2))
         rows = out.narrow(1, r0, r1 - r0)
         for c, dc in enumerate(d):
             rows.select(-1, c).copy_(dc.mul_(w).sum(-1))
 
 
-def _rows_pot_nograd(xt: Tensor, m: Tensor, shift: Tensor, off: Tensor) -> Tensor:
+def _rows_pot_nograd(xt: Tensor, m: Tensor, eps2: float) -> Tensor:
     b, _, n = xt.shape
     step = _row_step(b, n)
     total = xt.new_zeros(b)
     for r0 in range(0, n, step):
-        total += _rows_chunk_pot(xt, m, r0, min(n, r0 + step), shift, off)
+        total += _rows_chunk_pot(xt, m, r0, min(n, r0 + step), eps2)
     return total
 
 
@@ -195,8 +197,7 @@ def _small_acc(m: Tensor, x: Tensor, eps2: float) -> Tensor:
 
 def _small_pot(m: Tensor, x: Tensor, eps2: float) -> Tensor:
     _, s = _small_sq(x, eps2)
-    off = _off_diagonal(x.shape[-2], x.dtype, x.device)
-    return 0.5 * ((s.rsqrt() * off * m.unsqueeze(-2)).sum(-1) * m).sum(-1)
+    return 0.5 * ((s.rsqrt() * m.unsqueeze(-2)).sum(-1) * m).sum(-1)
 
 
 def _batch_blocks(batch: int, n: int, pairs: bool, dim: int) -> list[tuple[int, int]]:
@@ -232,10 +233,9 @@ def _graph_acc(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
             acc = part if acc is None else acc + part
         return acc.permute(2, 0, 1)
     xt = x.transpose(1, 2)
-    shift = _diagonal_shift(n, eps2, x.dtype, x.device)
     step = _row_step(batch, n)
     chunked = step < n
-    rows = [_checkpointed(_rows_chunk_acc, xt, m, r0, min(n, r0 + step), shift, chunked=chunked) for r0 in range(0, n, step)]
+    rows = [_checkpointed(_rows_chunk_acc, xt, m, r0, min(n, r0 + step), eps2, chunked=chunked) for r0 in range(0, n, step)]
     return rows[0] if len(rows) == 1 else torch.cat(rows, 1)
 
 
@@ -251,11 +251,9 @@ def _graph_pot(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
                  for s in range(0, pi.numel(), step)]
         return torch.stack(parts).sum(0)
     xt = x.transpose(1, 2)
-    shift = _diagonal_shift(n, eps2, x.dtype, x.device)
-    off = _off_diagonal(n, x.dtype, x.device)
     step = _row_step(batch, n)
     chunked = step < n
-    parts = [_checkpointed(_rows_chunk_pot, xt, m, r0, min(n, r0 + step), shift, off, chunked=chunked)
+    parts = [_checkpointed(_rows_chunk_pot, xt, m, r0, min(n, r0 + step), eps2, chunked=chunked)
              for r0 in range(0, n, step)]
     return 0.5 * torch.stack(parts).sum(0)
 
@@ -263,14 +261,12 @@ def _graph_pot(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
 def _nograd_acc(m: Tensor, x: Tensor, G: float, eps2: float, pairs: bool) -> Tensor:
     batch, n, dim = x.shape
     out = torch.empty_like(x)
-    shift = None if pairs else _diagonal_shift(n, eps2, x.dtype, x.device)
-
     def block(span: tuple[int, int]) -> None:
         xb, mb, ob = x.narrow(0, *span), m.narrow(0, *span), out.narrow(0, *span)
         if pairs:
             ob.copy_(_pairs_acc_nograd(xb.permute(1, 2, 0).contiguous(), (mb * G).t().contiguous(), eps2).permute(2, 0, 1))
         else:
-            _rows_acc_nograd(xb.transpose(1, 2).contiguous(), mb * G, shift, ob)
+            _rows_acc_nograd(xb.transpose(1, 2).contiguous(), mb * G, eps2, ob)
 
     run_blocks(block, _batch_blocks(batch, n, pairs, dim))
     return out
@@ -279,18 +275,53 @@ def _nograd_acc(m: Tensor, x: Tensor, G: float, eps2: float, pairs: bool) -> Ten
 def _nograd_pot(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
     batch, n, dim = x.shape
     out = x.new_empty(batch)
-    shift = None if pairs else _diagonal_shift(n, eps2, x.dtype, x.device)
-    off = None if pairs else _off_diagonal(n, x.dtype, x.device)
-
     def block(span: tuple[int, int]) -> None:
         xb, mb, ob = x.narrow(0, *span), m.narrow(0, *span), out.narrow(0, *span)
         if pairs:
             ob.copy_(_pairs_pot_nograd(xb.permute(1, 2, 0).contiguous(), mb.t().contiguous(), eps2))
         else:
-            ob.copy_(_rows_pot_nograd(xb.transpose(1, 2).contiguous(), mb, shift, off)).mul_(0.5)
+            ob.copy_(_rows_pot_nograd(xb.transpose(1, 2).contiguous(), mb, eps2)).mul_(0.5)
 
     run_blocks(block, _batch_blocks(batch, n, pairs, dim))
     return out
+
+
+# --- optional compiled path (opt-in: NBTOOLKIT_COMPILE=1)
+#: environment variable that routes gradient-free force evaluations through torch.compile
+COMPILE_ENV = "NBTOOLKIT_COMPILE"
+#: largest B N N handed to the compiled kernel (beyond it the eager kernel bounds memory)
+COMPILE_MAX_PAIRS = 1 << 22
+_compiled: dict[str, Any] = {"fn": None, "failed": False}
+
+
+def _fused_acc(m: Tensor, x: Tensor, eps2: float) -> Tensor:
+    """The textbook kernel on the whole batch, written for the compiler to fuse into one loop
+    nest (the (B, N, N, D) expression is never stored once fused)."""
+    disp = x.unsqueeze(-3) - x.unsqueeze(-2)
+    s = disp.square().sum(-1) + eps2 + torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
+    w = s.rsqrt()
+    w = w * w * w * m.unsqueeze(-2)
+    return (disp * w.unsqueeze(-1)).sum(-2)
+
+
+def compiled_kernel_requested() -> bool:
+    """True when ``NBTOOLKIT_COMPILE=1`` asks for the compiled kernel and it has not failed."""
+    return os.environ.get(COMPILE_ENV, "").strip() == "1" and not _compiled["failed"]
+
+
+def _compiled_acc(m: Tensor, x: Tensor, eps2: float) -> Tensor | None:
+    """Accelerations from the torch.compile'd kernel, or None (after one warning) when compiling
+    is unavailable or fails; the eager kernel is then used for the rest of the process."""
+    try:
+        if _compiled["fn"] is None:
+            _compiled["fn"] = torch.compile(_fused_acc, dynamic=False)
+        return _compiled["fn"](m, x, eps2)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
+        _compiled["failed"] = True
+        warnings.warn(f"nbtoolkit: the compiled force kernel is unavailable ({type(exc).__name__}: "
+                      f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}); "
+                      "using the eager kernel", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def accelerations(mass: Tensor, position: Tensor, G: float = 1.0, softening: float = 0.0) -> Tensor:
@@ -299,6 +330,8 @@ def accelerations(mass: Tensor, position: Tensor, G: float = 1.0, softening: flo
     mass (..., N), position (..., N, D) -> acceleration (..., N, D), differentiable with respect
     to both. Bodies of zero mass exert no force and still feel the others. No (..., N, N, D)
     tensor is formed: temporaries stay within a fixed chunk budget (see the comment above).
+    With ``NBTOOLKIT_COMPILE=1`` evaluations without an autograd graph use a torch.compile'd
+    kernel instead (falling back to this one, with one warning, if compiling fails).
     """
     m, x, lead = _flatten(mass, position)
     batch, n, dim = x.shape
@@ -306,12 +339,17 @@ def accelerations(mass: Tensor, position: Tensor, G: float = 1.0, softening: flo
         return (x * 0).reshape(*lead, n, dim)
     eps2 = float(softening) ** 2
     pairs = _use_pairs(n, batch)
-    if batch * n * n * dim <= CHUNK_ELEMENTS and not pairs:
-        acc = _small_acc(m * G, x, eps2)
-    elif _needs_graph(m, x):
-        acc = _graph_acc(m * G, x, eps2, pairs)
-    else:
-        acc = _nograd_acc(m.detach(), x.detach(), G, eps2, pairs)
+    graph = _needs_graph(m, x)
+    acc = None
+    if not graph and batch * n * n <= COMPILE_MAX_PAIRS and compiled_kernel_requested():
+        acc = _compiled_acc((m * G).detach(), x.detach(), eps2)
+    if acc is None:
+        if batch * n * n * dim <= CHUNK_ELEMENTS and not pairs:
+            acc = _small_acc(m * G, x, eps2)
+        elif graph:
+            acc = _graph_acc(m * G, x, eps2, pairs)
+        else:
+            acc = _nograd_acc(m.detach(), x.detach(), G, eps2, pairs)
     return acc.reshape(*lead, n, dim)
 
 
