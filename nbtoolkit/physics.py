@@ -47,6 +47,11 @@ PAIR_MAX_N = 32
 PAIR_MIN_BATCH = 32
 #: systems per worker task on the pair path (long rows amortise the per-operation overhead)
 _PAIR_TASK_MIN = 512
+#: with an autograd graph: elements per temporary (larger chunks, fewer graph nodes), and the
+#: size of the whole pair problem (B N N D) above which chunks are checkpointed, i.e. recomputed
+#: in backward instead of kept: saved tensors then stay within a fixed budget too
+GRAPH_CHUNK_ELEMENTS = 1 << 18
+GRAPH_CHECKPOINT_ELEMENTS = 1 << 22
 
 
 @functools.lru_cache(maxsize=64)
@@ -150,8 +155,8 @@ def _rows_chunk_pot(xt: Tensor, m: Tensor, r0: int, r1: int, eps2: float) -> Ten
     return ((s.rsqrt() * m.unsqueeze(-2)).sum(-1) * m.narrow(1, r0, r1 - r0)).sum(-1)
 
 
-def _row_step(b: int, n: int) -> int:
-    return max(1, min(n, CHUNK_ELEMENTS // max(1, b * n)))
+def _row_step(b: int, n: int, budget: int | None = None) -> int:
+    return max(1, min(n, (CHUNK_ELEMENTS if budget is None else budget) // max(1, b * n)))
 
 
 def _rows_acc_nograd(xt: Tensor, m: Tensor, eps2: float, out: Tensor) -> None:
@@ -225,16 +230,16 @@ def _graph_acc(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
     if pairs:
         xt, mt = x.permute(1, 2, 0), m.t()
         pi, pj = _pair_index(n, x.device)
-        step = max(1, CHUNK_ELEMENTS // (dim * batch))
-        chunked = step < pi.numel()
+        step = max(1, GRAPH_CHUNK_ELEMENTS // (dim * batch))
+        chunked = pi.numel() * dim * batch > GRAPH_CHECKPOINT_ELEMENTS
         acc = None
         for s in range(0, pi.numel(), step):
             part = _checkpointed(_pairs_chunk_acc, xt, mt, pi[s : s + step], pj[s : s + step], eps2, chunked=chunked)
             acc = part if acc is None else acc + part
         return acc.permute(2, 0, 1)
     xt = x.transpose(1, 2)
-    step = _row_step(batch, n)
-    chunked = step < n
+    step = _row_step(batch, n, GRAPH_CHUNK_ELEMENTS)
+    chunked = batch * n * n * dim > GRAPH_CHECKPOINT_ELEMENTS
     rows = [_checkpointed(_rows_chunk_acc, xt, m, r0, min(n, r0 + step), eps2, chunked=chunked) for r0 in range(0, n, step)]
     return rows[0] if len(rows) == 1 else torch.cat(rows, 1)
 
@@ -245,14 +250,14 @@ def _graph_pot(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
     if pairs:
         xt, mt = x.permute(1, 2, 0), m.t()
         pi, pj = _pair_index(n, x.device)
-        step = max(1, CHUNK_ELEMENTS // (dim * batch))
-        chunked = step < pi.numel()
+        step = max(1, GRAPH_CHUNK_ELEMENTS // (dim * batch))
+        chunked = pi.numel() * dim * batch > GRAPH_CHECKPOINT_ELEMENTS
         parts = [_checkpointed(_pairs_chunk_pot, xt, mt, pi[s : s + step], pj[s : s + step], eps2, chunked=chunked)
                  for s in range(0, pi.numel(), step)]
         return torch.stack(parts).sum(0)
     xt = x.transpose(1, 2)
-    step = _row_step(batch, n)
-    chunked = step < n
+    step = _row_step(batch, n, GRAPH_CHUNK_ELEMENTS)
+    chunked = batch * n * n * dim > GRAPH_CHECKPOINT_ELEMENTS
     parts = [_checkpointed(_rows_chunk_pot, xt, m, r0, min(n, r0 + step), eps2, chunked=chunked)
              for r0 in range(0, n, step)]
     return 0.5 * torch.stack(parts).sum(0)
