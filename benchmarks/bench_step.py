@@ -14,12 +14,15 @@ system-step, which is what the whole batch would take one system at a time. Each
 about ``--seconds`` seconds and reports the best of three timed runs.
 
 ``--contend`` times the batched column twice per row, interleaved: on the machine as it is,
-and with one busy process (a pure-Python spin loop) beside it, and prints the ratio.
+and with one busy process (a pure-Python spin loop) beside it, and prints the ratio, next to
+the same ratio for REBOUND's single-threaded C loop (what the neighbour's fair share costs on
+this machine at this moment).
 ``--quick`` runs a subset of the table. ``--device cuda`` runs the batched side on a GPU.
 
 It then prints the force kernel alone against the previous (B, N, N, D) formulation, measured
-interleaved in this process, and the peak extra memory of one force evaluation (each measured
-in a fresh subprocess from its peak resident set size; on CUDA from the allocator's peak).
+interleaved in this process, and the peak extra memory of one force evaluation, including
+B = 64, N = 1024 (on CPU: the C heap in use, sampled after every torch operation; on CUDA the
+allocator's peak).
 
 Threads follow :mod:`nbtoolkit.threads`: one torch intra-op thread unless ``--threads`` says
 otherwise; the kernel's own worker pool is ``NBTOOLKIT_KERNEL_THREADS`` (default 1).
@@ -73,6 +76,7 @@ class Row:
     rebound: float | None
     looped_systems: int
     contended: float | None = None
+    rebound_contended: float | None = None
 
 
 def timed_rate(run: Callable[[int], None], work_per_step: int, seconds: float, repeats: int = 3, min_steps: int = 2,
@@ -241,52 +245,82 @@ def kernel_table(cells: list[tuple[int, int]], seconds: float, device: str) -> N
         print(f"{n:>4} {batch:>6} {best['previous']:15.4g} {best['current']:14.4g} {best['current'] / best['previous']:8.1f}x")
 
 
-_MEMORY_PROBE = r"""
-import resource, sys, torch
-from nbtoolkit.physics import accelerations
-sys.path.insert(0, {bench_dir!r})
-from bench_step import previous_accelerations
-torch.set_num_threads(1)
-kind, n, batch, device = {kind!r}, {n}, {batch}, {device!r}
-fn = accelerations if kind == "current" else previous_accelerations
-g = torch.Generator().manual_seed(0)
-x = torch.randn(batch, n, 3, dtype=torch.float64, generator=g).to(device)
-m = torch.rand(batch, n, dtype=torch.float64, generator=g).to(device)
-with torch.no_grad():
-    fn(m[:2, :8], x[:2, :8], 1.0, 0.01)  # load everything once
-    if device == "cuda":
-        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    a = fn(m, x, 1.0, 0.01)
-    if device == "cuda":
-        torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(peak - base)
-"""
+def _heap_in_use() -> Callable[[], int] | None:
+    """Bytes currently allocated from the C heap (glibc's mallinfo2, all arenas and mmapped
+    blocks: where torch's CPU tensors live), or None where that is unavailable."""
+    try:
+        import ctypes
 
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in
+                        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 
-def peak_extra_memory(kind: str, n: int, batch: int, device: str) -> int | None:
-    """Peak extra bytes of one force evaluation (output included), measured in a fresh process."""
-    code = _MEMORY_PROBE.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), kind=kind, n=n, batch=batch, device=device)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
         return None
-    return int(proc.stdout.strip().splitlines()[-1])
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
 
 
-def memory_table(device: str, quick: bool) -> None:
-    print("\nPeak extra memory of one force evaluation (MiB; output (B, N, 3) included; each in a fresh process):")
-    cells = [("current", 64, 256), ("previous", 64, 256), ("current", 64, 1024)]
-    if not quick:
-        cells.append(("current", 1024, 1024))
-    for kind, batch, n in cells:
-        peak = peak_extra_memory(kind, n, batch, device)
-        out = batch * n * 3 * 8 / 2**20
-        shown = "failed" if peak is None else f"{peak / 2**20:8.1f}"
-        print(f"  {kind:>8} kernel, B = {batch:>4}, N = {n:>4}: {shown}   (B N D = {out:.1f} MiB;"
-              f" a (B, N, N, D) tensor would be {batch * n * n * 3 * 8 / 2**20:,.0f} MiB)")
+def peak_extra_memory(fn: Callable[..., torch.Tensor], mass: torch.Tensor, position: torch.Tensor) -> int | None:
+    """Peak extra bytes during one force evaluation (its output included): on CUDA the
+    allocator's peak; on CPU the C heap in use, sampled after every torch operation."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    if position.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn(mass, position, 1.0, SOFTENING)
+        torch.cuda.synchronize()
+        del out
+        return torch.cuda.max_memory_allocated() - base
+    in_use = _heap_in_use()
+    if in_use is None:
+        return None
+
+    class Peak(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = in_use()
+            self.peak = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, in_use() - self.base)
+            return out
+
+    with Peak() as probe:
+        out = fn(mass, position, 1.0, SOFTENING)
+    del out
+    return probe.peak
+
+
+def memory_table(device: str) -> None:
+    print("\nPeak extra memory of one force evaluation (output (B, N, 3) included; kernel on one worker thread):")
+    old = os.environ.get("NBTOOLKIT_KERNEL_THREADS")
+    os.environ["NBTOOLKIT_KERNEL_THREADS"] = "1"  # the probe sees the operations of the calling thread
+    try:
+        g = torch.Generator().manual_seed(0)
+        for kind, batch, n in (("previous", 64, 256), ("current", 64, 256), ("current", 64, 1024), ("current", 4096, 64)):
+            fn = previous_accelerations if kind == "previous" else accelerations
+            x = torch.randn(batch, n, 3, dtype=torch.float64, generator=g).to(device)
+            m = torch.rand(batch, n, dtype=torch.float64, generator=g).to(device)
+            with torch.no_grad():
+                peak = peak_extra_memory(fn, m, x)
+            shown = "n/a" if peak is None else f"{peak / 2**20:9.1f} MiB"
+            print(f"  {kind:>8} kernel, B = {batch:>4}, N = {n:>4}: {shown}   (B N D = {batch * n * 3 * 8 / 2**20:.1f} MiB;"
+                  f" one (B, N, N, D) tensor = {batch * n * n * 3 * 8 / 2**20:,.0f} MiB)")
+    finally:
+        if old is None:
+            os.environ.pop("NBTOOLKIT_KERNEL_THREADS", None)
+        else:
+            os.environ["NBTOOLKIT_KERNEL_THREADS"] = old
 
 
 # ----------------------------------------------------------------------------- main
@@ -334,14 +368,18 @@ def main(argv: list[str] | None = None) -> int:
                 batched = max(batched, batched_rate(device_state, args.seconds))  # idle again, after
             numpy_loop = numpy_rate(state, looped, args.seconds)
             reb = rebound_rate(rebound, state, looped, args.seconds) if rebound is not None else None
-            rows.append(Row(n, batch, batched, numpy_loop, reb, looped, contended))
+            reb_contended = None
+            if args.contend and rebound is not None:  # the same neighbour's cost to single-threaded C
+                with BusyNeighbour():
+                    reb_contended = rebound_rate(rebound, state, looped, args.seconds)
+            rows.append(Row(n, batch, batched, numpy_loop, reb, looped, contended, reb_contended))
             print(f"  done N = {n}, B = {batch}", file=sys.stderr, flush=True)
 
     print()
     header = (f"{'N':>4} {'B':>6} {'batched steps/s':>16} {'numpy steps/s':>14} {'rebound steps/s':>16} "
               f"{'batched/numpy':>14} {'batched/rebound':>16}")
     if args.contend:
-        header += f" {'contended steps/s':>18} {'contended/idle':>15}"
+        header += f" {'contended steps/s':>18} {'contended/idle':>15} {'REBOUND c/i':>12}"
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -350,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         line = f"{row.n:>4} {row.batch:>6} {row.batched:16.4g} {row.numpy:14.4g} {reb} {row.batched / row.numpy:14.3g} {ratio}"
         if row.contended is not None:
             line += f" {row.contended:18.4g} {row.contended / row.batched:15.2f}"
+            line += f" {row.rebound_contended / row.rebound:12.2f}" if row.rebound_contended else f" {'n/a':>12}"
         print(line)
     print(f"(steps/s are system-steps per second; where B > {args.subset} the NumPy"
           f"{'' if rebound is None else ' and REBOUND'} loops timed {args.subset} of the systems "
@@ -379,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         kcells = [(3, 4096), (16, 1024), (64, 1024), (256, 64)] if args.quick else [(3, 4096), (16, 1024), (64, 1024), (256, 64), (256, 1)]
         with torch.no_grad():
             kernel_table(kcells, args.seconds, args.device)
-        memory_table(args.device, args.quick)
+        memory_table(args.device)
     return 0
 
 

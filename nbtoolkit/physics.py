@@ -210,7 +210,8 @@ def _batch_blocks(batch: int, n: int, pairs: bool, dim: int) -> list[tuple[int, 
     every operation on it (copies and accumulators included) stays within the chunk budget."""
     if pairs:
         widest = max(1, CHUNK_ELEMENTS // (n * dim))
-        size = min(widest, max(_PAIR_TASK_MIN, -(-batch // (4 * kernel_workers()))))
+        workers = kernel_workers()
+        size = widest if workers == 1 else min(widest, max(_PAIR_TASK_MIN, -(-batch // (4 * workers))))
     else:
         size = max(1, CHUNK_ELEMENTS // (n * max(n, dim)))
     count = -(-batch // size)
