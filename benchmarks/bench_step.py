@@ -79,16 +79,19 @@ class Row:
     rebound_contended: float | None = None
 
 
-def timed_rate(run: Callable[[int], None], work_per_step: int, seconds: float, repeats: int = 3, min_steps: int = 2,
+def timed_rate(run: Callable[[int], None], work_per_step: int, seconds: float, repeats: int = 3, min_steps: int = 1,
                sync: Callable[[], None] = lambda: None) -> float:
     """Units of work per second of ``run(steps)``, best of ``repeats`` timed runs (the fastest run
-    is the one least disturbed by other processes). A calibration run picks the step count."""
+    is the one least disturbed by other processes). A calibration run picks the step count; when
+    it alone takes longer than ``seconds`` it is the only run."""
     start = time.perf_counter()
     run(min_steps)
     sync()
     per_step = (time.perf_counter() - start) / min_steps
+    best = work_per_step / per_step
+    if per_step * min_steps > seconds:  # a slow cell: the calibration run is the measurement
+        return best
     steps = max(min_steps, int(seconds / repeats / max(per_step, 1e-9)))
-    best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
         run(steps)

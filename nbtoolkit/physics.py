@@ -3,7 +3,8 @@
 All functions take tensors with any leading batch shape ``...``: masses ``(..., N)``,
 positions and velocities ``(..., N, D)``. Everything is differentiable (the diagonal
 self-interaction never produces NaN gradients). The force kernel behind :func:`accelerations`
-and :func:`potential_energy` loops in Python only over chunks of a fixed size (see below). Energies are in the user's units with the given ``G``; softening ``eps`` enters as
+and :func:`potential_energy` loops in Python only over chunks of a fixed size (see below).
+Energies are in the user's units with the given ``G``; softening ``eps`` enters as
 ``1 / sqrt(r^2 + eps^2)`` (Plummer).
 """
 
@@ -26,8 +27,9 @@ from .threads import CHUNK_ELEMENTS, kernel_workers, run_blocks
 #
 # The formulations below compute exactly the sums of the textbook kernel, pair by pair, on
 # component-wise differences x_j - x_i (no cancellation against |x|), and never form a
-# (..., N, N, D) tensor: every temporary holds at most threads.CHUNK_ELEMENTS numbers, so peak
-# extra memory is the (B, N, D) input/output copies plus a fixed budget per worker thread.
+# (..., N, N, D) tensor: every temporary holds at most threads.CHUNK_ELEMENTS numbers (below
+# torch's parallel grain; GRAPH_CHUNK_ELEMENTS with an autograd graph), so peak extra memory
+# is the (B, N, D) input/output copies plus a fixed budget per worker thread.
 #
 # * "pairs" (small N, large batch): the batch is the innermost, contiguous dimension and only
 #   the N (N - 1) / 2 pairs i < j are visited (Newton's third law gives the force on j). Every
@@ -39,8 +41,10 @@ from .threads import CHUNK_ELEMENTS, kernel_workers, run_blocks
 #
 # Without an autograd graph, independent blocks of the batch run on the kernel's worker threads
 # (see nbtoolkit.threads). With a graph (training), one thread computes the same operations out
-# of place, and a problem larger than one chunk is checkpointed chunk by chunk, so backward
-# recomputes each chunk instead of storing it: memory stays bounded there too.
+# of place, and a problem larger than GRAPH_CHECKPOINT_ELEMENTS is checkpointed chunk by chunk,
+# so backward recomputes each chunk instead of storing it: memory stays bounded there too.
+# Results agree with the textbook (B, N, N, D) formulation to round-off (about 1e-14 relative;
+# the order of the sums differs between paths, so they are not bitwise equal).
 
 #: the pair formulation is used for N up to this (and batches of at least PAIR_MIN_BATCH)
 PAIR_MAX_N = 32
@@ -104,7 +108,7 @@ def _pairs_chunk_pot(xt: Tensor, mt: Tensor, i: Tensor, j: Tensor, eps2: float) 
 
 
 def _pairs_acc_nograd(xt: Tensor, mt: Tensor, eps2: float) -> Tensor:
-    """In-place version of the sum of _pairs_chunk_acc over all pairs (same operations and results)."""
+    """In place, without a graph: the sum of _pairs_chunk_acc over all pairs (same operations)."""
     n, d, b = xt.shape
     pi, pj = _pair_index(n, xt.device)
     step = max(1, CHUNK_ELEMENTS // (d * b))
