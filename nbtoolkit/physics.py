@@ -36,8 +36,8 @@ from .threads import CHUNK_ELEMENTS, kernel_workers, run_blocks
 #   operation then runs over long contiguous rows of systems, whatever N.
 # * "rows" (larger N, or few systems): blocks of systems and of rows i, each (b, rows, N), with
 #   all N columns j; 1 / r_ii is made exactly 0 (r_ii^2 = +inf), so the diagonal adds nothing.
-# * "small" (the whole B N N D fits in one chunk, outside the pair path): the same sums in the
-#   fewest operations, since per-operation overhead is all that matters there.
+# * "small" (B N N D up to SMALL_ELEMENTS, or up to one chunk outside the pair path): the same
+#   sums in the fewest operations, since per-operation overhead is all that matters there.
 #
 # Without an autograd graph, independent blocks of the batch run on the kernel's worker threads
 # (see nbtoolkit.threads). With a graph (training), one thread computes the same operations out
@@ -56,6 +56,8 @@ _PAIR_TASK_MIN = 512
 #: in backward instead of kept: saved tensors then stay within a fixed budget too
 GRAPH_CHUNK_ELEMENTS = 1 << 18
 GRAPH_CHECKPOINT_ELEMENTS = 1 << 22
+#: below this B N N D the "small" path (fewest operations) beats the pair path
+SMALL_ELEMENTS = 4096
 
 
 @functools.lru_cache(maxsize=64)
@@ -78,6 +80,13 @@ def _needs_graph(*tensors: Tensor) -> bool:
 
 def _use_pairs(n: int, batch: int) -> bool:
     return 2 <= n <= PAIR_MAX_N and batch >= PAIR_MIN_BATCH
+
+
+def _use_small(batch: int, n: int, dim: int, pairs: bool) -> bool:
+    """Whole problem in one go: always when tiny (operation count is all that matters), and up to
+    one chunk when the pair path does not apply."""
+    size = batch * n * n * dim
+    return size <= SMALL_ELEMENTS or (not pairs and size <= CHUNK_ELEMENTS)
 
 
 def _flatten(mass: Tensor, position: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
@@ -354,7 +363,7 @@ def accelerations(mass: Tensor, position: Tensor, G: float = 1.0, softening: flo
     if not graph and batch * n * n <= COMPILE_MAX_PAIRS and compiled_kernel_requested():
         acc = _compiled_acc((m * G).detach(), x.detach(), eps2)
     if acc is None:
-        if batch * n * n * dim <= CHUNK_ELEMENTS and not pairs:
+        if _use_small(batch, n, dim, pairs):
             acc = _small_acc(m * G, x, eps2)
         elif graph:
             acc = _graph_acc(m * G, x, eps2, pairs)
@@ -379,7 +388,7 @@ def potential_energy(mass: Tensor, position: Tensor, G: float = 1.0, softening: 
         return (x * 0).sum((-1, -2)).reshape(lead)
     eps2 = float(softening) ** 2
     pairs = _use_pairs(n, batch)
-    if batch * n * n * x.shape[-1] <= CHUNK_ELEMENTS and not pairs:
+    if _use_small(batch, n, x.shape[-1], pairs):
         u = _small_pot(m, x, eps2)
     elif _needs_graph(m, x):
         u = _graph_pot(m, x, eps2, pairs)

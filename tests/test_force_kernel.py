@@ -73,11 +73,21 @@ def tiny_chunks(monkeypatch):
     monkeypatch.setattr(physics, "CHUNK_ELEMENTS", 64)
     monkeypatch.setattr(physics, "GRAPH_CHUNK_ELEMENTS", 64)
     monkeypatch.setattr(physics, "GRAPH_CHECKPOINT_ELEMENTS", 128)
+    monkeypatch.setattr(physics, "SMALL_ELEMENTS", 0)
     monkeypatch.setattr(physics, "_PAIR_TASK_MIN", 4)
 
 
-# (batch, n, dim): small path, pair path, row path with several row chunks, 2-D
-CASES = [(2, 3, 3), (40, 5, 3), (3, 40, 3), (33, 4, 2), (1, 2, 3)]
+# (batch, n, dim) -> path with the default budgets: small, pairs, rows, pairs in 2-D, small
+CASES = [(2, 3, 3), (64, 5, 3), (3, 70, 3), (40, 8, 2), (1, 2, 3)]
+
+
+def path(batch, n, dim):
+    pairs = physics._use_pairs(n, batch)
+    return "small" if physics._use_small(batch, n, dim, pairs) else "pairs" if pairs else "rows"
+
+
+def test_the_cases_cover_every_path():
+    assert [path(*case) for case in CASES] == ["small", "pairs", "rows", "pairs", "small"]
 
 
 @pytest.mark.parametrize("chunks", ["default", "tiny"])
@@ -116,8 +126,8 @@ def test_graph_and_no_graph_paths_agree(batch, n, dim, tiny_chunks):
     torch.testing.assert_close(pot1.detach(), pot0, rtol=1e-13, atol=0)
 
 
-@pytest.mark.parametrize("batch, n", [(2, 3), (32, 3), (2, 9)])
-@pytest.mark.parametrize("chunks", ["default", "tiny"])
+@pytest.mark.parametrize("chunks, batch, n", [("default", 2, 3), ("default", 64, 5), ("default", 2, 9),
+                                              ("tiny", 2, 3), ("tiny", 32, 3), ("tiny", 2, 9)])
 def test_gradcheck_positions_masses_and_dt(batch, n, chunks, request):
     if chunks == "tiny":
         request.getfixturevalue("tiny_chunks")
@@ -144,7 +154,7 @@ def test_accelerations_are_minus_gradient_of_potential_on_every_path(tiny_chunks
         torch.testing.assert_close(accelerations(mass, pos, 1.0, 0.05), -grad / mass.unsqueeze(-1), rtol=1e-11, atol=1e-12)
 
 
-@pytest.mark.parametrize("batch, n", [(2, 5), (40, 5), (3, 40)])
+@pytest.mark.parametrize("batch, n", [(2, 5), (64, 5), (3, 70)])
 def test_zero_mass_bodies_exert_nothing_but_feel_the_others(batch, n):
     mass, pos = cluster(batch, n + 2, seed=5)
     mass[:, -2:] = 0.0
