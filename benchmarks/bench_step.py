@@ -18,6 +18,7 @@ and with one busy process (a pure-Python spin loop) beside it, and prints the ra
 the same ratio for REBOUND's single-threaded C loop (what the neighbour's fair share costs on
 this machine at this moment).
 ``--quick`` runs a subset of the table. ``--device cuda`` runs the batched side on a GPU.
+``--compiled`` adds the opt-in compiled kernel (``NBTOOLKIT_COMPILE=1``) to the kernel table.
 
 It then prints the force kernel alone against the previous (B, N, N, D) formulation, measured
 interleaved in this process, and the peak extra memory of one force evaluation, including
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 
 from nbtoolkit import get_host
-from nbtoolkit.physics import accelerations
+from nbtoolkit.physics import COMPILE_ENV, accelerations
 from nbtoolkit.presets import plummer
 from nbtoolkit.state import NBodyState
 from nbtoolkit.threads import apply_thread_policy, kernel_workers
@@ -229,23 +230,48 @@ def previous_accelerations(mass: torch.Tensor, position: torch.Tensor, G: float 
     return G * (weights.unsqueeze(-2) @ disp).squeeze(-2)
 
 
-def kernel_table(cells: list[tuple[int, int]], seconds: float, device: str) -> None:
-    print("\nForce kernel alone (one evaluation), previous formulation against the current one, interleaved:")
-    header = f"{'N':>4} {'B':>6} {'previous sys/s':>15} {'current sys/s':>14} {'speed-up':>9}"
+def compiled_accelerations(mass: torch.Tensor, position: torch.Tensor, G: float, softening: float) -> torch.Tensor:
+    """The kernel with NBTOOLKIT_COMPILE=1 (torch.compile'd when it works, eager after a warning)."""
+    old = os.environ.get(COMPILE_ENV)
+    os.environ[COMPILE_ENV] = "1"
+    try:
+        return accelerations(mass, position, G, softening)
+    finally:
+        if old is None:
+            os.environ.pop(COMPILE_ENV, None)
+        else:
+            os.environ[COMPILE_ENV] = old
+
+
+def kernel_table(cells: list[tuple[int, int]], seconds: float, device: str, compiled: bool) -> None:
+    print("\nForce kernel alone (one evaluation), previous formulation against the current one, interleaved"
+          + (" (compiled: NBTOOLKIT_COMPILE=1, compile time excluded):" if compiled else ":"))
+    kinds = [("previous", previous_accelerations), ("current", accelerations)]
+    if compiled:
+        kinds.append(("compiled", compiled_accelerations))
+    header = f"{'N':>4} {'B':>6} " + " ".join(f"{name + ' sys/s':>15}" for name, _ in kinds) + f" {'current/previous':>17}"
+    if compiled:
+        header += f" {'compiled/current':>17}"
     print(header)
     print("-" * len(header))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for n, batch in cells:
         state = make_state(n, batch, device)
         m, x = state.mass, state.position
-        best = {"previous": 0.0, "current": 0.0}
+        if compiled:
+            compiled_accelerations(m, x, 1.0, SOFTENING)  # compile outside the timing
+        best = {name: 0.0 for name, _ in kinds}
         for _ in range(2):
-            for name, fn in (("previous", previous_accelerations), ("current", accelerations)):
+            for name, fn in kinds:
                 def run(steps: int, fn: Callable[..., torch.Tensor] = fn) -> None:
                     for _ in range(steps):
                         fn(m, x, 1.0, SOFTENING)
                 best[name] = max(best[name], timed_rate(run, batch, seconds / 2, repeats=2, min_steps=1, sync=sync))
-        print(f"{n:>4} {batch:>6} {best['previous']:15.4g} {best['current']:14.4g} {best['current'] / best['previous']:8.1f}x")
+        line = f"{n:>4} {batch:>6} " + " ".join(f"{best[name]:15.4g}" for name, _ in kinds)
+        line += f" {best['current'] / best['previous']:16.1f}x"
+        if compiled:
+            line += f" {best['compiled'] / best['current']:16.2f}x"
+        print(line)
 
 
 def _heap_in_use() -> Callable[[], int] | None:
@@ -337,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device of the batched side")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: nbtoolkit's thread policy)")
     parser.add_argument("--no-kernel-table", action="store_true", help="skip the kernel-alone and memory tables")
+    parser.add_argument("--compiled", action="store_true",
+                        help="add the opt-in compiled kernel (NBTOOLKIT_COMPILE=1) to the kernel-alone table")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is available here")
@@ -420,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_kernel_table:
         kcells = [(3, 4096), (16, 1024), (64, 1024), (256, 64)] if args.quick else [(3, 4096), (16, 1024), (64, 1024), (256, 64), (256, 1)]
         with torch.no_grad():
-            kernel_table(kcells, args.seconds, args.device)
+            kernel_table(kcells, args.seconds, args.device, args.compiled)
         memory_table(args.device)
     return 0
 

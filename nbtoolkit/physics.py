@@ -308,8 +308,10 @@ def _nograd_pot(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
 # --- optional compiled path (opt-in: NBTOOLKIT_COMPILE=1)
 #: environment variable that routes gradient-free force evaluations through torch.compile
 COMPILE_ENV = "NBTOOLKIT_COMPILE"
-#: largest B N N handed to the compiled kernel (beyond it the eager kernel bounds memory)
+#: largest B N N handed to the compiled kernel (beyond it the eager kernel bounds memory), and
+#: largest N (beyond it the eager kernel was faster: 0.8x at N = 64 and 256; 1.4-2.2x at N <= 16)
 COMPILE_MAX_PAIRS = 1 << 22
+COMPILE_MAX_N = 32
 _compiled: dict[str, Any] = {"fn": None, "failed": False}
 
 
@@ -360,7 +362,7 @@ def accelerations(mass: Tensor, position: Tensor, G: float = 1.0, softening: flo
     pairs = _use_pairs(n, batch)
     graph = _needs_graph(m, x)
     acc = None
-    if not graph and batch * n * n <= COMPILE_MAX_PAIRS and compiled_kernel_requested():
+    if not graph and n <= COMPILE_MAX_N and batch * n * n <= COMPILE_MAX_PAIRS and compiled_kernel_requested():
         acc = _compiled_acc((m * G).detach(), x.detach(), eps2)
     if acc is None:
         if _use_small(batch, n, dim, pairs):
