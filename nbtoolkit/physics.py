@@ -58,6 +58,13 @@ GRAPH_CHUNK_ELEMENTS = 1 << 18
 GRAPH_CHECKPOINT_ELEMENTS = 1 << 22
 #: below this B N N D the "small" path (fewest operations) beats the pair path
 SMALL_ELEMENTS = 4096
+#: elements per temporary on GPUs and other devices, where no OpenMP grain applies and each
+#: operation costs a kernel launch: chunks there only bound memory (128 MiB in float64)
+DEVICE_CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunk(t: Tensor) -> int:
+    return CHUNK_ELEMENTS if t.device.type == "cpu" else DEVICE_CHUNK_ELEMENTS
 
 
 @functools.lru_cache(maxsize=64)
@@ -120,7 +127,7 @@ def _pairs_acc_nograd(xt: Tensor, mt: Tensor, eps2: float) -> Tensor:
     """In place, without a graph: the sum of _pairs_chunk_acc over all pairs (same operations)."""
     n, d, b = xt.shape
     pi, pj = _pair_index(n, xt.device)
-    step = max(1, CHUNK_ELEMENTS // (d * b))
+    step = max(1, _chunk(xt) // (d * b))
     acc = torch.zeros_like(xt)
     for s in range(0, pi.numel(), step):
         i, j = pi[s : s + step], pj[s : s + step]
@@ -135,7 +142,7 @@ def _pairs_acc_nograd(xt: Tensor, mt: Tensor, eps2: float) -> Tensor:
 def _pairs_pot_nograd(xt: Tensor, mt: Tensor, eps2: float) -> Tensor:
     n, d, b = xt.shape
     pi, pj = _pair_index(n, xt.device)
-    step = max(1, CHUNK_ELEMENTS // (d * b))
+    step = max(1, _chunk(xt) // (d * b))
     total = xt.new_zeros(b)
     for s in range(0, pi.numel(), step):
         total += _pairs_chunk_pot(xt, mt, pi[s : s + step], pj[s : s + step], eps2)
@@ -175,7 +182,7 @@ def _row_step(b: int, n: int, budget: int | None = None) -> int:
 def _rows_acc_nograd(xt: Tensor, m: Tensor, eps2: float, out: Tensor) -> None:
     """In-place version of _rows_chunk_acc over all rows, written into out (b, N, D)."""
     b, dim, n = xt.shape
-    step = _row_step(b, n)
+    step = _row_step(b, n, _chunk(xt))
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
         d = [c.unsqueeze(-2) - c.narrow(-1, r0, r1 - r0).unsqueeze(-1) for c in xt.unbind(1)]
@@ -192,7 +199,7 @@ def _rows_acc_nograd(xt: Tensor, m: Tensor, eps2: float, out: Tensor) -> None:
 
 def _rows_pot_nograd(xt: Tensor, m: Tensor, eps2: float) -> Tensor:
     b, _, n = xt.shape
-    step = _row_step(b, n)
+    step = _row_step(b, n, _chunk(xt))
     total = xt.new_zeros(b)
     for r0 in range(0, n, step):
         total += _rows_chunk_pot(xt, m, r0, min(n, r0 + step), eps2)
@@ -218,15 +225,15 @@ def _small_pot(m: Tensor, x: Tensor, eps2: float) -> Tensor:
     return 0.5 * ((s.rsqrt() * m.unsqueeze(-2)).sum(-1) * m).sum(-1)
 
 
-def _batch_blocks(batch: int, n: int, pairs: bool, dim: int) -> list[tuple[int, int]]:
+def _batch_blocks(batch: int, n: int, pairs: bool, dim: int, budget: int) -> list[tuple[int, int]]:
     """Independent, nearly equal blocks of systems for the worker threads, each small enough that
     every operation on it (copies and accumulators included) stays within the chunk budget."""
     if pairs:
-        widest = max(1, CHUNK_ELEMENTS // (n * dim))
+        widest = max(1, budget // (n * dim))
         workers = kernel_workers()
         size = widest if workers == 1 else min(widest, max(_PAIR_TASK_MIN, -(-batch // (4 * workers))))
     else:
-        size = max(1, CHUNK_ELEMENTS // (n * max(n, dim)))
+        size = max(1, budget // (n * max(n, dim)))
     count = -(-batch // size)
     size = -(-batch // count)
     return [(s, min(size, batch - s)) for s in range(0, batch, size)]
@@ -287,7 +294,7 @@ def _nograd_acc(m: Tensor, x: Tensor, G: float, eps2: float, pairs: bool) -> Ten
         else:
             _rows_acc_nograd(xb.transpose(1, 2).contiguous(), mb * G, eps2, ob)
 
-    run_blocks(block, _batch_blocks(batch, n, pairs, dim))
+    run_blocks(block, _batch_blocks(batch, n, pairs, dim, _chunk(x)))
     return out
 
 
@@ -301,7 +308,7 @@ def _nograd_pot(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
         else:
             ob.copy_(_rows_pot_nograd(xb.transpose(1, 2).contiguous(), mb, eps2)).mul_(0.5)
 
-    run_blocks(block, _batch_blocks(batch, n, pairs, dim))
+    run_blocks(block, _batch_blocks(batch, n, pairs, dim, _chunk(x)))
     return out
 
 

@@ -212,6 +212,18 @@ def test_no_temporary_grows_like_b_n_n(batch, n, graph):
     assert probe.largest <= bound < batch * n * n
 
 
+def test_device_budget_gives_the_same_answer(monkeypatch):
+    """The large chunks used off the CPU (one block, one chunk) compute the same sums."""
+    cases = [cluster(64, 5, seed=12), cluster(3, 70, seed=13), cluster(600, 16, seed=14)]
+    with torch.no_grad():
+        cpu = [(accelerations(m, x, 1.0, 0.01), potential_energy(m, x, 1.0, 0.01)) for m, x in cases]
+        monkeypatch.setattr(physics, "_chunk", lambda t: physics.DEVICE_CHUNK_ELEMENTS)
+        big = [(accelerations(m, x, 1.0, 0.01), potential_energy(m, x, 1.0, 0.01)) for m, x in cases]
+    for (a0, u0), (a1, u1) in zip(cpu, big):
+        torch.testing.assert_close(a1, a0, rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(u1, u0, rtol=1e-13, atol=0)
+
+
 def test_worker_pool_gives_the_same_answer(monkeypatch):
     mass, pos = cluster(1500, 5, seed=4)
     rows_mass, rows_pos = cluster(24, 70, seed=6)
@@ -285,6 +297,7 @@ def test_compiled_path_is_off_unless_asked(monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler for inductor")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch's compiler stack
 def test_compiled_path_matches_the_double_loop(fresh_compiled):
     mass, pos = cluster(4, 6, seed=10)
     mass[:, 0] = 0.0
