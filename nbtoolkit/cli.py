@@ -414,7 +414,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not _is_allocation_failure(exc):
+                raise
+            raise NBToolkitError(f"out of memory ({' '.join(str(exc).split())[-200:] or type(exc).__name__}); "
+                                 "use a smaller system, fewer systems or fewer steps") from exc
     except (NBToolkitError, RunStopped, KeyboardInterrupt) as exc:
         if args.debug:
             raise
@@ -423,6 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         print(f"nbtoolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    text = str(exc)
+    return "can't allocate memory" in text or "not enough memory" in text or "out of memory" in text.lower()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -90,18 +90,9 @@ def _allowed_dtype(dtype: np.dtype) -> bool:
 
 
 def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable, else physical pages), or None."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    from .validate import available_memory
+
+    return available_memory()
 
 
 def _gib(n: float) -> str:
@@ -155,18 +146,10 @@ def _preflight(path: Path) -> None:
             shapes[key] = tuple(int(n) for n in shape)
     position = shapes.get("position")
     if position and len(position) in (2, 3):
+        from .validate import check_state_memory
+
         B = position[0] if len(position) == 3 else 1
-        N, D = position[-2], position[-1]
-        state_bytes = 8 * B * N * (1 + 2 * D + 1 * D)  # mass, position, velocity, acceleration cache (float64)
-        pair_bytes = 8 * B * N * N * (D + 2)  # the pairwise force kernel's intermediates
-        need = state_bytes * 4 + pair_bytes
-        have = _available_memory()
-        if have is not None and need > have:
-            raise StateFileError(
-                f"{path}: a state of {B} system(s) of {N} bodies in {D}-D needs about {_gib(need)} of memory to step "
-                f"(the pairwise forces alone take {_gib(pair_bytes)}); only {_gib(have)} is available. Use fewer bodies "
-                "or systems"
-            )
+        check_state_memory(B, position[-2], position[-1], str(path), available=_available_memory, error=StateFileError)
 
 
 def _numeric(archive: Any, path: Path, key: str) -> np.ndarray:

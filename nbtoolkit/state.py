@@ -180,6 +180,9 @@ class NBodyState:
             raise InvalidStateError(f"{where}: G must be finite and > 0; got {self.G}")
         if not (np.isfinite(self.softening) and self.softening >= 0):
             raise InvalidStateError(f"{where}: softening must be finite and >= 0; got {self.softening}")
+        from .validate import check_state_memory
+
+        check_state_memory(B, N, x.shape[2], where)
         if self.softening == 0 and N > 1:
             d2 = (x.unsqueeze(-2) - x.unsqueeze(-3)).square().sum(-1)
             d2 = d2 + torch.eye(N, dtype=d2.dtype, device=d2.device) * torch.finfo(d2.dtype).max

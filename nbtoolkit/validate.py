@@ -145,6 +145,47 @@ def energy_normalisable(state: Any, where: str = "state") -> None:
         )
 
 
+# ----------------------------------------------------------------------------- memory
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable, else physical memory), or None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def state_memory(batch: int, bodies: int, dim: int, itemsize: int = 8) -> tuple[int, int]:
+    """(bytes to hold and step a state, bytes of that for the pairwise force kernel): a few copies of
+    mass, positions, velocities and accelerations, plus the (B, N, N, D + 2) pair intermediates."""
+    pair = itemsize * batch * bodies * bodies * (dim + 2)
+    return 4 * itemsize * batch * bodies * (1 + 3 * dim) + pair, pair
+
+
+def check_state_memory(batch: int, bodies: int, dim: int, where: str = "state", *,
+                       available: Callable[[], int | None] | None = None, error: type[Exception] = InvalidStateError) -> None:
+    """Refuse, before allocating it, a state whose force evaluation would not fit in the memory available."""
+    need, pair = state_memory(batch, bodies, dim)
+    if need < 2**26 and available is None:
+        return  # small states: no need to ask the system
+    have = (available or available_memory)()
+    if have is not None and need > have:
+        raise error(
+            f"{where}: {batch} system(s) of {bodies} bodies in {dim}-D need about {_gib(need)} of memory to step "
+            f"(the pairwise forces alone take {_gib(pair)}); only {_gib(have)} is available. Use fewer bodies or systems"
+        )
+
+
 # ----------------------------------------------------------------------------- output paths
 def writable_file(path: str | os.PathLike[str] | None, what: str) -> None:
     """Check, before any work starts, that ``path`` can be written (atomically, via a temporary

@@ -191,7 +191,7 @@ def test_a_state_too_large_for_memory_is_refused_with_an_estimate(tmp_path, monk
 
     save_state(tmp_path / "s.npz", NBodyState.from_arrays(GOOD["mass"], GOOD["position"], GOOD["velocity"]))
     monkeypatch.setattr(nbio, "_available_memory", lambda: 100)
-    with pytest.raises(StateFileError, match="needs about .* of memory"):
+    with pytest.raises(StateFileError, match="need about .* of memory"):
         load_state(tmp_path / "s.npz")
 
 
@@ -469,3 +469,32 @@ def test_trace_names_the_plugins_that_answer(capsys):
     host.hook.nbtoolkit_register_integrators(register=lambda *a: None)
     err = capsys.readouterr().err
     assert "nbtoolkit_register_integrators answered by 'plugins.integrators'" in err
+
+
+def test_a_preset_too_large_for_memory_is_refused_before_stepping(capsys, monkeypatch):
+    import nbtoolkit.validate as validate
+
+    monkeypatch.setattr(validate, "available_memory", lambda: 2**27)
+    code, _, err = run_cli(capsys, "simulate", "--preset", "plummer", "--n", "3000", "--steps", "1")
+    assert code == 2 and "need about" in err and "of memory" in err and "Traceback" not in err
+
+
+def test_allocation_failures_become_one_paragraph(capsys, monkeypatch):
+    import nbtoolkit.cli as cli
+
+    def explode(args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 96000000000000 bytes")
+
+    monkeypatch.setattr(cli, "cmd_plugins", explode)
+    parser_func = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser_func(), explode))
+    code, _, err = run_cli(capsys, "plugins")
+    assert code == 2 and "out of memory" in err
+
+
+def _with_func(parser, func):
+    parser.set_defaults(func=func)
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.set_defaults(func=func)
+    return parser
