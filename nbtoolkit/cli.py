@@ -91,8 +91,11 @@ def _integrator_and_checkpoint(host: PluginHost, args: argparse.Namespace) -> tu
 
         trained, data = load_trained(args.checkpoint, host=host)
         stored = data["plugins"]["integrator"]["name"]
+        stored_options = data["config"].get("integrator_options") or {}
         if name is None:
             name = stored
+            if not args.integrator_option:
+                return host.integrators.create(name, **stored_options), trained
         elif name != stored:
             print(f"nbtoolkit {args.command}: warning: checkpoint '{args.checkpoint}' was trained with integrator "
                   f"'{stored}'; flying it with '{name}' as --integrator asks (its dt may not suit it)", file=sys.stderr)

@@ -448,3 +448,14 @@ def test_python_m_gui_without_a_display_exits_with_a_message():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "no display" in proc.stderr
+
+
+def test_the_viewer_flies_with_the_loaded_configs_integrator_options(qtbot, host):
+    from nbtoolkit.training import TrainConfig as _TrainConfig
+
+    panel = ControlPanel(host)
+    qtbot.addWidget(panel)
+    panel.set_config(_TrainConfig(integrator="rk4", integrator_options={"x": 1}))
+    assert panel.integrator_options() == {"x": 1}
+    panel.integrator_combo.setCurrentText("leapfrog")
+    assert panel.integrator_options() == {}

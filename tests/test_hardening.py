@@ -498,3 +498,42 @@ def _with_func(parser, func):
         for sub in action.choices.values():
             sub.set_defaults(func=func)
     return parser
+
+
+class _OptionIntegratorPlugin:
+    @staticmethod
+    def make(substeps: int = 1):
+        from plugins.integrators import Leapfrog
+
+        integrator = Leapfrog()
+        integrator.substeps = substeps
+        return integrator
+
+    @hookimpl
+    def nbtoolkit_register_integrators(self, register):
+        register("opt-leapfrog", self.make)
+
+
+def test_integrator_options_from_toml_reach_training_the_checkpoint_and_simulate(host, tmp_path, capsys):
+    name = host.register_plugin(_OptionIntegratorPlugin(), name="opt-plugin")
+    try:
+        config = tmp_path / "run.toml"
+        config.write_text('integrator = "opt-leapfrog"\n[integrator_options]\nsubsteps = 3\n')
+        cfg = TrainConfig.from_toml(config)
+        assert cfg.integrator_options == {"substeps": 3}
+        system = make_preset("kepler")
+        trainer = Trainer(cfg.replace(epochs=1, **SMALL), system.state, host=host)
+        assert trainer.integrator.substeps == 3
+        path = trainer.save_checkpoint(tmp_path / "m.pt")
+        from nbtoolkit.cli import _integrator_and_checkpoint
+        import argparse
+
+        args = argparse.Namespace(integrator=None, integrator_option=None, checkpoint=path, predictor_option=None,
+                                  command="simulate")
+        integrator, predictor = _integrator_and_checkpoint(host, args)
+        assert integrator.substeps == 3 and predictor is not None
+        args.integrator_option = [("substeps", 5)]
+        assert _integrator_and_checkpoint(host, args)[0].substeps == 5
+    finally:
+        host.unregister_plugin(name)
+

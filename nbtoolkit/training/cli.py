@@ -68,6 +68,7 @@ KEY_HELP: dict[str, str] = {
     "predictor_options": "extra predictor factory option KEY=VALUE (repeatable), e.g. init_factor=0.01",
     "sampler_options": "replay sampler option KEY=VALUE (repeatable), e.g. alpha=0.7",
     "fallback_options": "fallback predictor option KEY=VALUE (repeatable), e.g. eta=0.02",
+    "integrator_options": "integrator factory option KEY=VALUE (repeatable)",
     "history_len": "number of past accepted states the predictor sees (default 0)",
     "hidden_width": "width of the predictor's hidden layers (default 64)",
     "hidden_layers": "number of hidden layers (default 2)",
@@ -89,6 +90,7 @@ _FLAG_NAMES: dict[str, list[str]] = {
     "predictor_options": ["--predictor-option"],
     "sampler_options": ["--sampler-option"],
     "fallback_options": ["--fallback-option"],
+    "integrator_options": ["--integrator-option"],
 }
 
 

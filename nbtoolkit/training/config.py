@@ -78,6 +78,7 @@ class TrainConfig:
     predictor_options: dict[str, Any] = field(default_factory=dict)
     sampler_options: dict[str, Any] = field(default_factory=dict)
     fallback_options: dict[str, Any] = field(default_factory=dict)
+    integrator_options: dict[str, Any] = field(default_factory=dict)
     # architecture of the learned predictor
     history_len: int = 0  #: K past accepted states the predictor sees
     hidden_width: int = 64
@@ -121,7 +122,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of every key (option tables copied), suitable for TOML, JSON and checkpoints."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key in ("predictor_options", "sampler_options", "fallback_options"):
+        for key in ("predictor_options", "sampler_options", "fallback_options", "integrator_options"):
             out[key] = dict(out[key])
         return out
 
@@ -300,6 +301,7 @@ _RULES: dict[str, Callable[[str, Any], Any]] = {
     "predictor_options": _options,
     "sampler_options": _options,
     "fallback_options": _options,
+    "integrator_options": _options,
     "history_len": _int(0, 1024),
     "hidden_width": _int(1),
     "hidden_layers": _int(1),

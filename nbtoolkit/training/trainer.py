@@ -94,7 +94,7 @@ class Trainer:
                                   "this state has none (use a periodic preset or pass period=...)")
             self.stop_time = self.state.time + self.period
 
-        self.integrator = self.host.integrators.create(config.integrator)
+        self.integrator = self.host.integrators.create(config.integrator, **config.integrator_options)
         accepted = self.host.predictors.get(config.predictor).accepted_options()
         self.predictor_options = config.predictor_build_options(accepted)
         if predictor is None:
