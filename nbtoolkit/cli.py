@@ -1,4 +1,4 @@
-"""The ``nbtoolkit`` command line: ``plugins``, ``simulate``, ``train``, ``gui``.
+"""The ``nbtoolkit`` command line: ``plugins``, ``new-plugin``, ``simulate``, ``train``, ``evaluate``, ``gui``.
 
 User errors (bad input, unknown names, broken plugins) print one paragraph on stderr and exit
 with status 2; ``--debug`` shows the traceback instead.
@@ -132,6 +132,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print("\nfailed to load:", file=sys.stderr if not args.verbose else sys.stdout)
         for failure in host.failures:
             print(f"  {failure}", file=sys.stderr if not args.verbose else sys.stdout)
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import module_name, new_plugin
+
+    folder = new_plugin(args.name, args.dir)
+    print(f"wrote {folder}/ (module {module_name(args.name)}, integrator '{args.name}')\n"
+          f"next: pip install -e {folder} && python -m pytest -q {folder}")
     return 0
 
 
@@ -374,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="also show each plugin's hooks and load failures")
     p.add_argument("--json", action="store_true", help="print registry entries, plugins, hooks and failures as JSON")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("new-plugin", help="write a plugin package (an integrator, pyproject.toml, tests) to start from")
+    p.add_argument("name", help="plugin and integrator name, e.g. forest-ruth")
+    p.add_argument("--dir", type=Path, default=Path("."), help="where to create nbtoolkit-NAME/ (default: here)")
+    p.set_defaults(func=cmd_new_plugin)
 
     p = sub.add_parser("simulate", help="run a simulation headless and write its trajectory")
     add_simulate_arguments(p)
