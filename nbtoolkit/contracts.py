@@ -175,6 +175,11 @@ def predictor_origin(predictor: object | None, *, name: str | None = None, host:
     return _origin("predictors", "dt predictor", predictor, name, host)
 
 
+def sampler_origin(sampler: object | None, *, name: str | None = None, host: PluginHost | None = None) -> str:
+    """Describe a replay sampler for messages, like :func:`integrator_origin`."""
+    return _origin("samplers", "replay sampler", sampler, name, host)
+
+
 def _origin(registry_name: str, kind: str, obj: object | None, name: str | None, host: PluginHost | None) -> str:
     if host is None:
         from .plugin_manager import get_host

@@ -554,3 +554,27 @@ def test_new_plugin_scaffolds_a_package_whose_tests_pass(tmp_path, capsys):
     assert code == 2 and "already exists" in err
     code, _, err = run_cli(capsys, "new-plugin", "Bad_Name", "--dir", str(tmp_path))
     assert code == 2 and "plugin name" in err
+
+
+class _DuplicateSamplerPlugin:
+    @staticmethod
+    def make():
+        return lambda buffer, k, generator: torch.zeros(k, dtype=torch.long)
+
+    @hookimpl
+    def nbtoolkit_register_replay_samplers(self, register):
+        register("dup-sampler", self.make)
+
+
+def test_api_errors_about_a_sampler_name_its_plugin(host):
+    from nbtoolkit.errors import PluginError
+
+    name = host.register_plugin(_DuplicateSamplerPlugin(), name="dup-plugin", source="nbt-dup 2.0")
+    try:
+        system = make_preset("kepler-batch", num_orbits=2)
+        trainer = Trainer(TrainConfig(epochs=1, sampler="dup-sampler", **SMALL), system.state, host=host)
+        with pytest.raises(PluginError, match=r"replay sampler 'dup-sampler' \(plugin 'dup-plugin' from nbt-dup 2.0\) "
+                                              "returned duplicate indices"):
+            trainer.fit()
+    finally:
+        host.unregister_plugin(name)
