@@ -78,7 +78,9 @@ def _arg_type(check: Callable[[str], Any], convert: Callable[[str], Any], kind: 
         try:
             return check(value)
         except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc).replace("value ", "", 1)) from None
+            message = str(exc).replace("value ", "", 1)
+            cut = message.rfind("; got ")
+            raise argparse.ArgumentTypeError(f"{message[:cut] if cut >= 0 else message}; got {text}") from None
     parse.__name__ = kind  # argparse names the type in some messages
     return parse
 
