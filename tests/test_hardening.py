@@ -578,3 +578,10 @@ def test_api_errors_about_a_sampler_name_its_plugin(host):
             trainer.fit()
     finally:
         host.unregister_plugin(name)
+
+
+def test_non_finite_plugin_options_are_refused():
+    with pytest.raises(ConfigError, match="'predictor_options': option 'init_factor' must be finite"):
+        TrainConfig(predictor_options={"init_factor": math.nan})
+    with pytest.raises(ConfigError, match="'integrator_options': option 'x' must be finite"):
+        TrainConfig(integrator_options={"x": math.inf})

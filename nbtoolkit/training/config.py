@@ -252,6 +252,8 @@ def _options(name: str, value: Any) -> dict[str, Any]:
     for key, item in value.items():
         if not isinstance(item, (bool, int, float, str)):
             raise ConfigError(f"configuration key '{name}': option '{key}' must be a number, string or boolean; got {item!r}")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"configuration key '{name}': option '{key}' must be finite; got {item!r}")
     return dict(value)
 
 
