@@ -138,6 +138,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from .scaffold import module_name, new_plugin
 
+    host = get_host()
+    if args.name in host.integrators or args.name in host.sources:
+        taken = host.integrators.get(args.name).plugin if args.name in host.integrators else args.name
+        raise ConfigError(f"'{args.name}' is already taken (by plugin '{taken}'); the new plugin would clash with it. "
+                          "Choose another name")
     folder = new_plugin(args.name, args.dir)
     print(f"wrote {folder}/ (module {module_name(args.name)}, integrator '{args.name}')\n"
           f"next: pip install -e {folder} && python -m pytest -q {folder}")

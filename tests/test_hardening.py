@@ -554,6 +554,8 @@ def test_new_plugin_scaffolds_a_package_whose_tests_pass(tmp_path, capsys):
     assert code == 2 and "already exists" in err
     code, _, err = run_cli(capsys, "new-plugin", "Bad_Name", "--dir", str(tmp_path))
     assert code == 2 and "plugin name" in err
+    code, _, err = run_cli(capsys, "new-plugin", "leapfrog", "--dir", str(tmp_path))
+    assert code == 2 and "already taken" in err and not (tmp_path / "nbtoolkit-leapfrog").exists()
 
 
 class _DuplicateSamplerPlugin:
