@@ -108,7 +108,15 @@ class NBodyState:
         t = torch.zeros(batch, dtype=dtype, device=device) if time is None else field_tensor("time", time)
         if t.dim() == 0:
             t = t.expand(batch).clone()
-        state = cls(m, x, v, t, float(G), float(softening))
+        scalars = {}
+        for name, value in (("G", G), ("softening", softening)):
+            if isinstance(value, (complex, np.complexfloating)) or (isinstance(value, Tensor) and value.is_complex()):
+                raise InvalidStateError(f"state: {name} must be a real number; got {value!r}")
+            try:
+                scalars[name] = float(value)
+            except (TypeError, ValueError):
+                raise InvalidStateError(f"state: {name} must be a real number; got {value!r}") from None
+        state = cls(m, x, v, t, scalars["G"], scalars["softening"])
         if validate:
             state.validate()
         return state
