@@ -194,18 +194,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 class _ProgressPrinter:
-    """A tqdm bar over the fraction of the run done (on stderr, only when it is a terminal)."""
+    """A tqdm bar over the fraction of the run done on stderr when it is a terminal; otherwise (a log
+    file, a batch job) a plain line every ``every`` seconds once the run has lasted that long."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, *, every: float = 10.0, clock: Any = None) -> None:
+        import time
+
         from tqdm import tqdm
 
         self._bar = tqdm(total=1000, unit="‰", disable=not enabled or None, leave=False, desc="simulating")
+        self._lines = enabled and self._bar.disable
+        self._clock = clock or time.monotonic
+        self._every = every
+        self._next = self._clock() + every
 
     def __call__(self, step: int, fraction: float) -> None:
         target = int(1000 * min(max(fraction, 0.0), 1.0))
         if target > self._bar.n:
             self._bar.update(target - self._bar.n)
         self._bar.set_postfix_str(f"step {step}", refresh=False)
+        if self._lines and self._clock() >= self._next:
+            self._next = self._clock() + self._every
+            print(f"simulating: {100 * min(max(fraction, 0.0), 1.0):.1f}% done, step {step}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self._bar.close()

@@ -589,3 +589,20 @@ def test_non_finite_plugin_options_are_refused():
         TrainConfig(predictor_options={"init_factor": math.nan})
     with pytest.raises(ConfigError, match="'integrator_options': option 'x' must be finite"):
         TrainConfig(integrator_options={"x": math.inf})
+
+
+def test_long_simulations_report_progress_without_a_terminal(capsys):
+    from nbtoolkit.cli import _ProgressPrinter
+
+    now = [0.0]
+    progress = _ProgressPrinter(True, every=10.0, clock=lambda: now[0])
+    progress(1, 0.01)
+    now[0] = 11.0
+    progress(500, 0.25)
+    progress(501, 0.26)  # not again until another 10 s have passed
+    progress.close()
+    err = capsys.readouterr().err
+    assert err.count("simulating:") == 1 and "25.0% done, step 500" in err
+    quiet = _ProgressPrinter(False, every=0.0)
+    quiet(1, 0.5)
+    assert "simulating:" not in capsys.readouterr().err
