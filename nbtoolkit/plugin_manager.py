@@ -248,6 +248,7 @@ class PluginHost:
         """Remove a plugin by name and rebuild the registries."""
         self.pm.unregister(name=name)
         self.sources.pop(name, None)
+        self.disabled_observers.discard(name)  # a plugin registered again under this name starts enabled
         self.failures = [f for f in self.failures if f.plugin != name]
         self.refresh()
 
