@@ -606,3 +606,33 @@ def test_long_simulations_report_progress_without_a_terminal(capsys):
     quiet = _ProgressPrinter(False, every=0.0)
     quiet(1, 0.5)
     assert "simulating:" not in capsys.readouterr().err
+
+
+def test_evaluate_t_end_is_validated(capsys):
+    code, _, err = run_cli(capsys, "evaluate", "--preset", "pythagorean", "--t-end", "nan")
+    assert code == 2 and "argument --t-end:" in err
+
+
+def test_model_files_carry_a_checksum_and_a_validated_layout(checkpoint, tmp_path):
+    from nbtoolkit.training.checkpoint import export_model, read_model
+
+    model = export_model(checkpoint, tmp_path / "model.nbm")
+    assert read_model(model)["checksum"]["algorithm"] == "sha256"
+    load_predictor(model)
+
+    def flip(data):
+        weight = next(v for v in data["predictor_state"].values() if v.is_floating_point() and v.numel())
+        weight.view(torch.int64).view(-1)[0] ^= 1 << 30
+
+    with pytest.raises(CheckpointError, match="model .*checksum"):
+        load_predictor(_tampered(model, tmp_path / "flipped.nbm", flip, fix_checksum=False))
+    with pytest.raises(CheckpointError, match="key 'predictor_options' must be a table"):
+        load_predictor(_tampered(model, tmp_path / "bad.nbm", lambda d: d.update(predictor_options=[1])))
+
+
+def test_an_unwritable_export_model_path_is_reported_before_training(tmp_path, capsys):
+    start = time.perf_counter()
+    code, _, err = run_cli(capsys, "train", "--preset", "kepler", "--epochs", "1000", "--checkpoint",
+                           str(tmp_path / "m.pt"), "--export-model", str(tmp_path / "missing" / "model.nbm"))
+    assert code == 2 and "--export-model" in err and "does not exist" in err
+    assert not (tmp_path / "m.pt").exists() and time.perf_counter() - start < 60
