@@ -542,17 +542,17 @@ def test_integrator_options_from_toml_reach_training_the_checkpoint_and_simulate
 
 
 def test_new_plugin_scaffolds_a_package_whose_tests_pass(tmp_path, capsys):
-    code, out, _ = run_cli(capsys, "new-plugin", "forest-ruth", "--dir", str(tmp_path))
-    folder = tmp_path / "nbtoolkit-forest-ruth"
+    code, out, _ = run_cli(capsys, "new-plugin", "scaffold-probe", "--dir", str(tmp_path))
+    folder = tmp_path / "nbtoolkit-scaffold-probe"
     assert code == 0 and str(folder) in out
     project = tomllib.loads((folder / "pyproject.toml").read_text())
-    assert project["project"]["entry-points"]["nbtoolkit"] == {"forest-ruth": "nbtoolkit_forest_ruth"}
+    assert project["project"]["entry-points"]["nbtoolkit"] == {"scaffold-probe": "nbtoolkit_scaffold_probe"}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / "tests")],
                           capture_output=True, text=True, cwd=folder, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 passed" in proc.stdout
-    code, _, err = run_cli(capsys, "new-plugin", "forest-ruth", "--dir", str(tmp_path))
+    code, _, err = run_cli(capsys, "new-plugin", "scaffold-probe", "--dir", str(tmp_path))
     assert code == 2 and "already exists" in err
     code, _, err = run_cli(capsys, "new-plugin", "Bad_Name", "--dir", str(tmp_path))
     assert code == 2 and "plugin name" in err
