@@ -366,6 +366,12 @@ class ControlPanel(QWidget):
         )
         return TrainConfig.from_dict(values)
 
+    def integrator_options(self) -> dict:
+        """The ``integrator_options`` of the loaded config when its integrator is the one selected, else none."""
+        if self._base_config.get("integrator") != self.integrator_combo.currentText():
+            return {}
+        return dict(self._base_config.get("integrator_options") or {})
+
     def set_config(self, config: TrainConfig) -> None:
         """Show ``config`` (plugin names must be registered); keys without a widget are kept as the base."""
         self._select(self.integrator_combo, config.integrator, "integrator")

@@ -307,7 +307,8 @@ class MainWindow(QMainWindow):
             reference_name = self.controls.reference_name()
             worker = PlaybackWorker(state, predictor=predictor, integrator=self.controls.integrator_combo.currentText(),
                                     host=self.host, steps=settings.steps, speed=settings.speed,
-                                    guard_threshold=settings.guard_threshold, reference=reference_name)
+                                    guard_threshold=settings.guard_threshold, reference=reference_name,
+                                    integrator_options=self.controls.integrator_options())
         except SETUP_ERRORS as exc:
             self.show_error("Cannot start simulation", str(exc))
             return False

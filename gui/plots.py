@@ -102,6 +102,23 @@ def _clip_rel(values: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(values, nan=hi, posinf=hi, neginf=lo), lo, hi)
 
 
+class DecadeAxis(pg.AxisItem):
+    """A log axis that labels whole decades only (1e-06, 0.01, 1, ...): on a short plot the labels of
+    the minor ticks within a decade ran into each other ("0.010.009..."). The ticks themselves stay."""
+
+    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
+        if not self.logMode:
+            return super().tickStrings(values, scale, spacing)
+        labels = []
+        for value in values:  # log10 of the data value
+            if abs(value - round(value)) > 1e-9:
+                labels.append("")
+            else:
+                exponent = int(round(value))
+                labels.append(f"{10.0 ** exponent:g}" if -3 <= exponent <= 3 else f"1e{exponent}")
+        return labels
+
+
 class LivePlots(QWidget):
     """The live per-step and per-epoch plots of a training run or a simulation playback."""
 
@@ -114,8 +131,10 @@ class LivePlots(QWidget):
         layout.addWidget(self.step_view, 3)
         layout.addWidget(self.epoch_view, 1)
 
-        self.err_plot = self.step_view.addPlot(row=0, col=0, title="|dE/E| per accepted step")
-        self.dt_plot = self.step_view.addPlot(row=1, col=0, title="dt per accepted step")
+        self.err_plot = self.step_view.addPlot(row=0, col=0, title="|dE/E| per accepted step",
+                                               axisItems={"left": DecadeAxis("left")})
+        self.dt_plot = self.step_view.addPlot(row=1, col=0, title="dt per accepted step",
+                                              axisItems={"left": DecadeAxis("left")})
         self.retrain_plot = self.step_view.addPlot(row=2, col=0, title="retrains per accepted step")
         self.iter_plot = self.epoch_view.addPlot(row=0, col=0, title="Part 2 iterations")
         self.pass_plot = self.epoch_view.addPlot(row=0, col=1, title="pass rate")
@@ -136,8 +155,12 @@ class LivePlots(QWidget):
         self.loss_plot.setLabel("bottom", "epoch")
         self.pass_plot.setYRange(0.0, 1.05)
 
-        self.err_plot.addLegend(offset=(-10, 5), brush=pg.mkBrush(0, 0, 0, 170))
-        self.dt_plot.addLegend(offset=(-10, 5), brush=pg.mkBrush(0, 0, 0, 170))
+        for plot in (self.err_plot, self.dt_plot):  # legends in the title row, off the data
+            plot.titleLabel.setAttr("justify", "left")
+            plot.setTitle(plot.titleLabel.text)
+            legend = plot.addLegend(colCount=3, labelTextSize="8pt", verSpacing=-6, horSpacing=12)
+            legend.setParentItem(plot)
+            legend.anchor(itemPos=(1, 0), parentPos=(1, 0), offset=(-4, -2))
         self.curves: dict[str, pg.PlotDataItem] = {
             "rel_dE": self._line(self.err_plot, (90, 200, 255), "accepted"),
             "rejected_rel_dE": self._markers(self.err_plot, (255, 90, 90, 110), "rejected"),

@@ -270,16 +270,18 @@ class PlaybackWorker(RunWorker):
 
     def __init__(self, state: NBodyState, *, predictor: DtPredictor | str | Path, integrator: str,
                  host: PluginHost, steps: int = 0, speed: float = 60.0, guard_threshold: float | None = None,
-                 reference: str | None = None) -> None:
+                 reference: str | None = None, integrator_options: dict | None = None) -> None:
         """``steps``: steps to play (0 = until stopped); ``speed``: steps per second (0 = as fast
         as possible); ``guard_threshold``: energy-gate guard of ``iter_steps`` (None = off);
-        ``reference``: name of a classical dt predictor to compare with (None = none)."""
+        ``reference``: name of a classical dt predictor to compare with (None = none);
+        ``integrator_options``: options of the integrator's factory."""
         super().__init__()
         if steps < 0:
             raise ValueError(f"steps must be >= 0; got {steps}")
         self.state = state
         self.predictor_source = predictor
         self.integrator_name = integrator
+        self.integrator_options = dict(integrator_options or {})
         self.host = host
         self.steps = int(steps)
         self.reference_name = reference
@@ -316,7 +318,7 @@ class PlaybackWorker(RunWorker):
             predictor.train(was_training)
 
     def _play(self, iter_steps: Callable[..., Any], predictor: DtPredictor) -> PlaybackSummary:
-        integrator = self.host.integrators.create(self.integrator_name)
+        integrator = self.host.integrators.create(self.integrator_name, **self.integrator_options)
         reference = self.host.predictors.create(self.reference_name) if self.reference_name else None
         state = self.state.detach()
         energy0 = state_energy(state)

@@ -1,4 +1,4 @@
-"""The ``nbtoolkit`` command line: ``plugins``, ``simulate``, ``train``, ``gui``.
+"""The ``nbtoolkit`` command line: ``plugins``, ``new-plugin``, ``simulate``, ``train``, ``evaluate``, ``gui``.
 
 User errors (bad input, unknown names, broken plugins) print one paragraph on stderr and exit
 with status 2; ``--debug`` shows the traceback instead.
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import __version__
+from . import __version__, validate
 from .control import RunStopped
 from .errors import ConfigError, NBToolkitError
 from .plugin_manager import PluginHost, get_host
@@ -79,6 +79,30 @@ def load_system(args: argparse.Namespace, default_preset: str | None = None) -> 
     return system.state, system.period
 
 
+def _integrator_and_checkpoint(host: PluginHost, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The integrator (with ``--integrator-option``s) and, with ``--checkpoint``, the trained predictor.
+
+    Without ``--integrator`` a checkpoint's model flies with the integrator it was trained with;
+    an ``--integrator`` that differs from it is used, with a warning on stderr.
+    """
+    name, trained = args.integrator, None
+    if args.checkpoint is not None:
+        from .training.checkpoint import load_trained
+
+        trained, data = load_trained(args.checkpoint, host=host)
+        stored = data["plugins"]["integrator"]["name"]
+        stored_options = data["config"].get("integrator_options") or {}
+        if name is None:
+            name = stored
+            if not args.integrator_option:
+                return host.integrators.create(name, **stored_options), trained
+        elif name != stored:
+            print(f"nbtoolkit {args.command}: warning: checkpoint '{args.checkpoint}' was trained with integrator "
+                  f"'{stored}'; flying it with '{name}' as --integrator asks (its dt may not suit it)", file=sys.stderr)
+    options = validate.option_dict(args.integrator_option, "--integrator-option")
+    return host.integrators.create(name or "leapfrog", **options), trained
+
+
 def create_predictor(host: PluginHost, name: str, options: dict[str, Any]) -> Any:
     """Build a dt predictor from the registry, passing only the options the user set."""
     return host.predictors.create(name, **{k: v for k, v in options.items() if v is not None})
@@ -87,6 +111,11 @@ def create_predictor(host: PluginHost, name: str, options: dict[str, Any]) -> An
 # ----------------------------------------------------------------------------- plugins
 def cmd_plugins(args: argparse.Namespace) -> int:
     host = get_host()
+    if args.json:
+        import json
+
+        print(json.dumps(host.describe(), indent=2))
+        return 0
     rows = [("kind", "name", "plugin", "from")]
     for registry in (host.integrators, host.predictors, host.samplers):
         for entry in registry.entries():
@@ -106,20 +135,37 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import module_name, new_plugin
+
+    host = get_host()
+    if args.name in host.integrators or args.name in host.sources:
+        taken = host.integrators.get(args.name).plugin if args.name in host.integrators else args.name
+        raise ConfigError(f"'{args.name}' is already taken (by plugin '{taken}'); the new plugin would clash with it. "
+                          "Choose another name")
+    folder = new_plugin(args.name, args.dir)
+    print(f"wrote {folder}/ (module {module_name(args.name)}, integrator '{args.name}')\n"
+          f"next: pip install -e {folder} && python -m pytest -q {folder}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- simulate
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import simulate
 
     host = get_host()
+    validate.writable_file(args.out, "--out")
     state, period = load_system(args)
-    integrator = host.integrators.create(args.integrator)
-    if args.checkpoint is not None:
-        from .training import load_predictor
-
-        predictor, predictor_name = load_predictor(args.checkpoint, host=host), f"checkpoint {args.checkpoint}"
+    if args.checkpoint is not None and args.predictor_option:
+        raise ConfigError("--predictor-option does not apply to --checkpoint: the trained predictor keeps the "
+                          "options it was trained with")
+    integrator, trained = _integrator_and_checkpoint(host, args)
+    if trained is not None:
+        predictor, predictor_name = trained, f"checkpoint {args.checkpoint}"
     else:
         predictor_name = args.predictor or "freefall"
-        predictor = create_predictor(host, predictor_name, {"dt": args.dt, "eta": args.eta})
+        predictor = create_predictor(host, predictor_name, {"dt": args.dt, "eta": args.eta,
+                                                           **validate.option_dict(args.predictor_option, "--predictor-option")})
     guard = args.guard_threshold if args.guard else None
     progress = _ProgressPrinter(enabled=not args.quiet)
     traj = simulate(
@@ -148,40 +194,65 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 class _ProgressPrinter:
-    """A tqdm bar over the fraction of the run done (on stderr, only when it is a terminal)."""
+    """A tqdm bar over the fraction of the run done on stderr when it is a terminal; otherwise (a log
+    file, a batch job) a plain line every ``every`` seconds once the run has lasted that long."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, *, every: float = 10.0, clock: Any = None) -> None:
+        import time
+
         from tqdm import tqdm
 
         self._bar = tqdm(total=1000, unit="‰", disable=not enabled or None, leave=False, desc="simulating")
+        self._lines = enabled and self._bar.disable
+        self._clock = clock or time.monotonic
+        self._every = every
+        self._next = self._clock() + every
 
     def __call__(self, step: int, fraction: float) -> None:
         target = int(1000 * min(max(fraction, 0.0), 1.0))
         if target > self._bar.n:
             self._bar.update(target - self._bar.n)
         self._bar.set_postfix_str(f"step {step}", refresh=False)
+        if self._lines and self._clock() >= self._next:
+            self._next = self._clock() + self._every
+            print(f"simulating: {100 * min(max(fraction, 0.0), 1.0):.1f}% done, step {step}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self._bar.close()
 
 
+def add_plugin_arguments(group: Any) -> None:
+    """``--integrator``, ``--integrator-option`` and ``--checkpoint`` of simulate and evaluate."""
+    group.add_argument("--integrator", help="integrator name (default: the checkpoint's, else leapfrog; "
+                                            "see `nbtoolkit plugins`)")
+    group.add_argument("--integrator-option", action="append", type=validate.option_pair, metavar="KEY=VALUE",
+                       help="option of the integrator's factory (repeatable)")
+    group.add_argument("--checkpoint", type=Path, help="use the trained predictor stored in this checkpoint or model file")
+
+
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     add_system_arguments(parser)
     plug = parser.add_argument_group("plugins")
-    plug.add_argument("--integrator", default="leapfrog", help="integrator name (see `nbtoolkit plugins`)")
+    add_plugin_arguments(plug)
     plug.add_argument("--predictor", help="dt predictor name (default freefall; see `nbtoolkit plugins`)")
-    plug.add_argument("--checkpoint", type=Path, help="use the trained predictor stored in this checkpoint")
-    plug.add_argument("--dt", type=float, help="constant predictor: the timestep")
-    plug.add_argument("--eta", type=float, help="aarseth/freefall predictors: accuracy parameter")
+    plug.add_argument("--dt", type=validate.arg_number(low=0, low_open=True), help="constant predictor: the timestep")
+    plug.add_argument("--eta", type=validate.arg_number(low=0, low_open=True),
+                      help="aarseth/freefall predictors: accuracy parameter")
+    plug.add_argument("--predictor-option", action="append", type=validate.option_pair, metavar="KEY=VALUE",
+                      help="option of the dt predictor's factory (repeatable), e.g. eta=0.02")
     span = parser.add_argument_group("run length (give one)").add_mutually_exclusive_group(required=True)
-    span.add_argument("--steps", type=int, help="number of steps")
-    span.add_argument("--t-end", type=float, help="end time")
-    span.add_argument("--orbits", type=float, help="number of orbital periods (presets with a known period)")
+    span.add_argument("--steps", type=validate.arg_integer(low=1), help="number of steps")
+    span.add_argument("--t-end", type=validate.arg_number(), help="end time")
+    span.add_argument("--orbits", type=validate.arg_number(low=0, low_open=True),
+                      help="number of orbital periods (presets with a known period)")
     run = parser.add_argument_group("run")
     run.add_argument("--guard", action="store_true", help="retry steps whose |dE/E| exceeds the threshold with half the dt")
-    run.add_argument("--guard-threshold", type=float, default=2e-4, help="energy gate of the guard (default 2e-4)")
-    run.add_argument("--max-halvings", type=int, default=20, help="guard: most dt halvings per step (default 20)")
-    run.add_argument("--max-steps", type=int, default=1_000_000, help="cap on the number of steps (default 1e6)")
+    run.add_argument("--guard-threshold", type=validate.arg_number(low=0, low_open=True), default=2e-4,
+                     help="energy gate of the guard (default 2e-4)")
+    run.add_argument("--max-halvings", type=validate.arg_integer(low=0), default=20,
+                     help="guard: most dt halvings per step (default 20)")
+    run.add_argument("--max-steps", type=validate.arg_integer(low=1), default=1_000_000,
+                     help="cap on the number of steps (default 1e6)")
     run.add_argument("--out", type=Path, help="write the trajectory to this .npz file")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -203,26 +274,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise NBToolkitError("this system has no orbital period: give --t-end T (the end time of each run)")
     else:
         orbits = args.orbits
-    integrator = host.integrators.create(args.integrator)
-    learned_models = [(f"checkpoint {args.checkpoint}", args.checkpoint)] if args.checkpoint is not None else []
+    integrator, learned = _integrator_and_checkpoint(host, args)
+    extra = validate.option_dict(args.predictor_option, "--predictor-option")
+    tuned_option = {rule: _tuned_option(host, rule, extra) for rule in args.rules}
     rows = []
     for b in range(state.batch_size):
         one, p = state.index(b), period[b : b + 1]
         run = dict(orbits=orbits, threshold=args.threshold)
-        for label, path in learned_models:
-            from .training import load_predictor
-
-            rows += evaluate_predictor(one, p, integrator, load_predictor(path, host=host), **run,
+        if learned is not None:
+            rows += evaluate_predictor(one, p, integrator, learned, **run,
                                        label=f"system {b}: learned")
         for name in args.predictor:
             rows += evaluate_predictor(one, p, integrator, host.predictors.create(name), **run,
                                        label=f"system {b}: {name}")
         for rule in args.rules:
-            base = create_predictor(host, rule, {"eta": 1.0} if rule != "constant" else {"dt": 1.0})
+            option = tuned_option[rule]
+            base = create_predictor(host, rule, {**extra, option: 1.0})
             factor = tune_scale(one, p, integrator, base, orbits=orbits, threshold=args.threshold,
-                                high=1.0 if rule != "constant" else float(p) * orbits / 20)
-            option = "dt" if rule == "constant" else "eta"
-            tuned = create_predictor(host, rule, {option: factor})
+                                high=1.0 if option != "dt" else float(p) * orbits / 20)
+            tuned = create_predictor(host, rule, {**extra, option: factor})
             rows += evaluate_predictor(one, p, integrator, tuned, **run,
                                        label=f"system {b}: {rule} ({option}={factor:.4g})")
         if args.oracle:
@@ -231,6 +301,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table = [r if isinstance(r, dict) else r.as_dict() for r in rows]
     print(json.dumps(table, indent=1) if args.json else format_gate_table(table))
     return 0
+
+
+def _tuned_option(host: PluginHost, rule: str, extra: dict[str, Any]) -> str:
+    """The option ``evaluate --rules`` tunes for a rule: ``eta`` if its factory takes one, else ``dt``."""
+    entry = host.predictors.get(rule)
+    accepted = entry.accepted_options()
+    for option in ("eta", "dt"):
+        if accepted is None or option in accepted:
+            if option in extra:
+                raise ConfigError(f"--predictor-option {option} conflicts with --rules: evaluate tunes {option} of '{rule}'")
+            return option
+    raise ConfigError(
+        f"evaluate --rules tunes a rule's 'eta' (or 'dt') option, but dt predictor '{rule}' from plugin "
+        f"'{entry.plugin}' ({entry.source}) takes neither; it takes: {', '.join(sorted(accepted)) or '(nothing)'}"
+    )
 
 
 def format_gate_table(rows: list[dict[str, Any]]) -> str:
@@ -250,17 +335,50 @@ def cmd_gui(args: argparse.Namespace) -> int:
     """Open the viewer; without a display (or with --headless) run the main job in the terminal."""
     from gui.app import display_available
 
+    _check_gui_options(args)
     if args.headless or not display_available():
         from .demo import run_headless_demo
 
         if not args.headless:
             print("nbtoolkit gui: no display found; running the main job headless "
                   "(set DISPLAY or WAYLAND_DISPLAY to open the window)", file=sys.stderr)
+        given = [f"--{k}" for k in ("config", "checkpoint", "preset") if getattr(args, k) is not None]
+        if given:
+            print(f"nbtoolkit gui: warning: the headless main job trains and evaluates its own built-in system; "
+                  f"{', '.join(given)} only preload the window and are not used here", file=sys.stderr)
         return run_headless_demo(epochs=args.epochs)
     from gui.app import main as gui_main
 
     forwarded = [f"--{k}={v}" for k in ("config", "checkpoint", "preset") if (v := getattr(args, k)) is not None]
     return gui_main(forwarded)
+
+
+def _check_gui_options(args: argparse.Namespace) -> None:
+    """Check ``--config``, ``--checkpoint`` and ``--preset`` of ``nbtoolkit gui`` up front, naming every bad one."""
+    from .presets import PRESETS
+
+    problems = []
+    if args.config is not None:
+        from .training.config import TrainConfig, read_toml
+
+        try:
+            keys, table = read_toml(args.config)
+            TrainConfig.from_dict(keys)
+            if table is not None and table.get("preset") is not None and table["preset"] not in PRESETS:
+                raise ConfigError(f"[system] preset: unknown preset '{table['preset']}'")
+        except NBToolkitError as exc:
+            problems.append(f"--config: {exc}")
+    if args.checkpoint is not None:
+        from .training.checkpoint import read_checkpoint
+
+        try:
+            read_checkpoint(args.checkpoint)
+        except NBToolkitError as exc:
+            problems.append(f"--checkpoint: {exc}")
+    if args.preset is not None and args.preset not in PRESETS:
+        problems.append(f"--preset: unknown preset '{args.preset}'; known: {', '.join(sorted(PRESETS))}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def add_train_parser_arguments(parser: argparse.ArgumentParser) -> None:
@@ -278,7 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list registered integrators, dt predictors and replay samplers")
     p.add_argument("--verbose", "-v", action="store_true", help="also show each plugin's hooks and load failures")
+    p.add_argument("--json", action="store_true", help="print registry entries, plugins, hooks and failures as JSON")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("new-plugin", help="write a plugin package (an integrator, pyproject.toml, tests) to start from")
+    p.add_argument("name", help="plugin and integrator name, e.g. forest-ruth")
+    p.add_argument("--dir", type=Path, default=Path("."), help="where to create nbtoolkit-NAME/ (default: here)")
+    p.set_defaults(func=cmd_new_plugin)
 
     p = sub.add_parser("simulate", help="run a simulation headless and write its trajectory")
     add_simulate_arguments(p)
@@ -292,24 +416,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="checkpoint to preload for Simulate")
     p.add_argument("--preset", help="initial condition to preselect")
     p.add_argument("--headless", action="store_true", help="run the main job in the terminal even if a display exists")
-    p.add_argument("--epochs", type=int, default=30, help="headless main job: training epochs (default 30)")
+    p.add_argument("--epochs", type=validate.arg_integer(low=1), default=30,
+                   help="headless main job: training epochs (default 30)")
     p.set_defaults(func=cmd_gui)
 
     p = sub.add_parser("evaluate", help="compare dt predictors on whole orbits against the energy gate")
     add_system_arguments(p)
-    p.add_argument("--integrator", default="leapfrog", help="integrator name (default leapfrog)")
-    p.add_argument("--checkpoint", type=Path, help="also evaluate the trained predictor in this checkpoint or model file")
+    add_plugin_arguments(p)
     p.add_argument("--predictor", action="append", default=[], metavar="NAME",
                    help="also evaluate this registered dt predictor as it is, e.g. learned (repeatable)")
+    p.add_argument("--predictor-option", action="append", type=validate.option_pair, metavar="KEY=VALUE",
+                   help="extra factory option of every rule in --rules (repeatable)")
     p.add_argument("--rules", nargs="*", default=["aarseth", "freefall"],
                    help="classical rules to tune by bisection so every step passes (default: aarseth freefall)")
     p.add_argument("--oracle", action="store_true", help="also run the greedy oracle (largest passing dt each step)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--orbits", type=float, default=10.0, help="orbital periods per run (default 10)")
-    length.add_argument("--t-end", type=float, help="run to this time instead (systems without a period: "
-                                                    "pythagorean, plummer, --state)")
+    length.add_argument("--orbits", type=validate.arg_number(low=0, low_open=True), default=10.0,
+                        help="orbital periods per run (default 10)")
+    length.add_argument("--t-end", type=validate.arg_number(), help="run to this time instead (systems without a "
+                                                                    "period: pythagorean, plummer, --state)")
     p.add_argument("--json", action="store_true", help="print the table as JSON (a list of rows)")
-    p.add_argument("--threshold", type=float, default=2e-4, help="energy gate |dE/E| (default 2e-4)")
+    p.add_argument("--threshold", type=validate.arg_number(low=0, low_open=True), default=2e-4,
+                   help="energy gate |dE/E| (default 2e-4)")
     p.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -318,7 +446,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not _is_allocation_failure(exc):
+                raise
+            raise NBToolkitError(f"out of memory ({' '.join(str(exc).split())[-200:] or type(exc).__name__}); "
+                                 "use a smaller system, fewer systems or fewer steps") from exc
     except (NBToolkitError, RunStopped, KeyboardInterrupt) as exc:
         if args.debug:
             raise
@@ -327,6 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         print(f"nbtoolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    text = str(exc)
+    return "can't allocate memory" in text or "not enough memory" in text or "out of memory" in text.lower()
 
 
 if __name__ == "__main__":  # pragma: no cover

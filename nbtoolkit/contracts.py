@@ -166,21 +166,43 @@ def integrator_origin(integrator: Integrator, *, name: str | None = None, host: 
     integrator's class (or, for factory functions, lives in the class's module). An integrator
     that no registered plugin provides is described by its class and module.
     """
+    return _origin("integrators", "integrator", integrator, name, host)
+
+
+def predictor_origin(predictor: object | None, *, name: str | None = None, host: PluginHost | None = None) -> str:
+    """Describe a dt predictor for messages, like :func:`integrator_origin`:
+    ``dt predictor 'flyby' (plugin 'pefrl' from nbtoolkit-pefrl 0.1.0)``."""
+    return _origin("predictors", "dt predictor", predictor, name, host)
+
+
+def sampler_origin(sampler: object | None, *, name: str | None = None, host: PluginHost | None = None) -> str:
+    """Describe a replay sampler for messages, like :func:`integrator_origin`."""
+    return _origin("samplers", "replay sampler", sampler, name, host)
+
+
+def _origin(registry_name: str, kind: str, obj: object | None, name: str | None, host: PluginHost | None) -> str:
     if host is None:
         from .plugin_manager import get_host
 
         host = get_host()
-    cls = type(integrator)
-    if name is not None and name in host.integrators:
-        entries = [host.integrators.get(name)]
+    registry = getattr(host, registry_name)
+    cls = type(obj)
+    if name is not None and name in registry:
+        entries = [registry.get(name)]
+    elif obj is not None:
+        entries = [e for e in registry.entries() if _made_by(e.factory, cls)]
     else:
-        entries = [e for e in host.integrators.entries() if _made_by(e.factory, cls)]
+        entries = []
     if not entries:
         label = f"'{name}'" if name is not None else cls.__qualname__
-        return f"integrator {label} (class {cls.__module__}.{cls.__qualname__}, from no registered plugin)"
+        if obj is None:
+            return f"{kind} {label}"
+        return f"{kind} {label} (class {cls.__module__}.{cls.__qualname__}, from no registered plugin)"
     names = " or ".join(f"'{e.name}'" for e in entries)
+    if name is not None and name not in registry and name != "predictor":
+        names += f" of {name}"  # e.g. "of checkpoint model.pt"
     plugins = sorted({(e.plugin, e.source) for e in entries})
-    return f"integrator {names} (" + ", ".join(f"plugin '{p}' from {s}" for p, s in plugins) + ")"
+    return f"{kind} {names} (" + ", ".join(f"plugin '{p}' from {s}" for p, s in plugins) + ")"
 
 
 def _made_by(factory: object, cls: type) -> bool:

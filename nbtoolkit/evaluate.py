@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import validate
 from .errors import NBToolkitError
 from .integrator import Integrator
 from .physics import relative_energy_error, state_energy
@@ -53,6 +54,7 @@ def evaluate_predictor(
     max_steps: int = 1_000_000,
 ) -> list[GateReport]:
     """Run ``orbits`` periods of every system with ``predictor`` (no guard); one report per system."""
+    validate.run_span(orbits=orbits, threshold=threshold)
     traj = simulate(state, integrator, predictor, orbits=orbits, period=period, max_steps=max_steps, predictor_name=label)
     active = traj.dt > 0
     reports = []
@@ -132,6 +134,7 @@ def tune_scale(
     """
     if state.batch_size != 1:
         raise NBToolkitError(f"tune_scale takes one system; got a batch of {state.batch_size}")
+    validate.run_span(orbits=orbits, threshold=threshold)
     lo, hi = high / span, high
     for _ in range(12):
         scales = torch.logspace(math.log10(lo), math.log10(hi), grid, dtype=state.dtype)
@@ -174,6 +177,8 @@ def greedy_oracle(
     """
     if state.batch_size != 1:
         raise NBToolkitError(f"greedy_oracle takes one system; got a batch of {state.batch_size}")
+    validate.run_span(orbits=orbits, threshold=threshold)
+    validate.energy_normalisable(state)
     start = _time.perf_counter()
     end = state.time + orbits * float(period.reshape(-1)[0])  # (1,)
     dt_prev = first_dt if first_dt is not None else 1e-3 * float(period.reshape(-1)[0])

@@ -84,16 +84,89 @@ def save_state(path: PathLike, state: NBodyState) -> Path:
     )
 
 
+def _allowed_dtype(dtype: np.dtype) -> bool:
+    """Integers and floats of at most 64 bits (float128 and friends have no torch dtype)."""
+    return dtype.kind in "iu" or (dtype.kind == "f" and dtype.itemsize <= 8)
+
+
+def _available_memory() -> int | None:
+    from .validate import available_memory
+
+    return available_memory()
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def _preflight(path: Path) -> None:
+    """Read the archive's directory and the ``.npy`` headers of the state's keys without loading any
+    data: refuse members that are not ``.npy`` arrays, compressions zipfile cannot read, dtypes
+    that are not real numbers of <= 64 bits, headers that claim more data than the member holds,
+    and states whose arrays and force evaluation would not fit in the memory available."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise StateFileError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from exc
+    shapes: dict[str, tuple[int, ...]] = {}
+    with zf:
+        members = {info.filename: info for info in zf.infolist()}
+        for key in (*REQUIRED_KEYS, "time", *SCALAR_DEFAULTS):
+            info = members.get(f"{key}.npy")
+            if info is None:
+                if key in members:
+                    raise StateFileError(f"{path}: member '{key}' is not a .npy array (an .npz stores key '{key}' as "
+                                         f"'{key}.npy')")
+                continue
+            try:
+                with zf.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    header_end = member.tell()
+            except NotImplementedError as exc:
+                raise StateFileError(f"{path}: key '{key}' uses a zip compression this reader does not support ({exc}); "
+                                     "store the arrays uncompressed (numpy.savez) or deflated (numpy.savez_compressed)") from None
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+                raise StateFileError(f"{path}: key '{key}' is not a valid .npy array ({exc})") from None
+            if dtype.hasobject or not _allowed_dtype(dtype):
+                raise StateFileError(f"{path}: key '{key}' must hold real numbers (integers or floats of at most 64 "
+                                     f"bits); it has dtype {dtype}")
+            count = 1
+            for n in shape:
+                count *= int(n)
+            claimed = count * dtype.itemsize
+            if claimed > info.file_size - header_end:
+                raise StateFileError(
+                    f"{path}: key '{key}' claims shape {shape} ({_gib(claimed)} of {dtype}) but its member holds only "
+                    f"{info.file_size - header_end} bytes of data; the file is corrupt or forged"
+                )
+            shapes[key] = tuple(int(n) for n in shape)
+    position = shapes.get("position")
+    if position and len(position) in (2, 3):
+        from .validate import check_state_memory
+
+        B = position[0] if len(position) == 3 else 1
+        check_state_memory(B, position[-2], position[-1], str(path), available=_available_memory, error=StateFileError)
+
+
 def _numeric(archive: Any, path: Path, key: str) -> np.ndarray:
     """Read ``key`` as a real numeric array, with a :class:`StateFileError` naming it otherwise."""
     try:
         array = archive[key]
     except ValueError as exc:  # object arrays need pickle, which we never allow
         raise StateFileError(f"{path}: key '{key}' cannot be read without pickle ({exc})") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except NotImplementedError as exc:
+        raise StateFileError(f"{path}: key '{key}' uses an unsupported zip compression ({exc})") from exc
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError) as exc:
         raise StateFileError(f"{path}: key '{key}' is corrupt: {exc}") from exc
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise StateFileError(f"{path}: key '{key}' must hold real numbers; it has dtype {array.dtype}")
+    if not isinstance(array, np.ndarray):
+        raise StateFileError(f"{path}: key '{key}' is not a .npy array")
+    if not _allowed_dtype(array.dtype):
+        raise StateFileError(f"{path}: key '{key}' must hold real numbers (integers or floats of at most 64 bits); "
+                             f"it has dtype {array.dtype}")
     return array
 
 
@@ -128,6 +201,7 @@ def load_state(path: PathLike, dtype: torch.dtype = DEFAULT_DTYPE) -> NBodyState
         raise StateFileError(f"{path}: is a single .npy array, not an .npz archive with keys {', '.join(REQUIRED_KEYS)}")
     if not magic.startswith(_ZIP_MAGIC):
         raise StateFileError(f"{path}: not an .npz archive (no zip signature at the start of the file)")
+    _preflight(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

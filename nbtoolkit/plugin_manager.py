@@ -9,12 +9,23 @@ Environment variables:
 
 * ``NBTOOLKIT_BLOCK_PLUGINS``: comma-separated plugin names (module paths or entry-point names) not to load.
 * ``NBTOOLKIT_ONLY_PLUGINS``: if set, load only these plugin names (defaults included).
-* ``NBTOOLKIT_TRACE_HOOKS``: if set to a non-empty value other than ``0``, trace hook calls to stderr.
+* ``NBTOOLKIT_TRACE_HOOKS``: if set to a non-empty value other than ``0``, trace hook calls to stderr,
+  with the plugins that answered each call.
+
+A name in ``NBTOOLKIT_BLOCK_PLUGINS`` or ``NBTOOLKIT_ONLY_PLUGINS`` that matches no plugin is
+warned about, with the known names. Load failures are warned about once per host (the process-wide host: once per process), attributed
+to the plugin (its module file, or its entry point) rather than to this module.
+
+Observer hooks (``nbtoolkit_fit_start`` ... ``nbtoolkit_fit_end``) fired through
+:attr:`PluginHost.hook` are isolated: an observer that raises (anything but an nbtoolkit error)
+is disabled with one warning naming it, recorded in :attr:`PluginHost.failures`, and the run
+goes on without it.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -61,6 +72,25 @@ class PluginFailure:
         return f"plugin '{self.plugin}' failed at {self.stage}: {self.reason}"
 
 
+#: hooks that only observe training; one that raises is disabled, not fatal
+OBSERVER_HOOKS: tuple[str, ...] = (
+    "nbtoolkit_fit_start", "nbtoolkit_step_accepted", "nbtoolkit_step_rejected", "nbtoolkit_replay_iteration",
+    "nbtoolkit_epoch_end", "nbtoolkit_fit_end",
+)
+
+def _warn_once(seen: set[str], message: str, plugin: Any = None, entry_point: str | None = None) -> None:
+    """Warn unless ``message`` is in ``seen`` (a host's set: the process-wide host warns about each
+    failure once, however often the registries are rebuilt), attributed to the plugin's module
+    file (or its entry point)."""
+    if message in seen:
+        return
+    seen.add(message)
+    module = sys.modules.get(plugin) if isinstance(plugin, str) else plugin
+    filename = getattr(module, "__file__", None) or entry_point or (plugin if isinstance(plugin, str) else "<plugin>")
+    warnings.warn_explicit(message, RuntimeWarning, filename=str(filename), lineno=0,
+                           module=getattr(module, "__name__", None) or "nbtoolkit.plugins")
+
+
 def _env_names(var: str) -> set[str] | None:
     raw = os.environ.get(var)
     if raw is None:
@@ -84,37 +114,68 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
         self.sources: dict[str, str] = {}
+        self.disabled_observers: set[str] = set()
+        self._warned: set[str] = set()
+        self.skipped: dict[str, str] = {}  # plugin name -> why it was not loaded (blocked / not in the only list)
         env_blocked = _env_names("NBTOOLKIT_BLOCK_PLUGINS") or set()
         self.blocked = set(blocked or ()) | env_blocked
         self.only = set(only) if only is not None else _env_names("NBTOOLKIT_ONLY_PLUGINS")
         if trace is None:
             trace = os.environ.get("NBTOOLKIT_TRACE_HOOKS", "") not in ("", "0")
+        self.trace = bool(trace)
         if trace:
             self.pm.trace.root.setwriter(sys.stderr.write)
             self.pm.enable_tracing()
+            self.pm.add_hookcall_monitoring(self._trace_before, lambda *args: None)
         self.integrators = Registry("integrator")
         self.predictors = Registry("dt predictor")
         self.samplers = Registry("replay sampler")
 
+        self._known_names: list[str] = []
         for module_path in default_plugins:
+            self._known_names.append(module_path)
             if self._wanted(module_path):
                 self._load_module(module_path)
         if load_entry_points:
             self._load_entry_points()
+        self._check_filter_names()
         self.pm.check_pending()
         self.refresh()
 
     # ------------------------------------------------------------------ loading
     def _wanted(self, name: str) -> bool:
         if name in self.blocked:
+            self.skipped[name] = "blocked by NBTOOLKIT_BLOCK_PLUGINS"
             return False
-        return self.only is None or name in self.only
+        if self.only is not None and name not in self.only:
+            self.skipped[name] = "not listed in NBTOOLKIT_ONLY_PLUGINS"
+            return False
+        return True
 
-    def _fail(self, plugin: str, stage: str, exc: BaseException | str) -> None:
+    def _check_filter_names(self) -> None:
+        """Warn about names in the block / only lists that match no plugin (typically a typo)."""
+        known = sorted(set(self._known_names))
+        for var, names in (("NBTOOLKIT_BLOCK_PLUGINS", self.blocked), ("NBTOOLKIT_ONLY_PLUGINS", self.only or set())):
+            for name in sorted(set(names) - set(known)):
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                _warn_once(self._warned, f"{var} names '{name}', which is not a plugin{hint}; known plugins: "
+                           f"{', '.join(known)}", var)
+
+    def _fail(self, plugin: str, stage: str, exc: BaseException | str, entry_point: str | None = None) -> None:
         reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         failure = PluginFailure(plugin, stage, reason)
         self.failures.append(failure)
-        warnings.warn(str(failure), RuntimeWarning, stacklevel=3)
+        _warn_once(self._warned, str(failure), plugin, entry_point)
+
+    def unknown_name_hint(self, name: str = "") -> str:
+        """For "unknown NAME" errors: the plugins that were not loaded and why (empty when none)."""
+        if name in self.skipped:
+            return f"; plugin '{name}', which may provide it, is {self.skipped[name]}"
+        if not self.skipped:
+            return ""
+        return "; not loaded, and may provide it: " + ", ".join(
+            f"plugin '{n}' ({why})" for n, why in sorted(self.skipped.items()))
 
     def _load_module(self, module_path: str) -> None:
         try:
@@ -126,6 +187,7 @@ class PluginHost:
 
     def _load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            self._known_names.append(ep.name)
             if not self._wanted(ep.name):
                 continue
             dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.value
@@ -138,7 +200,7 @@ class PluginHost:
             try:
                 plugin = ep.load()
             except Exception as exc:
-                self._fail(ep.name, "import", f"{type(exc).__name__}: {exc} ({where})")
+                self._fail(ep.name, "import", f"{type(exc).__name__}: {exc} ({where})", entry_point=where)
                 continue
             self._register(plugin, ep.name, dist)
 
@@ -186,6 +248,7 @@ class PluginHost:
         """Remove a plugin by name and rebuild the registries."""
         self.pm.unregister(name=name)
         self.sources.pop(name, None)
+        self.disabled_observers.discard(name)  # a plugin registered again under this name starts enabled
         self.failures = [f for f in self.failures if f.plugin != name]
         self.refresh()
 
@@ -208,6 +271,7 @@ class PluginHost:
                     caller(register=register)
                 except Exception as exc:
                     self._fail(name, hook_name, exc)
+            registry.unknown_hint = self.unknown_name_hint
             setattr(self, attr, registry)
 
     def plugin_hooks(self, name: str) -> list[str]:
@@ -219,8 +283,72 @@ class PluginHost:
 
     @property
     def hook(self) -> Any:
-        """The pluggy hook relay, for firing observer hooks: ``host.hook.nbtoolkit_epoch_end(event=...)``."""
-        return self.pm.hook
+        """The hook relay, for firing observer hooks: ``host.hook.nbtoolkit_epoch_end(event=...)``.
+
+        Observer hooks go to each plugin in turn; one that raises is disabled (see the module doc).
+        Other hooks are pluggy's own callers.
+        """
+        return _ObserverRelay(self)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything ``nbtoolkit plugins`` shows, as plain data (for ``--json``)."""
+        return {
+            "entries": [
+                {"kind": registry.kind, "name": e.name, "plugin": e.plugin, "source": e.source,
+                 "options": None if e.accepted_options() is None else sorted(e.accepted_options() or ())}
+                for registry in (self.integrators, self.predictors, self.samplers) for e in registry.entries()
+            ],
+            "plugins": [{"name": n, "source": self.sources[n], "hooks": self.plugin_hooks(n)} for n in sorted(self.sources)],
+            "failures": [{"plugin": f.plugin, "stage": f.stage, "reason": f.reason} for f in self.failures],
+            "not_loaded": [{"plugin": n, "reason": why} for n, why in sorted(self.skipped.items())],
+        }
+
+    # ------------------------------------------------------------------ observers and tracing
+    def _call_observers(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        from .control import RunStopped
+        from .errors import NBToolkitError
+
+        caller = getattr(self.pm.hook, hook_name)
+        impls = caller.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            return caller(**kwargs)  # wrappers need pluggy's own calling loop
+        results = []
+        for impl in reversed(impls):  # pluggy's order: last registered first
+            if impl.plugin_name in self.disabled_observers:
+                continue
+            if self.trace:
+                sys.stderr.write(f"  {hook_name} -> plugin '{impl.plugin_name}'\n")
+            try:
+                result = impl.function(*[kwargs[name] for name in impl.argnames])
+            except (NBToolkitError, RunStopped):
+                raise
+            except Exception as exc:
+                self.disabled_observers.add(impl.plugin_name)
+                source = self.sources.get(impl.plugin_name, impl.plugin_name)
+                reason = f"{type(exc).__name__}: {exc}; the observer is disabled for the rest of this process"
+                self.failures.append(PluginFailure(impl.plugin_name, hook_name, reason))
+                _warn_once(self._warned, f"observer plugin '{impl.plugin_name}' ({source}) raised in {hook_name}: {reason}",
+                           impl.plugin if hasattr(impl.plugin, "__file__") else sys.modules.get(type(impl.plugin).__module__))
+                continue
+            if result is not None:
+                results.append(result)
+        return results
+
+    def _trace_before(self, hook_name: str, hook_impls: Any, kwargs: Any) -> None:
+        names = ", ".join(f"'{impl.plugin_name}'" for impl in reversed(hook_impls)) or "(no plugin)"
+        sys.stderr.write(f"nbtoolkit trace: {hook_name} answered by {names}\n")
+
+
+class _ObserverRelay:
+    """``host.hook``: observer hooks through :meth:`PluginHost._call_observers`, the rest through pluggy."""
+
+    def __init__(self, host: PluginHost) -> None:
+        self._host = host
+
+    def __getattr__(self, name: str) -> Any:
+        if name in OBSERVER_HOOKS:
+            return functools.partial(self._host._call_observers, name)
+        return getattr(self._host.pm.hook, name)
 
 
 _HOST: PluginHost | None = None

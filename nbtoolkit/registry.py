@@ -35,6 +35,8 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, RegistryEntry] = {}
+        #: returns extra text for "unknown name" errors (the host lists plugins it did not load)
+        self.unknown_hint: Callable[[str], str] = lambda name: ""
 
     def add(self, name: str, factory: Callable[..., Any], plugin: str, source: str = "") -> RegistryEntry:
         if not isinstance(name, str) or not name:
@@ -58,7 +60,7 @@ class Registry:
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise UnknownNameError(f"unknown {self.kind} '{name}'; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} '{name}'; known: {known}{self.unknown_hint(name)}") from None
 
     def create(self, name: str, **options: Any) -> Any:
         """Build the named object, passing ``options`` to its factory.
@@ -72,8 +74,8 @@ class Registry:
             unknown = sorted(set(options) - accepted)
             if unknown:
                 raise PluginError(
-                    f"{self.kind} '{name}' does not take option(s) {', '.join(unknown)}; "
-                    f"it takes: {', '.join(sorted(accepted)) or '(none)'}"
+                    f"{self.kind} '{name}' (plugin '{entry.plugin}' from {entry.source}) does not take option(s) "
+                    f"{', '.join(unknown)}; it takes: {', '.join(sorted(accepted)) or '(none)'}"
                 )
         try:
             return entry.factory(**options)
@@ -81,7 +83,8 @@ class Registry:
             raise
         except Exception as exc:
             raise PluginError(
-                f"{self.kind} '{name}' from plugin '{entry.plugin}' failed to build: {type(exc).__name__}: {exc}"
+                f"{self.kind} '{name}' from plugin '{entry.plugin}' failed to build: {type(exc).__name__}: {exc} "
+                f"(plugin '{entry.plugin}' comes from {entry.source})"
             ) from exc
 
     def names(self) -> list[str]:

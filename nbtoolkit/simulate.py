@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import validate
 from .contracts import checked_step
 from .control import RunControl
 from .errors import NBToolkitError
@@ -50,7 +51,7 @@ def iter_steps(
     integrator: Integrator,
     predictor: DtPredictor,
     *,
-    predictor_name: str = "predictor",
+    predictor_name: str | None = None,
     guard_threshold: float | None = None,
     max_halvings: int = 20,
     control: RunControl | None = None,
@@ -62,10 +63,14 @@ def iter_steps(
     freezes a system). The predictor sees the last ``predictor.history_len`` states. No gradients
     are recorded. Every integrator step goes through :func:`nbtoolkit.contracts.checked_step`, so
     an integrator that breaks its contract (wrong shapes, time not advanced, NaN out of a finite
-    state) raises :class:`~nbtoolkit.errors.PluginError` naming it and its plugin.
+    state) raises :class:`~nbtoolkit.errors.PluginError` naming it and its plugin. A system with
+    zero total energy is refused (|dE/E| would be undefined; see
+    :func:`nbtoolkit.validate.energy_normalisable`).
     """
+    validate.run_span(guard_threshold=guard_threshold, max_halvings=max_halvings)
     state = state.detach()
     state.validate()
+    validate.energy_normalisable(state)
     history_len = int(getattr(predictor, "history_len", 0))
     history = History.empty(state, history_len) if history_len else None
     energy = state_energy(state)
@@ -74,7 +79,7 @@ def iter_steps(
         if control is not None:
             control.checkpoint()
         with torch.no_grad():  # not held across the yield: grad mode is thread-global
-            proposed = checked_dt(predictor(state, history), state, predictor_name)
+            proposed = checked_dt(predictor(state, history), state, predictor_name, predictor)
             limit = None if dt_limit is None else dt_limit(state)
             dt = proposed if limit is None else torch.minimum(proposed, limit)
             new = checked_step(integrator, state, dt)
@@ -136,6 +141,16 @@ def _scatter(base: NBodyState, idx: Tensor, part: NBodyState) -> NBodyState:
         position=put(base.position, part.position), velocity=put(base.velocity, part.velocity),
         time=put(base.time, part.time), acceleration=acc,
     )
+
+
+def _constant_dt(predictor: DtPredictor) -> float | None:
+    """The dt of a predictor that always proposes the same one (a ``dt`` attribute and nothing
+    learned or state-dependent), else None."""
+    dt = getattr(predictor, "dt", None)
+    if isinstance(dt, (int, float)) and not isinstance(dt, bool) and dt > 0 and not list(predictor.parameters()) \
+            and not int(getattr(predictor, "history_len", 0)):
+        return float(dt)
+    return None
 
 
 def time_remaining(end: Tensor, time: Tensor) -> Tensor:
@@ -207,7 +222,7 @@ def simulate(
     guard_threshold: float | None = None,
     max_halvings: int = 20,
     max_steps: int = DEFAULT_MAX_STEPS,
-    predictor_name: str = "predictor",
+    predictor_name: str | None = None,
     control: RunControl | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> Trajectory:
@@ -216,12 +231,19 @@ def simulate(
     Give exactly one of ``steps`` (fixed count), ``t_end`` (end time, scalar or (B,)) or
     ``orbits`` together with ``period`` (B,). With an end time the last step is shortened to
     land on it exactly, and systems that arrive early wait (dt = 0) for the others.
-    ``max_steps`` caps the run; exceeding it is an error. ``progress(step, fraction_done)`` is
-    called after each step.
+    ``max_steps`` caps the run; exceeding it is an error, and a run whose first dt already
+    implies more than ``max_steps`` steps at a constant dt is refused before it starts.
+    ``progress(step, fraction_done)`` is called after each step. Non-finite or out-of-range
+    parameters (``t_end`` NaN or inf, ``orbits`` <= 0, ``guard_threshold`` <= 0,
+    ``max_halvings`` < 0) raise :class:`~nbtoolkit.errors.ConfigError` naming the parameter.
     """
     chosen = [name for name, value in (("steps", steps), ("t_end", t_end), ("orbits", orbits)) if value is not None]
     if len(chosen) != 1:
         raise NBToolkitError(f"give exactly one of steps, t_end or orbits; got {', '.join(chosen) or 'none'}")
+    validate.run_span(t_end=t_end, orbits=orbits, guard_threshold=guard_threshold, max_halvings=max_halvings,
+                      max_steps=max_steps)
+    if steps is not None:
+        validate.integer("steps", steps)
     t0 = state.time.detach().clone()
     end: Tensor | None = None
     if orbits is not None:
@@ -240,6 +262,13 @@ def simulate(
         raise NBToolkitError(f"steps={steps} exceeds max_steps={max_steps}")
 
     dt_limit = None if end is None else (lambda s: time_remaining(end, s.time))
+    if end is not None and _constant_dt(predictor) is not None:
+        needed = float(((end - t0) / _constant_dt(predictor)).max())
+        if needed > max_steps:
+            raise NBToolkitError(
+                f"a constant dt of {_constant_dt(predictor):g} needs about {needed:.3g} steps to reach the end time, "
+                f"more than max_steps={max_steps}; use a larger dt or raise max_steps"
+            )
     energy0 = state_energy(state.detach())
     times, positions, velocities, energies = [t0.numpy().copy()], [state.position.detach().numpy().copy()], [
         state.velocity.detach().numpy().copy()], [energy0.numpy().copy()]

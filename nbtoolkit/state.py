@@ -38,10 +38,25 @@ ArrayLike = Tensor | np.ndarray | Sequence[Any] | float
 
 
 def as_tensor(value: ArrayLike, dtype: torch.dtype = DEFAULT_DTYPE, device: torch.device | str | None = None) -> Tensor:
-    """Convert numpy arrays, lists or tensors to a tensor of ``dtype`` (no copy when possible)."""
+    """Convert numpy arrays, lists or tensors to a tensor of ``dtype`` (no copy when possible).
+
+    Complex, string, object or other non-real values are refused (:class:`InvalidStateError`):
+    a cast would silently drop an imaginary part or fail with an obscure message.
+    """
     if isinstance(value, Tensor):
+        if value.is_complex():
+            raise InvalidStateError(f"expected real numbers; got a complex tensor ({value.dtype})")
         return value.to(dtype=dtype, device=device)
-    return torch.as_tensor(np.asarray(value), dtype=dtype, device=device)
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged nested lists
+        raise InvalidStateError(f"expected a rectangular array of real numbers ({exc})") from None
+    if array.dtype.kind not in "biuf":
+        what = "complex" if array.dtype.kind == "c" else f"dtype {array.dtype}"
+        raise InvalidStateError(f"expected real numbers; got {what} values")
+    if array.dtype.kind == "f" and array.dtype.itemsize > 8:
+        raise InvalidStateError(f"expected real numbers of at most 64 bits; got dtype {array.dtype}")
+    return torch.as_tensor(array, dtype=dtype, device=device)
 
 
 @dataclass(frozen=True)
@@ -76,18 +91,32 @@ class NBodyState:
         A single system may be given without the batch dimension (mass (N,), position (N, D));
         it becomes B = 1. ``time`` defaults to zeros; a scalar is broadcast to (B,).
         """
-        m = as_tensor(mass, dtype, device)
-        x = as_tensor(position, dtype, device)
-        v = as_tensor(velocity, dtype, device)
+        def field_tensor(name: str, value: ArrayLike) -> Tensor:
+            try:
+                return as_tensor(value, dtype, device)
+            except InvalidStateError as exc:
+                raise InvalidStateError(f"state: {name}: {exc}") from None
+
+        m = field_tensor("mass", mass)
+        x = field_tensor("position", position)
+        v = field_tensor("velocity", velocity)
         if m.dim() == 1 and x.dim() == 2:
             m, x = m.unsqueeze(0), x.unsqueeze(0)
             if v.dim() == 2:
                 v = v.unsqueeze(0)
         batch = m.shape[0] if m.dim() >= 1 else 1
-        t = torch.zeros(batch, dtype=dtype, device=device) if time is None else as_tensor(time, dtype, device)
+        t = torch.zeros(batch, dtype=dtype, device=device) if time is None else field_tensor("time", time)
         if t.dim() == 0:
             t = t.expand(batch).clone()
-        state = cls(m, x, v, t, float(G), float(softening))
+        scalars = {}
+        for name, value in (("G", G), ("softening", softening)):
+            if isinstance(value, (complex, np.complexfloating)) or (isinstance(value, Tensor) and value.is_complex()):
+                raise InvalidStateError(f"state: {name} must be a real number; got {value!r}")
+            try:
+                scalars[name] = float(value)
+            except (TypeError, ValueError):
+                raise InvalidStateError(f"state: {name} must be a real number; got {value!r}") from None
+        state = cls(m, x, v, t, scalars["G"], scalars["softening"])
         if validate:
             state.validate()
         return state
@@ -159,6 +188,9 @@ class NBodyState:
             raise InvalidStateError(f"{where}: G must be finite and > 0; got {self.G}")
         if not (np.isfinite(self.softening) and self.softening >= 0):
             raise InvalidStateError(f"{where}: softening must be finite and >= 0; got {self.softening}")
+        from .validate import check_state_memory
+
+        check_state_memory(B, N, x.shape[2], where)
         if self.softening == 0 and N > 1:
             d2 = (x.unsqueeze(-2) - x.unsqueeze(-3)).square().sum(-1)
             d2 = d2 + torch.eye(N, dtype=d2.dtype, device=d2.device) * torch.finfo(d2.dtype).max

@@ -75,8 +75,8 @@ def test_state_file_contract_command(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--preset", "kepler", "--integrator", "nope", "--steps", "3"], "unknown integrator 'nope'; known: leapfrog, "),
-        (["--preset", "kepler", "--predictor", "nope", "--steps", "3"], "unknown dt predictor 'nope'; known: aarseth, constant, "),
+        (["--preset", "kepler", "--integrator", "nope", "--steps", "3"], "unknown integrator 'nope'; known: "),
+        (["--preset", "kepler", "--predictor", "nope", "--steps", "3"], "unknown dt predictor 'nope'; known: "),
         (["--preset", "kepler", "--eccentricity", "1.5", "--steps", "3"], "eccentricity"),
         (["--preset", "kepler", "--predictor", "constant", "--eta", "0.1", "--steps", "3"], "does not take option(s) eta"),
         (["--preset", "figure-eight", "--eccentricity", "0.3", "--steps", "3"], "does not take --eccentricity"),

@@ -448,3 +448,27 @@ def test_python_m_gui_without_a_display_exits_with_a_message():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "no display" in proc.stderr
+
+
+def test_the_viewer_flies_with_the_loaded_configs_integrator_options(qtbot, host):
+    from nbtoolkit.training import TrainConfig as _TrainConfig
+
+    panel = ControlPanel(host)
+    qtbot.addWidget(panel)
+    panel.set_config(_TrainConfig(integrator="rk4", integrator_options={"x": 1}))
+    assert panel.integrator_options() == {"x": 1}
+    panel.integrator_combo.setCurrentText("leapfrog")
+    assert panel.integrator_options() == {}
+
+
+def test_log_axes_label_whole_decades_only_and_legends_stay_off_the_data(qtbot):
+    from gui.plots import DecadeAxis
+
+    plots = LivePlots()
+    qtbot.addWidget(plots)
+    axis = plots.dt_plot.getAxis("left")
+    assert isinstance(axis, DecadeAxis) and axis.logMode
+    labels = axis.tickStrings([-2.0, -1.9542, -1.0, np.log10(0.02), -6.0], 1.0, 0.1)
+    assert labels == ["0.01", "", "0.1", "", "1e-6"]  # minor ticks of a short range no longer overprint
+    for plot in (plots.err_plot, plots.dt_plot):
+        assert plot.legend.parentItem() is plot  # in the title row, not inside the view box over the data

@@ -312,3 +312,31 @@ def test_the_documented_observer_receives_every_event():
         assert lines[0] == "training 2 systems from epoch 0 to 1"
         assert lines[1].startswith("epoch 0: 6 accepted")
         assert lines[2].startswith("done: 6 accepted")
+
+
+def test_the_documented_acceleration_cache_is_reused_and_correct():
+    import nbtoolkit.physics as physics
+
+    from nbtoolkit.presets import make_preset
+
+    module = doc_module("example: integrator with acceleration cache")
+    integrator = module.CachedLeapfrog()
+    state = make_preset("kepler", eccentricity=0.5).state
+    dt = torch.full((1,), 1e-3, dtype=torch.float64)
+    first = integrator.step(state, dt)
+    assert first.acceleration is not None
+    torch.testing.assert_close(first.acceleration, physics.state_accelerations(first.replace(acceleration=None)))
+    calls = []
+    original = module.accelerations
+    module.accelerations = lambda *a: calls.append(1) or original(*a)
+    try:
+        second = integrator.step(first, dt)
+    finally:
+        module.accelerations = original
+    assert len(calls) == 1  # the incoming cache was used, only the new positions cost a force evaluation
+    reference = host_leapfrog_step(first, dt)
+    torch.testing.assert_close(second.position, reference.position)
+
+
+def host_leapfrog_step(state, dt):
+    return isolated_host().integrators.create("leapfrog").step(state, dt)

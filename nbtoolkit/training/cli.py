@@ -11,8 +11,8 @@ The systems come from ``--preset``/``--state`` (with the preset flags), else fro
 override), else from ``--training-set`` or the ``[[systems]]`` tables of the TOML file, else,
 when resuming, from the checkpoint, else from the built-in training set ``general``. A
 training set is drawn with the training seed; the same set drawn with seed + 1 serves as
-the validation systems of the safety calibration. Ctrl-C stops training cleanly at the next
-step (the checkpoint is still written); a second Ctrl-C aborts.
+the validation systems of the safety calibration. Ctrl-C or SIGTERM stops training cleanly at
+the next step (the checkpoint is still written, exit status 130 or 143); a second one aborts.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .. import validate
 from ..control import RunControl
 from ..errors import ConfigError
 from ..plugin_manager import get_host
@@ -67,6 +68,7 @@ KEY_HELP: dict[str, str] = {
     "predictor_options": "extra predictor factory option KEY=VALUE (repeatable), e.g. init_factor=0.01",
     "sampler_options": "replay sampler option KEY=VALUE (repeatable), e.g. alpha=0.7",
     "fallback_options": "fallback predictor option KEY=VALUE (repeatable), e.g. eta=0.02",
+    "integrator_options": "integrator factory option KEY=VALUE (repeatable)",
     "history_len": "number of past accepted states the predictor sees (default 0)",
     "hidden_width": "width of the predictor's hidden layers (default 64)",
     "hidden_layers": "number of hidden layers (default 2)",
@@ -88,6 +90,7 @@ _FLAG_NAMES: dict[str, list[str]] = {
     "predictor_options": ["--predictor-option"],
     "sampler_options": ["--sampler-option"],
     "fallback_options": ["--fallback-option"],
+    "integrator_options": ["--integrator-option"],
 }
 
 
@@ -116,7 +119,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--config", type=Path, help="TOML file of configuration keys (and an optional [system] table)")
     run.add_argument("--resume", type=Path, help="continue training from this checkpoint (written back to it "
                                                  "unless --checkpoint says otherwise)")
-    run.add_argument("--threads", type=int, help="torch CPU threads (small models run fastest with 1)")
+    run.add_argument("--threads", type=validate.arg_integer(low=1), help="torch CPU threads (small models run fastest with 1)")
     run.add_argument("--training-set", metavar="NAME|FILE",
                      help="train on a built-in training set (general, ...) or a TOML file of [[systems]] tables "
                           "(default: general, when no --preset/--state/[system] is given)")
@@ -202,16 +205,23 @@ def _trained_on(trainer: Trainer) -> str:
 
 
 def _install_interrupt(control: RunControl) -> Any:
-    """First Ctrl-C asks the run to stop at its next step; the second one interrupts. Returns the old handler."""
+    """Ctrl-C (SIGINT) and SIGTERM ask the run to stop at its next step (the checkpoint is then
+    written); a second one interrupts. Returns the old handlers, to give back to :func:`_restore`."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum: int, frame: Any) -> None:
         if control.stop_requested:
             raise KeyboardInterrupt
+        control.signal = signum  # type: ignore[attr-defined]
         control.stop()
 
-    return signal.signal(signal.SIGINT, handler)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(previous: Any) -> None:
+    for sig, old in (previous or {}).items():
+        signal.signal(sig, old)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -249,12 +259,15 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         trainer = Trainer(TrainConfig.from_dict(overrides), state, host=host, control=control, period=period,
                           validation_state=validation)
+    if getattr(args, "export_model", None) is not None:  # checked before training, not after it
+        if not trainer.config.checkpoint_path:
+            raise ConfigError("--export-model needs --checkpoint PATH (the model file is written from it)")
+        validate.writable_file(args.export_model, "--export-model")
     previous = _install_interrupt(control)
     try:
         result = trainer.fit()
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        _restore(previous)
     cfg = trainer.config
     last = result.epoch_metrics[-1] if result.epoch_metrics else None
     lines = [f"epochs             {result.epochs_completed}/{cfg.epochs}" + (" (stopped)" if result.stopped else ""),
@@ -280,4 +293,8 @@ def run_train(args: argparse.Namespace) -> int:
                      info={"trained_on": _trained_on(trainer)})
         lines.append(f"model file         {args.export_model}")
     print("\n".join(lines))
+    if result.stopped and getattr(control, "signal", None) == signal.SIGTERM:
+        print("nbtoolkit train: stopped by SIGTERM" + (f"; checkpoint written to {cfg.checkpoint_path}"
+                                                        if cfg.checkpoint_path else ""), file=sys.stderr)
+        return 128 + signal.SIGTERM
     return EXIT_STOPPED if result.stopped else 0

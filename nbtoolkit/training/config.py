@@ -78,6 +78,7 @@ class TrainConfig:
     predictor_options: dict[str, Any] = field(default_factory=dict)
     sampler_options: dict[str, Any] = field(default_factory=dict)
     fallback_options: dict[str, Any] = field(default_factory=dict)
+    integrator_options: dict[str, Any] = field(default_factory=dict)
     # architecture of the learned predictor
     history_len: int = 0  #: K past accepted states the predictor sees
     hidden_width: int = 64
@@ -121,7 +122,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of every key (option tables copied), suitable for TOML, JSON and checkpoints."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key in ("predictor_options", "sampler_options", "fallback_options"):
+        for key in ("predictor_options", "sampler_options", "fallback_options", "integrator_options"):
             out[key] = dict(out[key])
         return out
 
@@ -162,6 +163,9 @@ def read_toml(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
         raise ConfigError(f"configuration file '{p}' cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration file '{p}' is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"configuration file '{p}' is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                          "TOML files must be UTF-8") from None
     system = data.pop(SYSTEM_TABLE, None)
     if system is not None and not isinstance(system, dict):
         raise ConfigError(f"configuration file '{p}': '{SYSTEM_TABLE}' must be a table")
@@ -198,10 +202,16 @@ def _float(low: float, *, strict: bool = True, high: float | None = None) -> Cal
         value = float(value)
         ok = math.isfinite(value) and (value > low if strict else value >= low) and (high is None or value < high)
         if not ok:
-            rng = f"{'>' if strict else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
+            rng = f"{'>' if strict else '>='} {_fmt(low)}" + (f" and < {_fmt(high)}" if high is not None else "")
             raise ConfigError(f"configuration key '{name}' must be finite and {rng}; got {value!r}")
         return value
     return check
+
+
+def _fmt(bound: float) -> str:
+    """``:g`` unless that rounds the bound (then the exact repr), so messages never contradict themselves."""
+    short = f"{bound:g}"
+    return short if float(short) == bound else repr(bound)
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
@@ -242,21 +252,30 @@ def _options(name: str, value: Any) -> dict[str, Any]:
     for key, item in value.items():
         if not isinstance(item, (bool, int, float, str)):
             raise ConfigError(f"configuration key '{name}': option '{key}' must be a number, string or boolean; got {item!r}")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"configuration key '{name}': option '{key}' must be finite; got {item!r}")
     return dict(value)
 
 
 def _device(name: str, value: Any) -> str:
     _text(name, value)
     try:
-        torch.device(value)
+        device = torch.device(value)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"configuration key '{name}' is not a torch device: {value!r} ({exc})") from None
+    if device.type != "cpu":
+        try:
+            torch.empty(1, device=device)
+        except Exception as exc:  # e.g. "Torch not compiled with CUDA enabled", no such device index
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(f"configuration key '{name}': device {value!r} is not usable here ({reason}); "
+                              f"use \"cpu\" or a device this torch build and machine have") from None
     return value
 
 
 _RULES: dict[str, Callable[[str, Any], Any]] = {
     "energy_threshold": _float(0.0, high=1.0),
-    "E_lower": _float(REL_DE_FLOOR * 10, strict=False),
+    "E_lower": _float(1e-14, strict=False),  # ten times REL_DE_FLOOR, written exactly
     "E_upper": _float(0.0),
     "efficiency_weight": _float(0.0, strict=False),
     "nonfinite_penalty": _float(0.0),
@@ -284,6 +303,7 @@ _RULES: dict[str, Callable[[str, Any], Any]] = {
     "predictor_options": _options,
     "sampler_options": _options,
     "fallback_options": _options,
+    "integrator_options": _options,
     "history_len": _int(0, 1024),
     "hidden_width": _int(1),
     "hidden_layers": _int(1),

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..control import RunControl, RunStopped
-from ..errors import PluginError
+from ..errors import NBToolkitError, PluginError
 from ..events import ReplayIteration
 from ..integrator import Integrator
 from ..predictor import DtPredictor, History
@@ -68,22 +68,37 @@ def sample_minibatch(buffer: ReplayBuffer, batch_size: int, generator: torch.Gen
     elif sampler is None:
         idx = uniform_indices(buffer, k, generator)
     else:
-        idx = sampler(buffer, k, generator)
-        _check_indices(idx, n, k, sampler_name)
+        try:
+            idx = sampler(buffer, k, generator)
+        except (NBToolkitError, MemoryError):
+            raise
+        except Exception as exc:
+            raise PluginError(f"{_describe(sampler_name, sampler)} raised {type(exc).__name__}: {exc}") from exc
+        _check_indices(idx, n, k, _describe(sampler_name, sampler))
     state, history = buffer.gather(idx)
     return Minibatch(indices=idx, state=state, history=history, dt=buffer.dt[idx].clone())
 
 
-def _check_indices(idx: Any, n: int, k: int, name: str) -> None:
+def _describe(name: str, sampler: Any) -> str:
+    """``replay sampler 'NAME' (plugin 'P' from SOURCE)`` where the registry knows it."""
+    from ..contracts import sampler_origin
+
+    try:
+        return sampler_origin(sampler, name=name)
+    except Exception:  # describing must never hide the real error
+        return f"replay sampler '{name}'"
+
+
+def _check_indices(idx: Any, n: int, k: int, label: str) -> None:
     if not isinstance(idx, Tensor) or idx.dim() != 1 or idx.dtype != torch.long:
         shape = tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__
-        raise PluginError(f"replay sampler '{name}' must return a 1-D LongTensor of indices; got {shape}")
+        raise PluginError(f"{label} must return a 1-D LongTensor of indices; got {shape}")
     if idx.numel() == 0 or idx.numel() > k:
-        raise PluginError(f"replay sampler '{name}' returned {idx.numel()} indices; expected 1 to {k}")
+        raise PluginError(f"{label} returned {idx.numel()} indices; expected 1 to {k}")
     if int(idx.min()) < 0 or int(idx.max()) >= n:
-        raise PluginError(f"replay sampler '{name}' returned an index outside [0, {n})")
+        raise PluginError(f"{label} returned an index outside [0, {n})")
     if torch.unique(idx).numel() != idx.numel():
-        raise PluginError(f"replay sampler '{name}' returned duplicate indices")
+        raise PluginError(f"{label} returned duplicate indices")
 
 
 def evaluate_minibatch(predictor: DtPredictor, integrator: Integrator, minibatch: Minibatch, config: TrainConfig,

@@ -148,7 +148,7 @@ def _predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBo
     (penalty) loss reaches the predictor only through :func:`compute_single_step_loss`'s dt
     term. The returned state is detached (it is only ever accepted, not trained through).
     """
-    dt = checked_dt(predictor(state, history), state, predictor_name)
+    dt = checked_dt(predictor(state, history), state, predictor_name, predictor)
     e0 = state_energy(state) if energy0 is None else energy0
     new = attempt_single_step(integrator, state, dt, config.n_steps)
     passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=e0)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import __version__
+from .. import __version__, validate
 from ..control import RunControl, RunStopped
 from ..errors import ConfigError
 from ..events import EpochEnd, FitEnd, FitStart
@@ -79,6 +79,7 @@ class Trainer:
         self.control = control
         self.device = torch.device(config.device)
         self.state = state.detach().to(device=self.device).validate("training state", allow_padding=True)
+        validate.energy_normalisable(self.state, "training state")
         self.initial_state = self.state.clone()
         self.validation_state = None if validation_state is None else \
             validation_state.detach().to(device=self.device).validate("validation state", allow_padding=True)
@@ -93,7 +94,7 @@ class Trainer:
                                   "this state has none (use a periodic preset or pass period=...)")
             self.stop_time = self.state.time + self.period
 
-        self.integrator = self.host.integrators.create(config.integrator)
+        self.integrator = self.host.integrators.create(config.integrator, **config.integrator_options)
         accepted = self.host.predictors.get(config.predictor).accepted_options()
         self.predictor_options = config.predictor_build_options(accepted)
         if predictor is None:
@@ -136,10 +137,7 @@ class Trainer:
         start = time.perf_counter()
         results: list[dict[str, Any]] = []
         stopped = False
-        if cfg.checkpoint_path:
-            folder = Path(cfg.checkpoint_path).parent
-            if not folder.is_dir():
-                raise ConfigError(f"configuration key 'checkpoint_path': directory '{folder}' does not exist")
+        validate.writable_file(cfg.checkpoint_path, "configuration key 'checkpoint_path'")
         if hasattr(self.predictor, "log_safety"):
             with torch.no_grad():
                 self.predictor.log_safety.zero_()
@@ -300,7 +298,10 @@ class Trainer:
             raise CheckpointError(f"{where}: optimizer state does not fit the predictor ({exc})") from None
         for group in trainer.optimizer.param_groups:
             group["lr"] = config.learning_rate
-        trainer.generator.set_state(data["rng_state"])
+        try:
+            trainer.generator.set_state(data["rng_state"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{where} is malformed: key 'rng_state' is not a generator state ({exc})") from None
         trainer.epoch = int(data["epoch"])
         trainer.total_accepted = int(data["totals"]["accepted"])
         trainer.total_retrains = int(data["totals"]["retrains"])
