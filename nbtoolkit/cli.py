@@ -445,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "gui":  # the viewer sets its own threads; train's --threads overrides this
+        from .threads import apply_thread_policy
+
+        apply_thread_policy()
     try:
         try:
             return int(args.func(args) or 0)

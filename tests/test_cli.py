@@ -112,8 +112,10 @@ def test_gui_without_a_display_runs_the_main_job_headless(capsys, monkeypatch):
     code, out, err = run_cli(capsys, "gui", "--epochs", "1")
     assert code == 0
     assert "no display found" in err
-    learned = [line.split() for line in out.splitlines() if line.startswith("learned (mlp)")]
+    learned = [line.split() for line in out.splitlines() if line.startswith("just trained (mlp)")]
+    pretrained = [line.split() for line in out.splitlines() if line.startswith("pretrained 'learned'")]
     tuned = [line.split() for line in out.splitlines() if line.startswith("freefall (eta=")]
-    assert len(learned) == 1 and len(tuned) == 1
-    assert int(learned[0][2]) > 0  # steps of the held-out orbit with the learned dt
+    assert len(learned) == 1 and len(tuned) == 1 and len(pretrained) == 1
+    assert int(learned[0][3]) > 0  # steps of the held-out orbit with the learned dt
+    assert float(pretrained[0][-3]) >= 99.0  # the shipped model passes the gate on a system it never saw
     assert tuned[0][-3] == "100.00"  # the tuned rule passes the gate on every step
