@@ -14,7 +14,8 @@ reported through ``pop_force_evals`` so that the runs' force-evaluation figures 
 with the leapfrog a step costs ``1 + iterations`` force evaluations.
 
 Options: ``base`` (a registered predictor name, default ``freefall``, or a ``DtPredictor``
-object), ``iterations`` (default 2), ``integrator`` (default ``leapfrog``), ``checkpoint`` (a
+object), ``iterations`` (default 3; odd counts are the efficient ones, see
+:data:`DEFAULT_ITERATIONS`), ``integrator`` (default ``leapfrog``), ``checkpoint`` (a
 checkpoint path: its trained predictor becomes the base), ``base_options`` (a dict of the base's
 options) and any other keyword, which is passed on to the base::
 
@@ -35,7 +36,10 @@ from nbtoolkit.errors import ConfigError
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.predictor import DtPredictor, History
 
-DEFAULT_ITERATIONS = 2
+#: fixed-point iterations per step. Odd counts are the efficient ones: the error left by k iterations
+#: is proportional to (dtau/dt)^(k+1), which is even under time reversal (symmetric) for odd k and
+#: odd for even k, so k = 2 drifts about as much as k = 1 at a higher cost, and k = 3 far less.
+DEFAULT_ITERATIONS = 3
 
 
 class SymmetricDt(DtPredictor):
