@@ -70,8 +70,8 @@ class Reference:
         if not np.allclose(self.mass, data["mass"], rtol=MATCH_RTOL, atol=0):
             b, i = np.argwhere(~np.isclose(self.mass, data["mass"], rtol=MATCH_RTOL, atol=0))[0]
             raise ReferenceMismatchError(
-                f"{where}: body {i} of system {b} has mass {self.mass[b, i]!r} in the reference but "
-                f"{data['mass'][b, i]!r} in the evaluated state"
+                f"{where}: body {i} of system {b} has mass {float(self.mass[b, i])!r} in the reference but "
+                f"{float(data['mass'][b, i])!r} in the evaluated state"
             )
         for name, mine, theirs in (("G", self.G, state.G), ("softening", self.softening, state.softening)):
             if not np.isclose(mine, theirs, rtol=MATCH_RTOL, atol=0):
@@ -80,7 +80,7 @@ class Reference:
         if not np.allclose(self.time[0], t0, rtol=MATCH_RTOL, atol=MATCH_RTOL):
             b = int(np.argmax(np.abs(self.time[0] - t0)))
             raise ReferenceMismatchError(
-                f"{where} starts at time {self.time[0, b]!r} (system {b}); the evaluated state starts at {t0[b]!r}"
+                f"{where} starts at time {float(self.time[0, b])!r} (system {b}); the evaluated state starts at {float(t0[b])!r}"
             )
         for name in ("position", "velocity"):
             mine, theirs = getattr(self, name)[0], data[name]
