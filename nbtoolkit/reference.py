@@ -135,6 +135,8 @@ def load_reference(path: str | Path, state: NBodyState | None = None) -> Referen
             softening = float(archive["softening"]) if "softening" in archive.files else 0.0
         except (ValueError, TypeError) as exc:
             raise StateFileError(f"{path}: unreadable trajectory data ({exc})") from None
+    if position.ndim in (2, 3) and time.ndim <= 1:
+        raise StateFileError(f"{path}: is a state file, not a trajectory file; write a reference with `nbtoolkit reference`")
     if position.ndim != 4 or time.shape != position.shape[:2] or velocity.shape != position.shape \
             or mass.shape != position.shape[1:3]:
         raise StateFileError(

@@ -259,7 +259,7 @@ def test_evaluate_refuses_a_reference_with_another_start_or_end_time(tmp_path, c
                            "--rules", "freefall", "--reference", short)
     assert code == 2 and "no output at the end time" in err
     code, _, err = run_cli(capsys, "evaluate", "--preset", "kepler", "--orbits", "1", "--reference", state_file)
-    assert code == 2 and "not a trajectory file" in err
+    assert code == 2 and "a state file, not a trajectory file" in err
 
 
 @needs_rebound
