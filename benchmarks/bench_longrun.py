@@ -92,6 +92,8 @@ def kepler_elements(state: NBodyState) -> tuple[float, float]:
     ex, ey = v[1] * h / mu - x[0] / r, -v[0] * h / mu - x[1] / r
     e = math.hypot(ex, ey)
     theta = math.atan2(x[1], x[0])
+    if not e < 1:  # the integration unbound the orbit: no mean longitude
+        return theta, float("nan")
     f = theta - math.atan2(ey, ex)
     E = 2 * math.atan2(math.sqrt(1 - e) * math.sin(f / 2), math.sqrt(1 + e) * math.cos(f / 2))
     M = E - e * math.sin(E)
@@ -225,6 +227,8 @@ def growth(times: np.ndarray, err: np.ndarray, floor: float) -> tuple[float, str
     """Exponent p of err ~ t^p fitted to the running maximum over the last 1.5 decades of time, and its
     class; errors that stay within 10x of ``floor`` (round-off, or the phase-matching resolution) are
     reported as such."""
+    if not np.all(np.isfinite(err)):
+        return float("nan"), "unbound"
     envelope = np.maximum.accumulate(np.maximum(err, floor))
     keep = times >= times[-1] / 10**1.5
     if keep.sum() < 3:
@@ -352,7 +356,7 @@ def plot(results: dict[str, list[Run]], path: Path) -> None:
         for r in runs:
             label = f"{r.label} ({r.force_evals:,} evals)"
             axes[0, col].loglog(r.times, np.maximum(r.energy_error, 1e-17), label=label)
-            axes[1, col].loglog(r.times, np.maximum(r.phase_error, 1e-12), label=label)
+            axes[1, col].loglog(r.times, np.maximum(r.phase_error, 1e-12), label=label)  # NaN (unbound) is not drawn
         axes[0, col].set_title(f"{name}: energy error")
         axes[0, col].set_ylabel("|E(t) - E0| / |E0|")
         axes[1, col].set_title(f"{name}: phase error")
