@@ -109,7 +109,8 @@ class SymmetricDt(DtPredictor):
             dt = 0.5 * (tau0 + torch.where(ok, tau1, tau0))
         spent = torch.full((state.batch_size,), float(self.iterations * integrator.force_evals_per_step),
                            dtype=torch.float64)
-        self._force_evals = spent if self._force_evals is None else self._force_evals + spent
+        pending = self._force_evals  # calls not yet popped (a guard retry re-predicts) add up; another batch restarts
+        self._force_evals = spent if pending is None or pending.shape != spent.shape else pending + spent
         return dt
 
     def extra_repr(self) -> str:

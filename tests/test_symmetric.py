@@ -137,3 +137,15 @@ def test_tuning_scales_inside_the_symmetric_rule(host):
     scaled = ScaledPredictor(host.predictors.create("symmetric", eta=1.0), torch.tensor([0.05], dtype=torch.float64))
     direct = host.predictors.create("symmetric", eta=0.05)
     assert scaled(state).item() == pytest.approx(direct(state).item(), rel=1e-12)
+
+
+def test_trains_around_a_learned_base_and_reloads(tmp_path, capsys):
+    from nbtoolkit.training import load_predictor
+
+    checkpoint = tmp_path / "sym.pt"
+    code = main(["train", "--preset", "kepler", "--eccentricity", "0.6", "--epochs", "1", "--steps-per-epoch", "4",
+                 "--seed", "1", "--predictor", "symmetric", "--predictor-option", "base=mlp",
+                 "--predictor-option", "iterations=1", "--checkpoint", str(checkpoint)])
+    assert code == 0, capsys.readouterr().err
+    loaded = load_predictor(checkpoint)
+    assert type(loaded).__name__ == "SymmetricDt" and loaded.iterations == 1 and loaded.trainable
