@@ -27,7 +27,7 @@ def test_options_reach_the_base(host):
     same = host.predictors.create("symmetric", base="freefall", base_options={"eta": 0.05}, iterations=3)
     assert torch.equal(sym(state), same(state))
     default = host.predictors.create("symmetric")
-    assert type(default.base).__name__ == "FreeFallDt" and default.iterations == 3
+    assert type(default.base).__name__ == "FreeFallDt" and (default.iterations, default.solver) == (2, "secant")
     plain = host.predictors.create("freefall", eta=0.05)
     assert torch.equal(host.predictors.create("symmetric", eta=0.05, iterations=0)(state), plain(state))
     wrapped = host.predictors.create("symmetric", base=plain)
@@ -41,6 +41,8 @@ def test_bad_options_are_errors(host):
         host.predictors.create("symmetric", base="nope")
     with pytest.raises(PluginError, match="iterations must be an integer >= 0"):
         host.predictors.create("symmetric", iterations=-1)
+    with pytest.raises(PluginError, match="solver must be one of fixed-point, secant"):
+        host.predictors.create("symmetric", solver="newton")
 
 
 def test_dt_is_the_mean_of_both_ends(host):
@@ -49,11 +51,24 @@ def test_dt_is_the_mean_of_both_ends(host):
     start, _ = two_body_orbit(e=0.9)
     state = leapfrog.step(start, torch.tensor([0.05], dtype=torch.float64))  # off pericentre: tau changes along the step
     base = host.predictors.create("freefall", eta=0.1)
-    sym = host.predictors.create("symmetric", base=base, iterations=40)
-    dt = sym(state)
-    end = leapfrog.step(state, dt)
-    assert dt.item() == pytest.approx(0.5 * (base(state) + base(end)).item(), rel=1e-10)
-    assert dt.item() > 1.01 * base(state).item()
+    for solver, iterations in (("fixed-point", 40), ("secant", 5)):
+        sym = host.predictors.create("symmetric", base=base, iterations=iterations, solver=solver)
+        dt = sym(state)
+        end = leapfrog.step(state, dt)
+        assert dt.item() == pytest.approx(0.5 * (base(state) + base(end)).item(), rel=1e-10), solver
+        assert dt.item() > 1.01 * base(state).item()
+
+
+def test_secant_converges_faster_than_fixed_point(host):
+    leapfrog = host.integrators.create("leapfrog")
+    start, _ = two_body_orbit(e=0.9)
+    state = leapfrog.step(start, torch.tensor([0.05], dtype=torch.float64))
+    exact = host.predictors.create("symmetric", eta=0.1, iterations=8)(state)
+
+    def error(solver: str) -> float:
+        return abs(host.predictors.create("symmetric", eta=0.1, iterations=3, solver=solver)(state) - exact).item()
+
+    assert error("secant") < error("fixed-point") / 10
 
 
 def test_reversible_where_the_plain_rule_is_not(host):
@@ -73,7 +88,7 @@ def test_reversible_where_the_plain_rule_is_not(host):
         return (s.position - state.position).abs().max().item()
 
     plain = there_and_back(host.predictors.create("freefall", eta=0.05))
-    symmetric = there_and_back(host.predictors.create("symmetric", eta=0.05, iterations=10))
+    symmetric = there_and_back(host.predictors.create("symmetric", eta=0.05, iterations=6))
     assert symmetric < 1e-9 < 1e-4 < plain
 
 
@@ -92,9 +107,9 @@ def test_bounded_energy_error_where_the_plain_rule_drifts(host):
     """Kepler e = 0.9, 30 periods at equal force evaluations: the symmetric rule's drift is far smaller."""
     system = make_preset("kepler", eccentricity=0.9)
     leapfrog = host.integrators.create("leapfrog")
-    plain = simulate(system.state, leapfrog, host.predictors.create("freefall", eta=0.1 / 4), orbits=30,
+    plain = simulate(system.state, leapfrog, host.predictors.create("freefall", eta=0.1 / 3), orbits=30,
                      period=system.period).summary()
-    sym = simulate(system.state, leapfrog, host.predictors.create("symmetric", eta=0.1, iterations=3), orbits=30,
+    sym = simulate(system.state, leapfrog, host.predictors.create("symmetric", eta=0.1, iterations=2), orbits=30,
                    period=system.period).summary()
     assert sym["force_evals"] == pytest.approx(plain["force_evals"], rel=0.1)
     assert sym["final_rel_dE"] < plain["final_rel_dE"] / 100
