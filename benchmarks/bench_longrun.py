@@ -54,7 +54,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from nbtoolkit import get_host, state_energy
+from nbtoolkit import NBToolkitError, get_host, state_energy
 from nbtoolkit.evaluate import ScaledPredictor, tune_scale
 from nbtoolkit.presets import FIGURE_EIGHT_PERIOD, make_preset
 from nbtoolkit.simulate import iter_steps, simulate, time_remaining
@@ -260,7 +260,10 @@ def learned_predictor(args: argparse.Namespace, host: Any) -> Any | None:
 
         return load_predictor(args.checkpoint, host=host)
     if "learned" in host.predictors:
-        return host.predictors.create("learned")
+        try:
+            return host.predictors.create("learned")
+        except NBToolkitError as exc:
+            print(f"the registered 'learned' predictor cannot be built ({exc})", file=sys.stderr)
     return None
 
 
