@@ -18,7 +18,7 @@ Methods, each at its own force-evaluation count (printed):
   ``--fixed-point-iterations`` of them (default 3), at the same force evaluations;
 * ``learned`` and ``symmetric learned`` when ``--checkpoint`` is given or a predictor named
   ``learned`` is registered (rows skipped otherwise): the trained dt, and the symmetric wrapper
-  around it with its dt scaled by 1 + iterations so that both cost the same;
+  around it with its dt scaled (calibrated like eta above) so that both cost the same;
 * ``IAS15``: REBOUND's adaptive 15th-order integrator at its default tolerance, when rebound is
   installed (force evaluations counted through a no-op additional-forces callback).
 
@@ -314,10 +314,13 @@ def run_problem(name: str, state: NBodyState, period: float, end: float, whole_p
         lrn = run_predictor("learned", "checkpoint" if args.checkpoint else "'learned'", state, learned, end, samples,
                             phase_factory(), leapfrog)
         log(lrn)
-        wrapped = ScaledPredictor(host.predictors.create("symmetric", base=learned, iterations=k),
-                                  torch.tensor([float(k + 1)], dtype=state.dtype))
-        slrn = run_predictor("symmetric learned", f"dt x {k + 1}, {k} iterations", state, wrapped, end, samples,
-                             phase_factory(), leapfrog)
+        def wrapped(scale: float) -> Any:
+            return ScaledPredictor(host.predictors.create("symmetric", base=learned, iterations=k),
+                                   torch.tensor([scale], dtype=state.dtype))
+
+        scale = calibrate_eta(state, period, leapfrog, wrapped, float(k + 1), lrn.force_evals * period / span)
+        slrn = run_predictor("symmetric learned", f"dt x {scale:.3g}, {k} secant iterations", state, wrapped(scale),
+                             end, samples, phase_factory(), leapfrog)
         log(slrn)
         runs += [lrn, slrn]
     try:
