@@ -141,7 +141,8 @@ def from_simulation(sim: Any, *, dim: int | None = None, dtype: torch.dtype = to
 def to_simulation(state: NBodyState, index: int = 0) -> Any:
     """System ``index`` of ``state`` as a new ``rebound.Simulation`` (IAS15, default tolerance).
 
-    Carries masses, positions, velocities (z = vz = 0 for 2-D states), G, softening and time.
+    Carries masses, positions, velocities (z = vz = 0 for 2-D states), G, softening and time;
+    padding bodies (mass 0, in mixed training batches) are left out.
     """
     rebound = require_rebound()
     if not isinstance(index, int) or not -state.batch_size <= index < state.batch_size:
@@ -154,6 +155,8 @@ def to_simulation(state: NBodyState, index: int = 0) -> Any:
     sim.t = float(data["time"][index])
     sim.integrator = "ias15"
     for i in range(state.n_bodies):
+        if mass[i] == 0:  # a padding body of a mixed training batch (nbtoolkit.state): not a particle
+            continue
         pos = [float(c) for c in x[i]] + [0.0] * (3 - state.dim)
         vel = [float(c) for c in v[i]] + [0.0] * (3 - state.dim)
         sim.add(m=float(mass[i]), x=pos[0], y=pos[1], z=pos[2], vx=vel[0], vy=vel[1], vz=vel[2])
@@ -205,15 +208,16 @@ def integrate_reference(state: NBodyState, times: Sequence[float] | np.ndarray, 
     S = out.size
     position = np.zeros((S + 1, B, N, D))
     velocity = np.zeros((S + 1, B, N, D))
-    position[0], velocity[0] = state.position.detach().numpy(), state.velocity.detach().numpy()
+    position[:], velocity[:] = state.position.detach().numpy(), state.velocity.detach().numpy()  # padding stays put
     evals = np.zeros(B, dtype=np.int64)
     start = _time.perf_counter()
+    real = state.mass.detach().numpy() > 0
     for b in range(B):
         sim = to_simulation(state, b)
         counter = ForceCounter(sim) if count_force_evals else None
         for k, t in enumerate(out, start=1):
             xyz, vxyz = integrate_state(sim, float(t))
-            position[k, b], velocity[k, b] = xyz[:, :D], vxyz[:, :D]
+            position[k, b, real[b]], velocity[k, b, real[b]] = xyz[:, :D], vxyz[:, :D]
         evals[b] = counter.count if counter is not None else 0
     wall = _time.perf_counter() - start
     time = np.concatenate([t0[None, :], np.repeat(out[:, None], B, 1)])
