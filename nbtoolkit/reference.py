@@ -159,14 +159,17 @@ def error_columns(reference: Reference | None, final: NBodyState) -> list[dict[s
 # ----------------------------------------------------------------------------- the `reference` command
 def add_reference_parser(sub: Any) -> None:
     """Register ``nbtoolkit reference`` on the CLI's subparsers."""
+    from . import validate
     from .cli import add_system_arguments
 
     p = sub.add_parser("reference", help="integrate a state with REBOUND's IAS15 and write a reference trajectory")
     add_system_arguments(p)
     span = p.add_argument_group("run length (give one)").add_mutually_exclusive_group(required=True)
-    span.add_argument("--t-end", type=float, help="end time (the last output)")
-    span.add_argument("--orbits", type=float, help="number of orbital periods (presets with a known period)")
-    p.add_argument("--times", type=float, nargs="+", help="output times before the end (the end time is always written)")
+    span.add_argument("--t-end", type=validate.arg_number(), help="end time (the last output)")
+    span.add_argument("--orbits", type=validate.arg_number(low=0, low_open=True),
+                      help="number of orbital periods (presets with a known period)")
+    p.add_argument("--times", type=validate.arg_number(), nargs="+",
+                   help="output times before the end (the end time is always written)")
     p.add_argument("--out", type=Path, required=True, help="write the trajectory to this .npz file")
     p.set_defaults(func=cmd_reference)
 
@@ -176,7 +179,10 @@ def cmd_reference(args: argparse.Namespace) -> int:
     from .errors import NBToolkitError
     from .interop.rebound import integrate_reference, require_rebound
 
+    from . import validate
+
     require_rebound()
+    validate.writable_file(args.out, "--out")
     state, period = load_system(args)
     t0 = state.time.detach().numpy()
     if args.orbits is not None:
