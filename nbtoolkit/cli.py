@@ -277,16 +277,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     integrator, learned = _integrator_and_checkpoint(host, args)
     extra = validate.option_dict(args.predictor_option, "--predictor-option")
     tuned_option = {rule: _tuned_option(host, rule, extra) for rule in args.rules}
+    reference = None
+    if args.reference is not None:
+        from .reference import load_reference
+
+        reference = load_reference(args.reference, state)
     rows = []
     for b in range(state.batch_size):
         one, p = state.index(b), period[b : b + 1]
         run = dict(orbits=orbits, threshold=args.threshold)
+        ref = None if reference is None else reference.system(b)
         if learned is not None:
             rows += evaluate_predictor(one, p, integrator, learned, **run,
-                                       label=f"system {b}: learned")
+                                       label=f"system {b}: learned", reference=ref)
         for name in args.predictor:
             rows += evaluate_predictor(one, p, integrator, host.predictors.create(name), **run,
-                                       label=f"system {b}: {name}")
+                                       label=f"system {b}: {name}", reference=ref)
         for rule in args.rules:
             option = tuned_option[rule]
             base = create_predictor(host, rule, {**extra, option: 1.0})
@@ -294,9 +300,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                 high=1.0 if option != "dt" else float(p) * orbits / 20)
             tuned = create_predictor(host, rule, {**extra, option: factor})
             rows += evaluate_predictor(one, p, integrator, tuned, **run,
-                                       label=f"system {b}: {rule} ({option}={factor:.4g})")
+                                       label=f"system {b}: {rule} ({option}={factor:.4g})", reference=ref)
         if args.oracle:
-            oracle = greedy_oracle(one, p, integrator, orbits=orbits, threshold=args.threshold)
+            oracle = greedy_oracle(one, p, integrator, orbits=orbits, threshold=args.threshold, reference=ref)
             rows.append(oracle | {"label": f"system {b}: greedy oracle"})
     table = [r if isinstance(r, dict) else r.as_dict() for r in rows]
     print(json.dumps(table, indent=1) if args.json else format_gate_table(table))
@@ -327,6 +333,12 @@ def format_gate_table(rows: list[dict[str, Any]]) -> str:
             f"{r['label']:<{width}}  {r['steps']:>8d}  {r['force_evals']:>11d}  {100 * r['pass_fraction']:>7.2f}  "
             f"{r['max_step_rel_dE']:>10.3e}  {r['final_rel_dE']:>12.3e}"
         )
+    if any(r.get("position_error") is not None for r in rows):  # evaluate --reference
+        lines = [lines[0] + f"  {'|dx| vs ref':>11}  {'|dv| vs ref':>11}"] + [
+            line + "".join(f"  {r[k]:>11.3e}" if r.get(k) is not None else f"  {'-':>11}"
+                           for k in ("position_error", "velocity_error"))
+            for line, r in zip(lines[1:], rows)
+        ]
     return "\n".join(lines)
 
 
@@ -438,7 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the table as JSON (a list of rows)")
     p.add_argument("--threshold", type=validate.arg_number(low=0, low_open=True), default=2e-4,
                    help="energy gate |dE/E| (default 2e-4)")
+    p.add_argument("--reference", type=Path,
+                   help="reference trajectory (nbtoolkit reference): adds position and velocity errors at the end time")
     p.set_defaults(func=cmd_evaluate)
+
+    from .reference import add_reference_parser
+
+    add_reference_parser(sub)
     return parser
 
 

@@ -37,6 +37,8 @@ class GateReport:
     max_step_rel_dE: float
     final_rel_dE: float  # |E_end - E_0| / |E_0|
     wall_time: float
+    position_error: float | None = None  # max_i |x_i - x_i,ref| at the end, with a reference (nbtoolkit.reference)
+    velocity_error: float | None = None  # max_i |v_i - v_i,ref|
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,12 +54,17 @@ def evaluate_predictor(
     threshold: float = 2e-4,
     label: str = "predictor",
     max_steps: int = 1_000_000,
+    reference: Any = None,
 ) -> list[GateReport]:
-    """Run ``orbits`` periods of every system with ``predictor`` (no guard); one report per system."""
+    """Run ``orbits`` periods of every system with ``predictor`` (no guard); one report per system.
+
+    With a ``reference`` (:class:`nbtoolkit.reference.Reference` of the same systems) the reports
+    also hold the position and velocity errors against it at the end time."""
     validate.run_span(orbits=orbits, threshold=threshold)
     traj = simulate(state, integrator, predictor, orbits=orbits, period=period, max_steps=max_steps, predictor_name=label)
     active = traj.dt > 0
     reports = []
+    errors = _reference_errors(reference, state, traj)
     for b in range(state.batch_size):
         rel = traj.rel_dE[active[:, b], b]
         e0, e1 = traj.energy[0, b], traj.energy[-1, b]
@@ -65,9 +72,17 @@ def evaluate_predictor(
             label=label, steps=int(active[:, b].sum()), force_evals=int(traj.force_evals[b]),
             pass_fraction=float(np.mean(rel <= threshold)) if rel.size else 1.0,
             max_step_rel_dE=float(rel.max()) if rel.size else 0.0,
-            final_rel_dE=float(abs(e1 - e0) / abs(e0)), wall_time=traj.wall_time,
+            final_rel_dE=float(abs(e1 - e0) / abs(e0)), wall_time=traj.wall_time, **errors[b],
         ))
     return reports
+
+
+def _reference_errors(reference: Any, state: NBodyState, traj: Any) -> list[dict[str, float | None]]:
+    from .reference import error_columns
+
+    final = state.replace(position=torch.as_tensor(traj.position[-1]), velocity=torch.as_tensor(traj.velocity[-1]),
+                          time=torch.as_tensor(traj.time[-1]))
+    return error_columns(reference, final)
 
 
 class ScaledPredictor(DtPredictor):
@@ -80,6 +95,9 @@ class ScaledPredictor(DtPredictor):
         self.history_len = int(getattr(base, "history_len", 0))
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
+        scaled = getattr(self.base, "scaled_forward", None)  # a rule the scale must enter inside (symmetric)
+        if callable(scaled):
+            return scaled(state, history, self.scale)
         return self.scale * self.base(state, history)
 
 
@@ -167,6 +185,7 @@ def greedy_oracle(
     candidates: int = 25,
     refine: int = 9,
     max_steps: int = 1_000_000,
+    reference: Any = None,
 ) -> dict[str, Any]:
     """Step one system with, at every step, the largest dt found that passes the gate.
 
@@ -213,7 +232,13 @@ def greedy_oracle(
     return {"label": "greedy oracle", "steps": steps, "force_evals": steps * integrator.force_evals_per_step,
             "pass_fraction": 1.0, "max_step_rel_dE": worst,
             "final_rel_dE": float(relative_energy_error(state_energy(state), energy)[0]),
-            "wall_time": _time.perf_counter() - start}
+            "wall_time": _time.perf_counter() - start, **_oracle_errors(reference, current)}
+
+
+def _oracle_errors(reference: Any, final: NBodyState) -> dict[str, float | None]:
+    from .reference import error_columns
+
+    return error_columns(reference, final)[0] if reference is not None else {}
 
 
 def _try_dts(state: NBodyState, energy: Tensor, integrator: Integrator, dts: Tensor) -> tuple[Tensor, NBodyState]:

@@ -48,6 +48,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.classical_predictors",
     "plugins.mlp_predictor",
     "plugins.learned_predictor",
+    "plugins.symmetric",
     "plugins.samplers",
     "plugins.observers",
 )

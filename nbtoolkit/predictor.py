@@ -87,3 +87,33 @@ def _describe(name: str | None, predictor: object | None) -> str:
         return predictor_origin(predictor, name=name)
     except Exception:  # describing must never hide the real error
         return f"dt predictor '{name}'"
+
+
+# ----------------------------------------------------------------------------- predictors that take trial steps
+# A predictor may step the state itself to choose dt (the ``symmetric`` wrapper does: it evaluates
+# its base rule at a trial end point). Two optional methods, on the predictor or any of its
+# sub-modules, connect it to the run: ``bind_integrator(integrator)`` is told which integrator the
+# run steps with, and ``pop_force_evals()`` returns the force evaluations (B,) its last call spent
+# (or None) and resets the count, so that simulate's and evaluate's figures include them.
+def bind_integrator(predictor: object, integrator: object) -> None:
+    """Tell every part of ``predictor`` that takes trial steps which integrator the run uses."""
+    parts = predictor.modules() if isinstance(predictor, torch.nn.Module) else [predictor]
+    for part in parts:
+        bind = getattr(part, "bind_integrator", None)
+        if callable(bind):
+            bind(integrator)
+
+
+def pop_force_evals(predictor: object, batch_size: int) -> Tensor | None:
+    """Force evaluations (B,) spent inside ``predictor``'s last call (all its parts), or None if none."""
+    parts = predictor.modules() if isinstance(predictor, torch.nn.Module) else [predictor]
+    total: Tensor | None = None
+    for part in parts:
+        pop = getattr(part, "pop_force_evals", None)
+        if not callable(pop):
+            continue
+        count = pop()
+        if count is not None:
+            count = torch.as_tensor(count, dtype=torch.float64).expand(batch_size)
+            total = count if total is None else total + count
+    return total

@@ -24,7 +24,7 @@ from .control import RunControl
 from .errors import NBToolkitError
 from .integrator import Integrator
 from .physics import relative_energy_error, state_energy
-from .predictor import DtPredictor, History, checked_dt
+from .predictor import DtPredictor, History, bind_integrator, checked_dt, pop_force_evals
 from .state import NBodyState
 
 DEFAULT_MAX_STEPS = 1_000_000
@@ -75,6 +75,8 @@ def iter_steps(
     history = History.empty(state, history_len) if history_len else None
     energy = state_energy(state)
     evals_per_step = integrator.force_evals_per_step
+    bind_integrator(predictor, integrator)  # predictors that take trial steps use the run's integrator
+    pop_force_evals(predictor, state.batch_size)  # and count from zero
     while True:
         if control is not None:
             control.checkpoint()
@@ -86,6 +88,9 @@ def iter_steps(
             new_energy = state_energy(new)
             rel = relative_energy_error(energy, new_energy)
             evals = torch.full_like(dt, evals_per_step)
+            extra = pop_force_evals(predictor, state.batch_size)  # trial steps taken to choose dt
+            if extra is not None:
+                evals = evals + extra.to(evals)
             guarded = torch.zeros_like(dt, dtype=torch.bool)
             if guard_threshold is not None:
                 new, new_energy, rel, dt, evals, guarded = _guard(
