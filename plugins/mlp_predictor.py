@@ -8,8 +8,10 @@ where tau_ij = sqrt(r_ij^3 / (G (m_i + m_j))) is the pair's free-fall time (r so
 sqrt(r^2 + eps^2)), g_ij the network's output for that pair (S = :data:`LOG_FACTOR_RANGE`, so
 each proposal stays within e^±S of ``init_factor`` tau_ij and dt > 0 always) and ``safety`` a
 factor calibrated after training (:mod:`nbtoolkit.training.calibrate`; 1 until then), one per
-class of systems by number of bodies (:data:`SAFETY_BUCKETS`: 2, 3, 4-7, 8-15, 16-31, 32 or
-more), so that the margin a cluster needs is not imposed on a binary. A
+class of states: by number of bodies (:data:`SAFETY_BUCKETS`: 2, 3, 4-7, 8-15, 16-31, 32 or
+more) and by the osculating eccentricity of the closest pair (:data:`ECCENTRICITY_BUCKETS`:
+below 0.5, 0.5-0.9, 0.9-0.97, 0.97 or more), so that the margin a cluster or a near-radial
+orbit needs is not imposed on a near-circular binary. A
 pair's output g_ij sees the pair's own features and the pooled features of every pair, so a
 pair that is irrelevant to the system's energy (a distant planet, a wide pair in a cluster)
 can learn to propose a long step, and the proposals of N bodies work for any N.
@@ -63,14 +65,25 @@ PAIR_FEATURES = 9
 HISTORY_FEATURES = 3
 #: global features
 GLOBAL_FEATURES = 2
-#: upper ends of the body-count classes with their own safety factor: N = 2, 3, 4-7, 8-15, 16-31, >= 32
+#: upper ends of the body-count classes with their own safety factors: N = 2, 3, 4-7, 8-15, 16-31, >= 32
 SAFETY_BUCKETS = (2, 3, 7, 15, 31)
+#: lower ends of the closest-pair eccentricity classes after the first: e < 0.5, 0.5-0.9, 0.9-0.97, >= 0.97
+ECCENTRICITY_BUCKETS = (0.5, 0.9, 0.97)
+#: number of safety classes (body-count classes x eccentricity classes)
+SAFETY_CLASSES = (len(SAFETY_BUCKETS) + 1) * (len(ECCENTRICITY_BUCKETS) + 1)
 
 
 def safety_bucket(n_real: Tensor) -> Tensor:
     """Index (B,) of each system's body-count class in :data:`SAFETY_BUCKETS` (0 for N = 2, ...)."""
     bounds = torch.tensor(SAFETY_BUCKETS, dtype=n_real.dtype, device=n_real.device)
     return torch.bucketize(n_real, bounds)
+
+
+def safety_class(n_real: Tensor, closest_eccentricity: Tensor) -> Tensor:
+    """Index (B,) of each state's safety class: body-count class x closest-pair eccentricity class."""
+    bounds = torch.tensor(ECCENTRICITY_BUCKETS, dtype=closest_eccentricity.dtype, device=closest_eccentricity.device)
+    ecc_class = torch.bucketize(closest_eccentricity, bounds, right=True)
+    return safety_bucket(n_real) * (len(ECCENTRICITY_BUCKETS) + 1) + ecc_class
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -96,7 +109,8 @@ class PairFeatures(NamedTuple):
     """Pair inputs of the network for the P' selected pairs of each system.
 
     features (B, P', 9), log_tau (B, P') each pair's log free-fall time, mask (B, P') True for
-    pairs of real bodies, tau_min and r_min (B,) over all real pairs.
+    pairs of real bodies, tau_min and r_min (B,) over all real pairs, closest_eccentricity (B,)
+    the osculating eccentricity of the pair with the shortest free-fall time.
     """
 
     features: Tensor
@@ -104,6 +118,7 @@ class PairFeatures(NamedTuple):
     mask: Tensor
     tau_min: Tensor
     r_min: Tensor
+    closest_eccentricity: Tensor
 
 
 def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
@@ -142,12 +157,13 @@ def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
         torch.log1p(tidal.square().sum(-1).sqrt() * r.square() / mu),
     ], dim=-1)
     feats = torch.where(real.unsqueeze(-1), feats, torch.zeros_like(feats))
+    closest_ecc = torch.gather(ecc, 1, tau.argmin(-1, keepdim=True)).squeeze(-1)
     log_tau = safe_tau.log()
     if 0 < max_pairs < feats.shape[1]:
         closest = torch.topk(tau, max_pairs, dim=-1, largest=False).indices
         feats = torch.gather(feats, 1, closest.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
         log_tau, real = torch.gather(log_tau, 1, closest), torch.gather(real, 1, closest)
-    return PairFeatures(feats, log_tau, real, tau_min, r_min)
+    return PairFeatures(feats, log_tau, real, tau_min, r_min, closest_ecc)
 
 
 def history_features(state: NBodyState, history: History, tau_min: Tensor, r_min: Tensor) -> Tensor:
@@ -202,6 +218,7 @@ class MLPDtPredictor(DtPredictor):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"mlp predictor: {name} must be finite and > 0; got {value!r}")
         self.history_len = history_len
+        self.safety_group_size = len(ECCENTRICITY_BUCKETS) + 1  # safety classes of one body count
         self.options = dict(hidden_width=hidden_width, hidden_layers=hidden_layers, activation=activation,
                             fourier_features=fourier_features, fourier_scale=float(fourier_scale),
                             history_len=history_len, init_factor=float(init_factor), max_pairs=max_pairs)
@@ -211,7 +228,7 @@ class MLPDtPredictor(DtPredictor):
             "fourier", torch.randn(PAIR_FEATURES, fourier_features, generator=generator, dtype=dtype) * fourier_scale
         )
         self.register_buffer("log_init_factor", torch.tensor(math.log(init_factor), dtype=dtype))
-        self.register_buffer("log_safety", torch.zeros(len(SAFETY_BUCKETS) + 1, dtype=dtype))
+        self.register_buffer("log_safety", torch.zeros(SAFETY_CLASSES, dtype=dtype))
         act = _ACTIVATIONS[activation]
         pair_in = PAIR_FEATURES + 2 * fourier_features
         context = 2 * hidden_width + GLOBAL_FEATURES + HISTORY_FEATURES * history_len
@@ -232,12 +249,13 @@ class MLPDtPredictor(DtPredictor):
 
     @property
     def safety(self) -> list[float]:
-        """The calibrated factor on dt per body-count class of :data:`SAFETY_BUCKETS` (1 before calibration)."""
+        """The calibrated factor on dt per safety class (see :func:`safety_class`; 1 before calibration)."""
         return [float(v) for v in self.log_safety.exp()]
 
     def safety_index(self, state: NBodyState) -> Tensor:
-        """(B,) which safety factor applies to each system (see :data:`SAFETY_BUCKETS`)."""
-        return safety_bucket(state.body_mask.sum(-1))
+        """(B,) which safety factor applies to each state (see :func:`safety_class`)."""
+        pf = pair_features(state, self.options["max_pairs"])
+        return safety_class(state.body_mask.sum(-1), pf.closest_eccentricity)
 
     def features(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
         """(pair features with Fourier features appended, global extras (B, 2 + 3K))."""
@@ -261,6 +279,9 @@ class MLPDtPredictor(DtPredictor):
 
     def log_dt(self, state: NBodyState, history: History | None = None) -> Tensor:
         """log dt (B,), before the calibrated safety factor."""
+        return self._log_dt(state, history)[0]
+
+    def _log_dt(self, state: NBodyState, history: History | None) -> tuple[Tensor, PairFeatures]:
         pf, extras = self.features(state, history)
         mask = pf.mask.unsqueeze(-1)
         emb = self.pair_net(pf.features)  # (B, P, W)
@@ -270,12 +291,14 @@ class MLPDtPredictor(DtPredictor):
         context = torch.cat([mean, peak, extras], dim=-1)
         y = self.head(torch.cat([emb, context.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)).squeeze(-1)
         proposals = pf.log_tau + self.log_init_factor + LOG_FACTOR_RANGE * torch.tanh(y / LOG_FACTOR_RANGE)
-        return torch.where(pf.mask, proposals, torch.full_like(proposals, math.inf)).amin(-1)
+        return torch.where(pf.mask, proposals, torch.full_like(proposals, math.inf)).amin(-1), pf
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
         if int(state.body_mask.sum(-1).min()) < 2:
             raise ConfigError("mlp predictor needs at least two bodies (its timescale is the closest pair's free-fall time)")
-        return (self.log_dt(state, history) + self.log_safety[self.safety_index(state)]).exp()
+        log_dt, pf = self._log_dt(state, history)
+        classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity)
+        return (log_dt + self.log_safety[classes]).exp()
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.options.items())

@@ -45,7 +45,7 @@ def test_train_on_a_training_set_file_calibrates_and_exports_a_model_file(tmp_pa
     code, out, err = run_cli(capsys, "train", "--training-set", str(tset), "--epochs", "2", "--seed", "4",
                              "--checkpoint", str(ckpt), "--export-model", str(model))
     assert code == 0, err
-    assert "training set 'tiny': 4 systems (3 kepler, 1 plummer)" in err and "seed 5" in err
+    assert "training set 'tiny': 4 systems (3 kepler, 1 plummer)" in err and "seeds 5 and 6" in err
     assert "safety factors" in out and "model file" in out
     data = read_checkpoint(ckpt)
     assert data["config"]["steps_per_epoch"] == 3 and data["config"]["hidden_width"] == 8  # the [train] table

@@ -182,16 +182,33 @@ def test_calibration_brings_a_timid_predictor_up_to_the_target_pass_rate(host):
     assert passed / total >= 0.97
 
 
-def test_each_body_count_class_gets_the_factor_of_its_own_validation_systems(host):
-    from plugins.mlp_predictor import safety_bucket
+def test_safety_classes_split_by_body_count_and_closest_pair_eccentricity(host):
+    from plugins.mlp_predictor import SAFETY_CLASSES, safety_bucket, safety_class
 
     assert safety_bucket(torch.tensor([2, 3, 4, 7, 8, 15, 16, 31, 32, 64])).tolist() == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    pred = host.predictors.create("mlp", hidden_width=8, seed=0, init_factor=0.002)
-    integrator = host.integrators.create("leapfrog")
-    g = torch.Generator().manual_seed(1)
-    state = pad_systems(draw_family("kepler", 2, g, eccentricity=[0.0, 0.3]) + draw_family("figure-eight", 2, g))
-    result = calibrate_safety(pred, integrator, state, threshold=2e-4, steps=30, span=16.0)
-    assert result.per_system.shape == (4,)
-    # binaries and triples differ, and each class's factor is its own systems' smallest
-    assert pred.safety[0] != pytest.approx(pred.safety[1])
-    assert min(pred.safety) == pytest.approx(pred.safety[2]) == pytest.approx(pred.safety[5])
+    n = torch.tensor([2, 2, 2, 2, 3, 40])
+    e = torch.tensor([0.1, 0.5, 0.95, 0.99, 0.2, 0.99], dtype=torch.float64)
+    assert safety_class(n, e).tolist() == [0, 1, 2, 3, 4, 23] and SAFETY_CLASSES == 24
+    pred = host.predictors.create("mlp", hidden_width=8, seed=0)
+    state = pad_systems(draw_family("kepler", 1, torch.Generator().manual_seed(1), eccentricity=0.95)
+                        + draw_family("figure-eight", 1, torch.Generator().manual_seed(1)))
+    assert pred.safety_index(state)[0] == 2
+    with torch.no_grad():
+        pred.log_safety[2] = math.log(0.5)
+    assert torch.allclose(pred(state)[0], 0.5 * pred.log_dt(state)[0].exp(), rtol=1e-12)
+    assert torch.allclose(pred(state)[1], pred.log_dt(state)[1].exp(), rtol=1e-12)
+
+
+def test_class_factors_take_each_class_minimum_and_fill_empty_classes_from_their_group():
+    from nbtoolkit.training.calibrate import MIN_CLASS_STEPS, class_factors
+
+    T = 2 * MIN_CLASS_STEPS
+    s_star = torch.cat([torch.full((T, 1), 2.0), torch.full((T, 1), 1.5), torch.full((T, 1), 3.0)], 1)
+    s_star[0, 0] = 0.5  # one bad step in 64 lies below the 5 % quantile: it does not set the factor
+    classes = torch.tensor([[0, 0, 5]]).expand(T, 3).clone()
+    classes[: MIN_CLASS_STEPS - 1, 1] = 1  # system 1 spends too few steps in class 1 to count there
+    factor = class_factors(s_star, classes, n_classes=8, group_size=4, target_pass_rate=0.95)
+    assert float(factor[0]) == 1.5  # min over systems 0 and 1 of their 5 % quantiles
+    assert float(factor[5]) == 3.0
+    assert float(factor[1]) == float(factor[2]) == float(factor[3]) == 1.5  # empty: the group's smallest
+    assert float(factor[4]) == float(factor[6]) == 3.0

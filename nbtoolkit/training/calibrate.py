@@ -14,12 +14,15 @@ measures this on *validation* systems it was not trained on and sets one factor 
    these over the systems (so every validation system meets the target, not just the average),
    which may be above 1 when the network is conservative everywhere.
 
-The predictor may hold several factors, one per class of systems (``predictor.safety_index(state)``
-says which applies to each system; the ``mlp`` predictor classes systems by their number of
-bodies). Each class gets the smallest factor of its own validation systems; a class without
-any takes the smallest over all systems. This is split conformal calibration of the dt factor
-to a per-system pass-rate target, conditional on the class; it is repeated up to ``rounds``
-times because the rolled-out states depend on the factor.
+The predictor may hold several factors, one per class of states (``predictor.safety_index(state)``
+says which applies to each state; the ``mlp`` predictor classes states by their number of
+bodies and the eccentricity of their closest pair). Steps 2 and 3 are then done per class:
+each class takes, over the validation systems that spent at least :data:`MIN_CLASS_STEPS` steps
+in it, the smallest quantile of s* over those steps; a class without such data takes the
+smallest factor of the classes with the same number of bodies, else of all classes. This is
+split conformal calibration of the dt factor to a per-system pass-rate target, conditional on
+the class (Mondrian conformal calibration); it is repeated up to ``rounds`` times because the
+rolled-out states depend on the factor.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from ..physics import relative_energy_error, state_energy
 from ..predictor import DtPredictor
 from ..state import NBodyState
 from .steps import padding_groups
+
+#: fewest steps a validation system must spend in a class for its quantile to count there
+MIN_CLASS_STEPS = 32
 
 
 @dataclass(frozen=True)
@@ -66,24 +72,54 @@ def max_passing_scale(integrator: Integrator, state: NBodyState, dt: Tensor, sca
 
 
 def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBodyState, scales: Tensor,
-                    threshold: float, steps: int) -> Tensor:
-    """s* (steps, B) along an unguarded rollout of ``state``; a system that blows up keeps its last s*."""
+                    threshold: float, steps: int) -> tuple[Tensor, Tensor]:
+    """s* and the safety class of every step (each (steps, B)) along an unguarded rollout of
+    ``state``; a system that blows up repeats its last step's figures."""
     current = state.detach()
     found = torch.zeros(steps, state.batch_size, dtype=state.dtype)
+    classes = torch.zeros(steps, state.batch_size, dtype=torch.long)
     alive = torch.ones(state.batch_size, dtype=torch.bool)
     for k in range(steps):
         dt = predictor(current, None)
         found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold), found[k - 1])
+        classes[k] = torch.where(alive, predictor.safety_index(current), classes[k - 1])
         new = integrator.step(current, dt)
         alive &= torch.isfinite(new.position).flatten(1).all(-1) & torch.isfinite(new.velocity).flatten(1).all(-1)
         if not bool(alive.any()):
-            found[k + 1:] = found[k]
+            found[k + 1:], classes[k + 1:] = found[k], classes[k]
             break
         keep = alive.view(-1, 1, 1)
         current = new.replace(position=torch.where(keep, new.position, current.position),
                               velocity=torch.where(keep, new.velocity, current.velocity),
                               time=torch.where(alive, new.time, current.time))
-    return found
+    return found, classes
+
+
+def class_factors(s_star: Tensor, classes: Tensor, n_classes: int, group_size: int,
+                  target_pass_rate: float) -> Tensor:
+    """(n_classes,) factors from s* and the classes of the steps (each (T, B)); see the module docstring.
+
+    Classes come in groups of ``group_size`` (those of one body count); a class without data takes
+    the smallest factor of its group, else of all classes with data.
+    """
+    q = 1 - target_pass_rate
+    factor = torch.full((n_classes,), math.nan, dtype=s_star.dtype)
+    for c in classes.unique().tolist():
+        quantiles = []
+        for b in range(s_star.shape[1]):
+            steps = s_star[classes[:, b] == c, b]
+            if steps.numel() >= MIN_CLASS_STEPS:
+                quantiles.append(torch.quantile(steps, q, interpolation="lower"))
+        if quantiles:
+            factor[c] = torch.stack(quantiles).min()
+    known = ~torch.isnan(factor)
+    overall = factor[known].min() if bool(known.any()) else torch.quantile(s_star.flatten(), q, interpolation="lower")
+    for c in range(n_classes):
+        if not bool(known[c]):
+            group = factor[(c // group_size) * group_size:(c // group_size + 1) * group_size]
+            group = group[~torch.isnan(group)]
+            factor[c] = group.min() if group.numel() else overall
+    return factor
 
 
 def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBodyState, *, threshold: float,
@@ -97,8 +133,8 @@ def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBod
         raise ConfigError(f"target_pass_rate must be in (0, 1); got {target_pass_rate}")
     scales = torch.logspace(-math.log10(span), math.log10(span), grid, dtype=state.dtype)
     groups = padding_groups(state) or [(torch.arange(state.batch_size), state.n_bodies)]
-    classes = predictor.safety_index(state)
     n_classes = int(predictor.log_safety.numel())
+    group_size = int(getattr(predictor, "safety_group_size", n_classes))
     total = torch.ones(n_classes, dtype=state.dtype)
     per_system, pass_rate = torch.ones(state.batch_size, dtype=state.dtype), 1.0
     was_training = predictor.training
@@ -106,15 +142,13 @@ def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBod
     with torch.no_grad():
         for _ in range(rounds):
             s_star = torch.zeros(steps, state.batch_size, dtype=state.dtype)
+            classes = torch.zeros(steps, state.batch_size, dtype=torch.long)
             for idx, n in groups:
-                s_star[:, idx] = _rollout_scales(predictor, integrator, state.index(idx).trim_bodies(n), scales,
-                                                 threshold, steps)
+                s_star[:, idx], classes[:, idx] = _rollout_scales(
+                    predictor, integrator, state.index(idx).trim_bodies(n), scales, threshold, steps)
             pass_rate = float((s_star >= 1).to(torch.float64).mean())
             per_system = torch.quantile(s_star, 1 - target_pass_rate, dim=0, interpolation="lower")
-            factor = torch.full((n_classes,), float(per_system.min()), dtype=state.dtype)
-            for c in classes.unique().tolist():
-                factor[c] = per_system[classes == c].min()
-            factor = factor.clamp(min=1 / span, max=span)
+            factor = class_factors(s_star, classes, n_classes, group_size, target_pass_rate).clamp(1 / span, span)
             total *= factor
             predictor.log_safety.add_(factor.log().to(predictor.log_safety))
             if bool((factor.log().abs() < math.log(float(scales[1] / scales[0]))).all()):

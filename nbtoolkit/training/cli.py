@@ -10,8 +10,8 @@ The systems come from ``--preset``/``--state`` (with the preset flags), else fro
 ``[system]`` table of the TOML file (``preset = "..."`` plus parameters, which preset flags
 override), else from ``--training-set`` or the ``[[systems]]`` tables of the TOML file, else,
 when resuming, from the checkpoint, else from the built-in training set ``general``. A
-training set is drawn with the training seed; the same set drawn with seed + 1 serves as
-the validation systems of the safety calibration. Ctrl-C or SIGTERM stops training cleanly at
+training set is drawn with the training seed; the same set drawn twice more (seeds + 1 and
++ 2) gives the validation systems of the safety calibration. Ctrl-C or SIGTERM stops training cleanly at
 the next step (the checkpoint is still written, exit status 130 or 143); a second one aborts.
 """
 
@@ -35,6 +35,7 @@ from ..plugin_manager import get_host
 from ..state import NBodyState
 from .config import TrainConfig, read_toml
 from .trainer import Trainer
+from .trainset import pad_systems
 
 EXIT_STOPPED = 130
 
@@ -249,8 +250,9 @@ def run_train(args: argparse.Namespace) -> int:
         tset = _training_set(args, systems)
         overrides = {**tset.settings, **overrides}  # the set's [train] settings, under the user's own
         seed = int(overrides.get("seed", TrainConfig.seed))
-        state, validation = tset.build(seed), tset.build(seed + 1)
-        print(f"{tset.summary()}; validation systems drawn with seed {seed + 1}", file=sys.stderr)
+        state, validation = tset.build(seed), pad_systems(tset.draw(seed + 1) + tset.draw(seed + 2))
+        print(f"{tset.summary()}; validation systems: the same set drawn with seeds {seed + 1} and {seed + 2}",
+              file=sys.stderr)
     control = RunControl()
     if args.resume is not None:
         overrides.setdefault("checkpoint_path", str(args.resume))

@@ -1,0 +1,59 @@
+"""The shipped pretrained model: it loads as the `learned` predictor and flies systems right away (never retrained here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nbtoolkit.cli import main
+from nbtoolkit.evaluate import evaluate_predictor
+from nbtoolkit.io import save_state
+from nbtoolkit.presets import make_preset
+from nbtoolkit.training.checkpoint import MODEL_FORMAT
+from plugins.learned_predictor import MODEL_FILE
+
+
+def test_the_shipped_model_file_is_small_and_safe_to_load():
+    assert MODEL_FILE.is_file()
+    assert MODEL_FILE.stat().st_size < 1_000_000
+    data = torch.load(MODEL_FILE, weights_only=True)
+    assert data["format"] == MODEL_FORMAT
+    assert data["plugins"]["predictor"]["name"] == "mlp" and data["config"]["integrator"] == "leapfrog"
+    assert data["calibration"] is not None and all(0 < f < 4 for f in data["calibration"]["safety"])
+
+
+def test_learned_is_registered_and_carries_its_calibrated_safety_factor(host):
+    entry = host.predictors.get("learned")
+    assert entry.plugin == "plugins.learned_predictor"
+    pred = host.predictors.create("learned")
+    saved = torch.load(MODEL_FILE, weights_only=True)
+    assert pred.safety == pytest.approx(saved["calibration"]["safety"])
+    assert not pred.training
+
+
+@pytest.mark.parametrize("preset, params, orbits", [
+    ("kepler", {"eccentricity": 0.6}, 2.0),
+    ("kepler", {"eccentricity": 0.3, "masses": (1.0, 0.05)}, 2.0),
+    ("figure-eight", {}, 1.0),
+])
+def test_learned_flies_systems_unguarded_through_the_gate(host, preset, params, orbits):
+    system = make_preset(preset, **params)
+    integrator = host.integrators.create("leapfrog")
+    report = evaluate_predictor(system.state, system.period, integrator, host.predictors.create("learned"),
+                                orbits=orbits, threshold=2e-4)[0]
+    assert report.pass_fraction >= 0.99
+    # and it is not timid: far fewer steps than the constant dt that passes at pericentre would need
+    assert report.steps < 2000 * orbits
+
+
+def test_simulate_a_state_file_with_the_learned_predictor(tmp_path, capsys):
+    state = make_preset("plummer", n=6, seed=2).state
+    save_state(tmp_path / "s.npz", state)
+    code = main(["simulate", "--state", str(tmp_path / "s.npz"), "--predictor", "learned", "--t-end", "1",
+                 "--out", str(tmp_path / "t.npz"), "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    traj = np.load(tmp_path / "t.npz")
+    assert traj["time"][-1, 0] == pytest.approx(1.0)
+    assert float(np.mean(traj["rel_dE"] <= 2e-4)) >= 0.95
