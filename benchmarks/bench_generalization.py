@@ -22,7 +22,8 @@ the same model with ``yoshida4`` (a 4th-order integrator it was not trained with
 tuned free-fall rule, to show whether it transfers.
 
 Run: ``python benchmarks/bench_generalization.py [--checkpoint model.pt] [--quick] [--json out.json]``
-(``--quick`` skips the oracle, the constant dt and the yoshida4 table).
+(``--quick`` skips the oracle, the constant dt and the yoshida4 table; the constant dt is left out where its
+search would take more than two million steps, as at e = 0.99).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 
 from nbtoolkit import get_host
 from nbtoolkit.cli import format_gate_table
+from nbtoolkit.errors import NBToolkitError
 from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_scale
 from nbtoolkit.families import kepler_relative
 from nbtoolkit.integrator import Integrator
@@ -138,7 +140,10 @@ def run(checkpoint: Path | None, quick: bool, integrator_name: str = "leapfrog")
         rules = ["freefall", "aarseth"] if integrator_name == "leapfrog" or not quick else ["freefall"]
         rows += [tuned_rule(host, case, integrator, rule) for rule in rules]
         if not quick:
-            rows.append(tuned_rule(host, case, integrator, "constant"))
+            try:
+                rows.append(tuned_rule(host, case, integrator, "constant"))
+            except NBToolkitError as exc:  # e = 0.99 needs millions of constant steps: say so, do not wait
+                print(f"  best constant dt not found: {exc}", flush=True)
             oracle = greedy_oracle(case.state, case.period, integrator, orbits=case.orbits, threshold=THRESHOLD)
             rows.append({**oracle, "label": "greedy oracle"})
         best_rule = min(r["steps"] for r in rows if "tuned" in r["label"] and not r["label"].startswith("constant"))

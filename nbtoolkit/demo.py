@@ -20,8 +20,9 @@ from .presets import make_preset
 TRAIN_PRESET = {"num_orbits": 8, "e_min": 0.5, "e_max": 0.95, "seed": 0}
 HELD_OUT_ECCENTRICITY = 0.75
 ORBITS = 10
-#: the loss band just under the gate and the learning-rate decay of benchmarks/bench_quality.py
-TRAINING = {"E_lower": 1.1e-4, "E_upper": 1.7e-4, "lr_decay": 0.03}
+#: the loss band just under the gate, the learning-rate decay and the capped Part 2 of the 'general' set's
+#: [train] table (a band this close to the gate rarely lets a whole minibatch pass, so the cap sets the cost)
+TRAINING = {"E_lower": 1.1e-4, "E_upper": 1.7e-4, "lr_decay": 0.03, "replay_batch_size": 256, "replay_steps": 20}
 
 
 def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdout) -> int:
