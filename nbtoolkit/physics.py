@@ -245,42 +245,42 @@ def _checkpointed(fn: Callable[..., Tensor], *args: Any, chunked: bool) -> Tenso
     return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
 
 
-def _graph_acc(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
-    """Accelerations (B, N, D) on the autograd graph, one thread, chunked and checkpointed."""
+def _graph_chunks(m: Tensor, x: Tensor, pairs: bool) -> tuple[list[tuple[Any, ...]], bool]:
+    """The leading arguments of every chunk of a graph-recording evaluation, in the pair layout
+    ((x, m) batch-last, pair indices) or the row layout ((x, m), row range), and whether the chunks
+    are checkpointed (recomputed in backward) to keep the graph's memory bounded."""
     batch, n, dim = x.shape
     if pairs:
         xt, mt = x.permute(1, 2, 0), m.t()
         pi, pj = _pair_index(n, x.device)
         step = max(1, GRAPH_CHUNK_ELEMENTS // (dim * batch))
-        chunked = pi.numel() * dim * batch > GRAPH_CHECKPOINT_ELEMENTS
-        acc = None
-        for s in range(0, pi.numel(), step):
-            part = _checkpointed(_pairs_chunk_acc, xt, mt, pi[s : s + step], pj[s : s + step], eps2, chunked=chunked)
-            acc = part if acc is None else acc + part
-        return acc.permute(2, 0, 1)
+        chunks = [(xt, mt, pi[s : s + step], pj[s : s + step]) for s in range(0, pi.numel(), step)]
+        return chunks, pi.numel() * dim * batch > GRAPH_CHECKPOINT_ELEMENTS
     xt = x.transpose(1, 2)
     step = _row_step(batch, n, GRAPH_CHUNK_ELEMENTS)
-    chunked = batch * n * n * dim > GRAPH_CHECKPOINT_ELEMENTS
-    rows = [_checkpointed(_rows_chunk_acc, xt, m, r0, min(n, r0 + step), eps2, chunked=chunked) for r0 in range(0, n, step)]
+    chunks = [(xt, m, r0, min(n, r0 + step)) for r0 in range(0, n, step)]
+    return chunks, batch * n * n * dim > GRAPH_CHECKPOINT_ELEMENTS
+
+
+def _graph_acc(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
+    """Accelerations (B, N, D) on the autograd graph, one thread, chunked and checkpointed."""
+    chunks, chunked = _graph_chunks(m, x, pairs)
+    if pairs:
+        acc = None
+        for args in chunks:
+            part = _checkpointed(_pairs_chunk_acc, *args, eps2, chunked=chunked)
+            acc = part if acc is None else acc + part
+        return acc.permute(2, 0, 1)
+    rows = [_checkpointed(_rows_chunk_acc, *args, eps2, chunked=chunked) for args in chunks]
     return rows[0] if len(rows) == 1 else torch.cat(rows, 1)
 
 
 def _graph_pot(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
     """sum_{i<j} m_i m_j / r_ij, (B,), on the autograd graph."""
-    batch, n, dim = x.shape
+    chunks, chunked = _graph_chunks(m, x, pairs)
     if pairs:
-        xt, mt = x.permute(1, 2, 0), m.t()
-        pi, pj = _pair_index(n, x.device)
-        step = max(1, GRAPH_CHUNK_ELEMENTS // (dim * batch))
-        chunked = pi.numel() * dim * batch > GRAPH_CHECKPOINT_ELEMENTS
-        parts = [_checkpointed(_pairs_chunk_pot, xt, mt, pi[s : s + step], pj[s : s + step], eps2, chunked=chunked)
-                 for s in range(0, pi.numel(), step)]
-        return torch.stack(parts).sum(0)
-    xt = x.transpose(1, 2)
-    step = _row_step(batch, n, GRAPH_CHUNK_ELEMENTS)
-    chunked = batch * n * n * dim > GRAPH_CHECKPOINT_ELEMENTS
-    parts = [_checkpointed(_rows_chunk_pot, xt, m, r0, min(n, r0 + step), eps2, chunked=chunked)
-             for r0 in range(0, n, step)]
+        return torch.stack([_checkpointed(_pairs_chunk_pot, *args, eps2, chunked=chunked) for args in chunks]).sum(0)
+    parts = [_checkpointed(_rows_chunk_pot, *args, eps2, chunked=chunked) for args in chunks]
     return 0.5 * torch.stack(parts).sum(0)
 
 
