@@ -22,7 +22,6 @@ import dataclasses
 import signal
 import sys
 import threading
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +98,6 @@ def _dest(key: str) -> str:
     return f"train_{key}"
 
 
-def _option_pair(text: str) -> tuple[str, Any]:
-    """Parse KEY=VALUE; VALUE is read as a TOML value when it is one (numbers, true/false), else a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key.strip(), value
-
-
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the system, run and configuration flags of ``nbtoolkit train`` to ``parser``."""
     from ..cli import add_system_arguments
@@ -136,7 +123,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, dict):
-            kwargs.update(action="append", type=_option_pair, metavar="KEY=VALUE")
+            kwargs.update(action="append", type=validate.option_pair, metavar="KEY=VALUE")
         elif f.name in ("on_retrain_limit", "replay_scope", "activation"):
             kwargs.update(type=str, choices=_choices(f.name))
         else:

@@ -175,10 +175,5 @@ def load_training_set(name_or_path: str | Path) -> TrainingSet:
                       "or give the path of a TOML file with [[systems]] tables")
 
 
-def padded_fraction(state: NBodyState) -> float:
-    """Share of body slots that are padding (the compute padding costs over N_max^2 pairs is about 1 - (1 - this)^2)."""
-    return 1.0 - float(state.body_mask.to(torch.float64).mean())
-
-
 __all__ = ["DEFAULT_TRAINING_SET", "PADDING_DISTANCE", "SystemsSpec", "TrainingSet", "builtin_training_sets",
-           "load_training_set", "pad_systems", "padded_fraction"]
+           "load_training_set", "pad_systems"]
