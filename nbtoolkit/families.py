@@ -67,10 +67,6 @@ class Sampler:
     """Draws parameters of one family: numbers stay fixed, ``[low, high]`` ranges are sampled."""
 
     def __init__(self, family: str, params: dict[str, Any], defaults: dict[str, Any], generator: torch.Generator):
-        unknown = sorted(set(params) - set(defaults))
-        if unknown:
-            raise ConfigError(f"family '{family}' does not take parameter '{unknown[0]}'; "
-                              f"it takes: {', '.join(sorted(defaults))}")
         self.family = family
         self.params = {**defaults, **params}
         self.generator = generator
@@ -340,11 +336,21 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 
 
+def check_family(name: Any, count: Any, params: dict[str, Any]) -> Family:
+    """The family ``name`` if ``count`` and the names of ``params`` suit it; else a :class:`ConfigError`
+    naming what is wrong (parameter values are checked when drawing)."""
+    family = FAMILIES.get(name) if isinstance(name, str) else None
+    if family is None:
+        raise ConfigError(f"family must be one of {', '.join(FAMILIES)}; got {name!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"count must be an integer >= 1; got {count!r}")
+    unknown = sorted(set(params) - set(family.defaults))
+    if unknown:
+        raise ConfigError(f"family '{name}' does not take '{unknown[0]}'; it takes: {', '.join(sorted(family.defaults))}")
+    return family
+
+
 def draw_family(name: str, count: int, generator: torch.Generator, **params: Any) -> list[SystemDraw]:
     """``count`` systems of family ``name`` with ``params`` overriding its defaults."""
-    family = FAMILIES.get(name)
-    if family is None:
-        raise ConfigError(f"unknown system family '{name}'; known: {', '.join(FAMILIES)}")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ConfigError(f"family '{name}': count must be an integer >= 1; got {count!r}")
+    family = check_family(name, count, params)
     return family.build(Sampler(name, params, family.defaults, generator), count)

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..families import FAMILIES, SystemDraw, draw_family
+from ..families import SystemDraw, check_family, draw_family
 from ..state import DEFAULT_DTYPE, NBodyState
 
 #: padding bodies sit at rest at (PADDING_DISTANCE + k) times the system's radius on the x axis
@@ -80,16 +80,11 @@ class TrainingSet:
             if not isinstance(table, dict):
                 raise ConfigError(f"{where} must be a table; got {type(table).__name__}")
             params = dict(table)
-            family = params.pop("family", None)
-            if family not in FAMILIES:
-                raise ConfigError(f"{where}: family must be one of {', '.join(FAMILIES)}; got {family!r}")
-            count = params.pop("count", 1)
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ConfigError(f"{where}: count must be an integer >= 1; got {count!r}")
-            unknown = sorted(set(params) - set(FAMILIES[family].defaults))
-            if unknown:
-                raise ConfigError(f"{where}: family '{family}' does not take '{unknown[0]}'; "
-                                  f"it takes: {', '.join(sorted(FAMILIES[family].defaults))}")
+            family, count = params.pop("family", None), params.pop("count", 1)
+            try:
+                check_family(family, count, params)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
             specs.append(SystemsSpec(family, count, params))
         if settings is not None:
             from .config import TrainConfig
