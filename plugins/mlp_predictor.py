@@ -293,12 +293,16 @@ class MLPDtPredictor(DtPredictor):
         proposals = pf.log_tau + self.log_init_factor + LOG_FACTOR_RANGE * torch.tanh(y / LOG_FACTOR_RANGE)
         return torch.where(pf.mask, proposals, torch.full_like(proposals, math.inf)).amin(-1), pf
 
-    def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
+    def predict_with_class(self, state: NBodyState, history: History | None = None) -> tuple[Tensor, Tensor]:
+        """(dt (B,), the safety class of each state (B,)) from one evaluation of the network."""
         if int(state.body_mask.sum(-1).min()) < 2:
             raise ConfigError("mlp predictor needs at least two bodies (its timescale is the closest pair's free-fall time)")
         log_dt, pf = self._log_dt(state, history)
         classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity)
-        return (log_dt + self.log_safety[classes]).exp()
+        return (log_dt + self.log_safety[classes]).exp(), classes
+
+    def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
+        return self.predict_with_class(state, history)[0]
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.options.items())

@@ -14,8 +14,8 @@ measures this on *validation* systems it was not trained on and sets one factor 
    these over the systems (so every validation system meets the target, not just the average),
    which may be above 1 when the network is conservative everywhere.
 
-The predictor may hold several factors, one per class of states (``predictor.safety_index(state)``
-says which applies to each state; the ``mlp`` predictor classes states by their number of
+The predictor may hold several factors, one per class of states (``predictor.predict_with_class``
+gives each state's dt and class from one evaluation; the ``mlp`` predictor classes states by their number of
 bodies and the eccentricity of their closest pair). Steps 2 and 3 are then done per class:
 each class takes, over the validation systems that spent at least :data:`MIN_CLASS_STEPS` steps
 in it, the smallest quantile of s* over those steps; a class without such data takes the
@@ -80,9 +80,9 @@ def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBody
     classes = torch.zeros(steps, state.batch_size, dtype=torch.long)
     alive = torch.ones(state.batch_size, dtype=torch.bool)
     for k in range(steps):
-        dt = predictor(current, None)
+        dt, state_classes = predictor.predict_with_class(current, None)
         found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold), found[k - 1])
-        classes[k] = torch.where(alive, predictor.safety_index(current), classes[k - 1])
+        classes[k] = torch.where(alive, state_classes, classes[k - 1])
         new = integrator.step(current, dt)
         alive &= torch.isfinite(new.position).flatten(1).all(-1) & torch.isfinite(new.velocity).flatten(1).all(-1)
         if not bool(alive.any()):
@@ -127,7 +127,7 @@ def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBod
                      span: float = 4.0, grid: int = 65) -> CalibrationResult:
     """Set ``predictor.log_safety`` so each validation system in ``state`` passes ``target_pass_rate``
     of its unguarded steps (see module docstring). ``state`` may hold padding bodies."""
-    if not hasattr(predictor, "log_safety") or not hasattr(predictor, "safety_index"):
+    if not hasattr(predictor, "log_safety") or not hasattr(predictor, "predict_with_class"):
         raise ConfigError(f"dt predictor {type(predictor).__name__} has no 'log_safety' factors to calibrate")
     if not 0 < target_pass_rate < 1:
         raise ConfigError(f"target_pass_rate must be in (0, 1); got {target_pass_rate}")
