@@ -1,7 +1,7 @@
 """The control panel: system preset and its parameters, plugin choices, training and simulation
 settings, and the run buttons.
 
-The integrator, dt-predictor and replay-sampler drop-downs are filled from the plugin host's
+The integrator, dt-predictor, replay-sampler and gate drop-downs are filled from the plugin host's
 registries (:meth:`ControlPanel.refresh_plugins`), so a plugin installed by a third party shows
 up with no change here. Preset parameters come from ``nbtoolkit.presets.PRESETS[name].params``
 and the training defaults from ``TrainConfig``; values typed by the user are validated by those
@@ -31,7 +31,8 @@ from nbtoolkit.training.config import read_toml
 from .worker import MODE_SIMULATE, MODE_TRAIN
 
 NO_REFERENCE = "(none)"
-PREFERRED = {"integrator": "leapfrog", "predictor": "mlp", "sampler": "uniform", "reference": "freefall"}
+PREFERRED = {"integrator": "leapfrog", "predictor": "mlp", "sampler": "uniform", "gate": "energy",
+             "reference": "freefall"}
 MODEL_TRAINED = "model just trained"
 MODEL_CHECKPOINT = "checkpoint file"
 #: playback speeds offered by the slider (steps per second); the last slider position is "max"
@@ -45,12 +46,13 @@ MAX_INT = 2**31 - 1
 class SimulationSettings:
     """What Simulate plays: the model source (a checkpoint path, or None for the model just
     trained), steps (0 = until stopped), speed in steps per second (0 = as fast as possible),
-    and the energy-gate guard threshold (None = off)."""
+    the guard threshold (None = off) and the gate that judges the steps (a registry name)."""
 
     checkpoint: str | None
     steps: int
     speed: float
     guard_threshold: float | None
+    gate: str
 
 
 def _format_float(value: float) -> str:
@@ -134,10 +136,13 @@ class ControlPanel(QWidget):
         self.integrator_combo = QComboBox()
         self.predictor_combo = QComboBox()
         self.sampler_combo = QComboBox()
+        self.gate_combo = QComboBox()
         self.reference_combo = QComboBox()
         self.integrator_combo.setToolTip("Integrator plugin (from the plugin registry)")
         self.predictor_combo.setToolTip("dt predictor plugin to train, e.g. mlp (from the plugin registry)")
         self.sampler_combo.setToolTip("Replay sampler plugin for Part 2 (from the plugin registry)")
+        self.gate_combo.setToolTip("Gate that accepts or rejects every step, in training and in the Simulate guard "
+                                   "(from the plugin registry): energy = whole-system |dE/E|")
         self.reference_combo.setToolTip("Classical dt rule drawn as a reference on the dt plot")
         self.reload_button = QPushButton("Reload plugins")
         self.reload_button.setToolTip("Re-read the plugin registries")
@@ -147,11 +152,13 @@ class ControlPanel(QWidget):
         plugin_form.addRow("integrator", self.integrator_combo)
         plugin_form.addRow("dt predictor", self.predictor_combo)
         plugin_form.addRow("replay sampler", self.sampler_combo)
+        plugin_form.addRow("gate", self.gate_combo)
         plugin_form.addRow("reference dt", self.reference_combo)
         plugin_form.addRow(self.reload_button)
 
         # ---- training
-        self.threshold_edit = _float_edit(defaults.energy_threshold, "Energy gate: a step passes when |dE/E| <= this")
+        self.threshold_edit = _float_edit(defaults.energy_threshold,
+                                          "Gate threshold: a step passes when the gate's error (|dE/E|) <= this")
         self.epochs_spin = _int_spin(defaults.epochs, 1, MAX_INT, "Epochs (Part 1 + Part 2 each)")
         self.steps_spin = _int_spin(defaults.steps_per_epoch, 1, MAX_INT, "Accepted Part 1 steps per system and epoch")
         self.batch_spin = _int_spin(defaults.replay_batch_size, 1, MAX_INT, "Part 2 replay minibatch size")
@@ -189,8 +196,9 @@ class ControlPanel(QWidget):
         speed_row = QHBoxLayout()
         speed_row.addWidget(self.speed_slider, 1)
         speed_row.addWidget(self.speed_label)
-        self.guard_check = QCheckBox("halve dt when |dE/E| > energy threshold")
-        self.guard_check.setToolTip("Energy-gate guard during playback")
+        self.guard_check = QCheckBox("halve dt when a step fails the gate")
+        self.guard_check.setToolTip("Guard during playback: retry a step whose gate error exceeds the threshold "
+                                    "with half the dt")
         sim_page = QWidget()
         sim_form = QFormLayout(sim_page)
         sim_form.addRow("model", self.model_combo)
@@ -252,6 +260,7 @@ class ControlPanel(QWidget):
         self._fill(self.integrator_combo, self.host.integrators.names(), PREFERRED["integrator"])
         self._fill(self.predictor_combo, self.host.predictors.names(), PREFERRED["predictor"])
         self._fill(self.sampler_combo, self.host.samplers.names(), PREFERRED["sampler"])
+        self._fill(self.gate_combo, self.host.gates.names(), PREFERRED["gate"])
         self._fill(self.reference_combo, [NO_REFERENCE, *self.host.predictors.names()], PREFERRED["reference"])
 
     @staticmethod
@@ -363,6 +372,7 @@ class ControlPanel(QWidget):
             integrator=self.integrator_combo.currentText(),
             predictor=self.predictor_combo.currentText(),
             sampler=self.sampler_combo.currentText(),
+            gate=self.gate_combo.currentText(),
         )
         return TrainConfig.from_dict(values)
 
@@ -377,6 +387,7 @@ class ControlPanel(QWidget):
         self._select(self.integrator_combo, config.integrator, "integrator")
         self._select(self.predictor_combo, config.predictor, "dt predictor")
         self._select(self.sampler_combo, config.sampler, "replay sampler")
+        self._select(self.gate_combo, config.gate, "gate")
         self._base_config = config.to_dict()
         self.threshold_edit.setText(_format_float(config.energy_threshold))
         self.epochs_spin.setValue(config.epochs)
@@ -430,7 +441,8 @@ class ControlPanel(QWidget):
             if not checkpoint:
                 raise ConfigError("choose a checkpoint file to simulate with (or use the model just trained)")
         guard = _read_float(self.threshold_edit, "energy threshold") if self.guard_check.isChecked() else None
-        return SimulationSettings(checkpoint, self.sim_steps_spin.value(), self.speed(), guard)
+        return SimulationSettings(checkpoint, self.sim_steps_spin.value(), self.speed(), guard,
+                                  self.gate_combo.currentText())
 
     def _on_speed_slider(self, position: int) -> None:
         speed = speed_from_slider(position)
@@ -451,7 +463,8 @@ class ControlPanel(QWidget):
         """Enable the widgets that make sense: ``running`` is the active mode or None when idle."""
         idle = running is None
         settings = (
-            self.preset_combo, self.integrator_combo, self.predictor_combo, self.sampler_combo, self.reference_combo,
+            self.preset_combo, self.integrator_combo, self.predictor_combo, self.sampler_combo, self.gate_combo,
+            self.reference_combo,
             self.reload_button, self._tab_bar, self.start_button, self.threshold_edit, self.epochs_spin,
             self.steps_spin, self.batch_spin, self.lr_edit, self.seed_spin, self.model_combo, self.checkpoint_edit,
             self.browse_button, self.sim_steps_spin, self.guard_check, *self._param_widgets.values(),

@@ -308,7 +308,7 @@ class MainWindow(QMainWindow):
             worker = PlaybackWorker(state, predictor=predictor, integrator=self.controls.integrator_combo.currentText(),
                                     host=self.host, steps=settings.steps, speed=settings.speed,
                                     guard_threshold=settings.guard_threshold, reference=reference_name,
-                                    integrator_options=self.controls.integrator_options())
+                                    integrator_options=self.controls.integrator_options(), gate=settings.gate)
         except SETUP_ERRORS as exc:
             self.show_error("Cannot start simulation", str(exc))
             return False

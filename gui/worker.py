@@ -231,7 +231,8 @@ class PlaybackFrame:
     """One simulated step of every system (B systems, N bodies, D dimensions).
 
     step: 1-based step count; time (B,) after the step; position (B, N, D) after the step;
-    dt (B,) used; rel_dE (B,) the step's |dE/E|; drift (B,) |E - E0| / |E0| since the start;
+    dt (B,) used; rel_dE (B,) the step's error under the gate (|dE/E| for the energy gate);
+    drift (B,) |E - E0| / |E0| since the start;
     halvings (B,) guard halvings of dt on this step; reference_dt (B,) the classical rule's dt for
     the state the step started from, or None.
     """
@@ -270,11 +271,12 @@ class PlaybackWorker(RunWorker):
 
     def __init__(self, state: NBodyState, *, predictor: DtPredictor | str | Path, integrator: str,
                  host: PluginHost, steps: int = 0, speed: float = 60.0, guard_threshold: float | None = None,
-                 reference: str | None = None, integrator_options: dict | None = None) -> None:
+                 reference: str | None = None, integrator_options: dict | None = None, gate: str = "energy") -> None:
         """``steps``: steps to play (0 = until stopped); ``speed``: steps per second (0 = as fast
-        as possible); ``guard_threshold``: energy-gate guard of ``iter_steps`` (None = off);
+        as possible); ``guard_threshold``: threshold of the guard of ``iter_steps`` (None = off);
         ``reference``: name of a classical dt predictor to compare with (None = none);
-        ``integrator_options``: options of the integrator's factory."""
+        ``integrator_options``: options of the integrator's factory; ``gate``: name of the gate
+        that judges the steps (and the guard's retries)."""
         super().__init__()
         if steps < 0:
             raise ValueError(f"steps must be >= 0; got {steps}")
@@ -286,6 +288,7 @@ class PlaybackWorker(RunWorker):
         self.steps = int(steps)
         self.reference_name = reference
         self.guard_threshold = guard_threshold
+        self.gate_name = gate
         self._speed = 0.0
         self.set_speed(speed)
 
@@ -320,12 +323,14 @@ class PlaybackWorker(RunWorker):
     def _play(self, iter_steps: Callable[..., Any], predictor: DtPredictor) -> PlaybackSummary:
         integrator = self.host.integrators.create(self.integrator_name, **self.integrator_options)
         reference = self.host.predictors.create(self.reference_name) if self.reference_name else None
+        gate = self.host.gates.create(self.gate_name)
         state = self.state.detach()
         energy0 = state_energy(state)
         evals_per_step = max(1, int(integrator.force_evals_per_step))
         force_evals = np.zeros(state.batch_size, dtype=np.int64)
         stepper = iter_steps(state, integrator, predictor, predictor_name="viewer model",
-                             guard_threshold=self.guard_threshold, control=self.control)
+                             guard_threshold=self.guard_threshold, control=self.control, gate=gate,
+                             gate_name=self.gate_name)
         pending: list[PlaybackFrame] = []
         last_emit = time.perf_counter()
         due = last_emit
@@ -347,7 +352,7 @@ class PlaybackWorker(RunWorker):
                     drift = relative_energy_error(energy0, state_energy(result.state)).numpy()
                 pending.append(PlaybackFrame(
                     step=step, time=result.state.time.numpy().copy(), position=result.state.position.numpy().copy(),
-                    dt=result.dt.numpy().copy(), rel_dE=result.rel_dE.numpy().copy(), drift=drift.copy(),
+                    dt=result.dt.numpy().copy(), rel_dE=result.error.numpy().copy(), drift=drift.copy(),
                     halvings=evals // evals_per_step - 1, reference_dt=ref,
                 ))
                 now = time.perf_counter()

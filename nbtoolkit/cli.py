@@ -117,7 +117,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(host.describe(), indent=2))
         return 0
     rows = [("kind", "name", "plugin", "from")]
-    for registry in (host.integrators, host.predictors, host.samplers):
+    for registry in host.registries():
         for entry in registry.entries():
             rows.append((registry.kind, entry.name, entry.plugin, entry.source))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -167,11 +167,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         predictor = create_predictor(host, predictor_name, {"dt": args.dt, "eta": args.eta,
                                                            **validate.option_dict(args.predictor_option, "--predictor-option")})
     guard = args.guard_threshold if args.guard else None
+    gate = host.gates.create(args.gate)
     progress = _ProgressPrinter(enabled=not args.quiet)
     traj = simulate(
         state, integrator, predictor, steps=args.steps, t_end=args.t_end, orbits=args.orbits, period=period,
         guard_threshold=guard, max_halvings=args.max_halvings, max_steps=args.max_steps,
-        predictor_name=predictor_name, progress=progress,
+        predictor_name=predictor_name, progress=progress, gate=gate, gate_name=args.gate,
     )
     progress.close()
     if args.out is not None:
@@ -184,8 +185,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"max step |dE/E|    {summary['max_step_rel_dE']:.3e}",
         f"final |dE/E|       {summary['final_rel_dE']:.3e}",
     ]
+    if "max_step_error" in summary:
+        lines.append(f"max gate error     {summary['max_step_error']:.3e} ({args.gate}: {gate.label})")
     if guard is not None:
-        lines.append(f"guarded steps      {summary['guarded_steps']} (threshold {guard:g})")
+        lines.append(f"guarded steps      {summary['guarded_steps']} (threshold {guard:g}, gate {args.gate})")
     lines.append(f"wall time          {summary['wall_time']:.2f} s")
     if args.out is not None:
         lines.append(f"trajectory         {args.out}")
@@ -222,12 +225,15 @@ class _ProgressPrinter:
 
 
 def add_plugin_arguments(group: Any) -> None:
-    """``--integrator``, ``--integrator-option`` and ``--checkpoint`` of simulate and evaluate."""
+    """``--integrator``, ``--integrator-option``, ``--checkpoint`` and ``--gate`` of simulate and evaluate."""
     group.add_argument("--integrator", help="integrator name (default: the checkpoint's, else leapfrog; "
                                             "see `nbtoolkit plugins`)")
     group.add_argument("--integrator-option", action="append", type=validate.option_pair, metavar="KEY=VALUE",
                        help="option of the integrator's factory (repeatable)")
     group.add_argument("--checkpoint", type=Path, help="use the trained predictor stored in this checkpoint or model file")
+    group.add_argument("--gate", default="energy",
+                       help="gate that judges every step: energy (whole-system |dE/E|, the default), pair-energy "
+                            "(every body's Kepler orbit), ... (see `nbtoolkit plugins`)")
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -246,9 +252,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     span.add_argument("--orbits", type=validate.arg_number(low=0, low_open=True),
                       help="number of orbital periods (presets with a known period)")
     run = parser.add_argument_group("run")
-    run.add_argument("--guard", action="store_true", help="retry steps whose |dE/E| exceeds the threshold with half the dt")
+    run.add_argument("--guard", action="store_true", help="retry steps that fail the gate with half the dt")
     run.add_argument("--guard-threshold", type=validate.arg_number(low=0, low_open=True), default=2e-4,
-                     help="energy gate of the guard (default 2e-4)")
+                     help="threshold of the guard's gate (default 2e-4)")
     run.add_argument("--max-halvings", type=validate.arg_integer(low=0), default=20,
                      help="guard: most dt halvings per step (default 20)")
     run.add_argument("--max-steps", type=validate.arg_integer(low=1), default=1_000_000,
@@ -275,6 +281,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         orbits = args.orbits
     integrator, learned = _integrator_and_checkpoint(host, args)
+    gate = host.gates.create(args.gate)
     extra = validate.option_dict(args.predictor_option, "--predictor-option")
     tuned_option = {rule: _tuned_option(host, rule, extra) for rule in args.rules}
     reference = None
@@ -285,7 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows = []
     for b in range(state.batch_size):
         one, p = state.index(b), period[b : b + 1]
-        run = dict(orbits=orbits, threshold=args.threshold)
+        run = dict(orbits=orbits, threshold=args.threshold, gate=gate, gate_name=args.gate)
         ref = None if reference is None else reference.system(b)
         if learned is not None:
             rows += evaluate_predictor(one, p, integrator, learned, **run,
@@ -297,15 +304,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             option = tuned_option[rule]
             base = create_predictor(host, rule, {**extra, option: 1.0})
             factor = tune_scale(one, p, integrator, base, orbits=orbits, threshold=args.threshold,
-                                high=1.0 if option != "dt" else float(p) * orbits / 20)
+                                high=1.0 if option != "dt" else float(p) * orbits / 20, gate=gate)
             tuned = create_predictor(host, rule, {**extra, option: factor})
             rows += evaluate_predictor(one, p, integrator, tuned, **run,
                                        label=f"system {b}: {rule} ({option}={factor:.4g})", reference=ref)
         if args.oracle:
-            oracle = greedy_oracle(one, p, integrator, orbits=orbits, threshold=args.threshold, reference=ref)
+            oracle = greedy_oracle(one, p, integrator, orbits=orbits, threshold=args.threshold, reference=ref,
+                                   gate=gate)
             rows.append(oracle | {"label": f"system {b}: greedy oracle"})
     table = [r if isinstance(r, dict) else r.as_dict() for r in rows]
-    print(json.dumps(table, indent=1) if args.json else format_gate_table(table))
+    print(json.dumps(table, indent=1) if args.json else format_gate_table(table, gate.label))
     return 0
 
 
@@ -324,8 +332,10 @@ def _tuned_option(host: PluginHost, rule: str, extra: dict[str, Any]) -> str:
     )
 
 
-def format_gate_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width table of gate reports (label, steps, force evals, pass %, max and final |dE/E|)."""
+def format_gate_table(rows: list[dict[str, Any]], gate_label: str = "gate error") -> str:
+    """A fixed-width table of gate reports (label, steps, force evals, pass %, max and final |dE/E|),
+    with a column of the largest per-step error of the gate (headed ``max`` + ``gate_label``) when
+    a gate other than the energy gate judged the runs."""
     width = max([len("predictor")] + [len(r["label"]) for r in rows])
     lines = [f"{'predictor':<{width}}  {'steps':>8}  {'force evals':>11}  {'pass %':>7}  {'max |dE/E|':>10}  {'final |dE/E|':>12}"]
     for r in rows:
@@ -333,6 +343,11 @@ def format_gate_table(rows: list[dict[str, Any]]) -> str:
             f"{r['label']:<{width}}  {r['steps']:>8d}  {r['force_evals']:>11d}  {100 * r['pass_fraction']:>7.2f}  "
             f"{r['max_step_rel_dE']:>10.3e}  {r['final_rel_dE']:>12.3e}"
         )
+    if any(r.get("max_step_error") is not None for r in rows):  # evaluate --gate other than energy
+        head = f"max {gate_label}"
+        size = max(len(head), 10)
+        lines = [lines[0] + f"  {head:>{size}}"] + [line + f"  {r['max_step_error']:>{size}.3e}"
+                                                    for line, r in zip(lines[1:], rows)]
     if any(r.get("position_error") is not None for r in rows):  # evaluate --reference
         lines = [lines[0] + f"  {'|dx| vs ref':>11}  {'|dv| vs ref':>11}"] + [
             line + "".join(f"  {r[k]:>11.3e}" if r.get(k) is not None else f"  {'-':>11}"
@@ -406,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("plugins", help="list registered integrators, dt predictors and replay samplers")
+    p = sub.add_parser("plugins", help="list registered integrators, dt predictors, replay samplers and gates")
     p.add_argument("--verbose", "-v", action="store_true", help="also show each plugin's hooks and load failures")
     p.add_argument("--json", action="store_true", help="print registry entries, plugins, hooks and failures as JSON")
     p.set_defaults(func=cmd_plugins)
@@ -432,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="headless main job: training epochs (default 30)")
     p.set_defaults(func=cmd_gui)
 
-    p = sub.add_parser("evaluate", help="compare dt predictors on whole orbits against the energy gate")
+    p = sub.add_parser("evaluate", help="compare dt predictors on whole orbits against the gate")
     add_system_arguments(p)
     add_plugin_arguments(p)
     p.add_argument("--predictor", action="append", default=[], metavar="NAME",
@@ -449,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "period: pythagorean, plummer, --state)")
     p.add_argument("--json", action="store_true", help="print the table as JSON (a list of rows)")
     p.add_argument("--threshold", type=validate.arg_number(low=0, low_open=True), default=2e-4,
-                   help="energy gate |dE/E| (default 2e-4)")
+                   help="threshold of the gate: a step passes when its error (|dE/E| for the energy gate) is at "
+                        "most this (default 2e-4)")
     p.add_argument("--reference", type=Path,
                    help="reference trajectory (nbtoolkit reference): adds position and velocity errors at the end time")
     p.set_defaults(func=cmd_evaluate)

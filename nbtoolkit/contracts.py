@@ -1,4 +1,4 @@
-"""Run-time checks of the integrator contract, so that a faulty plugin is named where it fails.
+"""Run-time checks of the integrator and gate contracts, so that a faulty plugin is named where it fails.
 
 Loops that step states with a plugin's integrator call :func:`checked_step` instead of
 ``integrator.step``. It runs the step and checks the result:
@@ -24,6 +24,9 @@ Any other exception raised by ``step`` (a plugin bug such as a shape error) is r
 :class:`~nbtoolkit.errors.PluginError` naming the integrator, its plugin and where it came from
 (nbtoolkit's own errors and out-of-memory errors pass unchanged).
 
+Gates are checked the same way: :func:`checked_error` runs a gate and refuses an answer that is
+not one floating-point error >= 0 per system (NaN included), naming the gate and its plugin.
+
 Usage::
 
     from nbtoolkit.contracts import checked_step
@@ -40,6 +43,7 @@ import torch
 from torch import Tensor
 
 from .errors import NBToolkitError, PluginError
+from .gate import Gate
 from .integrator import Integrator
 from .physics import accelerations
 from .state import NBodyState
@@ -178,6 +182,55 @@ def predictor_origin(predictor: object | None, *, name: str | None = None, host:
 def sampler_origin(sampler: object | None, *, name: str | None = None, host: PluginHost | None = None) -> str:
     """Describe a replay sampler for messages, like :func:`integrator_origin`."""
     return _origin("samplers", "replay sampler", sampler, name, host)
+
+
+def gate_origin(gate: object | None, *, name: str | None = None, host: PluginHost | None = None) -> str:
+    """Describe a gate for messages, like :func:`integrator_origin`: ``gate 'pair-energy' (plugin ...)``."""
+    return _origin("gates", "gate", gate, name, host)
+
+
+def checked_error(
+    gate: Gate,
+    before: NBodyState,
+    after: NBodyState,
+    reference: Tensor | None = None,
+    *,
+    name: str | None = None,
+    host: PluginHost | None = None,
+) -> Tensor:
+    """The gate's error (B,) of the step from ``before`` to ``after``, checked like a step.
+
+    Raises :class:`PluginError` naming the gate, its plugin and its module or distribution when
+    :meth:`~nbtoolkit.gate.Gate.error` raises, or returns something other than a floating-point
+    tensor of shape (B,), or a NaN or negative error (a blown-up step must give +inf). Keeps the
+    autograd graph: the checks only read values.
+    """
+    try:
+        error = gate.error(before, after, reference)
+    except (NBToolkitError, *_RESOURCE_ERRORS):
+        raise
+    except Exception as exc:
+        raise PluginError(f"{gate_origin(gate, name=name, host=host)} raised {type(exc).__name__} in error(): {exc}") from exc
+    problem = error_problem(before.batch_size, error)
+    if problem is not None:
+        raise PluginError(f"{gate_origin(gate, name=name, host=host)} broke the gate contract: {problem}")
+    return error
+
+
+def error_problem(batch: int, error: object) -> str | None:
+    """What is wrong with ``error`` as a gate's answer for ``batch`` systems, or None if nothing."""
+    if not isinstance(error, Tensor):
+        return f"error() returned {type(error).__name__}, not a tensor"
+    if error.shape != (batch,):
+        return f"error() returned shape {tuple(error.shape)}; expected ({batch},), one error per system"
+    if not error.is_floating_point():
+        return f"error() returned dtype {error.dtype}; expected a floating-point tensor"
+    bad = torch.isnan(error.detach()) | (error.detach() < 0)
+    if bool(bad.any()):
+        b = int(torch.nonzero(bad)[0, 0])
+        return (f"error() returned {error[b].item()} for system {b}; errors must be >= 0, "
+                "and +inf (not NaN) for a step that blew up")
+    return None
 
 
 def _origin(registry_name: str, kind: str, obj: object | None, name: str | None, host: PluginHost | None) -> str:

@@ -2,8 +2,10 @@
 
 These are the figures by which a learned predictor is judged: for a run of a given number of
 orbits without any guard, how many steps and force evaluations it takes, what fraction of its
-steps pass the gate |dE/E| <= threshold, the worst per-step error and the drift at the end.
-Tuning and the oracle evaluate many candidate timesteps of one system at once as a batch.
+steps pass the gate (error <= threshold; by default the energy gate, |dE/E|), the worst per-step
+error and the drift at the end. Every function takes the gate that judges the steps
+(``gate``, a :class:`~nbtoolkit.gate.Gate`; None = the energy gate). Tuning and the oracle
+evaluate many candidate timesteps of one system at once as a batch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import torch
 from torch import Tensor
 
 from . import validate
+from .contracts import checked_error
 from .errors import NBToolkitError
+from .gate import Gate, is_energy_gate
 from .integrator import Integrator
 from .physics import relative_energy_error, state_energy
 from .predictor import DtPredictor, History
@@ -33,12 +37,13 @@ class GateReport:
     label: str
     steps: int
     force_evals: int
-    pass_fraction: float  # fraction of steps with |dE/E| <= threshold
+    pass_fraction: float  # fraction of steps whose gate error is <= threshold
     max_step_rel_dE: float
     final_rel_dE: float  # |E_end - E_0| / |E_0|
     wall_time: float
     position_error: float | None = None  # max_i |x_i - x_i,ref| at the end, with a reference (nbtoolkit.reference)
     velocity_error: float | None = None  # max_i |v_i - v_i,ref|
+    max_step_error: float | None = None  # the largest per-step error of a gate other than the energy gate
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,24 +60,29 @@ def evaluate_predictor(
     label: str = "predictor",
     max_steps: int = 1_000_000,
     reference: Any = None,
+    gate: Gate | None = None,
+    gate_name: str | None = None,
 ) -> list[GateReport]:
     """Run ``orbits`` periods of every system with ``predictor`` (no guard); one report per system.
 
-    With a ``reference`` (:class:`nbtoolkit.reference.Reference` of the same systems) the reports
-    also hold the position and velocity errors against it at the end time."""
+    ``gate`` judges the steps (default: the energy gate). With a ``reference``
+    (:class:`nbtoolkit.reference.Reference` of the same systems) the reports also hold the
+    position and velocity errors against it at the end time."""
     validate.run_span(orbits=orbits, threshold=threshold)
-    traj = simulate(state, integrator, predictor, orbits=orbits, period=period, max_steps=max_steps, predictor_name=label)
+    traj = simulate(state, integrator, predictor, orbits=orbits, period=period, max_steps=max_steps, predictor_name=label,
+                    gate=gate, gate_name=gate_name)
     active = traj.dt > 0
     reports = []
     errors = _reference_errors(reference, state, traj)
     for b in range(state.batch_size):
-        rel = traj.rel_dE[active[:, b], b]
+        rel, judged = traj.rel_dE[active[:, b], b], traj.step_error[active[:, b], b]
         e0, e1 = traj.energy[0, b], traj.energy[-1, b]
+        worst = None if traj.gate_error is None else float(judged.max()) if judged.size else 0.0
         reports.append(GateReport(
             label=label, steps=int(active[:, b].sum()), force_evals=int(traj.force_evals[b]),
-            pass_fraction=float(np.mean(rel <= threshold)) if rel.size else 1.0,
+            pass_fraction=float(np.mean(judged <= threshold)) if judged.size else 1.0,
             max_step_rel_dE=float(rel.max()) if rel.size else 0.0,
-            final_rel_dE=float(abs(e1 - e0) / abs(e0)), wall_time=traj.wall_time, **errors[b],
+            final_rel_dE=float(abs(e1 - e0) / abs(e0)), wall_time=traj.wall_time, max_step_error=worst, **errors[b],
         ))
     return reports
 
@@ -103,7 +113,7 @@ class ScaledPredictor(DtPredictor):
 
 def _all_steps_pass(
     state: NBodyState, period: Tensor, integrator: Integrator, predictor: DtPredictor, scales: Tensor,
-    orbits: float, threshold: float, max_steps: int,
+    orbits: float, threshold: float, max_steps: int, gate: Gate | None,
 ) -> Tensor:
     """For each candidate scale, whether every step of ``orbits`` periods passes the gate (bool (K,)).
 
@@ -119,9 +129,9 @@ def _all_steps_pass(
         left = time_remaining(end, s.time)
         return torch.where(failed, torch.zeros_like(left), left)
 
-    stepper = iter_steps(batch, integrator, ScaledPredictor(predictor, scales), dt_limit=limit)
+    stepper = iter_steps(batch, integrator, ScaledPredictor(predictor, scales), dt_limit=limit, gate=gate)
     for k, result in enumerate(stepper, start=1):
-        failed |= (result.dt > 0) & (result.rel_dE > threshold)
+        failed |= (result.dt > 0) & (result.error > threshold)
         if bool((limit(result.state) == 0).all()):
             return ~failed
         if k >= max_steps:
@@ -142,8 +152,10 @@ def tune_scale(
     grid: int = 8,
     rounds: int = 3,
     max_steps: int = 2_000_000,
+    gate: Gate | None = None,
 ) -> float:
-    """The largest factor s such that ``s * predictor`` passes the gate on every step of the run.
+    """The largest factor s such that ``s * predictor`` passes ``gate`` (default: the energy gate)
+    on every step of the run.
 
     Searches a log grid of ``grid`` factors in [high/span, high], moving the bracket down while no
     candidate passes, then refines between the largest passing factor and the next one up
@@ -156,7 +168,7 @@ def tune_scale(
     lo, hi = high / span, high
     for _ in range(12):
         scales = torch.logspace(math.log10(lo), math.log10(hi), grid, dtype=state.dtype)
-        ok = _all_steps_pass(state, period, integrator, predictor, scales, orbits, threshold, max_steps)
+        ok = _all_steps_pass(state, period, integrator, predictor, scales, orbits, threshold, max_steps, gate)
         if bool(ok.any()):
             break
         lo, hi = lo / span, lo
@@ -168,7 +180,7 @@ def tune_scale(
         # refine up to the next candidate, or search a whole grid span higher if the top one passed
         hi_new = float(scales[best + 1]) if best + 1 < grid else lo_new * float(scales[-1] / scales[0])
         scales = torch.logspace(math.log10(lo_new), math.log10(hi_new), grid, dtype=state.dtype)
-        ok = _all_steps_pass(state, period, integrator, predictor, scales, orbits, threshold, max_steps)
+        ok = _all_steps_pass(state, period, integrator, predictor, scales, orbits, threshold, max_steps, gate)
         if not bool(ok.any()):  # non-monotonic: keep the last factor known to pass
             return lo_new
     return float(scales[int(torch.nonzero(ok).max())])
@@ -186,13 +198,16 @@ def greedy_oracle(
     refine: int = 9,
     max_steps: int = 1_000_000,
     reference: Any = None,
+    gate: Gate | None = None,
 ) -> dict[str, Any]:
-    """Step one system with, at every step, the largest dt found that passes the gate.
+    """Step one system with, at every step, the largest dt found that passes ``gate`` (default: the
+    energy gate).
 
     Each step tries ``candidates`` dts spanning a factor 8 either side of the previous dt as one
     batch, takes the largest passing one, then refines between it and the next candidate up.
     The energy error is not monotonic in dt, so this is a strong reference, not a strict floor.
-    Returns steps, force evaluations (those of the accepted steps) and max per-step |dE/E|.
+    Returns steps, force evaluations (those of the accepted steps) and max per-step |dE/E| (and,
+    with a gate other than the energy gate, its largest accepted error ``max_step_error``).
     """
     if state.batch_size != 1:
         raise NBToolkitError(f"greedy_oracle takes one system; got a batch of {state.batch_size}")
@@ -202,37 +217,38 @@ def greedy_oracle(
     end = state.time + orbits * float(period.reshape(-1)[0])  # (1,)
     dt_prev = first_dt if first_dt is not None else 1e-3 * float(period.reshape(-1)[0])
     current, energy = state.detach(), state_energy(state)
-    steps, worst = 0, 0.0
+    steps, worst, worst_error = 0, 0.0, 0.0
     factors = torch.logspace(-math.log10(8), math.log10(8), candidates, dtype=state.dtype)
     with torch.no_grad():
         while (left := float(time_remaining(end, current.time)[0])) > 0:
             if steps >= max_steps:
                 raise NBToolkitError(f"greedy oracle exceeded max_steps={max_steps}")
             dts = torch.clamp(dt_prev * factors, max=left)
-            rel, states = _try_dts(current, energy, integrator, dts)
-            passing = torch.nonzero(rel <= threshold)
+            rel, err, states = _try_dts(current, energy, integrator, dts, gate)
+            passing = torch.nonzero(err <= threshold)
             while passing.numel() == 0:
                 dts = dts / 8 ** 2
-                rel, states = _try_dts(current, energy, integrator, dts)
-                passing = torch.nonzero(rel <= threshold)
+                rel, err, states = _try_dts(current, energy, integrator, dts, gate)
+                passing = torch.nonzero(err <= threshold)
             best = int(passing.max())
             if best + 1 < dts.shape[0] and float(dts[best]) < left:
                 fine = torch.logspace(math.log10(float(dts[best])), math.log10(float(dts[best + 1])), refine + 2,
                                       dtype=state.dtype)[1:-1]
-                rel_f, states_f = _try_dts(current, energy, integrator, fine)
-                passing_f = torch.nonzero(rel_f <= threshold)
+                rel_f, err_f, states_f = _try_dts(current, energy, integrator, fine, gate)
+                passing_f = torch.nonzero(err_f <= threshold)
                 if passing_f.numel():
                     k = int(passing_f.max())
-                    dts, rel, states, best = fine, rel_f, states_f, k
-            worst = max(worst, float(rel[best]))
+                    dts, rel, err, states, best = fine, rel_f, err_f, states_f, k
+            worst, worst_error = max(worst, float(rel[best])), max(worst_error, float(err[best]))
             current = states.index(best)
             energy = state_energy(current)
             dt_prev = float(dts[best])
             steps += 1
+    judged = {} if is_energy_gate(gate) else {"max_step_error": worst_error}
     return {"label": "greedy oracle", "steps": steps, "force_evals": steps * integrator.force_evals_per_step,
             "pass_fraction": 1.0, "max_step_rel_dE": worst,
             "final_rel_dE": float(relative_energy_error(state_energy(state), energy)[0]),
-            "wall_time": _time.perf_counter() - start, **_oracle_errors(reference, current)}
+            "wall_time": _time.perf_counter() - start, **judged, **_oracle_errors(reference, current)}
 
 
 def _oracle_errors(reference: Any, final: NBodyState) -> dict[str, float | None]:
@@ -241,8 +257,13 @@ def _oracle_errors(reference: Any, final: NBodyState) -> dict[str, float | None]
     return error_columns(reference, final)[0] if reference is not None else {}
 
 
-def _try_dts(state: NBodyState, energy: Tensor, integrator: Integrator, dts: Tensor) -> tuple[Tensor, NBodyState]:
-    """Step copies of one system with each dt in ``dts`` (K,); return rel_dE (K,) and the K new states."""
+def _try_dts(state: NBodyState, energy: Tensor, integrator: Integrator, dts: Tensor,
+             gate: Gate | None) -> tuple[Tensor, Tensor, NBodyState]:
+    """Step copies of one system with each dt in ``dts`` (K,); return rel_dE (K,), the gate's
+    errors (K,) and the K new states."""
     batch = NBodyState.cat([state] * dts.shape[0])
     new = integrator.step(batch, dts)
-    return relative_energy_error(energy.expand(dts.shape[0]), state_energy(new)), new
+    rel = relative_energy_error(energy.expand(dts.shape[0]), state_energy(new))
+    if is_energy_gate(gate):
+        return rel, rel, new
+    return rel, checked_error(gate, batch, new, gate.reference(batch)), new  # type: ignore[union-attr]

@@ -47,6 +47,13 @@ def nbtoolkit_register_replay_samplers(register: Register) -> None:
     callable ``sampler(buffer, batch_size, generator) -> LongTensor`` of distinct buffer indices."""
 
 
+@hookspec
+def nbtoolkit_register_gates(register: Register) -> None:
+    """Register acceptance gates: ``register(name, factory)``; ``factory(**options)`` returns a
+    :class:`nbtoolkit.gate.Gate` mapping (state before, state after) a step to an error (B,) >= 0,
+    compared with the threshold for pass/fail and differentiable for training."""
+
+
 # ----------------------------------------------------------------------------- observers
 @hookspec
 def nbtoolkit_fit_start(event: FitStart) -> None:

@@ -50,6 +50,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.learned_predictor",
     "plugins.symmetric",
     "plugins.samplers",
+    "plugins.gates",
     "plugins.observers",
 )
 
@@ -58,6 +59,7 @@ REGISTRATION_HOOKS: dict[str, tuple[str, str]] = {
     "integrators": ("nbtoolkit_register_integrators", "integrator"),
     "predictors": ("nbtoolkit_register_dt_predictors", "dt predictor"),
     "samplers": ("nbtoolkit_register_replay_samplers", "replay sampler"),
+    "gates": ("nbtoolkit_register_gates", "gate"),
 }
 
 
@@ -100,7 +102,8 @@ def _env_names(var: str) -> set[str] | None:
 
 
 class PluginHost:
-    """Owns the pluggy manager, the plugin sources and the three registries."""
+    """Owns the pluggy manager, the plugin sources and the four registries (integrators, predictors,
+    samplers, gates)."""
 
     def __init__(
         self,
@@ -131,6 +134,7 @@ class PluginHost:
         self.integrators = Registry("integrator")
         self.predictors = Registry("dt predictor")
         self.samplers = Registry("replay sampler")
+        self.gates = Registry("gate")
 
         self._known_names: list[str] = []
         for module_path in default_plugins:
@@ -275,6 +279,10 @@ class PluginHost:
             registry.unknown_hint = self.unknown_name_hint
             setattr(self, attr, registry)
 
+    def registries(self) -> tuple[Registry, ...]:
+        """The named registries, in the order ``nbtoolkit plugins`` lists them."""
+        return tuple(getattr(self, attr) for attr in REGISTRATION_HOOKS)
+
     def plugin_hooks(self, name: str) -> list[str]:
         """Names of the hooks a registered plugin implements."""
         plugin = self.pm.get_plugin(name)
@@ -297,7 +305,7 @@ class PluginHost:
             "entries": [
                 {"kind": registry.kind, "name": e.name, "plugin": e.plugin, "source": e.source,
                  "options": None if e.accepted_options() is None else sorted(e.accepted_options() or ())}
-                for registry in (self.integrators, self.predictors, self.samplers) for e in registry.entries()
+                for registry in self.registries() for e in registry.entries()
             ],
             "plugins": [{"name": n, "source": self.sources[n], "hooks": self.plugin_hooks(n)} for n in sorted(self.sources)],
             "failures": [{"plugin": f.plugin, "stage": f.stage, "reason": f.reason} for f in self.failures],

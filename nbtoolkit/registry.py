@@ -1,4 +1,4 @@
-"""Named registries of plugin-provided factories (integrators, dt predictors, replay samplers)."""
+"""Named registries of plugin-provided factories (integrators, dt predictors, replay samplers, gates)."""
 
 from __future__ import annotations
 

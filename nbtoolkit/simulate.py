@@ -2,9 +2,11 @@
 
 :func:`iter_steps` is the step-by-step generator (used by the viewer's playback);
 :func:`simulate` runs it for a number of steps, up to an end time, or for a number of orbital
-periods, optionally with the **energy-gate guard**: a system whose step has a relative energy
-error above the threshold is retried with half the dt (up to ``max_halvings`` times), and the
-number of guarded steps is reported.
+periods, optionally with the **guard**: a system whose step fails the gate (its error above the
+threshold; by default the energy gate, |dE/E|) is retried with half the dt (up to
+``max_halvings`` times), and the number of guarded steps is reported. Any gate of the registry
+(:class:`~nbtoolkit.gate.Gate`) can judge the steps; every step's |dE/E| is recorded whichever
+gate judges them.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import torch
 from torch import Tensor
 
 from . import validate
-from .contracts import checked_step
+from .contracts import checked_error, checked_step
 from .control import RunControl
 from .errors import NBToolkitError
+from .gate import Gate, is_energy_gate
 from .integrator import Integrator
 from .physics import relative_energy_error, state_energy
 from .predictor import DtPredictor, History, bind_integrator, checked_dt, pop_force_evals
@@ -36,7 +39,8 @@ class StepResult:
 
     state: the state after the step; dt (B,) the dt actually used; rel_dE (B,) its |dE/E|;
     guarded (B,) whether the guard had to shrink dt; force_evals (B,) force evaluations spent
-    on the step including guard retries.
+    on the step including guard retries; error (B,) the gate's error of the step (the same
+    tensor as rel_dE with the energy gate).
     """
 
     state: NBodyState
@@ -44,6 +48,7 @@ class StepResult:
     rel_dE: Tensor
     guarded: Tensor
     force_evals: Tensor
+    error: Tensor
 
 
 def iter_steps(
@@ -56,8 +61,14 @@ def iter_steps(
     max_halvings: int = 20,
     control: RunControl | None = None,
     dt_limit: Callable[[NBodyState], Tensor] | None = None,
+    gate: Gate | None = None,
+    gate_name: str | None = None,
 ) -> Iterator[StepResult]:
     """Yield one :class:`StepResult` per step, forever (the caller decides when to stop).
+
+    ``gate`` judges every step (default: the energy gate) and, with ``guard_threshold``, decides
+    which steps the guard retries; its answer goes through :func:`nbtoolkit.contracts.checked_error`
+    (``gate_name`` names it in errors).
 
     ``dt_limit(state)`` (B,) caps dt (``simulate`` uses it to land on an end time; a limit of 0
     freezes a system). The predictor sees the last ``predictor.history_len`` states. No gradients
@@ -74,6 +85,7 @@ def iter_steps(
     history_len = int(getattr(predictor, "history_len", 0))
     history = History.empty(state, history_len) if history_len else None
     energy = state_energy(state)
+    judge = _Judge(gate, gate_name)
     evals_per_step = integrator.force_evals_per_step
     bind_integrator(predictor, integrator)  # predictors that take trial steps use the run's integrator
     pop_force_evals(predictor, state.batch_size)  # and count from zero
@@ -87,30 +99,50 @@ def iter_steps(
             new = checked_step(integrator, state, dt)
             new_energy = state_energy(new)
             rel = relative_energy_error(energy, new_energy)
+            reference = judge.reference(state)
+            error = judge.error(state, new, rel, reference)
             evals = torch.full_like(dt, evals_per_step)
             extra = pop_force_evals(predictor, state.batch_size)  # trial steps taken to choose dt
             if extra is not None:
                 evals = evals + extra.to(evals)
             guarded = torch.zeros_like(dt, dtype=torch.bool)
             if guard_threshold is not None:
-                new, new_energy, rel, dt, evals, guarded = _guard(
-                    state, new, energy, new_energy, rel, proposed, limit, evals, integrator, guard_threshold,
-                    max_halvings,
+                new, new_energy, rel, error, dt, evals, guarded = _guard(
+                    state, new, energy, new_energy, rel, error, reference, judge, proposed, limit, evals, integrator,
+                    guard_threshold, max_halvings,
                 )
             if history is not None:
                 history = history.push(state)
         state, energy = new, new_energy
-        yield StepResult(state, dt, rel, guarded, evals)
+        yield StepResult(state, dt, rel, guarded, evals, error)
+
+
+class _Judge:
+    """The gate of a run. The energy gate's error is the |dE/E| that every step computes anyway,
+    so it is taken from there instead of being computed twice; other gates are asked, checked."""
+
+    def __init__(self, gate: Gate | None, name: str | None) -> None:
+        self.gate, self.name = gate, name
+        self.energy = is_energy_gate(gate)
+
+    def reference(self, state: NBodyState) -> Tensor | None:
+        return None if self.energy else self.gate.reference(state)  # type: ignore[union-attr]
+
+    def error(self, before: NBodyState, after: NBodyState, rel: Tensor, reference: Tensor | None) -> Tensor:
+        if self.energy:
+            return rel
+        return checked_error(self.gate, before, after, reference, name=self.name)  # type: ignore[arg-type]
 
 
 def _guard(
-    state: NBodyState, new: NBodyState, e0: Tensor, e1: Tensor, rel: Tensor, proposed: Tensor,
-    limit: Tensor | None, evals: Tensor, integrator: Integrator, threshold: float, max_halvings: int,
-) -> tuple[NBodyState, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    state: NBodyState, new: NBodyState, e0: Tensor, e1: Tensor, rel: Tensor, error: Tensor, reference: Tensor | None,
+    judge: _Judge, proposed: Tensor, limit: Tensor | None, evals: Tensor, integrator: Integrator, threshold: float,
+    max_halvings: int,
+) -> tuple[NBodyState, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Retry the systems whose step failed the gate with half their proposed dt (still capped by
-    ``limit``), up to ``max_halvings`` times. Returns the new state, energies, rel_dE, dt used,
-    force evaluations and which systems were guarded."""
-    guarded = rel > threshold
+    ``limit``), up to ``max_halvings`` times. Returns the new state, energies, rel_dE, the gate's
+    errors, dt used, force evaluations and which systems were guarded."""
+    guarded = error > threshold
     failing = guarded.clone()
     dt = proposed if limit is None else torch.minimum(proposed, limit)
     for _ in range(max_halvings):
@@ -120,16 +152,18 @@ def _guard(
         proposed = proposed.clone()
         proposed[idx] = proposed[idx] / 2
         dt = proposed if limit is None else torch.minimum(proposed, limit)
-        retry = checked_step(integrator, state.index(idx), dt[idx])
+        before = state.index(idx)
+        retry = checked_step(integrator, before, dt[idx])
         retry_e = state_energy(retry)
         retry_rel = relative_energy_error(e0[idx], retry_e)
+        retry_error = judge.error(before, retry, retry_rel, None if reference is None else reference[idx])
         new = _scatter(new, idx, retry)
-        e1, rel = e1.clone(), rel.clone()
-        e1[idx], rel[idx] = retry_e, retry_rel
+        e1, rel, error = e1.clone(), rel.clone(), error.clone()
+        e1[idx], rel[idx], error[idx] = retry_e, retry_rel, retry_error
         evals = evals.clone()
         evals[idx] += integrator.force_evals_per_step
-        failing = rel > threshold
-    return new, e1, rel, dt, evals, guarded
+        failing = error > threshold
+    return new, e1, rel, error, dt, evals, guarded
 
 
 def _scatter(base: NBodyState, idx: Tensor, part: NBodyState) -> NBodyState:
@@ -169,7 +203,9 @@ class Trajectory:
     """A recorded run. S steps of B systems with N bodies in D dimensions.
 
     time (S+1, B), position and velocity (S+1, B, N, D), mass (B, N), dt and rel_dE (S, B) per
-    step, energy (S+1, B), guarded (S, B) bool, force_evals (B,) total per system.
+    step, energy (S+1, B), guarded (S, B) bool, force_evals (B,) total per system; gate_error
+    (S, B) the error per step of the gate that judged the run when it is not the energy gate
+    (None when it is: its error is rel_dE; see :attr:`step_error`).
     """
 
     time: np.ndarray
@@ -185,6 +221,12 @@ class Trajectory:
     softening: float
     wall_time: float
     info: dict[str, Any] = field(default_factory=dict)
+    gate_error: np.ndarray | None = None
+
+    @property
+    def step_error(self) -> np.ndarray:
+        """The gate's error of every step (S, B): ``gate_error``, or ``rel_dE`` for the energy gate."""
+        return self.rel_dE if self.gate_error is None else self.gate_error
 
     @property
     def steps(self) -> int:
@@ -192,9 +234,10 @@ class Trajectory:
         return int((self.dt > 0).sum(0).max()) if self.dt.size else 0
 
     def summary(self) -> dict[str, Any]:
-        """steps, force_evals (all systems), max per-step |dE/E|, final |dE/E| vs the start, guarded steps, wall time."""
+        """steps, force_evals (all systems), max per-step |dE/E|, final |dE/E| vs the start, guarded steps, wall
+        time, and with a gate other than the energy gate its largest per-step error (``max_step_error``)."""
         e0, e1 = self.energy[0], self.energy[-1]
-        return {
+        out = {
             "systems": int(self.mass.shape[0]),
             "steps": self.steps,
             "force_evals": int(self.force_evals.sum()),
@@ -203,15 +246,19 @@ class Trajectory:
             "guarded_steps": int(self.guarded.sum()),
             "wall_time": self.wall_time,
         }
+        if self.gate_error is not None:
+            out["max_step_error"] = float(self.gate_error.max()) if self.gate_error.size else 0.0
+        return out
 
     def save(self, path: str | Path) -> None:
         """Write the trajectory to ``.npz`` (atomically)."""
         from .io import save_npz_atomic
 
+        extra = {} if self.gate_error is None else {"gate_error": self.gate_error}
         save_npz_atomic(
             path, time=self.time, position=self.position, velocity=self.velocity, mass=self.mass, dt=self.dt,
             rel_dE=self.rel_dE, energy=self.energy, guarded=self.guarded, force_evals=self.force_evals,
-            G=np.float64(self.G), softening=np.float64(self.softening),
+            G=np.float64(self.G), softening=np.float64(self.softening), **extra,
         )
 
 
@@ -230,8 +277,14 @@ def simulate(
     predictor_name: str | None = None,
     control: RunControl | None = None,
     progress: Callable[[int, float], None] | None = None,
+    gate: Gate | None = None,
+    gate_name: str | None = None,
 ) -> Trajectory:
     """Run a simulation and record every step.
+
+    ``gate`` judges every step and decides the guard's retries (default: the energy gate);
+    ``gate_name`` names it in errors. A gate other than the energy gate adds its per-step errors
+    to the trajectory (``gate_error``).
 
     Give exactly one of ``steps`` (fixed count), ``t_end`` (end time, scalar or (B,)) or
     ``orbits`` together with ``period`` (B,). With an end time the last step is shortened to
@@ -277,12 +330,12 @@ def simulate(
     energy0 = state_energy(state.detach())
     times, positions, velocities, energies = [t0.numpy().copy()], [state.position.detach().numpy().copy()], [
         state.velocity.detach().numpy().copy()], [energy0.numpy().copy()]
-    dts, rels, guards = [], [], []
+    dts, rels, guards, errors = [], [], [], []
     evals = np.zeros(state.batch_size, dtype=np.int64)
     start = _time.perf_counter()
     stepper = iter_steps(
         state, integrator, predictor, predictor_name=predictor_name, guard_threshold=guard_threshold,
-        max_halvings=max_halvings, control=control, dt_limit=dt_limit,
+        max_halvings=max_halvings, control=control, dt_limit=dt_limit, gate=gate, gate_name=gate_name,
     )
     for k, result in enumerate(stepper, start=1):
         active = (result.dt > 0).numpy()
@@ -293,6 +346,7 @@ def simulate(
         energies.append(state_energy(s).numpy().copy())
         dts.append(result.dt.numpy().copy())
         rels.append(np.where(active, result.rel_dE.numpy(), 0.0))
+        errors.append(np.where(active, result.error.numpy(), 0.0))
         guards.append(result.guarded.numpy().copy())
         evals += np.where(active, result.force_evals.numpy().astype(np.int64), 0)
         if end is None:
@@ -316,4 +370,5 @@ def simulate(
         time=np.stack(times), position=np.stack(positions), velocity=np.stack(velocities),
         mass=state.mass.detach().numpy().copy(), dt=np.stack(dts), rel_dE=np.stack(rels), energy=np.stack(energies),
         guarded=np.stack(guards), force_evals=evals, G=state.G, softening=state.softening, wall_time=wall,
+        gate_error=None if is_energy_gate(gate) else np.stack(errors),
     )

@@ -43,6 +43,10 @@ HOOK_TESTS: dict[str, tuple[str, ...]] = {
     ),
     "nbtoolkit_register_dt_predictors": ("tests/test_plugin_docs.py::test_the_documented_predictor_registers_and_trains",),
     "nbtoolkit_register_replay_samplers": ("tests/test_plugin_docs.py::test_the_documented_sampler_registers_and_samples",),
+    "nbtoolkit_register_gates": (
+        "tests/test_plugin_docs.py::test_the_documented_gate_registers_and_judges",
+        "tests/test_gates.py::test_a_fake_gate_plugin_registers_judges_and_unregisters",
+    ),
     **{
         hook: ("tests/test_plugin_docs.py::test_the_documented_observer_receives_every_event",)
         for hook in ("nbtoolkit_fit_start", "nbtoolkit_step_accepted", "nbtoolkit_step_rejected",
@@ -260,6 +264,37 @@ def test_the_documented_sampler_registers_and_samples():
     assert sorted(sampler(buffer, 100, None).tolist()) == list(range(6))  # capped at the buffer size
     batch = training.sample_minibatch(buffer, 2, torch.Generator(), sampler, sampler_name="worst-first")
     assert batch.indices.tolist() == [1, 4]
+
+
+def test_the_documented_gate_registers_and_judges():
+    from nbtoolkit import angular_momentum
+    from nbtoolkit.contracts import checked_error
+    from nbtoolkit.simulate import simulate
+    from systems import two_body_orbit
+
+    module = doc_module("example: gate")
+    host = isolated_host((module, "doc-gate"))
+    assert host.plugin_hooks("doc-gate") == ["nbtoolkit_register_gates"]
+    assert host.gates.get("energy-and-spin").plugin == "doc-gate"
+    gate = host.gates.create("energy-and-spin")
+    state, period = two_body_orbit(e=0.6)
+    dt = torch.tensor([period / 20], dtype=torch.float64, requires_grad=True)
+    energy = host.gates.create("energy")
+    for name, spin_at_least, spin_below in (("leapfrog", 0.0, 1e-13), ("rk4", 1e-3, 1.0)):
+        new = host.integrators.create(name).step(state, dt)
+        error = checked_error(gate, state, new, name="energy-and-spin", host=host)
+        l0, l1 = (float(angular_momentum(s.mass, s.position, s.velocity).detach()) for s in (state, new))
+        spin = abs(l1 - l0) / abs(l0)
+        assert spin_at_least <= spin < spin_below  # leapfrog keeps L to round-off, rk4 does not
+        assert error.shape == (1,) and float(error) == pytest.approx(max(float(energy.error(state, new)), spin), rel=1e-12)
+    (grad,) = torch.autograd.grad(error.sum(), dt)
+    assert torch.isfinite(grad).all()
+    blown = state.replace(position=state.position * float("inf"))
+    assert checked_error(gate, state, blown, host=host).item() == float("inf")
+    # the guard of simulate takes it: every step passes it
+    traj = simulate(state, host.integrators.create("rk4"), host.predictors.create("constant", dt=period / 20),
+                    orbits=1, period=torch.tensor([period]), guard_threshold=1e-4, gate=gate)
+    assert traj.gate_error.max() <= 1e-4 and traj.guarded.any()
 
 
 def _events() -> dict[str, Any]:

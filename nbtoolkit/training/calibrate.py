@@ -8,7 +8,7 @@ measures this on *validation* systems it was not trained on and sets one factor 
 1. Roll the validation systems out unguarded with the predictor, as ``evaluate`` would.
 2. At every step, try the step again with the predicted dt scaled by each factor of a log grid
    (one batched step of all systems x all factors) and record the largest factor s* up to
-   which every factor passes the gate.
+   which every factor passes the gate (the gate training used: the energy gate by default).
 3. Per system, take the ``1 - target_pass_rate`` quantile of s*: with that factor the system
    would have passed ``target_pass_rate`` of its steps. The calibrated factor is the smallest of
    these over the systems (so every validation system meets the target, not just the average),
@@ -33,9 +33,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..contracts import checked_error
 from ..errors import ConfigError
+from ..gate import EnergyGate, Gate
 from ..integrator import Integrator
-from ..physics import relative_energy_error, state_energy
 from ..predictor import DtPredictor
 from ..state import NBodyState
 from .steps import padding_groups
@@ -58,21 +59,21 @@ class CalibrationResult:
 
 
 def max_passing_scale(integrator: Integrator, state: NBodyState, dt: Tensor, scales: Tensor,
-                      threshold: float) -> Tensor:
-    """(B,): the largest of ``scales`` (K,, ascending) up to which every ``scale * dt`` passes the gate
-    (0 where even the smallest fails). One integrator step of B * K systems."""
+                      threshold: float, gate: Gate | None = None) -> Tensor:
+    """(B,): the largest of ``scales`` (K,, ascending) up to which every ``scale * dt`` passes ``gate``
+    (default: the energy gate; 0 where even the smallest fails). One integrator step of B * K systems."""
     B, K = state.batch_size, scales.shape[0]
     batch = NBodyState.cat([state] * K)  # system b, scale k at index k * B + b
     trial_dt = (scales.unsqueeze(1) * dt.unsqueeze(0)).reshape(K * B)
     new = integrator.step(batch, trial_dt)
-    rel = relative_energy_error(state_energy(batch), state_energy(new)).reshape(K, B)
+    rel = checked_error(EnergyGate() if gate is None else gate, batch, new).reshape(K, B)
     ok_prefix = torch.cumprod((rel <= threshold).to(torch.int64), dim=0).bool()  # passes at every scale so far
     best = torch.where(ok_prefix, scales.unsqueeze(1).to(dt.dtype), torch.zeros_like(rel)).amax(0)
     return best
 
 
 def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBodyState, scales: Tensor,
-                    threshold: float, steps: int) -> tuple[Tensor, Tensor]:
+                    threshold: float, steps: int, gate: Gate | None) -> tuple[Tensor, Tensor]:
     """s* and the safety class of every step (each (steps, B)) along an unguarded rollout of
     ``state``; a system that blows up repeats its last step's figures."""
     current = state.detach()
@@ -81,7 +82,8 @@ def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBody
     alive = torch.ones(state.batch_size, dtype=torch.bool)
     for k in range(steps):
         dt, state_classes = predictor.predict_with_class(current, None)
-        found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold), found[k - 1])
+        found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold, gate),
+                               found[k - 1])
         classes[k] = torch.where(alive, state_classes, classes[k - 1])
         new = integrator.step(current, dt)
         alive &= torch.isfinite(new.position).flatten(1).all(-1) & torch.isfinite(new.velocity).flatten(1).all(-1)
@@ -124,9 +126,10 @@ def class_factors(s_star: Tensor, classes: Tensor, n_classes: int, group_size: i
 
 def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBodyState, *, threshold: float,
                      target_pass_rate: float = 0.995, steps: int = 256, rounds: int = 3,
-                     span: float = 4.0, grid: int = 65) -> CalibrationResult:
+                     span: float = 4.0, grid: int = 65, gate: Gate | None = None) -> CalibrationResult:
     """Set ``predictor.log_safety`` so each validation system in ``state`` passes ``target_pass_rate``
-    of its unguarded steps (see module docstring). ``state`` may hold padding bodies."""
+    of its unguarded steps under ``gate`` (default: the energy gate; see module docstring).
+    ``state`` may hold padding bodies."""
     if not hasattr(predictor, "log_safety") or not hasattr(predictor, "predict_with_class"):
         raise ConfigError(f"dt predictor {type(predictor).__name__} has no 'log_safety' factors to calibrate")
     if not 0 < target_pass_rate < 1:
@@ -145,7 +148,7 @@ def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBod
             classes = torch.zeros(steps, state.batch_size, dtype=torch.long)
             for idx, n in groups:
                 s_star[:, idx], classes[:, idx] = _rollout_scales(
-                    predictor, integrator, state.index(idx).trim_bodies(n), scales, threshold, steps)
+                    predictor, integrator, state.index(idx).trim_bodies(n), scales, threshold, steps, gate)
             pass_rate = float((s_star >= 1).to(torch.float64).mean())
             per_system = torch.quantile(s_star, 1 - target_pass_rate, dim=0, interpolation="lower")
             factor = class_factors(s_star, classes, n_classes, group_size, target_pass_rate).clamp(1 / span, span)

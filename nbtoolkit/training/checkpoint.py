@@ -5,7 +5,9 @@ A checkpoint is a dict of tensors and plain Python values (no pickled objects):
 * ``format`` / ``format_version``: :data:`FORMAT` and :data:`FORMAT_VERSION`
 * ``versions``: nbtoolkit and torch versions that wrote it
 * ``config``: :meth:`TrainConfig.to_dict`
-* ``plugins``: for ``integrator``, ``predictor``, ``sampler``: name, providing plugin and its source
+* ``plugins``: for ``integrator``, ``predictor``, ``sampler`` and ``gate`` (files written before
+  gates were plugins have none; they trained with the energy gate): name, providing plugin and
+  its source
 * ``predictor_options``: the options the predictor factory was called with
 * ``predictor_state``, ``optimizer_state``: ``state_dict()`` of each
 * ``epoch``, ``totals``, ``rng_state`` (the replay generator)
@@ -210,11 +212,13 @@ def check_schema(data: dict[str, Any], where: str, *, model: bool = False) -> No
             raise bad(key, ("a floating-point tensor" if floating else "a tensor") + (" or none" if optional else ""), value)
 
     config = table("config", data["config"])
-    for key in ("integrator", "predictor", "sampler"):
+    for key in ("integrator", "predictor", "sampler", "gate"):
         if key in config and not isinstance(config[key], str):
             raise bad(f"config.{key}", "a name", config[key])
     plugins = table("plugins", data["plugins"], ("integrator", "predictor", "sampler"))
-    for key in ("integrator", "predictor", "sampler"):
+    for key in ("integrator", "predictor", "sampler", "gate"):
+        if key == "gate" and key not in plugins:
+            continue
         entry = table(f"plugins.{key}", plugins[key], ("name",))
         if not isinstance(entry["name"], str) or not entry["name"]:
             raise bad(f"plugins.{key}.name", "a name", entry["name"])

@@ -65,6 +65,7 @@ KEY_HELP: dict[str, str] = {
     "integrator": "integrator name (default leapfrog; see `nbtoolkit plugins`)",
     "predictor": "dt predictor to train (default mlp)",
     "sampler": "replay sampler name: uniform, prioritized, recent, ... (default uniform)",
+    "gate": "gate that judges every step: energy (whole-system |dE/E|), pair-energy, ... (default energy)",
     "predictor_options": "extra predictor factory option KEY=VALUE (repeatable), e.g. init_factor=0.01",
     "sampler_options": "replay sampler option KEY=VALUE (repeatable), e.g. alpha=0.7",
     "fallback_options": "fallback predictor option KEY=VALUE (repeatable), e.g. eta=0.02",

@@ -1,4 +1,7 @@
-"""Part 1: trajectory collection under the energy gate, for a batch of systems at once.
+"""Part 1: trajectory collection under the gate, for a batch of systems at once.
+
+The gate (a :class:`~nbtoolkit.gate.Gate`, the energy gate by default) judges every step; its
+error is what the buffer, the events and the messages call |dE/E| (it is that for the default).
 
 Each iteration predicts dt for every still-collecting system and takes one step. Systems whose
 step passes the gate advance (their pre-step state, dt, |dE/E| and history window go into the
@@ -31,8 +34,9 @@ from torch import Tensor
 
 from ..control import RunControl, RunStopped
 from ..events import StepAccepted, StepRejected
+from ..gate import EnergyGate, Gate
 from ..integrator import Integrator
-from ..physics import state_accelerations, state_energy
+from ..physics import state_accelerations
 from ..predictor import DtPredictor, History, checked_dt
 from ..state import NBodyState
 from .buffer import ReplayBuffer
@@ -96,15 +100,17 @@ class _Collection:
 
     def __init__(self, predictor: DtPredictor, integrator: Integrator, state: NBodyState, config: TrainConfig,
                  optimizer: torch.optim.Optimizer, buffer: ReplayBuffer, history: History | None, epoch: int,
-                 stop_time: Tensor | None, hook: Any, fallback: DtPredictor | None, predictor_name: str) -> None:
+                 stop_time: Tensor | None, hook: Any, fallback: DtPredictor | None, predictor_name: str,
+                 gate: Gate, gate_name: str | None) -> None:
         self.predictor, self.integrator, self.config, self.optimizer = predictor, integrator, config, optimizer
         self.buffer, self.epoch, self.hook, self.fallback = buffer, epoch, hook, fallback
         self.predictor_name = predictor_name
+        self.gate, self.gate_name = gate, gate_name
         self.state = state.detach()
         if self.state.acceleration is None:  # integrators that reuse the cache then never recompute it
             self.state = self.state.replace(acceleration=state_accelerations(self.state).detach())
         self.history = history
-        self.energy = state_energy(self.state).detach()
+        self.reference = gate.reference(self.state)  # what the gate measures on each system's current state
         B = state.batch_size
         device = state.device
         self.accepted = torch.zeros(B, dtype=torch.long, device=device)
@@ -124,8 +130,9 @@ class _Collection:
         """One batched attempt for systems ``idx``: accept the passing ones, retrain on the failing ones."""
         sub = self.state.index(idx)
         hsub = None if self.history is None else self.history.index(idx)
-        out = predict_and_step(self.predictor, self.integrator, sub, hsub, self.config, energy0=self.energy[idx],
-                               predictor_name=self.predictor_name)
+        out = predict_and_step(self.predictor, self.integrator, sub, hsub, self.config,
+                               reference=None if self.reference is None else self.reference[idx],
+                               predictor_name=self.predictor_name, gate=self.gate, gate_name=self.gate_name)
         ok = out.passed
         if bool(ok.any()):
             rows = torch.nonzero(ok).squeeze(1)
@@ -171,7 +178,8 @@ class _Collection:
             self.history = History(_put(self.history.position, idx, pushed.position),
                                    _put(self.history.velocity, idx, pushed.velocity), _put(self.history.mask, idx, pushed.mask))
         self.state = _scatter_state(self.state, idx, after)
-        self.energy = _put(self.energy, idx, state_energy(after).detach())
+        if self.reference is not None:
+            self.reference = _put(self.reference, idx, self.gate.reference(after))
         step = int(self.accepted[idx[0]])
         self.accepted[idx] += 1
         self.dt_sum += float(dt.sum())
@@ -191,10 +199,11 @@ class _Collection:
                                     int(self.accepted[first]))
         with torch.no_grad():
             dt = checked_dt(self.fallback(sub, hist), sub, f"fallback {cfg.fallback_predictor}")
-            e0 = self.energy[idx]
+            e0 = None if self.reference is None else self.reference[idx]
             for _ in range(FALLBACK_HALVINGS + 1):
                 after = attempt_single_step(self.integrator, sub, dt, cfg.n_steps)
-                passed, rel = check_energy_threshold(sub, after, cfg.energy_threshold, energy0=e0)
+                passed, rel = check_energy_threshold(sub, after, cfg.energy_threshold, energy0=e0, gate=self.gate,
+                                                     gate_name=self.gate_name)
                 if bool(passed.all()):
                     break
                 dt = torch.where(passed, dt, dt / 2)
@@ -225,6 +234,8 @@ def collect_trajectory(
     control: RunControl | None = None,
     fallback: DtPredictor | None = None,
     predictor_name: str = "predictor",
+    gate: Gate | None = None,
+    gate_name: str | None = None,
 ) -> CollectResult:
     """Part 1: collect ``config.steps_per_epoch`` accepted steps from every system of ``state``.
 
@@ -234,7 +245,8 @@ def collect_trajectory(
     reaches it. ``hook`` (``host.hook``) gets StepAccepted / StepRejected events. ``control``
     is checked before every attempt; a stop request ends collection early with
     ``stopped=True`` and everything accepted so far kept. ``fallback`` is the classical
-    predictor used when ``config.on_retrain_limit == "fallback"``.
+    predictor used when ``config.on_retrain_limit == "fallback"``. ``gate`` judges the steps
+    (default: the energy gate; ``gate_name`` names it in errors).
 
     Raises :class:`~nbtoolkit.training.errors.RetrainLimitError` when a system is rejected
     ``max_retrain_steps`` times in a row (and no fallback applies).
@@ -246,7 +258,7 @@ def collect_trajectory(
     if K and history is None:
         history = History.empty(state, K)
     run = _Collection(predictor, integrator, state, config, optimizer, buffer, history if K else None, epoch,
-                      stop_time, hook, fallback, predictor_name)
+                      stop_time, hook, fallback, predictor_name, EnergyGate() if gate is None else gate, gate_name)
     stopped = False
     while True:
         idx = run.active()

@@ -42,7 +42,7 @@ SYSTEM_TABLE = "system"
 class TrainConfig:
     """All settings of a training run. Construct with keywords, :meth:`from_dict` or :meth:`from_toml`."""
 
-    # energy gate and loss
+    # gate and loss (|dE/E| is the gate's error; the default gate's is the relative energy error)
     energy_threshold: float = 2e-4  #: a step passes when |dE/E| <= this
     E_lower: float = 1e-6  #: lower edge of the loss band on |dE/E|
     E_upper: float = 1e-4  #: upper edge of the loss band; must not exceed energy_threshold
@@ -75,6 +75,7 @@ class TrainConfig:
     integrator: str = "leapfrog"
     predictor: str = "mlp"
     sampler: str = "uniform"
+    gate: str = "energy"  #: the gate that judges every step (training, Part 2, calibration)
     predictor_options: dict[str, Any] = field(default_factory=dict)
     sampler_options: dict[str, Any] = field(default_factory=dict)
     fallback_options: dict[str, Any] = field(default_factory=dict)
@@ -300,6 +301,7 @@ _RULES: dict[str, Callable[[str, Any], Any]] = {
     "integrator": _name,
     "predictor": _name,
     "sampler": _name,
+    "gate": _name,
     "predictor_options": _options,
     "sampler_options": _options,
     "fallback_options": _options,

@@ -2,7 +2,8 @@
 
 Each iteration samples a minibatch of distinct buffer indices, gathers those states and their
 own history windows, and evaluates them all at once (features -> dt -> integrator step ->
-energies). If any sample fails the gate, the mean loss of the failing samples is
+the gate's error, |dE/E| for the default energy gate). If any sample fails the gate, the mean
+loss of the failing samples is
 backpropagated. With ``efficiency_weight`` w > 0, w times the mean band loss of the *passing*
 samples is added, which pushes dt up where |dE/E| < E_lower (and down where it sits between
 E_upper and the gate); that term is applied even on the iteration that converges.
@@ -22,6 +23,7 @@ from torch import Tensor
 from ..control import RunControl, RunStopped
 from ..errors import NBToolkitError, PluginError
 from ..events import ReplayIteration
+from ..gate import Gate
 from ..integrator import Integrator
 from ..predictor import DtPredictor, History
 from ..state import NBodyState
@@ -102,16 +104,18 @@ def _check_indices(idx: Any, n: int, k: int, label: str) -> None:
 
 
 def evaluate_minibatch(predictor: DtPredictor, integrator: Integrator, minibatch: Minibatch, config: TrainConfig,
-                       *, predictor_name: str = "predictor") -> tuple[bool, Tensor, Tensor, dict[str, Any]]:
+                       *, predictor_name: str = "predictor", gate: Gate | None = None,
+                       gate_name: str | None = None) -> tuple[bool, Tensor, Tensor, dict[str, Any]]:
     """Replay every sample of ``minibatch`` with one predicted step, as one batched computation.
 
     Returns ``(all_pass, losses, rel_dE_list, metrics)``: ``losses`` (k,) per-sample band loss
-    on the graph of the predictor; ``rel_dE_list`` (k,) detached |dE/E| (inf for a blown-up
-    step); ``metrics`` with ``pass_count``, ``fail_count``, ``mean_rel_dE``, ``max_rel_dE``,
-    ``batch_size`` and ``mean_dt`` (Python numbers). The minibatch is not modified.
+    on the graph of the predictor; ``rel_dE_list`` (k,) the detached error of ``gate`` (default:
+    the energy gate, |dE/E|; inf for a blown-up step); ``metrics`` with ``pass_count``,
+    ``fail_count``, ``mean_rel_dE``, ``max_rel_dE``, ``batch_size`` and ``mean_dt`` (Python
+    numbers). The minibatch is not modified.
     """
     out = predict_and_step(predictor, integrator, minibatch.state, minibatch.history, config,
-                           predictor_name=predictor_name)
+                           predictor_name=predictor_name, gate=gate, gate_name=gate_name)
     passed = out.passed
     rel = out.rel_dE
     metrics: dict[str, Any] = {
@@ -144,6 +148,8 @@ def generalize_on_trajectory(
     hook: Any = None,
     control: RunControl | None = None,
     predictor_name: str = "predictor",
+    gate: Gate | None = None,
+    gate_name: str | None = None,
 ) -> tuple[bool, int, dict[str, Any]]:
     """Part 2: replay minibatches until one passes entirely, at most ``config.replay_steps`` times.
 
@@ -153,7 +159,7 @@ def generalize_on_trajectory(
     ``final_metrics`` holds the last minibatch's :func:`evaluate_minibatch` metrics plus
     ``loss`` (the objective of that iteration), ``buffer_size``, ``skipped`` and ``stopped``
     (True if ``control`` asked to stop; then ``converged`` is False). ``hook`` gets one
-    ReplayIteration event per iteration.
+    ReplayIteration event per iteration. ``gate`` judges the replayed steps (default: the energy gate).
     """
     n = len(buffer)
     if n == 0 or n < config.min_replay_size:
@@ -168,7 +174,8 @@ def generalize_on_trajectory(
                 return False, iteration - 1, metrics
         batch = sample_minibatch(buffer, config.replay_batch_size, generator, sampler, sampler_name=sampler_name)
         all_pass, losses, rel, evaluated = evaluate_minibatch(predictor, integrator, batch, config,
-                                                              predictor_name=predictor_name)
+                                                              predictor_name=predictor_name, gate=gate,
+                                                              gate_name=gate_name)
         buffer.update_rel_dE(batch.indices, rel)
         total = batch_objective(losses, rel, config)
         if total.requires_grad and float(total.detach()) > 0:

@@ -1,8 +1,9 @@
 """Single-step primitives shared by Part 1 and Part 2 (the seed's names, batched).
 
 Everything here works on a batch of B systems at once. The dt returned by the predictor stays
-on the autograd graph through the integrator step to the energy error, so the loss on
-|dE/E| trains the predictor.
+on the autograd graph through the integrator step to the gate's error, so the loss on that
+error trains the predictor. The gate (a :class:`~nbtoolkit.gate.Gate`; default, and the seed's,
+the energy gate) is passed in; below, |dE/E| stands for its error.
 
 Loss (per sample, on l = log |dE/E|, band [E_lower, E_upper]):
 
@@ -23,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..contracts import checked_step
+from ..contracts import checked_error, checked_step
+from ..gate import EnergyGate, Gate
 from ..integrator import Integrator
-from ..physics import relative_energy_error, state_energy
 from ..predictor import DtPredictor, History, checked_dt
 from ..state import NBodyState
 from .config import REL_DE_FLOOR, TrainConfig
@@ -46,15 +47,17 @@ def attempt_single_step(integrator: Integrator, state: NBodyState, dt: Tensor, n
 
 
 def check_energy_threshold(state0: NBodyState, state1: NBodyState, threshold: float, *,
-                           energy0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Compare energies before and after a step.
+                           energy0: Tensor | None = None, gate: Gate | None = None,
+                           gate_name: str | None = None) -> tuple[Tensor, Tensor]:
+    """Judge a step from ``state0`` to ``state1`` with ``gate`` (default: the energy gate).
 
-    Returns ``(passed, rel_dE)``: ``rel_dE`` (B,) = |E1 - E0| / |E0| (inf where not finite),
-    on the graph of state1; ``passed`` (B,) bool, True where ``rel_dE <= threshold``.
-    ``energy0`` (B,) may be given to skip recomputing E0.
+    Returns ``(passed, rel_dE)``: ``rel_dE`` (B,) the gate's error, for the energy gate
+    |E1 - E0| / |E0| (inf where not finite), on the graph of state1; ``passed`` (B,) bool, True
+    where ``rel_dE <= threshold``. ``energy0`` may be given to skip recomputing what the gate
+    measures on state0: ``gate.reference(state0)``, for the energy gate E0 (B,). The answer is
+    checked (:func:`nbtoolkit.contracts.checked_error`; ``gate_name`` names the gate in errors).
     """
-    e0 = state_energy(state0) if energy0 is None else energy0
-    rel = relative_energy_error(e0.detach(), state_energy(state1))
+    rel = checked_error(EnergyGate() if gate is None else gate, state0, state1, energy0, name=gate_name)
     return rel.detach() <= threshold, rel
 
 
@@ -105,9 +108,11 @@ def padding_groups(state: NBodyState) -> list[tuple[Tensor, int]] | None:
 
 
 def predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBodyState, history: History | None,
-                     config: TrainConfig, *, energy0: Tensor | None = None,
-                     predictor_name: str = "predictor") -> StepOutcome:
-    """Predict dt for every system, step, measure |dE/E| and the per-sample loss, all batched.
+                     config: TrainConfig, *, reference: Tensor | None = None,
+                     predictor_name: str = "predictor", gate: Gate | None = None,
+                     gate_name: str | None = None) -> StepOutcome:
+    """Predict dt for every system, step, measure the gate's error (default gate: |dE/E|) and the
+    per-sample loss, all batched. ``reference`` is ``gate.reference(state)`` if already known.
 
     A batch padded to mix numbers of bodies is evaluated as one batched computation per
     group of similar N (:func:`padding_groups`), each trimmed of its padding, so a two-body
@@ -115,16 +120,19 @@ def predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBod
     and hold no energy, so the result is the same as on the padded batch; they stay where
     they are.
     """
+    gate = EnergyGate() if gate is None else gate
     groups = padding_groups(state)
     if groups is None or len(groups) == 1 and groups[0][1] == state.n_bodies:
-        return _predict_and_step(predictor, integrator, state, history, config, energy0, predictor_name)
-    e0 = state_energy(state) if energy0 is None else energy0
+        return _predict_and_step(predictor, integrator, state, history, config, reference, predictor_name, gate,
+                                 gate_name)
+    ref = gate.reference(state) if reference is None else reference
     outs = []
     for idx, n in groups:
         sub = state.index(idx).trim_bodies(n)
         hsub = None if history is None else History(history.position[idx, :, :n], history.velocity[idx, :, :n],
                                                     history.mask[idx])
-        outs.append(_predict_and_step(predictor, integrator, sub, hsub, config, e0[idx], predictor_name))
+        outs.append(_predict_and_step(predictor, integrator, sub, hsub, config, None if ref is None else ref[idx],
+                                      predictor_name, gate, gate_name))
     order = torch.cat([idx for idx, _ in groups])
     inverse = torch.argsort(order)
     position, velocity = state.position.detach().clone(), state.velocity.detach().clone()
@@ -141,22 +149,25 @@ def predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBod
 
 
 def _predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBodyState, history: History | None,
-                      config: TrainConfig, energy0: Tensor | None, predictor_name: str) -> StepOutcome:
+                      config: TrainConfig, reference: Tensor | None, predictor_name: str, gate: Gate | None = None,
+                      gate_name: str | None = None) -> StepOutcome:
     """:func:`predict_and_step` on one batch without padding groups.
 
     Systems whose step is not finite are stepped again with their dt detached, so their
     (penalty) loss reaches the predictor only through :func:`compute_single_step_loss`'s dt
     term. The returned state is detached (it is only ever accepted, not trained through).
     """
+    gate = EnergyGate() if gate is None else gate
     dt = checked_dt(predictor(state, history), state, predictor_name, predictor)
-    e0 = state_energy(state) if energy0 is None else energy0
+    ref = gate.reference(state) if reference is None else reference
     new = attempt_single_step(integrator, state, dt, config.n_steps)
-    passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=e0)
+    judge = dict(energy0=ref, gate=gate, gate_name=gate_name)
+    passed, rel = check_energy_threshold(state, new, config.energy_threshold, **judge)
     finite = torch.isfinite(rel)
     if dt.requires_grad and not bool(finite.all()):
         safe_dt = torch.where(finite, dt, dt.detach())
         new = attempt_single_step(integrator, state, safe_dt, config.n_steps)
-        passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=e0)
+        passed, rel = check_energy_threshold(state, new, config.energy_threshold, **judge)
     losses = compute_single_step_loss(rel, config, dt)
     return StepOutcome(dt=dt, state=new.detach(), rel_dE=rel.detach(), passed=passed, losses=losses)
 

@@ -108,6 +108,7 @@ class Trainer:
                 f"reads {getattr(self.predictor, 'history_len', 0)} past states"
             )
         self.sampler = self.host.samplers.create(config.sampler, **config.sampler_options)
+        self.gate = self.host.gates.create(config.gate)
         self.fallback: DtPredictor | None = None
         if config.on_retrain_limit == "fallback":
             self.fallback = self.host.predictors.create(config.fallback_predictor, **config.fallback_options)
@@ -185,7 +186,7 @@ class Trainer:
         collected = collect_trajectory(
             self.predictor, self.integrator, self.state, cfg, self.optimizer, buffer=self.buffer, history=self.history,
             epoch=self.epoch, stop_time=self.stop_time, hook=hook, control=self.control, fallback=self.fallback,
-            predictor_name=cfg.predictor,
+            predictor_name=cfg.predictor, gate=self.gate, gate_name=cfg.gate,
         )
         self.state, self.history = collected.state, collected.history
         accepted = int(collected.accepted.sum())
@@ -196,7 +197,7 @@ class Trainer:
         converged, iterations, replay = generalize_on_trajectory(
             self.predictor, self.integrator, self.buffer, cfg, self.optimizer, generator=self.generator,
             sampler=self.sampler, sampler_name=cfg.sampler, epoch=self.epoch, hook=hook, control=self.control,
-            predictor_name=cfg.predictor,
+            predictor_name=cfg.predictor, gate=self.gate, gate_name=cfg.gate,
         )
         if replay["stopped"]:
             return None
@@ -213,11 +214,13 @@ class Trainer:
                 "max_rel_dE": replay["max_rel_dE"]}
 
     def calibrate(self) -> CalibrationResult:
-        """Set the predictor's safety factor on the validation systems (see :mod:`.calibrate`)."""
+        """Set the predictor's safety factor on the validation systems (see :mod:`.calibrate`), under
+        the gate training used."""
         cfg = self.config
         state = self.validation_state if self.validation_state is not None else self.initial_state
         self.calibration = calibrate_safety(self.predictor, self.integrator, state, threshold=cfg.energy_threshold,
-                                            target_pass_rate=cfg.calibrate_pass_rate, steps=cfg.calibrate_steps)
+                                            target_pass_rate=cfg.calibrate_pass_rate, steps=cfg.calibrate_steps,
+                                            gate=self.gate)
         return self.calibration
 
     # ------------------------------------------------------------------ checkpoints
@@ -231,6 +234,7 @@ class Trainer:
                 "integrator": plugin_info(self.host, "integrators", cfg.integrator),
                 "predictor": plugin_info(self.host, "predictors", cfg.predictor),
                 "sampler": plugin_info(self.host, "samplers", cfg.sampler),
+                "gate": plugin_info(self.host, "gates", cfg.gate),
             },
             "predictor_options": dict(self.predictor_options),
             "predictor_state": {k: v.detach().cpu() for k, v in self.predictor.state_dict().items()},
