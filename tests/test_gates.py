@@ -280,3 +280,26 @@ def test_training_accepts_only_what_its_gate_passes_and_records_it(host, tmp_pat
 
     saved = read_checkpoint(tmp_path / "m.pt")
     assert saved["config"]["gate"] == "pair-energy" and saved["plugins"]["gate"]["plugin"] == "plugins.gates"
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_the_command_line_takes_the_gate_by_name(capsys, tmp_path):
+    import json
+
+    from nbtoolkit.cli import build_parser
+    from nbtoolkit.training.cli import _flag_overrides
+
+    args = ["evaluate", "--preset", "figure-eight", "--orbits", "0.5", "--rules", "freefall"]
+    assert main(args + ["--gate", "pair-energy"]) == 0
+    out = capsys.readouterr().out
+    assert "max pair |dE/E|" in out.splitlines()[0]
+    assert main(args + ["--gate", "pair-energy", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["pass_fraction"] == 1.0 and 0 < row["max_step_error"] <= 2e-4
+    assert main(args) == 0
+    assert "pair" not in capsys.readouterr().out  # the default table is unchanged
+    parsed = build_parser().parse_args(["train", "--gate", "pair-energy"])
+    assert _flag_overrides(parsed)["gate"] == "pair-energy"
+    path = tmp_path / "run.toml"
+    path.write_text('gate = "pair-energy"\n')
+    assert TrainConfig.from_toml(path).gate == "pair-energy"

@@ -269,13 +269,19 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_simulate_mode_with_a_checkpoint_animates_frames(qtbot, window, checkpoint):
+def test_simulate_mode_with_a_checkpoint_animates_frames(qtbot, window, checkpoint, monkeypatch):
+    from plugins.gates import PairEnergyGate
+
+    judged = []
+    original = PairEnergyGate.error
+    monkeypatch.setattr(PairEnergyGate, "error", lambda self, *a: judged.append(1) or original(self, *a))
     window.controls.set_preset("kepler", {"eccentricity": 0.5})
     window.controls.set_mode("simulate")
     window.controls.set_checkpoint(checkpoint)
     window.controls.sim_steps_spin.setValue(60)
     window.controls.set_speed(300)
     window.controls.guard_check.setChecked(True)
+    window.controls.gate_combo.setCurrentText("pair-energy")
     drawn_times: list[float] = []
     window.frame_timer.timeout.connect(lambda: drawn_times.append(window.orbit.time))
     start_frames = window.orbit.frames_drawn
@@ -292,6 +298,7 @@ def test_simulate_mode_with_a_checkpoint_animates_frames(qtbot, window, checkpoi
     series = window.plots.series()
     threshold = float(window.controls.threshold_edit.text())
     assert len(series["step"]) == 60 and np.all(series["rel_dE"] <= threshold)  # the guard held every step
+    assert len(judged) >= 60  # under the gate chosen in the drop-down
     assert "step 60" in window.status_text()
 
 

@@ -309,6 +309,10 @@ class FakePlugin:
     def nbtoolkit_register_replay_samplers(self, register):
         register("test-fake-sampler", lambda: None)
 
+    @hookimpl
+    def nbtoolkit_register_gates(self, register):
+        register("test-fake-gate", lambda: None)
+
 
 def combo_items(combo) -> list[str]:
     return [combo.itemText(i) for i in range(combo.count())]
@@ -324,7 +328,9 @@ def test_dropdowns_list_the_registries_including_a_plugin_registered_at_run_time
         assert "leapfrog" in combo_items(panel.integrator_combo)
         assert "test-fake-dt" in combo_items(panel.predictor_combo)
         assert "test-fake-sampler" in combo_items(panel.sampler_combo)
+        assert combo_items(panel.gate_combo) == host.gates.names() and "test-fake-gate" in combo_items(panel.gate_combo)
         assert panel.integrator_combo.currentText() == "leapfrog"  # the default stays preselected
+        assert panel.gate_combo.currentText() == "energy"
     finally:
         host.unregister_plugin(name)
     panel.refresh_plugins()
@@ -344,7 +350,11 @@ def test_controls_build_the_config_and_the_preset_from_the_widgets(qtbot, host):
     config = panel.train_config()
     assert (config.energy_threshold, config.epochs, config.steps_per_epoch) == (5e-4, 3, 11)
     assert (config.replay_batch_size, config.learning_rate, config.seed) == (32, 2e-3, 7)
-    assert (config.integrator, config.predictor, config.sampler) == ("leapfrog", "mlp", "uniform")
+    assert (config.integrator, config.predictor, config.sampler, config.gate) == ("leapfrog", "mlp", "uniform", "energy")
+    panel.gate_combo.setCurrentText("pair-energy")
+    panel.guard_check.setChecked(True)
+    assert panel.train_config().gate == "pair-energy"
+    assert (panel.simulation_settings().gate, panel.simulation_settings().guard_threshold) == ("pair-energy", 5e-4)
     system = panel.build_system()
     assert system.params["eccentricity"] == 0.7 and system.params["masses"] == (1.0, 0.5)
     assert set(panel.preset_params()) == set(PRESETS["kepler"].params)
@@ -361,7 +371,7 @@ def test_controls_build_the_config_and_the_preset_from_the_widgets(qtbot, host):
 
 def test_controls_load_a_toml_config_with_its_system_table(qtbot, host, tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('epochs = 4\nreplay_steps = 17\nenergy_threshold = 1e-3\n\n'
+    path.write_text('epochs = 4\nreplay_steps = 17\nenergy_threshold = 1e-3\ngate = "pair-energy"\n\n'
                     '[system]\npreset = "plummer"\nn = 12\nseed = 3\n')
     panel = ControlPanel(host)
     qtbot.addWidget(panel)
@@ -369,8 +379,12 @@ def test_controls_load_a_toml_config_with_its_system_table(qtbot, host, tmp_path
     assert panel.preset_name() == "plummer" and panel.preset_params()["n"] == 12
     config = panel.train_config()
     assert (config.epochs, config.replay_steps, config.energy_threshold) == (4, 17, 1e-3)
+    assert panel.gate_combo.currentText() == config.gate == "pair-energy"
     path.write_text('integrator = "warp-drive"\n')
     with pytest.raises(ConfigError, match="warp-drive"):
+        panel.load_config(path)
+    path.write_text('gate = "nope"\n')
+    with pytest.raises(ConfigError, match="gate 'nope' is not registered; registered: energy, pair-energy"):
         panel.load_config(path)
 
 
