@@ -1,13 +1,14 @@
 """What the gate changes: steps and accuracy under ``energy`` and ``pair-energy``, judged by IAS15.
 
-Two systems where the whole-system energy hides a member's orbit:
+Two systems in which the whole-system energy hides a member's orbit:
 
-* ``planets``: a star with four planets (family ``planets``, seed 3, masses 1e-4 to 1e-2 of the
-  star's, eccentricities up to 0.1), run for ``--inner-orbits`` periods of the innermost planet
-  (default 20; ``--quick`` 6);
-* ``triple``: a hierarchical triple with a light outer body (family ``triple``: inner e = 0.5,
-  mass ratio 0.5, outer mass 0.02 of the binary's, outer e = 0.3, semi-major axis ratio 6,
-  seed 1), run for ``--outer-orbits`` outer periods (default 1; ``--quick`` 0.3).
+* ``planets``: a star with four planets (family ``planets``, seed 4, masses 1e-5 to 1e-2 of the
+  star's, eccentricities up to 0.1) whose innermost planet, 2e-5 of the star, holds 0.34 % of the
+  energy; run for ``--inner-orbits`` periods of that planet (default 20; ``--quick`` 6);
+* ``triple``: a hierarchical triple made of a planet with a moon (mass ratio 0.0123, e = 0.05) and
+  a star 1,000 times the pair's mass 1.2 times beyond the Mardling-Aarseth stability limit (family
+  ``triple``, seed 1): the moon's orbit about the planet holds 1.1 % of the energy. Run for ``--outer-orbits`` periods of the
+  outer orbit (default 1, about 13 orbits of the moon; ``--quick`` 0.3).
 
 Methods, with the leapfrog, under each gate (threshold 2e-4):
 
@@ -28,7 +29,7 @@ saturates at the size of an orbit once a member is a whole phase off. IAS15's ow
 evaluations are printed for scale.
 
 Run: ``python benchmarks/bench_gates.py [--quick] [--json out.json]``; the full run takes about
-5 minutes on a 2-core machine, ``--quick`` about one.
+3 minutes on a 2-core machine, ``--quick`` under one.
 """
 
 from __future__ import annotations
