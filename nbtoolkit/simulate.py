@@ -330,7 +330,8 @@ def simulate(
     energy0 = state_energy(state.detach())
     times, positions, velocities, energies = [t0.numpy().copy()], [state.position.detach().numpy().copy()], [
         state.velocity.detach().numpy().copy()], [energy0.numpy().copy()]
-    dts, rels, guards, errors = [], [], [], []
+    dts, rels, guards = [], [], []
+    errors: list[np.ndarray] | None = None if is_energy_gate(gate) else []  # the energy gate's are rels
     evals = np.zeros(state.batch_size, dtype=np.int64)
     start = _time.perf_counter()
     stepper = iter_steps(
@@ -346,7 +347,8 @@ def simulate(
         energies.append(state_energy(s).numpy().copy())
         dts.append(result.dt.numpy().copy())
         rels.append(np.where(active, result.rel_dE.numpy(), 0.0))
-        errors.append(np.where(active, result.error.numpy(), 0.0))
+        if errors is not None:
+            errors.append(np.where(active, result.error.numpy(), 0.0))
         guards.append(result.guarded.numpy().copy())
         evals += np.where(active, result.force_evals.numpy().astype(np.int64), 0)
         if end is None:
@@ -370,5 +372,5 @@ def simulate(
         time=np.stack(times), position=np.stack(positions), velocity=np.stack(velocities),
         mass=state.mass.detach().numpy().copy(), dt=np.stack(dts), rel_dE=np.stack(rels), energy=np.stack(energies),
         guarded=np.stack(guards), force_evals=evals, G=state.G, softening=state.softening, wall_time=wall,
-        gate_error=None if is_energy_gate(gate) else np.stack(errors),
+        gate_error=None if errors is None else np.stack(errors),
     )

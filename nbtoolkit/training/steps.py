@@ -161,13 +161,13 @@ def _predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBo
     dt = checked_dt(predictor(state, history), state, predictor_name, predictor)
     ref = gate.reference(state) if reference is None else reference
     new = attempt_single_step(integrator, state, dt, config.n_steps)
-    judge = dict(energy0=ref, gate=gate, gate_name=gate_name)
-    passed, rel = check_energy_threshold(state, new, config.energy_threshold, **judge)
+    passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=ref, gate=gate, gate_name=gate_name)
     finite = torch.isfinite(rel)
     if dt.requires_grad and not bool(finite.all()):
         safe_dt = torch.where(finite, dt, dt.detach())
         new = attempt_single_step(integrator, state, safe_dt, config.n_steps)
-        passed, rel = check_energy_threshold(state, new, config.energy_threshold, **judge)
+        passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=ref, gate=gate,
+                                             gate_name=gate_name)
     losses = compute_single_step_loss(rel, config, dt)
     return StepOutcome(dt=dt, state=new.detach(), rel_dE=rel.detach(), passed=passed, losses=losses)
 
