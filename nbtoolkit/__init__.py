@@ -13,6 +13,7 @@ from .errors import (
     StateFileError,
     UnknownNameError,
 )
+from .gate import Gate
 from .hookspecs import hookimpl
 from .integrator import Integrator
 from .physics import (
@@ -34,7 +35,7 @@ from .state import NBodyState
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "DEFAULT_PLUGINS", "DtPredictor", "DuplicateNameError", "History", "Integrator",
+    "ConfigError", "DEFAULT_PLUGINS", "DtPredictor", "DuplicateNameError", "Gate", "History", "Integrator",
     "InvalidStateError", "InvalidTimestepError", "NBToolkitError", "NBodyState", "PluginError", "PluginHost",
     "RunControl", "RunStopped", "StateFileError", "UnknownNameError", "accelerations", "angular_momentum",
     "center_of_mass", "get_host", "hookimpl", "kinetic_energy", "linear_momentum", "potential_energy",
