@@ -19,9 +19,12 @@ The last lines give, over the systems, the worst ratio of learned steps to the b
 rule, the median ratio to the oracle and the lowest pass %, against the requirements (pass
 >= 99 %, ratio to the better rule <= 1, median ratio to the oracle <= 1.3). A second table runs
 the same model with ``yoshida4`` (a 4th-order integrator it was not trained with) against the
-tuned free-fall rule, to show whether it transfers.
+tuned free-fall rule, to show whether it transfers; with ``--yoshida4-model FILE`` a third table
+runs the same weights calibrated again for ``yoshida4``
+(``nbtoolkit calibrate --model learned --integrator yoshida4 --out FILE``).
 
-Run: ``python benchmarks/bench_generalization.py [--checkpoint model.pt] [--quick] [--json out.json]``
+Run: ``python benchmarks/bench_generalization.py [--checkpoint model.pt] [--yoshida4-model FILE] [--quick]
+[--json out.json]``
 (``--quick`` skips the oracle, the constant dt and the yoshida4 table; the constant dt is left out where its
 search would take more than 100,000 steps, as at e = 0.99).
 """
@@ -134,7 +137,7 @@ def run(checkpoint: Path | None, quick: bool, integrator_name: str = "leapfrog")
     host = get_host()
     integrator = host.integrators.create(integrator_name)
     learned = load_learned(host, checkpoint)
-    results: dict[str, Any] = {"integrator": integrator_name, "systems": []}
+    results: dict[str, Any] = {"integrator": integrator_name, "model": str(checkpoint or "learned"), "systems": []}
     for case in cases():
         start = time.perf_counter()
         rows = [evaluate_predictor(case.state, case.period, integrator, learned, orbits=case.orbits,
@@ -175,7 +178,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"{s['system']:<22} {s['learned_steps']:>8d} {s['best_rule_steps']:>9d} "
                      f"{s['ratio_to_rule']:>6.2f} {oracle} {100 * s['learned_pass']:>7.2f}")
     median = results.get("median_ratio_to_oracle")
-    lines.append(f"{results['integrator']}: worst learned/best-tuned-rule step ratio {results['worst_ratio_to_rule']:.3f} "
+    lines.append(f"{results['integrator']} ({results['model']}): worst learned/best-tuned-rule step ratio {results['worst_ratio_to_rule']:.3f} "
                  f"(required <= 1); median learned/oracle ratio "
                  + (f"{median:.3f} (required <= 1.3)" if median is not None else "not measured (--quick)")
                  + f"; lowest pass {100 * results['lowest_pass']:.2f} % (required >= 99 %)")
@@ -186,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="evaluate this checkpoint or model file instead of 'learned'")
     parser.add_argument("--quick", action="store_true", help="skip the oracle, the constant dt and the yoshida4 table")
+    parser.add_argument("--yoshida4-model", type=Path,
+                        help="also run yoshida4 with this model file (the weights calibrated for yoshida4)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
@@ -193,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     results = [run(args.checkpoint, args.quick)]
     if not args.quick:
         results.append(run(args.checkpoint, True, "yoshida4"))
+        if args.yoshida4_model is not None:
+            results.append(run(args.yoshida4_model, True, "yoshida4"))
     print()
     for r in results:
         print("\n".join(summary_lines(r)))

@@ -415,6 +415,12 @@ def add_train_parser_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_train)
 
 
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .training.recalibrate import add_calibrate_arguments as add
+
+    add(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbtoolkit", description="Learned adaptive timesteps for N-body simulation.")
     parser.add_argument("--version", action="version", version=f"nbtoolkit {__version__}")
@@ -437,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a dt predictor with the generalization loop")
     add_train_parser_arguments(p)
+
+    p = sub.add_parser("calibrate", help="calibrate a trained model again for another integrator, gate or target")
+    add_calibrate_arguments(p)
 
     p = sub.add_parser("gui", help="open the desktop viewer (headless main job when there is no display)")
     p.add_argument("--config", type=Path, help="training TOML file to preload")

@@ -26,7 +26,10 @@ def learned_predictor(model: str | None = None) -> DtPredictor:
     """The shipped ``general`` model (or the model file / checkpoint ``model``), ready to fly."""
     from nbtoolkit.training.checkpoint import load_predictor
 
-    return load_predictor(Path(model) if model else MODEL_FILE)
+    path = Path(model) if model else MODEL_FILE
+    predictor = load_predictor(path)
+    predictor.model_file = path  # what nbtoolkit calibrate --model learned recalibrates
+    return predictor
 
 
 @hookimpl

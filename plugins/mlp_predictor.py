@@ -9,9 +9,11 @@ sqrt(r^2 + eps^2)), g_ij the network's output for that pair (S = :data:`LOG_FACT
 each proposal stays within e^±S of ``init_factor`` tau_ij and dt > 0 always) and ``safety`` a
 factor calibrated after training (:mod:`nbtoolkit.training.calibrate`; 1 until then), one per
 class of states: by number of bodies (:data:`SAFETY_BUCKETS`: 2, 3, 4-7, 8-15, 16-31, 32 or
-more) and by the osculating eccentricity of the closest pair (:data:`ECCENTRICITY_BUCKETS`:
-below 0.5, 0.5-0.9, 0.9-0.97, 0.97 or more), so that the margin a cluster or a near-radial
-orbit needs is not imposed on a near-circular binary. A
+more), by the osculating eccentricity of the closest pair (:data:`ECCENTRICITY_BUCKETS`:
+below 0.5, 0.5-0.9, 0.9-0.97, 0.97 or more) and by whether the closest pair's binding energy
+G m_i m_j / r is at least the system's total |E| (:data:`DOMINANT_SHARE`: the pair's error is then
+most of the system's), so that the margin a cluster, a near-radial orbit or a triple whose outer
+orbit carries half the energy needs is not imposed on a near-circular binary. A
 pair's output g_ij sees the pair's own features and the pooled features of every pair, so a
 pair that is irrelevant to the system's energy (a distant planet, a wide pair in a cluster)
 can learn to propose a long step, and the proposals of N bodies work for any N.
@@ -69,8 +71,12 @@ GLOBAL_FEATURES = 2
 SAFETY_BUCKETS = (2, 3, 7, 15, 31)
 #: lower ends of the closest-pair eccentricity classes after the first: e < 0.5, 0.5-0.9, 0.9-0.97, >= 0.97
 ECCENTRICITY_BUCKETS = (0.5, 0.9, 0.97)
-#: number of safety classes (body-count classes x eccentricity classes)
-SAFETY_CLASSES = (len(SAFETY_BUCKETS) + 1) * (len(ECCENTRICITY_BUCKETS) + 1)
+#: the closest pair dominates the energy when G m_i m_j / (r |E|) is at least this
+DOMINANT_SHARE = 1.0
+#: safety classes of one body count (eccentricity classes x dominant or not)
+SAFETY_GROUP_SIZE = 2 * (len(ECCENTRICITY_BUCKETS) + 1)
+#: number of safety classes (body-count classes x eccentricity classes x dominant or not)
+SAFETY_CLASSES = (len(SAFETY_BUCKETS) + 1) * SAFETY_GROUP_SIZE
 
 
 def safety_bucket(n_real: Tensor) -> Tensor:
@@ -79,11 +85,13 @@ def safety_bucket(n_real: Tensor) -> Tensor:
     return torch.bucketize(n_real, bounds)
 
 
-def safety_class(n_real: Tensor, closest_eccentricity: Tensor) -> Tensor:
-    """Index (B,) of each state's safety class: body-count class x closest-pair eccentricity class."""
+def safety_class(n_real: Tensor, closest_eccentricity: Tensor, closest_energy_share: Tensor) -> Tensor:
+    """Index (B,) of each state's safety class: body-count class x closest-pair eccentricity class x
+    whether the closest pair's G m_i m_j / (r |E|) reaches :data:`DOMINANT_SHARE`."""
     bounds = torch.tensor(ECCENTRICITY_BUCKETS, dtype=closest_eccentricity.dtype, device=closest_eccentricity.device)
     ecc_class = torch.bucketize(closest_eccentricity, bounds, right=True)
-    return safety_bucket(n_real) * (len(ECCENTRICITY_BUCKETS) + 1) + ecc_class
+    dominant = (closest_energy_share >= DOMINANT_SHARE).long()
+    return safety_bucket(n_real) * SAFETY_GROUP_SIZE + 2 * ecc_class + dominant
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -109,8 +117,9 @@ class PairFeatures(NamedTuple):
     """Pair inputs of the network for the P' selected pairs of each system.
 
     features (B, P', 9), log_tau (B, P') each pair's log free-fall time, mask (B, P') True for
-    pairs of real bodies, tau_min and r_min (B,) over all real pairs, closest_eccentricity (B,)
-    the osculating eccentricity of the pair with the shortest free-fall time.
+    pairs of real bodies, tau_min and r_min (B,) over all real pairs, closest_eccentricity and
+    closest_energy_share (B,) the osculating eccentricity and G m_i m_j / (r |E|) of the pair with
+    the shortest free-fall time.
     """
 
     features: Tensor
@@ -119,6 +128,7 @@ class PairFeatures(NamedTuple):
     tau_min: Tensor
     r_min: Tensor
     closest_eccentricity: Tensor
+    closest_energy_share: Tensor
 
 
 def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
@@ -142,6 +152,7 @@ def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
     ecc_vec = ((v2 - mu / r).unsqueeze(-1) * r_vec - rv.unsqueeze(-1) * v_vec) / mu.unsqueeze(-1)
     ecc = ecc_vec.square().sum(-1).sqrt()
     energy = state_energy(state).abs().unsqueeze(-1)
+    share = G * m[:, i] * m[:, j] / (r * energy)
     acc = state_accelerations(state)
     tidal = acc[:, j] - acc[:, i] + (mu / r.pow(3)).unsqueeze(-1) * r_vec
     safe_tau = torch.where(real, tau, one)
@@ -153,17 +164,19 @@ def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
         torch.log1p(ecc),
         4 * m[:, i] * m[:, j] / msum.square(),
         msum / m.sum(-1, keepdim=True),
-        torch.log1p(G * m[:, i] * m[:, j] / (r * energy)),
+        torch.log1p(share),
         torch.log1p(tidal.square().sum(-1).sqrt() * r.square() / mu),
     ], dim=-1)
     feats = torch.where(real.unsqueeze(-1), feats, torch.zeros_like(feats))
-    closest_ecc = torch.gather(ecc, 1, tau.argmin(-1, keepdim=True)).squeeze(-1)
+    closest_pair = tau.argmin(-1, keepdim=True)
+    closest_ecc = torch.gather(ecc, 1, closest_pair).squeeze(-1)
+    closest_share = torch.gather(share, 1, closest_pair).squeeze(-1)
     log_tau = safe_tau.log()
     if 0 < max_pairs < feats.shape[1]:
         closest = torch.topk(tau, max_pairs, dim=-1, largest=False).indices
         feats = torch.gather(feats, 1, closest.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
         log_tau, real = torch.gather(log_tau, 1, closest), torch.gather(real, 1, closest)
-    return PairFeatures(feats, log_tau, real, tau_min, r_min, closest_ecc)
+    return PairFeatures(feats, log_tau, real, tau_min, r_min, closest_ecc, closest_share)
 
 
 def history_features(state: NBodyState, history: History, tau_min: Tensor, r_min: Tensor) -> Tensor:
@@ -218,7 +231,7 @@ class MLPDtPredictor(DtPredictor):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"mlp predictor: {name} must be finite and > 0; got {value!r}")
         self.history_len = history_len
-        self.safety_group_size = len(ECCENTRICITY_BUCKETS) + 1  # safety classes of one body count
+        self.safety_group_size = SAFETY_GROUP_SIZE
         self.options = dict(hidden_width=hidden_width, hidden_layers=hidden_layers, activation=activation,
                             fourier_features=fourier_features, fourier_scale=float(fourier_scale),
                             history_len=history_len, init_factor=float(init_factor), max_pairs=max_pairs)
@@ -255,7 +268,7 @@ class MLPDtPredictor(DtPredictor):
     def safety_index(self, state: NBodyState) -> Tensor:
         """(B,) which safety factor applies to each state (see :func:`safety_class`)."""
         pf = pair_features(state, self.options["max_pairs"])
-        return safety_class(state.body_mask.sum(-1), pf.closest_eccentricity)
+        return safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share)
 
     def features(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
         """(pair features with Fourier features appended, global extras (B, 2 + 3K))."""
@@ -298,7 +311,7 @@ class MLPDtPredictor(DtPredictor):
         if int(state.body_mask.sum(-1).min()) < 2:
             raise ConfigError("mlp predictor needs at least two bodies (its timescale is the closest pair's free-fall time)")
         log_dt, pf = self._log_dt(state, history)
-        classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity)
+        classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share)
         return (log_dt + self.log_safety[classes]).exp(), classes
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:

@@ -75,9 +75,10 @@ def test_invariant_under_relabelling_rotation_and_translation(host):
 
 def test_pair_features_of_a_kepler_orbit_are_its_invariants():
     state, _ = two_body_orbit(e=0.6)  # starts at pericentre
-    feats, _, mask, tau_min, r_min, closest_e = pair_features(state)
+    feats, _, mask, tau_min, r_min, closest_e, closest_share = pair_features(state)
     assert feats.shape == (1, 1, 9) and bool(mask.all())
     assert math.isclose(float(closest_e[0]), 0.6, rel_tol=1e-12)
+    assert math.isclose(float(closest_share[0]), 2 / (1 - 0.6), rel_tol=1e-12)  # G m1 m2 / (r |E|) = 2a / r
     r = 1 - 0.6
     assert torch.allclose(r_min, torch.tensor([r], dtype=torch.float64))
     assert torch.allclose(tau_min, torch.tensor([math.sqrt(r**3 / 2.0)], dtype=torch.float64))
@@ -153,7 +154,7 @@ def test_single_body_is_rejected(host):
 
 def test_only_the_closest_pairs_enter_the_network_and_stay_permutation_invariant(host):
     state = random_cluster(3, 8)  # 28 pairs
-    feats, _, _, tau_min, _, _ = pair_features(state, max_pairs=6)
+    feats = pair_features(state, max_pairs=6).features
     assert feats.shape == (3, 6, 9)
     assert torch.allclose(feats[..., 0].amin(-1), torch.zeros(3, dtype=torch.float64))  # the closest pair is in
     all_feats = pair_features(state).features

@@ -182,21 +182,41 @@ def test_calibration_brings_a_timid_predictor_up_to_the_target_pass_rate(host):
     assert passed / total >= 0.97
 
 
-def test_safety_classes_split_by_body_count_and_closest_pair_eccentricity(host):
+def test_safety_classes_split_by_body_count_closest_pair_eccentricity_and_energy_share(host):
     from plugins.mlp_predictor import SAFETY_CLASSES, safety_bucket, safety_class
 
     assert safety_bucket(torch.tensor([2, 3, 4, 7, 8, 15, 16, 31, 32, 64])).tolist() == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    n = torch.tensor([2, 2, 2, 2, 3, 40])
-    e = torch.tensor([0.1, 0.5, 0.95, 0.99, 0.2, 0.99], dtype=torch.float64)
-    assert safety_class(n, e).tolist() == [0, 1, 2, 3, 4, 23] and SAFETY_CLASSES == 24
+    n = torch.tensor([2, 2, 2, 2, 3, 3, 40])
+    e = torch.tensor([0.1, 0.5, 0.95, 0.99, 0.2, 0.2, 0.99], dtype=torch.float64)
+    share = torch.tensor([2.0, 2.0, 2.0, 2.0, 0.5, 1.0, 0.1], dtype=torch.float64)
+    assert safety_class(n, e, share).tolist() == [1, 3, 5, 7, 8, 9, 46] and SAFETY_CLASSES == 48
     pred = host.predictors.create("mlp", hidden_width=8, seed=0)
     state = pad_systems(draw_family("kepler", 1, torch.Generator().manual_seed(1), eccentricity=0.95)
                         + draw_family("figure-eight", 1, torch.Generator().manual_seed(1)))
-    assert pred.safety_index(state)[0] == 2
+    # a bound binary's G m1 m2 / r is (2 a / r) |E| > |E| since r < 2 a: always dominant; e = 0.95 is in 0.9-0.97
+    assert pred.safety_index(state)[0] == 5
     with torch.no_grad():
-        pred.log_safety[2] = math.log(0.5)
+        pred.log_safety[5] = math.log(0.5)
     assert torch.allclose(pred(state)[0], 0.5 * pred.log_dt(state)[0].exp(), rtol=1e-12)
     assert torch.allclose(pred(state)[1], pred.log_dt(state)[1].exp(), rtol=1e-12)
+
+
+def test_raise_within_budget_spends_each_systems_failure_budget_over_all_its_classes():
+    from nbtoolkit.training.calibrate import raise_within_budget
+
+    scales = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
+    T = 100
+    s_star = torch.full((T, 2), 4.0, dtype=torch.float64)
+    classes = torch.zeros(T, 2, dtype=torch.long)
+    classes[:10, 0] = 1  # system 0 spends 10 steps in class 1 ...
+    s_star[:1, 0] = 1.0  # ... one of which passes only up to factor 1: 10 % of its class-1 steps, 1 % of all
+    s_star[50:53, 1] = 2.0  # system 1 passes up to 2 on 3 % of its steps (all in class 0)
+    start = torch.tensor([0.5, 1.0, 0.7], dtype=torch.float64)  # class 2 has no steps: it keeps its start
+    factor = raise_within_budget(s_star, classes, start, scales, target_pass_rate=0.98)
+    # budget 2 failing steps each: class 0 cannot pass 2 (system 1 would fail 3), class 1 may reach 4
+    assert factor.tolist() == [2.0, 4.0, 0.7]
+    strict = raise_within_budget(s_star, classes, start, scales, target_pass_rate=0.995)
+    assert strict.tolist() == [2.0, 1.0, 0.7]  # budget 0.5 steps: no system may fail a single step
 
 
 def test_class_factors_take_each_class_minimum_and_fill_empty_classes_from_their_group():

@@ -160,9 +160,17 @@ def export_model(checkpoint_path: str | os.PathLike[str], out_path: str | os.Pat
                  info: dict[str, Any] | None = None) -> Path:
     """Write the model file of a checkpoint (atomically): weights, options, configuration, calibration."""
     data = read_checkpoint(checkpoint_path)
+    return write_model(data, out_path, info=info)
+
+
+def write_model(data: dict[str, Any], out_path: str | os.PathLike[str], *, info: dict[str, Any] | None = None,
+                **replace: Any) -> Path:
+    """Write the model file (atomically, with its checksum) of the contents ``data`` of a checkpoint or
+    model file, with the keys in ``replace`` (``predictor_state``, ``calibration``) replaced."""
+    data = {**data, **replace}
     payload = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "versions": data.get("versions", {}),
                **{k: data[k] for k in MODEL_KEYS}, "calibration": data.get("calibration"),
-               "epoch": data["epoch"], "info": dict(info or {})}
+               "epoch": data.get("epoch", 0), "info": dict(data.get("info") or {}, **(info or {}))}
     payload["checksum"] = {"algorithm": "sha256", "digest": payload_digest(payload)}
     target = Path(out_path)
     try:
