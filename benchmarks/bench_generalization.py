@@ -10,7 +10,7 @@ Public evaluation set (none of these systems is in the training set, which is dr
 
 For each system, without any guard: the learned predictor; the ``freefall`` and ``aarseth``
 rules with eta tuned *for that system* so that every step passes the gate
-(:func:`nbtoolkit.evaluate.tune_scale`); the best constant dt found the same way; the greedy
+(:func:`nbtoolkit.evaluate.tune_rule`); the best constant dt found the same way; the greedy
 oracle (the largest passing dt at every step). Then the learned predictor again *with* the
 guard (a failing step is retried with half the dt; force evaluations include the rejected
 attempts). Printed per row: steps, force evaluations, pass %, the worst and the final |dE/E|.
@@ -46,7 +46,7 @@ import torch
 from nbtoolkit import get_host
 from nbtoolkit.cli import format_gate_table
 from nbtoolkit.errors import NBToolkitError
-from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_scale
+from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_rule
 from nbtoolkit.families import kepler_relative
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.predictor import DtPredictor
@@ -104,16 +104,10 @@ def cases() -> list[Case]:
 
 def tuned_rule(host: Any, case: Case, integrator: Integrator, rule: str) -> dict[str, Any]:
     """The rule with its parameter tuned for this system so that every step passes, and its report."""
-    constant = rule == "constant"
-    base = host.predictors.create(rule, **({"dt": 1.0} if constant else {"eta": 1.0}))
-    high = float(case.period) * case.orbits / 20 if constant else 1.0
-    factor = tune_scale(case.state, case.period, integrator, base, orbits=case.orbits, threshold=THRESHOLD, high=high,
-                        max_steps=CONSTANT_MAX_STEPS if constant else 2_000_000)
-    option = "dt" if constant else "eta"
-    tuned = host.predictors.create(rule, **{option: factor})
-    report = evaluate_predictor(case.state, case.period, integrator, tuned, orbits=case.orbits, threshold=THRESHOLD,
-                                label=f"{rule} ({option}={factor:.3g}, tuned)")[0]
-    return report.as_dict()
+    tuned = tune_rule(host, rule, case.state, case.period, integrator, orbits=case.orbits, threshold=THRESHOLD,
+                      max_steps=CONSTANT_MAX_STEPS if rule == "constant" else 2_000_000)
+    return evaluate_predictor(case.state, case.period, integrator, tuned.predictor, orbits=case.orbits,
+                              threshold=THRESHOLD, label=tuned.label(rule))[0].as_dict()
 
 
 def guarded(case: Case, integrator: Integrator, predictor: DtPredictor, label: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@
 
    * the learned predictor;
    * the ``aarseth`` and ``freefall`` rules with eta tuned by bisection
-     (:func:`nbtoolkit.evaluate.tune_scale`) so that every step passes the gate;
+     (:func:`nbtoolkit.evaluate.tune_rule`) so that every step passes the gate;
    * the best ``constant`` dt that passes on every step (same search);
    * the greedy oracle (:func:`nbtoolkit.evaluate.greedy_oracle`): at each step the largest dt
      found that passes. The energy error is not monotonic in dt, so it is a strong reference,
@@ -64,7 +64,7 @@ import torch
 
 from nbtoolkit import get_host
 from nbtoolkit.cli import format_gate_table
-from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_scale
+from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_rule
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.presets import make_preset
@@ -136,13 +136,9 @@ def held_out_rows(e: float, integrator: Integrator, learned: DtPredictor, orbits
         rows = [evaluate_predictor(state, period, integrator, learned, orbits=orbits, threshold=THRESHOLD,
                                    label="learned mlp")[0].as_dict()]
     for rule in ("aarseth", "freefall", "constant"):
-        option = "dt" if rule == "constant" else "eta"
-        base = host.predictors.create(rule, **{option: 1.0})
-        factor = tune_scale(state, period, integrator, base, orbits=orbits, threshold=THRESHOLD,
-                            high=float(period) / 100 if rule == "constant" else 1.0)
-        tuned = host.predictors.create(rule, **{option: factor})
-        label = f"{rule} tuned ({option}={factor:.4g})" if rule != "constant" else f"best constant (dt={factor:.4g})"
-        rows.append(evaluate_predictor(state, period, integrator, tuned, orbits=orbits, threshold=THRESHOLD,
+        tuned = tune_rule(host, rule, state, period, integrator, orbits=orbits, threshold=THRESHOLD)
+        label = tuned.label(rule) if rule != "constant" else f"best constant (dt={tuned.value:.4g})"
+        rows.append(evaluate_predictor(state, period, integrator, tuned.predictor, orbits=orbits, threshold=THRESHOLD,
                                        label=label)[0].as_dict())
     rows.append(greedy_oracle(state, period, integrator, orbits=orbits, threshold=THRESHOLD))
     return rows

@@ -267,7 +267,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from .evaluate import evaluate_predictor, greedy_oracle, tune_scale
+    from .evaluate import evaluate_predictor, greedy_oracle, tune_rule, tuned_option
 
     host = get_host()
     state, period = load_system(args, default_preset="kepler")
@@ -283,7 +283,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     integrator, learned = _integrator_and_checkpoint(host, args)
     gate = host.gates.create(args.gate)
     extra = validate.option_dict(args.predictor_option, "--predictor-option")
-    tuned_option = {rule: _tuned_option(host, rule, extra) for rule in args.rules}
+    for rule in args.rules:  # refuse a rule that cannot be tuned before any run
+        tuned_option(host, rule, extra)
     reference = None
     if args.reference is not None:
         from .reference import load_reference
@@ -301,13 +302,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             rows += evaluate_predictor(one, p, integrator, host.predictors.create(name), **run,
                                        label=f"system {b}: {name}", reference=ref)
         for rule in args.rules:
-            option = tuned_option[rule]
-            base = create_predictor(host, rule, {**extra, option: 1.0})
-            factor = tune_scale(one, p, integrator, base, orbits=orbits, threshold=args.threshold,
-                                high=1.0 if option != "dt" else float(p) * orbits / 20, gate=gate)
-            tuned = create_predictor(host, rule, {**extra, option: factor})
-            rows += evaluate_predictor(one, p, integrator, tuned, **run,
-                                       label=f"system {b}: {rule} ({option}={factor:.4g})", reference=ref)
+            tuned = tune_rule(host, rule, one, p, integrator, orbits=orbits, threshold=args.threshold, gate=gate,
+                              options=extra)
+            rows += evaluate_predictor(one, p, integrator, tuned.predictor, **run,
+                                       label=f"system {b}: {rule} ({tuned.option}={tuned.value:.4g})", reference=ref)
         if args.oracle:
             oracle = greedy_oracle(one, p, integrator, orbits=orbits, threshold=args.threshold, reference=ref,
                                    gate=gate)
@@ -315,21 +313,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table = [r if isinstance(r, dict) else r.as_dict() for r in rows]
     print(json.dumps(table, indent=1) if args.json else format_gate_table(table, gate.label))
     return 0
-
-
-def _tuned_option(host: PluginHost, rule: str, extra: dict[str, Any]) -> str:
-    """The option ``evaluate --rules`` tunes for a rule: ``eta`` if its factory takes one, else ``dt``."""
-    entry = host.predictors.get(rule)
-    accepted = entry.accepted_options()
-    for option in ("eta", "dt"):
-        if accepted is None or option in accepted:
-            if option in extra:
-                raise ConfigError(f"--predictor-option {option} conflicts with --rules: evaluate tunes {option} of '{rule}'")
-            return option
-    raise ConfigError(
-        f"evaluate --rules tunes a rule's 'eta' (or 'dt') option, but dt predictor '{rule}' from plugin "
-        f"'{entry.plugin}' ({entry.source}) takes neither; it takes: {', '.join(sorted(accepted)) or '(nothing)'}"
-    )
 
 
 def format_gate_table(rows: list[dict[str, Any]], gate_label: str = "gate error") -> str:

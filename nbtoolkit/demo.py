@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from .evaluate import evaluate_predictor, tune_scale
+from .evaluate import evaluate_predictor, tune_rule
 from .plugin_manager import get_host
 from .presets import make_preset
 
@@ -47,10 +47,10 @@ def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdo
                               threshold=config.energy_threshold, label="just trained (mlp)")
     rows += evaluate_predictor(held_out.state, held_out.period, integrator, host.predictors.create("learned"),
                                orbits=ORBITS, threshold=config.energy_threshold, label="pretrained 'learned'")
-    base = host.predictors.create("freefall", eta=1.0)
-    eta = tune_scale(held_out.state, held_out.period, integrator, base, orbits=ORBITS, threshold=config.energy_threshold)
-    rows += evaluate_predictor(held_out.state, held_out.period, integrator, host.predictors.create("freefall", eta=eta),
-                               orbits=ORBITS, threshold=config.energy_threshold, label=f"freefall (eta={eta:.4g}, tuned)")
+    tuned = tune_rule(host, "freefall", held_out.state, held_out.period, integrator, orbits=ORBITS,
+                      threshold=config.energy_threshold)
+    rows += evaluate_predictor(held_out.state, held_out.period, integrator, tuned.predictor, orbits=ORBITS,
+                               threshold=config.energy_threshold, label=tuned.label("freefall"))
     print(f"\nheld-out Kepler orbit e = {HELD_OUT_ECCENTRICITY}, {ORBITS} periods, gate |dE/E| <= "
           f"{config.energy_threshold:g}, no guard:", file=out)
     print(format_gate_table([r.as_dict() for r in rows]), file=out)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import validate
 from .contracts import checked_error
-from .errors import NBToolkitError
+from .errors import ConfigError, NBToolkitError
 from .gate import Gate, is_energy_gate
 from .integrator import Integrator
 from .physics import relative_energy_error, state_energy
@@ -184,6 +184,49 @@ def tune_scale(
         if not bool(ok.any()):  # non-monotonic: keep the last factor known to pass
             return lo_new
     return float(scales[int(torch.nonzero(ok).max())])
+
+
+@dataclass(frozen=True)
+class TunedRule:
+    """A classical rule with its parameter tuned for one system: the predictor, the option tuned
+    (``eta``, or ``dt`` for rules without one, such as ``constant``) and its value."""
+
+    predictor: DtPredictor
+    option: str
+    value: float
+
+    def label(self, rule: str) -> str:
+        return f"{rule} ({self.option}={self.value:.4g}, tuned)"
+
+
+def tuned_option(host: Any, rule: str, options: dict[str, Any] | None = None) -> str:
+    """The option :func:`tune_rule` tunes: ``eta`` if the rule's factory takes one, else ``dt``; an
+    error names the rule's plugin if it takes neither, or if ``options`` already fix the one tuned."""
+    entry = host.predictors.get(rule)
+    accepted = entry.accepted_options()
+    for option in ("eta", "dt"):
+        if accepted is None or option in accepted:
+            if option in (options or {}):
+                raise ConfigError(f"option {option} of '{rule}' is the one tuned; it cannot also be given")
+            return option
+    raise ConfigError(
+        f"tuning a rule sets its 'eta' (or 'dt') option, but dt predictor '{rule}' from plugin "
+        f"'{entry.plugin}' ({entry.source}) takes neither; it takes: {', '.join(sorted(accepted)) or '(nothing)'}"
+    )
+
+
+def tune_rule(host: Any, rule: str, state: NBodyState, period: Tensor, integrator: Integrator, *, orbits: float,
+              threshold: float = 2e-4, gate: Gate | None = None, options: dict[str, Any] | None = None,
+              max_steps: int = 2_000_000) -> TunedRule:
+    """The registered rule ``rule`` (with ``options``) with its ``eta`` — or ``dt`` — tuned by
+    :func:`tune_scale` so that every step of ``orbits`` periods of ``state`` passes the gate."""
+    option = tuned_option(host, rule, options)
+    extra = dict(options or {})
+    base = host.predictors.create(rule, **extra, **{option: 1.0})
+    high = 1.0 if option == "eta" else float(period.reshape(-1)[0]) * orbits / 20
+    value = tune_scale(state, period, integrator, base, orbits=orbits, threshold=threshold, high=high, gate=gate,
+                       max_steps=max_steps)
+    return TunedRule(host.predictors.create(rule, **extra, **{option: value}), option, value)
 
 
 def greedy_oracle(

@@ -47,3 +47,18 @@ def test_evaluate_command_prints_a_table(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["predictor", "steps", "force"]
     assert out[1].startswith("system 0: freefall (eta=") and out[2].startswith("system 0: greedy oracle")
+
+
+def test_tune_rule_tunes_eta_of_a_rule_and_dt_of_the_constant_rule(host):
+    from nbtoolkit.evaluate import tune_rule
+
+    state, period = two_body_orbit(e=0.5)
+    T = torch.tensor([period], dtype=torch.float64)
+    integrator = host.integrators.create("leapfrog")
+    for rule, option in (("freefall", "eta"), ("constant", "dt")):
+        tuned = tune_rule(host, rule, state, T, integrator, orbits=1)
+        assert tuned.option == option and tuned.label(rule).startswith(f"{rule} ({option}=")
+        report = evaluate_predictor(state, T, integrator, tuned.predictor, orbits=1, label=rule)[0]
+        assert report.pass_fraction == 1.0
+        larger = host.predictors.create(rule, **{option: 1.25 * tuned.value})
+        assert evaluate_predictor(state, T, integrator, larger, orbits=1, label=rule)[0].pass_fraction < 1.0
