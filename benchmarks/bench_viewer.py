@@ -1,16 +1,17 @@
-"""Viewer frame rate and event-loop stalls while training: thread worker against process worker.
+"""Viewer frame rate and event-loop stalls while training: a run in its own process against one on a thread.
 
 Opens the main window offscreen (1400x860) with its orbit view showing a 1,000-body Plummer
 sphere, rotating, with 100-point trails, fed a new frame every 5 ms (faster than the frame cap,
 so every frame tick has something new to draw). Meanwhile a real training run (``kepler-batch``,
 64 orbits, default configuration: the Python-heavy worst case, about 1,000 accepted steps/s
-whose events all reach the live plots and the status bar) runs either on a thread of the
-viewer's process or in a separate process whose events are streamed back. Phases alternate,
-``--rounds`` times each, after a phase without training.
+whose events all reach the live plots and the status bar) runs through the window's
+``RunSession`` either in its own process, as in the app, or on a thread of the viewer's process
+(``RunWorker(isolation="thread")``: the same messages, sharing the interpreter lock with the GUI).
+Phases alternate, ``--rounds`` times each, after a phase without training.
 
 Per phase it prints the frames per second the orbit view painted, the worst and the
 99th-percentile stall of the event loop (how late a 2 ms heartbeat timer fired), and the accepted
-training steps per second; then the process/thread ratios of the medians over the rounds.
+training steps per second; then the medians over the rounds and the process/thread ratios.
 
     python benchmarks/bench_viewer.py [--seconds 5] [--rounds 3] [--bodies 1000] [--trail 100]
 """
@@ -23,23 +24,21 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import argparse
 import math
-import multiprocessing
 import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PyQt6.QtCore import QEventLoop, Qt, QTimer
 from PyQt6.QtWidgets import QApplication
 
 from gui.app import configure_runtime
-from gui.bridge import EngineBridge, connect_queued, reference_dt
+from gui.jobs import TrainingJob
 from gui.main_window import FRAME_RATE, MainWindow
-from gui.worker import TrainingWorker
-from nbtoolkit import get_host, hookimpl
-from nbtoolkit.control import RunControl
+from gui.modes import MODE_TRAIN
+from gui.session import RunState
+from gui.worker import RUN_NICENESS
 from nbtoolkit.events import StepAccepted
 from nbtoolkit.presets import make_preset
 from nbtoolkit.training import TrainConfig
@@ -117,7 +116,7 @@ def run_events(seconds: float) -> None:
 
 
 class TrainingSink:
-    """What the window does with training events, minus the orbit view (it shows the cluster)."""
+    """What the window does with accepted steps, minus the orbit view (it shows the cluster)."""
 
     def __init__(self, window: MainWindow) -> None:
         self.window = window
@@ -128,145 +127,28 @@ class TrainingSink:
         self.window._counters["accepted"] += len(event.systems)
         self.accepted += len(event.systems)
 
-    def deliver(self, kind: str, payload: Any) -> None:
-        """One event received from the training process."""
-        if kind == "step_accepted":
-            self.step_accepted(*payload)
-        elif kind == "step_rejected":
-            self.window._on_step_rejected(payload)
-        elif kind == "replay_iteration":
-            self.window._on_replay_iteration(payload)
-        elif kind == "epoch_end":
-            self.window.plots.add_epoch(payload)
 
+class TrainingRun:
+    """A training run started through the window's session, in a process or on a thread."""
 
-class ThreadRun:
-    """Training on a thread of this process (the viewer's :class:`TrainingWorker` and bridge)."""
-
-    kind = "thread"
-
-    def __init__(self, sink: TrainingSink) -> None:
-        host = get_host()
+    def __init__(self, window: MainWindow, isolation: str) -> None:
+        self.kind = isolation
+        self.session = window.session
+        self.session.isolation = isolation
+        host = window.host
         system = make_preset(TRAINING_PRESET)
-        self.bridge = EngineBridge(host.predictors.create("freefall"), G=system.state.G,
-                                   softening=system.state.softening)
-        connect_queued(self.bridge.step_accepted, sink.step_accepted)
-        connect_queued(self.bridge.step_rejected, sink.window._on_step_rejected)
-        connect_queued(self.bridge.replay_iteration, sink.window._on_replay_iteration)
-        connect_queued(self.bridge.epoch_ended, sink.window.plots.add_epoch)
-        self.bridge.attach(host)
-        self.worker = TrainingWorker(TrainConfig(epochs=100_000), system.state, host=host, period=system.period)
-        self.worker.start()
+        job = TrainingJob(TrainConfig(epochs=100_000), system.state, period=system.period,
+                          reference=host.predictors.create("freefall"))
+        self.session.start(MODE_TRAIN, job)
 
     def alive(self) -> bool:
-        return self.worker.is_running()
+        return self.session.state is not RunState.IDLE
 
     def close(self) -> None:
-        self.worker.shutdown()
-        self.worker.finalize()
-        self.bridge.detach()
-
-
-class _Relay:
-    """Observer plugin of the training process: batches events and sends them every 10 ms."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.reference = get_host().predictors.create("freefall")
-        self.outbox: list[tuple[str, Any]] = []
-        self.sent = time.perf_counter()
-
-    def _add(self, kind: str, payload: Any) -> None:
-        self.outbox.append((kind, payload))
-        if time.perf_counter() - self.sent > 0.01:
-            self.conn.send(self.outbox)
-            self.outbox, self.sent = [], time.perf_counter()
-
-    @hookimpl
-    def nbtoolkit_step_accepted(self, event: StepAccepted) -> None:
-        ref = reference_dt(self.reference, event.mass, event.position, event.velocity, event.time, 1.0, 0.0)
-        self._add("step_accepted", (event, ref))
-
-    @hookimpl
-    def nbtoolkit_step_rejected(self, event: Any) -> None:
-        self._add("step_rejected", event)
-
-    @hookimpl
-    def nbtoolkit_replay_iteration(self, event: Any) -> None:
-        self._add("replay_iteration", event)
-
-    @hookimpl
-    def nbtoolkit_epoch_end(self, event: Any) -> None:
-        self._add("epoch_end", event)
-
-
-class _PipeControl(RunControl):
-    """Stops the training process's loop when anything arrives on its command pipe."""
-
-    def __init__(self, commands: Any) -> None:
-        super().__init__()
-        self.commands = commands
-
-    def checkpoint(self) -> None:
-        if self.commands.poll():
-            self.stop()
-        super().checkpoint()
-
-
-def _train_in_process(events: Any, commands: Any, niceness: int) -> None:
-    """Entry point of the training process."""
-    from nbtoolkit.threads import apply_thread_policy, available_cpus
-    from nbtoolkit.training import Trainer
-
-    apply_thread_policy(max(1, available_cpus() - 1))
-    os.nice(niceness)
-    host = get_host()
-    host.register_plugin(_Relay(events), name="bench-relay")
-    system = make_preset(TRAINING_PRESET)
-    Trainer(TrainConfig(epochs=100_000), system.state, host=host, control=_PipeControl(commands),
-            period=system.period).fit()
-    events.send(None)
-
-
-class ProcessRun:
-    """Training in a spawned process; a 5 ms timer drains the events it streams back."""
-
-    kind = "process"
-
-    niceness = 0
-
-    def __init__(self, sink: TrainingSink) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.events, child_events = context.Pipe(duplex=False)
-        child_commands, self.commands = context.Pipe(duplex=False)
-        self.sink = sink
-        self.process = context.Process(target=_train_in_process, args=(child_events, child_commands, self.niceness),
-                                               daemon=True)
-        self.process.start()
-        self.ended = False
-        self.timer = QTimer()
-        self.timer.setInterval(5)
-        self.timer.timeout.connect(self._drain)
-        self.timer.start()
-
-    def _drain(self) -> None:
-        while not self.ended and self.events.poll():
-            batch = self.events.recv()
-            if batch is None:
-                self.ended = True
-                break
-            for kind, payload in batch:
-                self.sink.deliver(kind, payload)
-
-    def alive(self) -> bool:
-        return self.process.is_alive()
-
-    def close(self) -> None:
-        self.commands.send("stop")
-        while not self.ended and self.process.is_alive():
+        self.session.stop()
+        while self.alive():
             run_events(0.05)
-        self.timer.stop()
-        self.process.join()
+        self.session.shutdown()  # the run's process exits before the next phase
 
 
 def measure(window: MainWindow, heartbeat: Heartbeat, seconds: float, kind: str,
@@ -285,10 +167,11 @@ def measure(window: MainWindow, heartbeat: Heartbeat, seconds: float, kind: str,
     return phase
 
 
-def training_phase(window: MainWindow, heartbeat: Heartbeat, seconds: float, run_type: type) -> Phase:
+def training_phase(window: MainWindow, heartbeat: Heartbeat, seconds: float, sink: TrainingSink,
+                   isolation: str) -> Phase:
     """Start a run, skip its set-up (until the first accepted step, then 0.5 s), measure, stop it."""
-    sink = TrainingSink(window)
-    run = run_type(sink)
+    sink.accepted = 0
+    run = TrainingRun(window, isolation)
     while sink.accepted == 0:
         if not run.alive():
             raise RuntimeError(f"the {run.kind} training run ended before its first step")
@@ -322,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="thread and process phases, alternating")
     parser.add_argument("--bodies", type=int, default=1000, help="bodies in the orbit view")
     parser.add_argument("--trail", type=int, default=100, help="trail points per body")
-    parser.add_argument("--niceness", type=int, default=0, help="niceness added to the training process")
     args = parser.parse_args(argv)
-    ProcessRun.niceness = args.niceness
 
     configure_runtime()
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -332,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     window.resize(1400, 860)
     window.show()
     window.plots.reset("train", n_systems=64, energy_threshold=2e-4, band=(1e-6, 1e-4), reference_name="freefall")
+    sink = TrainingSink(window)
+    window.session.bridge.step_accepted.disconnect(window._on_step_accepted)  # the orbit view shows the cluster
+    window.session.bridge.step_accepted.connect(sink.step_accepted)
     cluster = RotatingCluster(window, args.bodies, args.trail)
     feeder = QTimer()
     feeder.setInterval(FEED_INTERVAL_MS)
@@ -341,12 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     run_events(1.0)  # first paints, layout
 
     print(f"orbit view: {args.bodies} bodies, {args.trail}-point trails, window 1400x860 offscreen, frame cap "
-          f"{FRAME_RATE:g}/s; training: {TRAINING_PRESET}; {os.cpu_count()} CPU cores, load average "
+          f"{FRAME_RATE:g}/s; training: {TRAINING_PRESET} (a process gets niceness +{RUN_NICENESS}); "
+          f"{os.cpu_count()} CPU cores, load average "
           f"{os.getloadavg()[0]:.1f} at the start", flush=True)
     phases = [measure(window, heartbeat, args.seconds, "idle")]
     for _ in range(args.rounds):
-        for run_type in (ThreadRun, ProcessRun):
-            phases.append(training_phase(window, heartbeat, args.seconds, run_type))
+        for isolation in ("thread", "process"):
+            phases.append(training_phase(window, heartbeat, args.seconds, sink, isolation))
     feeder.stop()
     window.close()
     app.processEvents()

@@ -37,21 +37,12 @@ def build_parser(prog: str = "nbtoolkit gui") -> argparse.ArgumentParser:
     return parser
 
 
-#: interpreter thread switch interval (s) while the viewer runs (Python's default is 0.005)
-GIL_SWITCH_INTERVAL = 0.001
-
-
 def configure_runtime() -> None:
-    """Process-wide settings that keep the GUI thread responsive next to a training thread.
+    """Process-wide settings of the viewer's process: runs execute in their own process
+    (:mod:`gui.worker`), so the viewer's own torch work is small and gets one intra-op thread."""
+    from nbtoolkit.threads import apply_thread_policy
 
-    torch's intra-op pool gets all CPU cores but one (at least one), leaving a core to the GUI
-    thread; and the interpreter hands the GIL between threads every millisecond instead of every
-    5 ms, so the GUI waits less for a training thread that is busy in Python.
-    """
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    apply_thread_policy(1)
 
 
 def create_window(args: argparse.Namespace) -> "MainWindow":

@@ -28,7 +28,7 @@ from nbtoolkit.presets import PRESETS, PresetSystem, make_preset
 from nbtoolkit.training import TrainConfig
 from nbtoolkit.training.config import read_toml
 
-from .worker import MODE_SIMULATE, MODE_TRAIN
+from .modes import MODE_SIMULATE, MODE_TRAIN, check_mode
 
 NO_REFERENCE = "(none)"
 PREFERRED = {"integrator": "leapfrog", "predictor": "mlp", "sampler": "uniform", "gate": "energy",
@@ -418,9 +418,7 @@ class ControlPanel(QWidget):
         return MODE_SIMULATE if self.mode_tabs.currentIndex() == 1 else MODE_TRAIN
 
     def set_mode(self, mode: str) -> None:
-        if mode not in (MODE_TRAIN, MODE_SIMULATE):
-            raise ValueError(f"mode must be '{MODE_TRAIN}' or '{MODE_SIMULATE}'; got {mode!r}")
-        self.mode_tabs.setCurrentIndex(1 if mode == MODE_SIMULATE else 0)
+        self.mode_tabs.setCurrentIndex(1 if check_mode(mode) == MODE_SIMULATE else 0)
 
     def set_checkpoint(self, path: str | Path) -> None:
         """Use the checkpoint at ``path`` for Simulate."""

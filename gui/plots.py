@@ -27,7 +27,8 @@ from PyQt6.QtWidgets import QVBoxLayout, QWidget
 
 from nbtoolkit.events import EpochEnd, StepAccepted, StepRejected
 
-from .worker import MODE_SIMULATE, MODE_TRAIN, PlaybackFrame
+from .jobs import PlaybackFrame
+from .modes import MODE_SIMULATE, MODE_TRAIN, check_mode
 
 #: |dE/E| values are drawn clipped to this range (a blown-up attempt has rel_dE = inf)
 REL_DE_DISPLAY_RANGE = (1e-16, 1e2)
@@ -224,9 +225,7 @@ class LivePlots(QWidget):
         ``band`` (E_lower, E_upper) are drawn on the |dE/E| plot; ``reference_name`` labels the
         reference dt curve (None hides it).
         """
-        if mode not in (MODE_TRAIN, MODE_SIMULATE):
-            raise ValueError(f"mode must be '{MODE_TRAIN}' or '{MODE_SIMULATE}'; got {mode!r}")
-        self.mode = mode
+        self.mode = check_mode(mode)
         for table in (self.accepted, self.rejected, self.reference, self.drift, self.epochs):
             table.clear()
         self._next_step = np.ones(max(1, n_systems), dtype=np.int64)

@@ -1,4 +1,4 @@
-"""The viewer driving real training and simulation runs on its worker thread (tiny configs)."""
+"""The viewer driving real training and simulation runs in their own process (tiny configs)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import threading
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,60 +20,23 @@ pytest.importorskip("pytestqt")
 
 from PyQt6.QtGui import QImage  # noqa: E402
 
-from gui.bridge import reference_dt  # noqa: E402
+from gui.jobs import reference_dt  # noqa: E402
 from gui.main_window import MainWindow  # noqa: E402
 from nbtoolkit import hookimpl  # noqa: E402
-from nbtoolkit.events import EpochEnd, StepAccepted  # noqa: E402
+from nbtoolkit.events import EpochEnd  # noqa: E402
 from nbtoolkit.integrator import Integrator  # noqa: E402
 from nbtoolkit.presets import make_preset  # noqa: E402
-from nbtoolkit.training import TrainConfig, Trainer, load_predictor  # noqa: E402
+from nbtoolkit.training import TrainConfig, Trainer, load_predictor, read_checkpoint  # noqa: E402
 
 TIMEOUT_MS = 60_000
 TINY: dict[str, Any] = dict(steps_per_epoch=12, replay_batch_size=8, replay_steps=20, seed=0)
 
 
-class EventSpy:
-    """Observer plugin recording every training event (called on the worker thread)."""
-
-    def __init__(self) -> None:
-        self.events: list[object] = []
-        self.lock = threading.Lock()
-
-    def _add(self, event: object) -> None:
-        with self.lock:
-            self.events.append(event)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.events)
-
-    def of(self, kind: type) -> list:
-        with self.lock:
-            return [e for e in self.events if isinstance(e, kind)]
-
-    @hookimpl
-    def nbtoolkit_step_accepted(self, event):
-        self._add(event)
-
-    @hookimpl
-    def nbtoolkit_step_rejected(self, event):
-        self._add(event)
-
-    @hookimpl
-    def nbtoolkit_replay_iteration(self, event):
-        self._add(event)
-
-    @hookimpl
-    def nbtoolkit_epoch_end(self, event):
-        self._add(event)
-
-
-@pytest.fixture
-def spy(host):
-    plugin = EventSpy()
-    name = host.register_plugin(plugin, name="test-gui-event-spy")
-    yield plugin
-    host.unregister_plugin(name)
+def engine_records(path: Path) -> list[dict]:
+    """The events the engine fired in the run's process, as its metrics log wrote them."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture
@@ -98,8 +61,9 @@ def wait_finished(qtbot, window: MainWindow):
     return window.last_outcome
 
 
-def test_training_fills_the_plots_with_the_engine_metrics_then_simulates_the_model(qtbot, window, spy, host, tmp_path):
-    configure(window, epochs=2)
+def test_training_fills_the_plots_with_the_engine_metrics_then_simulates_the_model(qtbot, window, host, tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    configure(window, epochs=2, metrics_log=str(log))
     with qtbot.waitSignal(window.epoch_finished, timeout=TIMEOUT_MS) as blocker:
         assert window.start_training()
     assert isinstance(blocker.args[0], EpochEnd) and blocker.args[0].epoch == 0
@@ -107,38 +71,39 @@ def test_training_fills_the_plots_with_the_engine_metrics_then_simulates_the_mod
     assert outcome.kind == "finished", outcome.error
     window.refresh()
 
-    accepted = [e for e in spy.of(StepAccepted) if 0 in e.systems]
-    rows = [int(np.nonzero(e.systems == 0)[0][0]) for e in accepted]
+    records = engine_records(log)
+    accepted = [r for r in records if r["event"] == "StepAccepted" and 0 in r["systems"]]
+    rows = [r["systems"].index(0) for r in accepted]
     series = window.plots.series(0)
     assert len(accepted) == 2 * TINY["steps_per_epoch"]
     np.testing.assert_array_equal(series["step"], np.arange(1, len(accepted) + 1))
-    np.testing.assert_allclose(series["rel_dE"], [e.rel_dE[j] for e, j in zip(accepted, rows)])
-    np.testing.assert_allclose(series["dt"], [e.dt[j] for e, j in zip(accepted, rows)])
-    np.testing.assert_array_equal(series["retrains"], [e.retrains[j] for e, j in zip(accepted, rows)])
+    np.testing.assert_allclose(series["rel_dE"], [r["rel_dE"][j] for r, j in zip(accepted, rows)])
+    np.testing.assert_allclose(series["dt"], [r["dt"][j] for r, j in zip(accepted, rows)])
+    np.testing.assert_array_equal(series["retrains"], [r["retrains"][j] for r, j in zip(accepted, rows)])
     x, y = window.plots.curves["dt"].getOriginalDataset()
     np.testing.assert_allclose(y, series["dt"])
-    # the reference curve is the freefall rule on the accepted states
-    freefall = host.predictors.create("freefall")
-    last = accepted[-1]
-    expected = reference_dt(freefall, last.mass, last.position, last.velocity, last.time, 1.0, 0.0)
-    assert series["reference_step"][-1] == len(accepted) + 1
-    np.testing.assert_allclose(series["reference_dt"][-1], expected[rows[-1]])
 
-    epochs = spy.of(EpochEnd)
+    epochs = [r for r in records if r["event"] == "EpochEnd"]
     ep = window.plots.epoch_series()
     np.testing.assert_array_equal(ep["epoch"], [1, 2])
-    np.testing.assert_array_equal(ep["replay_iterations"], [e.replay_iterations for e in epochs])
-    np.testing.assert_allclose(ep["pass_rate"], [e.pass_rate for e in epochs])
-    np.testing.assert_allclose(ep["loss"], [e.loss for e in epochs])
-    assert f"accepted {sum(e.accepted_steps for e in epochs)}" in window.status_text()
+    np.testing.assert_array_equal(ep["replay_iterations"], [r["replay_iterations"] for r in epochs])
+    np.testing.assert_allclose(ep["pass_rate"], [r["pass_rate"] for r in epochs])
+    np.testing.assert_allclose(ep["loss"], [r["loss"] for r in epochs])
+    assert f"accepted {sum(r['accepted_steps'] for r in epochs)}" in window.status_text()
     assert "epoch 2 / 2" in window.status_text()
     assert window.orbit.frames_drawn >= 1 and window.orbit.n_frames > 1
 
-    # the finished run's model can be saved and loaded back
+    # the finished run's model can be saved (by the run's process, still there) and loaded back
     saved = tmp_path / "after.pt"
-    with qtbot.waitSignal(window._training_worker.checkpoint_saved, timeout=TIMEOUT_MS):
+    with qtbot.waitSignal(window.session.bridge.checkpoint_saved, timeout=TIMEOUT_MS):
         assert window.save_checkpoint(saved)
     assert isinstance(load_predictor(saved), torch.nn.Module)
+    # the reference curve is the freefall rule on the accepted states; the last one is the final state
+    final = read_checkpoint(saved)["state"]
+    expected = reference_dt(host.predictors.create("freefall"), final["mass"].numpy(), final["position"].numpy(),
+                            final["velocity"].numpy(), final["time"].numpy(), final["G"], final["softening"])
+    assert series["reference_step"][-1] == len(accepted) + 1
+    np.testing.assert_allclose(series["reference_dt"][-1], expected[0])
 
     # Simulate with the model just trained
     window.controls.set_mode("simulate")
@@ -155,48 +120,48 @@ def test_training_fills_the_plots_with_the_engine_metrics_then_simulates_the_mod
     assert window.orbit.time == pytest.approx(float(np.sum(sim["dt"])))
 
 
-def test_pause_stops_new_data_and_resume_restarts_it(qtbot, window, spy, tmp_path):
-    configure(window, epochs=10_000)
+def test_pause_stops_new_data_and_resume_restarts_it(qtbot, window, tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    configure(window, epochs=10_000, metrics_log=str(log))
     assert window.start_training()
     qtbot.waitUntil(lambda: len(window.plots.accepted) >= 3, timeout=TIMEOUT_MS)
     window.pause()
     assert window.controls.pause_button.text() == "Resume"
-    qtbot.waitUntil(lambda: window.worker.control.parked, timeout=TIMEOUT_MS)
-    qtbot.wait(50)  # deliver what was queued before the pause took effect
-    engine_events, shown = spy.count(), len(window.plots.accepted) + len(window.plots.rejected)
+    qtbot.waitUntil(lambda: window.session.parked, timeout=TIMEOUT_MS)  # everything sent before is delivered
+    engine_events, shown = len(engine_records(log)), len(window.plots.accepted) + len(window.plots.rejected)
     qtbot.wait(400)
-    assert spy.count() == engine_events
+    assert len(engine_records(log)) == engine_events
     assert len(window.plots.accepted) + len(window.plots.rejected) == shown
     assert "paused" in window.status_text()
-    # a checkpoint requested while paused is written by the worker between two steps
+    # a checkpoint requested while paused is written by the run between two steps
     saved = tmp_path / "paused.pt"
-    with qtbot.waitSignal(window._training_worker.checkpoint_saved, timeout=TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.session.bridge.checkpoint_saved, timeout=TIMEOUT_MS) as blocker:
         assert window.save_checkpoint(saved)
     assert blocker.args == [str(saved)] and saved.is_file()
-    assert spy.count() == engine_events
+    assert len(engine_records(log)) == engine_events
     window.resume()
     qtbot.waitUntil(lambda: len(window.plots.accepted) > shown + 2, timeout=TIMEOUT_MS)
-    assert spy.count() > engine_events
+    assert len(engine_records(log)) > engine_events
     window.stop()
     assert wait_finished(qtbot, window).kind == "stopped"
 
 
-def test_stop_ends_the_worker_thread_and_reenables_the_controls(qtbot, window, host):
+def test_stop_ends_the_run_and_reenables_the_controls_and_closing_reaps_its_process(qtbot, window):
     configure(window, epochs=10_000)
     assert window.start_training()
     assert not window.controls.start_button.isEnabled()
     qtbot.waitUntil(lambda: len(window.plots.accepted) >= 2, timeout=TIMEOUT_MS)
-    thread = window.worker.worker_thread
-    bridge_name = window.bridge.plugin_name
+    run = window.session.worker
     with qtbot.waitSignal(window.run_finished, timeout=TIMEOUT_MS) as blocker:
         window.stop()
     outcome = blocker.args[0]
     assert outcome.kind == "stopped" and outcome.result.stopped
-    assert not thread.isRunning() and thread.isFinished()
-    assert not window.is_running and window.worker is None
-    assert host.pm.get_plugin(bridge_name) is None
+    assert not window.is_running and window.session.worker is None and not run.active
     assert window.controls.start_button.isEnabled() and not window.controls.stop_button.isEnabled()
     assert window.controls.save_button.isEnabled()  # the partly trained model can be saved
+    assert run.alive  # its process stays to write that checkpoint
+    window.close()
+    assert not run.alive and run.exitcode == 0  # exited on its own and reaped: no zombie
 
 
 class ExplodingIntegrator(Integrator):
@@ -269,9 +234,12 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_simulate_mode_with_a_checkpoint_animates_frames(qtbot, window, checkpoint, monkeypatch):
+def test_simulate_mode_with_a_checkpoint_animates_frames(qtbot, host, checkpoint, monkeypatch):
     from plugins.gates import PairEnergyGate
 
+    window = MainWindow(host, isolation="thread")  # the run in this process, where the gate is watched
+    qtbot.addWidget(window)
+    window.show()
     judged = []
     original = PairEnergyGate.error
     monkeypatch.setattr(PairEnergyGate, "error", lambda self, *a: judged.append(1) or original(self, *a))
@@ -302,18 +270,16 @@ def test_simulate_mode_with_a_checkpoint_animates_frames(qtbot, window, checkpoi
     assert "step 60" in window.status_text()
 
 
-def test_closing_the_window_during_a_paused_run_stops_the_thread(qtbot, host):
+def test_closing_the_window_during_a_paused_run_stops_it_and_reaps_its_process(qtbot, host):
     win = MainWindow(host)
     qtbot.addWidget(win)
     win.show()
     configure(win, epochs=10_000)
     assert win.start_training()
     qtbot.waitUntil(lambda: len(win.plots.accepted) >= 2, timeout=TIMEOUT_MS)
-    thread = win.worker.worker_thread
-    bridge_name = win.bridge.plugin_name
+    run = win.session.worker
     win.pause()
     win.close()
-    assert not thread.isRunning()
+    assert not run.alive and run.exitcode == 0
     assert not win.is_running
-    assert host.pm.get_plugin(bridge_name) is None
     assert win.last_outcome is not None and win.last_outcome.kind == "stopped"

@@ -20,15 +20,15 @@ pytest.importorskip("PyQt6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
-from PyQt6.QtCore import QObject  # noqa: E402
 
 from gui.app import build_parser, create_window, display_available  # noqa: E402
-from gui.bridge import EngineBridge, connect_queued, reference_dt  # noqa: E402
+from gui.bridge import EngineBridge  # noqa: E402
+from gui.control import WorkerControl  # noqa: E402
 from gui.controls import ControlPanel, slider_from_speed, speed_from_slider  # noqa: E402
+from gui.jobs import EventRelay, PlaybackFrame, reference_dt  # noqa: E402
 from gui.main_window import MainWindow  # noqa: E402
 from gui.orbit_view import MAX_MASS_CLASSES, OrbitView, TrailBuffer, mass_classes  # noqa: E402
 from gui.plots import REL_DE_DISPLAY_RANGE, LivePlots  # noqa: E402
-from gui.worker import PlaybackFrame, WorkerControl  # noqa: E402
 from nbtoolkit import RunStopped, hookimpl  # noqa: E402
 from nbtoolkit.errors import ConfigError  # noqa: E402
 from nbtoolkit.events import EpochEnd, StepAccepted, StepRejected  # noqa: E402
@@ -60,60 +60,56 @@ def epoch_event(epoch: int, iterations: int, pass_rate: float, loss: float) -> E
                     replay_skipped=False, pass_rate=pass_rate, loss=loss, mean_dt=0.05, buffer_size=10, wall_time=1.0)
 
 
-# ----------------------------------------------------------------------------- bridge
-class Receiver(QObject):
-    """Records what arrives and on which thread."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[object, object, int]] = []
-
-    def on_accepted(self, event: object, ref: object) -> None:
-        self.calls.append((event, ref, threading.get_ident()))
-
-
-def test_bridge_delivers_hook_events_on_the_gui_thread_with_reference_dt(qtbot, host):
+# ----------------------------------------------------------------------------- relay and bridge
+def test_relay_sends_every_hook_event_on_with_the_reference_dt(host):
     freefall = host.predictors.create("freefall")
-    bridge = EngineBridge(freefall, G=1.0, softening=0.0)
-    receiver = Receiver()
-    connect_queued(bridge.step_accepted, receiver.on_accepted)
-    bridge.attach(host)
+    sent: list[tuple[str, object]] = []
+    relay = EventRelay(lambda kind, payload: sent.append((kind, payload)), freefall, G=1.0, softening=0.0)
+    host.register_plugin(relay, name=relay.plugin_name)
     try:
-        assert host.pm.get_plugin(bridge.plugin_name) is bridge
-        event = accepted_event([0, 1], n=3)
-        worker = threading.Thread(target=lambda: host.hook.nbtoolkit_step_accepted(event=event))
-        worker.start()
-        worker.join()
-        qtbot.waitUntil(lambda: len(receiver.calls) == 1, timeout=5000)
+        event, epoch = accepted_event([0, 1], n=3), epoch_event(0, 3, 1.0, 0.1)
+        host.hook.nbtoolkit_step_accepted(event=event)
+        host.hook.nbtoolkit_epoch_end(event=epoch)
     finally:
-        bridge.detach()
-    received, ref, thread_id = receiver.calls[0]
-    assert received is event
-    assert thread_id == threading.get_ident()  # the slot ran on the GUI thread, not the emitter's
+        host.unregister_plugin(relay.plugin_name)
+    host.hook.nbtoolkit_step_accepted(event=event)  # unregistered: no longer called
+    assert [kind for kind, _ in sent] == ["step_accepted", "epoch_end"]
+    (received, ref), received_epoch = sent[0][1], sent[1][1]
+    assert received is event and received_epoch is epoch
     expected = reference_dt(freefall, event.mass, event.position, event.velocity, event.time, 1.0, 0.0)
     np.testing.assert_allclose(ref, expected)
     assert ref.shape == (2,) and np.all(ref > 0)
-    # detached: the host no longer calls it
-    assert host.pm.get_plugin(bridge.plugin_name) is None
-    host.hook.nbtoolkit_step_accepted(event=event)
-    qtbot.wait(50)
-    assert len(receiver.calls) == 1
 
 
-def test_bridge_survives_a_broken_reference_rule(qtbot, host):
+def test_relay_survives_a_broken_reference_rule():
     class Broken(torch.nn.Module):
         def forward(self, state, history=None):
             raise RuntimeError("no dt today")
 
-    bridge = EngineBridge(Broken())  # type: ignore[arg-type]
-    notices: list[str] = []
-    refs: list[object] = []
-    bridge.notice.connect(notices.append)
-    bridge.step_accepted.connect(lambda event, ref: refs.append(ref))
-    bridge.nbtoolkit_step_accepted(accepted_event([0]))
-    bridge.nbtoolkit_step_accepted(accepted_event([0]))
-    assert refs == [None, None]
-    assert len(notices) == 1 and "no dt today" in notices[0]
+    sent: list[tuple[str, object]] = []
+    relay = EventRelay(lambda kind, payload: sent.append((kind, payload)), Broken(), G=1.0, softening=0.0)  # type: ignore[arg-type]
+    relay.nbtoolkit_step_accepted(accepted_event([0]))
+    relay.nbtoolkit_step_accepted(accepted_event([0]))
+    assert [kind for kind, _ in sent] == ["notice", "step_accepted", "step_accepted"]
+    assert "no dt today" in str(sent[0][1])
+    assert [payload[1] for kind, payload in sent if kind == "step_accepted"] == [None, None]
+
+
+def test_bridge_emits_the_signal_of_each_message_kind(qtbot):
+    bridge = EngineBridge()
+    got: list[tuple] = []
+    bridge.step_accepted.connect(lambda event, ref: got.append(("accepted", event, ref)))
+    bridge.epoch_ended.connect(lambda event: got.append(("epoch", event)))
+    bridge.checkpoint_failed.connect(lambda path, message: got.append(("failed", path, message)))
+    bridge.notice.connect(lambda message: got.append(("notice", message)))
+    event, epoch, ref = accepted_event([0]), epoch_event(0, 1, 1.0, 0.0), np.array([0.1])
+    bridge.deliver("step_accepted", (event, ref))
+    bridge.deliver("epoch_end", epoch)
+    bridge.deliver("checkpoint_failed", ("x.pt", "disk full"))
+    bridge.deliver("notice", "hello")
+    assert got == [("accepted", event, ref), ("epoch", epoch), ("failed", "x.pt", "disk full"), ("notice", "hello")]
+    with pytest.raises(ValueError, match="unknown message kind 'bogus'"):
+        bridge.deliver("bogus", None)
 
 
 # ----------------------------------------------------------------------------- worker control
@@ -400,13 +396,12 @@ def test_window_redraws_on_its_frame_timer_not_per_event(qtbot, host):
     qtbot.addWidget(window)
     window.frame_timer.stop()
     window.controls.set_preset("kepler")
-    bridge = EngineBridge(None)
-    connect_queued(bridge.step_accepted, window._on_step_accepted)
     window.plots.reset("train", n_systems=1, energy_threshold=2e-4)
     drawn = window.orbit.frames_drawn, window.plots.redraws
     for k in range(300):
-        bridge.step_accepted.emit(accepted_event([0], step=k, seed=k), None)
-    qtbot.waitUntil(lambda: len(window.plots.accepted) == 300, timeout=5000)
+        window.session.bridge.deliver("step_accepted", (accepted_event([0], step=k, seed=k), None))
+    qtbot.wait(50)
+    assert len(window.plots.accepted) == 300
     assert (window.orbit.frames_drawn, window.plots.redraws) == drawn
     window.frame_timer.start()
     qtbot.waitUntil(lambda: window.plots.redraws > drawn[1], timeout=5000)
