@@ -2,9 +2,10 @@
 
 Opens the main window offscreen (1400x860) with its orbit view showing a 1,000-body Plummer
 sphere, rotating, with 100-point trails, fed a new frame every 5 ms (faster than the frame cap,
-so every frame tick has something new to draw). Meanwhile a real training run (``kepler-batch``,
-64 orbits, default configuration: the Python-heavy worst case, about 1,000 accepted steps/s
-whose events all reach the live plots and the status bar) runs through the window's
+so every frame tick has something new to draw). Meanwhile a real training run (``kepler-batch``:
+8 Kepler orbits, default configuration; small tensors, so Python-heavy: the worst case for a
+shared interpreter lock; over 1,000 accepted steps/s, whose events all reach the live plots
+and the status bar) runs through the window's
 ``RunSession`` either in its own process, as in the app, or on a thread of the viewer's process
 (``RunWorker(isolation="thread")``: the same messages, sharing the interpreter lock with the GUI).
 Phases alternate, ``--rounds`` times each, after a phase without training.
@@ -124,7 +125,6 @@ class TrainingSink:
 
     def step_accepted(self, event: StepAccepted, reference: np.ndarray | None) -> None:
         self.window.plots.add_accepted(event, reference)
-        self.window._counters["accepted"] += len(event.systems)
         self.accepted += len(event.systems)
 
 
@@ -135,10 +135,12 @@ class TrainingRun:
         self.kind = isolation
         self.session = window.session
         self.session.isolation = isolation
-        host = window.host
         system = make_preset(TRAINING_PRESET)
-        job = TrainingJob(TrainConfig(epochs=100_000), system.state, period=system.period,
-                          reference=host.predictors.create("freefall"))
+        config = TrainConfig(epochs=100_000)
+        window.plots.reset(MODE_TRAIN, n_systems=system.state.batch_size, energy_threshold=config.energy_threshold,
+                           band=(config.E_lower, config.E_upper), reference_name="freefall")
+        job = TrainingJob(config, system.state, period=system.period,
+                          reference=window.host.predictors.create("freefall"))
         self.session.start(MODE_TRAIN, job)
 
     def alive(self) -> bool:
@@ -212,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     window = MainWindow()
     window.resize(1400, 860)
     window.show()
-    window.plots.reset("train", n_systems=64, energy_threshold=2e-4, band=(1e-6, 1e-4), reference_name="freefall")
     sink = TrainingSink(window)
     window.session.bridge.step_accepted.disconnect(window._on_step_accepted)  # the orbit view shows the cluster
     window.session.bridge.step_accepted.connect(sink.step_accepted)
