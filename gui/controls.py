@@ -10,13 +10,10 @@ same objects, whose :class:`~nbtoolkit.errors.ConfigError` messages name the off
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PyQt6.QtCore import Qt, pyqtSignal
-from PyQt6.QtGui import QDoubleValidator
 from PyQt6.QtWidgets import (
     QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
     QScrollArea, QSlider, QSpinBox, QTabWidget, QVBoxLayout, QWidget,
@@ -28,6 +25,10 @@ from nbtoolkit.presets import PRESETS, PresetSystem, make_preset
 from nbtoolkit.training import TrainConfig
 from nbtoolkit.training.config import read_toml
 
+from .inputs import (
+    DEFAULT_SPEED, SPEED_SLIDER_STEPS, SimulationSettings, float_edit, format_float, int_spin, read_float,
+    slider_from_speed, speed_from_slider,
+)
 from .modes import MODE_SIMULATE, MODE_TRAIN, check_mode
 
 NO_REFERENCE = "(none)"
@@ -35,71 +36,7 @@ PREFERRED = {"integrator": "leapfrog", "predictor": "mlp", "sampler": "uniform",
              "reference": "freefall"}
 MODEL_TRAINED = "model just trained"
 MODEL_CHECKPOINT = "checkpoint file"
-#: playback speeds offered by the slider (steps per second); the last slider position is "max"
-SPEED_RANGE = (1.0, 5000.0)
-SPEED_SLIDER_STEPS = 100
-DEFAULT_SPEED = 120.0
 MAX_INT = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class SimulationSettings:
-    """What Simulate plays: the model source (a checkpoint path, or None for the model just
-    trained), steps (0 = until stopped), speed in steps per second (0 = as fast as possible),
-    the guard threshold (None = off) and the gate that judges the steps (a registry name)."""
-
-    checkpoint: str | None
-    steps: int
-    speed: float
-    guard_threshold: float | None
-    gate: str
-
-
-def _format_float(value: float) -> str:
-    return f"{value:.6g}"
-
-
-def _float_edit(value: float, tooltip: str) -> QLineEdit:
-    edit = QLineEdit(_format_float(value))
-    validator = QDoubleValidator()
-    validator.setNotation(QDoubleValidator.Notation.ScientificNotation)
-    edit.setValidator(validator)
-    edit.setToolTip(tooltip)
-    return edit
-
-
-def _int_spin(value: int, low: int, high: int, tooltip: str) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(low, high)
-    spin.setValue(value)
-    spin.setToolTip(tooltip)
-    spin.setKeyboardTracking(False)
-    return spin
-
-
-def _read_float(edit: QLineEdit, key: str) -> float:
-    text = edit.text().strip()
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{key} must be a number; got {text!r}") from None
-
-
-def speed_from_slider(position: int) -> float:
-    """Steps per second for a slider position (log scale); the last position means 0 = unlimited."""
-    if position >= SPEED_SLIDER_STEPS:
-        return 0.0
-    lo, hi = (math.log10(v) for v in SPEED_RANGE)
-    return float(10 ** (lo + (hi - lo) * position / (SPEED_SLIDER_STEPS - 1)))
-
-
-def slider_from_speed(speed: float) -> int:
-    """The slider position closest to ``speed`` steps per second (0 = unlimited)."""
-    if speed <= 0:
-        return SPEED_SLIDER_STEPS
-    lo, hi = (math.log10(v) for v in SPEED_RANGE)
-    frac = (math.log10(min(max(speed, SPEED_RANGE[0]), SPEED_RANGE[1])) - lo) / (hi - lo)
-    return int(round(frac * (SPEED_SLIDER_STEPS - 1)))
 
 
 class ControlPanel(QWidget):
@@ -157,13 +94,13 @@ class ControlPanel(QWidget):
         plugin_form.addRow(self.reload_button)
 
         # ---- training
-        self.threshold_edit = _float_edit(defaults.energy_threshold,
-                                          "Gate threshold: a step passes when the gate's error (|dE/E|) <= this")
-        self.epochs_spin = _int_spin(defaults.epochs, 1, MAX_INT, "Epochs (Part 1 + Part 2 each)")
-        self.steps_spin = _int_spin(defaults.steps_per_epoch, 1, MAX_INT, "Accepted Part 1 steps per system and epoch")
-        self.batch_spin = _int_spin(defaults.replay_batch_size, 1, MAX_INT, "Part 2 replay minibatch size")
-        self.lr_edit = _float_edit(defaults.learning_rate, "Optimizer learning rate")
-        self.seed_spin = _int_spin(defaults.seed, 0, MAX_INT, "Random seed of the model and the replay sampler")
+        self.threshold_edit = float_edit(defaults.energy_threshold,
+                                         "Gate threshold: a step passes when the gate's error (|dE/E|) <= this")
+        self.epochs_spin = int_spin(defaults.epochs, 1, MAX_INT, "Epochs (Part 1 + Part 2 each)")
+        self.steps_spin = int_spin(defaults.steps_per_epoch, 1, MAX_INT, "Accepted Part 1 steps per system and epoch")
+        self.batch_spin = int_spin(defaults.replay_batch_size, 1, MAX_INT, "Part 2 replay minibatch size")
+        self.lr_edit = float_edit(defaults.learning_rate, "Optimizer learning rate")
+        self.seed_spin = int_spin(defaults.seed, 0, MAX_INT, "Random seed of the model and the replay sampler")
         train_page = QWidget()
         train_form = QFormLayout(train_page)
         train_form.addRow("energy threshold", self.threshold_edit)
@@ -184,7 +121,7 @@ class ControlPanel(QWidget):
         checkpoint_row = QHBoxLayout()
         checkpoint_row.addWidget(self.checkpoint_edit, 1)
         checkpoint_row.addWidget(self.browse_button)
-        self.sim_steps_spin = _int_spin(0, 0, MAX_INT, "Steps to play (0 = until Stop)")
+        self.sim_steps_spin = int_spin(0, 0, MAX_INT, "Steps to play (0 = until Stop)")
         self.sim_steps_spin.setSpecialValueText("until stopped")
         self.speed_slider = QSlider(Qt.Orientation.Horizontal)
         self.speed_slider.setRange(0, SPEED_SLIDER_STEPS)
@@ -333,9 +270,9 @@ class ControlPanel(QWidget):
             widget.setValue(int(value))
         elif isinstance(widget, QLineEdit):
             if isinstance(value, (tuple, list)):
-                widget.setText(", ".join(_format_float(v) if isinstance(v, float) else str(v) for v in value))
+                widget.setText(", ".join(format_float(v) if isinstance(v, float) else str(v) for v in value))
             elif isinstance(value, float):
-                widget.setText(_format_float(value))
+                widget.setText(format_float(value))
             else:
                 widget.setText(str(value))
 
@@ -363,11 +300,11 @@ class ControlPanel(QWidget):
         """The training configuration: the loaded (or default) config with the shown settings on top."""
         values = dict(self._base_config)
         values.update(
-            energy_threshold=_read_float(self.threshold_edit, "energy threshold"),
+            energy_threshold=read_float(self.threshold_edit, "energy threshold"),
             epochs=self.epochs_spin.value(),
             steps_per_epoch=self.steps_spin.value(),
             replay_batch_size=self.batch_spin.value(),
-            learning_rate=_read_float(self.lr_edit, "learning rate"),
+            learning_rate=read_float(self.lr_edit, "learning rate"),
             seed=self.seed_spin.value(),
             integrator=self.integrator_combo.currentText(),
             predictor=self.predictor_combo.currentText(),
@@ -389,11 +326,11 @@ class ControlPanel(QWidget):
         self._select(self.sampler_combo, config.sampler, "replay sampler")
         self._select(self.gate_combo, config.gate, "gate")
         self._base_config = config.to_dict()
-        self.threshold_edit.setText(_format_float(config.energy_threshold))
+        self.threshold_edit.setText(format_float(config.energy_threshold))
         self.epochs_spin.setValue(config.epochs)
         self.steps_spin.setValue(config.steps_per_epoch)
         self.batch_spin.setValue(config.replay_batch_size)
-        self.lr_edit.setText(_format_float(config.learning_rate))
+        self.lr_edit.setText(format_float(config.learning_rate))
         self.seed_spin.setValue(config.seed)
 
     def load_config(self, path: str | Path) -> None:
@@ -438,7 +375,7 @@ class ControlPanel(QWidget):
             checkpoint = self.checkpoint_edit.text().strip()
             if not checkpoint:
                 raise ConfigError("choose a checkpoint file to simulate with (or use the model just trained)")
-        guard = _read_float(self.threshold_edit, "energy threshold") if self.guard_check.isChecked() else None
+        guard = read_float(self.threshold_edit, "energy threshold") if self.guard_check.isChecked() else None
         return SimulationSettings(checkpoint, self.sim_steps_spin.value(), self.speed(), guard,
                                   self.gate_combo.currentText())
 

@@ -1,7 +1,7 @@
 """The orbit view: bodies of the current state with fading trails, drawn with pyqtgraph.
 
-Bodies are grouped into at most :data:`MAX_MASS_CLASSES` mass classes; each class is one
-:class:`BodyDots` item (size and colour grow with log mass) plus :data:`TRAIL_BANDS` line
+Bodies are grouped into at most :data:`~gui.orbit_items.MAX_MASS_CLASSES` mass classes; each class
+is one :class:`~gui.orbit_items.BodyDots` item (size and colour grow with log mass) plus :data:`TRAIL_BANDS` line
 items for its trails, the older bands fainter than the newer ones (opaque colours blended with
 the background, which draw faster than transparent ones). Everything is updated in place with
 ``setData`` on kept items, so a frame with N = 1,000 bodies and 100-point trails costs a few
@@ -14,25 +14,20 @@ window's frame timer calls :meth:`OrbitView.refresh`, which redraws only if some
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pyqtgraph as pg
-from pyqtgraph.Qt.internals import PrimitiveArray
-from PyQt6.QtCore import QRectF, Qt, pyqtSignal
-from PyQt6.QtGui import QColor, QPainter, QPaintEvent, QPen, QPixmap
+from PyQt6.QtCore import pyqtSignal
+from PyQt6.QtGui import QPaintEvent
 from PyQt6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+
+from .orbit_items import BACKGROUND, BodyDots, MassClass, TrailBuffer, faded, mass_classes, segments
 
 #: projection planes of 3-D systems -> the two coordinate axes shown
 PLANES: dict[str, tuple[int, int]] = {"x-y": (0, 1), "x-z": (0, 2), "y-z": (1, 2)}
 AXIS_NAMES = "xyz"
-MAX_MASS_CLASSES = 8
 TRAIL_BANDS = 5
 DEFAULT_TRAIL_LENGTH = 100
 MAX_TRAIL_LENGTH = 5000
-BACKGROUND = QColor(0, 0, 0)
-#: point diameters (px) of the lightest and heaviest mass class
-POINT_SIZE_RANGE = (5.0, 15.0)
 #: the view re-frames when the bodies leave it or fill less than 1/ZOOM_OUT_FACTOR of it
 ZOOM_OUT_FACTOR = 4.0
 #: trail points closer than this (px, for the median body) are merged when drawing, at most
@@ -42,156 +37,6 @@ MAX_STRIDE = 8
 #: systems with at most this many bodies get thicker, antialiased trails
 FEW_BODIES = 50
 FRAME_PADDING = 0.15
-
-
-@dataclass(frozen=True)
-class MassClass:
-    """Bodies drawn alike: their indices, point colour and diameter in pixels."""
-
-    bodies: np.ndarray
-    color: QColor
-    size: float
-
-
-def mass_classes(mass: np.ndarray, max_classes: int = MAX_MASS_CLASSES) -> list[MassClass]:
-    """Group bodies by mass (N,) into at most ``max_classes`` classes.
-
-    Distinct masses (to a relative 1e-9) get a class each when there are few of them; otherwise
-    the log-mass range is cut into equal bins. Heavier classes are larger and brighter.
-    """
-    mass = np.asarray(mass, dtype=np.float64)
-    logm = np.log10(mass)
-    distinct = np.unique(np.round(logm, 9))
-    if len(distinct) <= max_classes:
-        labels = np.searchsorted(distinct, np.round(logm, 9))
-        centers = distinct
-    else:
-        edges = np.linspace(logm.min(), logm.max(), max_classes + 1)
-        labels = np.clip(np.searchsorted(edges, logm, side="right") - 1, 0, max_classes - 1)
-        centers = 0.5 * (edges[:-1] + edges[1:])
-    lo, hi = float(centers.min()), float(centers.max())
-    cmap = pg.colormap.get("plasma")
-    classes = []
-    for k, center in enumerate(centers):
-        bodies = np.nonzero(labels == k)[0]
-        if bodies.size == 0:
-            continue
-        weight = (center - lo) / (hi - lo) if hi > lo else 1.0
-        color = cmap.map(0.45 + 0.55 * weight, mode=pg.ColorMap.QCOLOR)
-        size = POINT_SIZE_RANGE[0] + (POINT_SIZE_RANGE[1] - POINT_SIZE_RANGE[0]) * weight
-        if hi == lo and len(mass) <= 16:
-            size = 0.5 * (POINT_SIZE_RANGE[0] + POINT_SIZE_RANGE[1])
-        classes.append(MassClass(bodies, color, float(size)))
-    return classes
-
-
-class TrailBuffer:
-    """Ring buffer of the last ``length`` positions of N bodies in D dimensions."""
-
-    def __init__(self, length: int, n_bodies: int, dim: int) -> None:
-        if length < 1:
-            raise ValueError(f"trail length must be >= 1; got {length}")
-        self.data = np.zeros((length, n_bodies, dim), dtype=np.float64)
-        self.head = 0  # index the next frame is written to
-        self.count = 0
-
-    @property
-    def length(self) -> int:
-        return int(self.data.shape[0])
-
-    def push(self, position: np.ndarray) -> None:
-        """Append positions (N, D)."""
-        self.data[self.head] = position
-        self.head = (self.head + 1) % self.length
-        self.count = min(self.count + 1, self.length)
-
-    def ordered(self) -> np.ndarray:
-        """The stored positions, oldest first, (count, N, D)."""
-        if self.count < self.length:
-            return self.data[: self.count]
-        return np.roll(self.data, -self.head, axis=0)
-
-    def resized(self, length: int) -> "TrailBuffer":
-        """A buffer of a new length holding the newest frames of this one."""
-        out = TrailBuffer(length, self.data.shape[1], self.data.shape[2])
-        for frame in self.ordered()[-length:]:
-            out.push(frame)
-        return out
-
-
-class BodyDots(pg.GraphicsObject):
-    """Bodies as round dots of a fixed size in pixels, with a dark rim.
-
-    One antialiased dot is rendered into a pixmap once; a frame stamps it at every position
-    with a single ``QPainter.drawPixmapFragments`` call, so 10^3 bodies cost no per-body
-    Python work (a scatter item styles each point in Python) and no per-body rasterisation.
-    """
-
-    def __init__(self, color: QColor, size: float) -> None:
-        super().__init__()
-        self.size = float(size)
-        self.color = QColor(color)
-        self._x = self._y = np.zeros(0)
-        self._bounds = QRectF()
-        self._fragments = PrimitiveArray(QPainter.PixmapFragment, 10)
-        self._pixmap = QPixmap()
-        self._pixmap_ratio = 0.0
-
-    def _render(self, ratio: float) -> None:
-        """Draw the dot into a pixmap for a device pixel ratio ``ratio``."""
-        side = int(np.ceil((self.size + 2.0) * ratio))
-        pixmap = QPixmap(side, side)
-        pixmap.fill(Qt.GlobalColor.transparent)
-        painter = QPainter(pixmap)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
-        painter.setPen(QPen(QColor(20, 20, 20), ratio))
-        painter.setBrush(self.color)
-        inset = 0.5 * (side - self.size * ratio)
-        painter.drawEllipse(QRectF(inset, inset, self.size * ratio, self.size * ratio))
-        painter.end()
-        self._pixmap, self._pixmap_ratio = pixmap, ratio
-
-    def setData(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Positions of the dots, x and y of shape (n,) in view coordinates."""
-        self.prepareGeometryChange()
-        self._x, self._y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        finite = np.isfinite(self._x) & np.isfinite(self._y)
-        if finite.any():
-            x0, x1 = self._x[finite].min(), self._x[finite].max()
-            y0, y1 = self._y[finite].min(), self._y[finite].max()
-            self._bounds = QRectF(x0, y0, x1 - x0, y1 - y0)
-        else:
-            self._bounds = QRectF()
-        self.update()
-
-    def getData(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._x, self._y
-
-    def boundingRect(self) -> QRectF:
-        if not len(self._x):
-            return QRectF()
-        pad = 0.5 * (self.size + 2) * max(self.pixelWidth(), self.pixelHeight())
-        return self._bounds.adjusted(-pad, -pad, pad, pad)
-
-    def paint(self, painter: QPainter, option: object = None, widget: QWidget | None = None) -> None:
-        finite = np.isfinite(self._x) & np.isfinite(self._y)
-        if not finite.any():
-            return
-        ratio = widget.devicePixelRatioF() if widget is not None else 1.0
-        if ratio != self._pixmap_ratio:
-            self._render(ratio)
-        device = pg.functions.transformCoordinates(painter.transform(), np.vstack([self._x[finite], self._y[finite]]))
-        device = np.clip(device, -2.0**30, 2.0**30)  # Qt misbehaves far outside the int range
-        side = self._pixmap.width()
-        self._fragments.resize(device.shape[1])
-        frags = self._fragments.ndarray()
-        frags[:, 0:2] = device.T  # centre of each stamp, device pixels
-        frags[:, 2:6] = (0.0, 0.0, side, side)  # source rect in the pixmap
-        frags[:, 6:10] = (1.0 / ratio, 1.0 / ratio, 0.0, 1.0)  # scale x, scale y, rotation, opacity
-        painter.save()
-        painter.resetTransform()
-        painter.drawPixmapFragments(*self._fragments.drawargs(), self._pixmap)  # type: ignore[call-arg]
-        painter.restore()
 
 
 class OrbitPlot(pg.PlotWidget):
@@ -204,23 +49,6 @@ class OrbitPlot(pg.PlotWidget):
     def paintEvent(self, ev: QPaintEvent) -> None:
         self.frames_painted += 1
         super().paintEvent(ev)
-
-
-def _faded(color: QColor, weight: float, background: QColor = BACKGROUND) -> QColor:
-    """``color`` blended with the background: opaque, so drawing needs no alpha blending
-    (about a third faster for 10^5 trail segments)."""
-    mix = [weight * c + (1.0 - weight) * b for c, b in zip(color.getRgbF()[:3], background.getRgbF()[:3])]
-    return QColor.fromRgbF(*mix)
-
-
-def _segments(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Line segments joining consecutive trail points, as x and y for ``connect="pairs"``.
-
-    points: (M, n, 2) oldest first -> x, y of shape (2 (M-1) n,).
-    """
-    pairs = np.stack([points[:-1], points[1:]], axis=2)  # (M-1, n, 2 ends, 2 coords)
-    flat = pairs.reshape(-1, 2)
-    return flat[:, 0], flat[:, 1]
 
 
 class OrbitView(QWidget):
@@ -341,7 +169,7 @@ class OrbitView(QWidget):
         for cls in self._classes:
             bands = []
             for b in range(TRAIL_BANDS):
-                color = _faded(cls.color, 0.12 + 0.78 * (b + 1) / TRAIL_BANDS)
+                color = faded(cls.color, 0.12 + 0.78 * (b + 1) / TRAIL_BANDS)
                 curve = pg.PlotCurveItem(pen=pg.mkPen(color, width=2 if few else 1), antialias=few, connect="pairs")
                 curve.setSegmentedLineMode("on")
                 curve.setZValue(b)
@@ -406,7 +234,7 @@ class OrbitView(QWidget):
                 if j1 <= j0:
                     curve.clear()
                     continue
-                x, y = _segments(pts[j0: j1 + 1])
+                x, y = segments(pts[j0: j1 + 1])
                 curve.setData(x=x, y=y)
         self.frames_drawn += 1
         return True

@@ -24,10 +24,12 @@ pytest.importorskip("pytestqt")
 from gui.app import build_parser, create_window, display_available  # noqa: E402
 from gui.bridge import EngineBridge  # noqa: E402
 from gui.control import WorkerControl  # noqa: E402
-from gui.controls import ControlPanel, slider_from_speed, speed_from_slider  # noqa: E402
+from gui.controls import ControlPanel  # noqa: E402
+from gui.inputs import slider_from_speed, speed_from_slider  # noqa: E402
 from gui.jobs import EventRelay, PlaybackFrame, reference_dt  # noqa: E402
 from gui.main_window import MainWindow  # noqa: E402
-from gui.orbit_view import MAX_MASS_CLASSES, OrbitView, TrailBuffer, mass_classes  # noqa: E402
+from gui.orbit_items import MAX_MASS_CLASSES, TrailBuffer, mass_classes  # noqa: E402
+from gui.orbit_view import OrbitView  # noqa: E402
 from gui.plots import REL_DE_DISPLAY_RANGE, LivePlots  # noqa: E402
 from nbtoolkit import RunStopped, hookimpl  # noqa: E402
 from nbtoolkit.errors import ConfigError  # noqa: E402
@@ -481,3 +483,4 @@ def test_log_axes_label_whole_decades_only_and_legends_stay_off_the_data(qtbot):
     assert labels == ["0.01", "", "0.1", "", "1e-6"]  # minor ticks of a short range no longer overprint
     for plot in (plots.err_plot, plots.dt_plot):
         assert plot.legend.parentItem() is plot  # in the title row, not inside the view box over the data
+

@@ -1,0 +1,79 @@
+"""Small pieces of the control panel: simulation settings, number inputs, the speed slider's scale."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from PyQt6.QtGui import QDoubleValidator
+from PyQt6.QtWidgets import QLineEdit, QSpinBox
+
+from nbtoolkit.errors import ConfigError
+
+#: playback speeds offered by the slider (steps per second); the last slider position is "max"
+SPEED_RANGE = (1.0, 5000.0)
+SPEED_SLIDER_STEPS = 100
+DEFAULT_SPEED = 120.0
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """What Simulate plays: the model source (a checkpoint path, or None for the model just
+    trained), steps (0 = until stopped), speed in steps per second (0 = as fast as possible),
+    the guard threshold (None = off) and the gate that judges the steps (a registry name)."""
+
+    checkpoint: str | None
+    steps: int
+    speed: float
+    guard_threshold: float | None
+    gate: str
+
+
+def format_float(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def float_edit(value: float, tooltip: str) -> QLineEdit:
+    """A line edit for a float (scientific notation allowed)."""
+    edit = QLineEdit(format_float(value))
+    validator = QDoubleValidator()
+    validator.setNotation(QDoubleValidator.Notation.ScientificNotation)
+    edit.setValidator(validator)
+    edit.setToolTip(tooltip)
+    return edit
+
+
+def int_spin(value: int, low: int, high: int, tooltip: str) -> QSpinBox:
+    """A spin box for an int in [low, high] that reports a value once editing ends."""
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    spin.setToolTip(tooltip)
+    spin.setKeyboardTracking(False)
+    return spin
+
+
+def read_float(edit: QLineEdit, key: str) -> float:
+    """The float in ``edit``; a ConfigError naming ``key`` when it is not a number."""
+    text = edit.text().strip()
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number; got {text!r}") from None
+
+
+def speed_from_slider(position: int) -> float:
+    """Steps per second for a slider position (log scale); the last position means 0 = unlimited."""
+    if position >= SPEED_SLIDER_STEPS:
+        return 0.0
+    lo, hi = (math.log10(v) for v in SPEED_RANGE)
+    return float(10 ** (lo + (hi - lo) * position / (SPEED_SLIDER_STEPS - 1)))
+
+
+def slider_from_speed(speed: float) -> int:
+    """The slider position closest to ``speed`` steps per second (0 = unlimited)."""
+    if speed <= 0:
+        return SPEED_SLIDER_STEPS
+    lo, hi = (math.log10(v) for v in SPEED_RANGE)
+    frac = (math.log10(min(max(speed, SPEED_RANGE[0]), SPEED_RANGE[1])) - lo) / (hi - lo)
+    return int(round(frac * (SPEED_SLIDER_STEPS - 1)))
