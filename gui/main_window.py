@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PyQt6.QtCore import Qt, QTimer, pyqtSignal
@@ -21,7 +20,7 @@ from PyQt6.QtGui import QCloseEvent, QShowEvent
 from PyQt6.QtWidgets import QFileDialog, QLabel, QMainWindow, QSplitter, QStatusBar, QVBoxLayout, QWidget
 
 from nbtoolkit.errors import NBToolkitError
-from nbtoolkit.events import EpochEnd, FitEnd, FitStart, ReplayIteration, StepAccepted, StepRejected
+from nbtoolkit.events import StepAccepted
 from nbtoolkit.plugin_manager import PluginHost, get_host
 from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.state import NBodyState
@@ -33,6 +32,8 @@ from .modes import MODE_SIMULATE, MODE_TRAIN
 from .orbit_view import OrbitView
 from .plots import LivePlots
 from .session import RunSession, RunState
+from .status import FIELDS as STATUS_FIELDS
+from .status import RunCounters
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,10 @@ class MainWindow(QMainWindow):
         self.session = RunSession(self.host, isolation=isolation, parent=self)
         self._layout()
 
-        self._counters: dict[str, Any] = {}
-        self._finished_epochs: list[EpochEnd] = []
+        self.counters = RunCounters()
         self._mass = np.ones((1, 1))  # (B, N) of the system shown
         self._latest_position = np.zeros((1, 1, 2))  # (B, N, D) newest known positions
         self._latest_time = np.zeros(1)  # (B,)
-        self._reset_counters()
         self._connect()
 
         self._frame_period = 1.0 / frame_rate
@@ -122,7 +121,7 @@ class MainWindow(QMainWindow):
         status = self.statusBar()
         assert status is not None  # a QMainWindow always creates its status bar on demand
         self._status: QStatusBar = status
-        self.status_labels = {name: QLabel() for name in ("state", "epoch", "steps", "retrains", "part2", "time", "elapsed")}
+        self.status_labels = {name: QLabel() for name in STATUS_FIELDS}
         for label in self.status_labels.values():
             label.setMinimumWidth(90)
             self._status.addPermanentWidget(label)
@@ -136,12 +135,16 @@ class MainWindow(QMainWindow):
         self.controls.preset_combo.currentTextChanged.connect(lambda _: self.preview_system())
         self.orbit.system_changed.connect(self._show_orbit_system)
         bridge = self.session.bridge
-        bridge.fit_started.connect(self._on_fit_started)
+        bridge.fit_started.connect(self.counters.fit_started)
         bridge.step_accepted.connect(self._on_step_accepted)
-        bridge.step_rejected.connect(self._on_step_rejected)
-        bridge.replay_iteration.connect(self._on_replay_iteration)
-        bridge.epoch_ended.connect(self._on_epoch_ended)
-        bridge.fit_ended.connect(self._on_fit_ended)
+        bridge.step_accepted.connect(self.counters.step_accepted)
+        bridge.step_rejected.connect(self.plots.add_rejected)
+        bridge.step_rejected.connect(self.counters.step_rejected)
+        bridge.replay_iteration.connect(self.counters.replay_iteration)
+        bridge.epoch_ended.connect(self.plots.add_epoch)
+        bridge.epoch_ended.connect(self.counters.epoch_ended)
+        bridge.epoch_ended.connect(self.epoch_finished)
+        bridge.fit_ended.connect(self.counters.fit_ended)
         bridge.frames.connect(self._on_frames)
         bridge.notice.connect(lambda message: self._status.showMessage(message, 10000))
         bridge.checkpoint_saved.connect(lambda path: self._status.showMessage(f"checkpoint saved to {path}", 10000))
@@ -181,12 +184,6 @@ class MainWindow(QMainWindow):
     def status_text(self) -> str:
         """The status bar's counters as one line."""
         return "  |  ".join(label.text() for label in self.status_labels.values() if label.text())
-
-    def _reset_counters(self) -> None:
-        # epoch: 1-based number of the running (or last finished) epoch
-        self._counters = {"epoch": None, "epochs": None, "accepted": 0, "retrains": 0, "replay": None,
-                          "step": 0, "time": float("nan")}
-        self._finished_epochs = []
 
     def _update_controls(self) -> None:
         self.controls.set_run_state(self.session.mode, paused=self.paused, can_save=self.session.can_save)
@@ -284,7 +281,7 @@ class MainWindow(QMainWindow):
             self.show_error(f"Cannot start {what}", f"{type(exc).__name__}: {exc}")
             return False
         self.banner.hide()
-        self._reset_counters()
+        self.counters.reset()
         self.plots.reset(mode, n_systems=job.state.batch_size, energy_threshold=threshold, band=band,
                          reference_name=reference_name)
         self._show_initial_state(job.state)
@@ -323,14 +320,8 @@ class MainWindow(QMainWindow):
             self.save_checkpoint(path)
 
     # ------------------------------------------------------------------ run messages (GUI thread)
-    def _on_fit_started(self, event: FitStart) -> None:
-        self._counters["epochs"] = event.epochs
-        self._counters["epoch"] = event.start_epoch + 1
-
     def _on_step_accepted(self, event: StepAccepted, reference: np.ndarray | None) -> None:
         self.plots.add_accepted(event, reference)
-        self._counters["accepted"] += len(event.systems)
-        self._counters["epoch"] = event.epoch + 1
         systems = np.asarray(event.systems)
         self._latest_position[systems] = event.position
         self._latest_time[systems] = event.time
@@ -338,27 +329,6 @@ class MainWindow(QMainWindow):
         if hits.size:
             j = int(hits[0])
             self.orbit.push_frame(event.position[j], float(event.time[j]))
-
-    def _on_step_rejected(self, event: StepRejected) -> None:
-        self.plots.add_rejected(event)
-        self._counters["retrains"] += 1  # one optimizer step per rejected attempt, as the engine counts
-
-    def _on_replay_iteration(self, event: ReplayIteration) -> None:
-        self._counters["replay"] = (event.iteration, event.pass_count, event.batch_size)
-
-    def _on_epoch_ended(self, event: EpochEnd) -> None:
-        self.plots.add_epoch(event)
-        self._finished_epochs.append(event)
-        # resynchronise the running totals with the engine's own per-epoch counts
-        self._counters["accepted"] = sum(e.accepted_steps for e in self._finished_epochs)
-        self._counters["retrains"] = sum(e.retrains for e in self._finished_epochs)
-        self._counters["epoch"] = event.epoch + 1
-        self._counters["replay"] = None
-        self.epoch_finished.emit(event)
-
-    def _on_fit_ended(self, event: FitEnd) -> None:
-        self._counters["accepted"] = event.total_accepted
-        self._counters["retrains"] = event.total_retrains
 
     def _on_frames(self, frames: list[PlaybackFrame]) -> None:
         if not frames:
@@ -369,8 +339,7 @@ class MainWindow(QMainWindow):
         self._latest_time[:] = frames[-1].time
         for frame in frames:
             self.orbit.push_frame(frame.position[s], float(frame.time[s]))
-        self._counters["step"] = frames[-1].step
-        self._counters["time"] = float(frames[-1].time[s])
+        self.counters.frames(frames, s)
         self.frames_received.emit(len(frames))
 
     def _on_run_finished(self, mode: str, outcome: RunOutcome) -> None:
@@ -426,27 +395,7 @@ class MainWindow(QMainWindow):
         self._refresh_status()
 
     def _refresh_status(self) -> None:
-        c = self._counters
-        state = self.session.state
-        if state is RunState.RUNNING:
-            shown = "training" if self.session.mode == MODE_TRAIN else "simulating"
-        else:
-            shown = state.value
-        texts = {"state": shown, "epoch": "", "steps": "", "retrains": "", "part2": "", "time": ""}
-        if self.session.mode == MODE_SIMULATE or (self.session.mode is None and c["step"]):
-            texts["steps"] = f"step {c['step']}"
-            if np.isfinite(c["time"]):
-                texts["time"] = f"t = {c['time']:.5g}"
-        elif c["epoch"] is not None or c["accepted"]:
-            epoch = "-" if c["epoch"] is None else str(c["epoch"])
-            texts["epoch"] = f"epoch {epoch}" + (f" / {c['epochs']}" if c["epochs"] is not None else "")
-            texts["steps"] = f"accepted {c['accepted']}"
-            texts["retrains"] = f"retrains {c['retrains']}"
-            if c["replay"] is not None:
-                iteration, passed, size = c["replay"]
-                texts["part2"] = f"Part 2 it {iteration}: {passed}/{size} pass"
-        seconds = self.session.elapsed()
-        texts["elapsed"] = f"{int(seconds // 60):02d}:{seconds % 60:04.1f}"
+        texts = self.counters.texts(self.session.state, self.session.mode, self.session.elapsed())
         for name, text in texts.items():
             label = self.status_labels[name]
             if label.text() != text:

@@ -31,9 +31,11 @@ from gui.main_window import MainWindow  # noqa: E402
 from gui.orbit_items import MAX_MASS_CLASSES, TrailBuffer, mass_classes  # noqa: E402
 from gui.orbit_view import OrbitView  # noqa: E402
 from gui.plots import REL_DE_DISPLAY_RANGE, LivePlots  # noqa: E402
+from gui.session import RunState  # noqa: E402
+from gui.status import RunCounters  # noqa: E402
 from nbtoolkit import RunStopped, hookimpl  # noqa: E402
 from nbtoolkit.errors import ConfigError  # noqa: E402
-from nbtoolkit.events import EpochEnd, StepAccepted, StepRejected  # noqa: E402
+from nbtoolkit.events import EpochEnd, ReplayIteration, StepAccepted, StepRejected  # noqa: E402
 from nbtoolkit.presets import PRESETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -484,3 +486,25 @@ def test_log_axes_label_whole_decades_only_and_legends_stay_off_the_data(qtbot):
     for plot in (plots.err_plot, plots.dt_plot):
         assert plot.legend.parentItem() is plot  # in the title row, not inside the view box over the data
 
+
+def test_status_counters_follow_the_run_and_format_its_state():
+    counters = RunCounters()
+    counters.step_accepted(accepted_event([0, 1]))
+    counters.step_rejected(rejected_event([0]))
+    texts = counters.texts(RunState.RUNNING, "train", 61.25)
+    assert (texts["state"], texts["epoch"], texts["steps"], texts["retrains"], texts["elapsed"]) == \
+        ("training", "epoch 1", "accepted 2", "retrains 1", "01:01.2")
+    assert texts["part2"] == "" and texts["time"] == ""
+    counters.replay_iteration(ReplayIteration(epoch=0, iteration=3, batch_size=8, pass_count=6, fail_count=2,
+                                              mean_rel_dE=1e-5, max_rel_dE=1e-4, loss=0.1))
+    assert counters.texts(RunState.PAUSED, "train", 0.0)["part2"] == "Part 2 it 3: 6/8 pass"
+    counters.epoch_ended(epoch_event(0, 3, 0.75, 0.1))  # the engine's own counts win
+    texts = counters.texts(RunState.STOPPING, "train", 0.0)
+    assert (texts["state"], texts["steps"], texts["retrains"], texts["part2"]) == \
+        ("stopping", "accepted 10", "retrains 2", "")
+    counters.reset()
+    frame = PlaybackFrame(step=7, time=np.array([0.5, 2.5]), position=np.zeros((2, 2, 2)), dt=np.ones(2),
+                          rel_dE=np.zeros(2), drift=np.zeros(2), halvings=np.zeros(2), reference_dt=None)
+    counters.frames([frame], system=1)
+    texts = counters.texts(RunState.IDLE, None, 0.0)
+    assert (texts["state"], texts["steps"], texts["time"], texts["epoch"]) == ("idle", "step 7", "t = 2.5", "")
