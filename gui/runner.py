@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 from functools import partial
+from types import ModuleType
 from typing import Any
 
 from nbtoolkit.control import RunStopped
@@ -85,7 +86,7 @@ def portable_plugins(host: PluginHost) -> tuple[list[tuple[str, bytes]], list[st
     """
     portable, problems = [], []
     for name, plugin in host.pm.list_name_plugin():
-        if plugin is None or type(plugin).__name__ == "module":
+        if plugin is None or isinstance(plugin, ModuleType):
             continue
         try:
             portable.append((name, pickle.dumps(plugin)))

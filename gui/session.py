@@ -184,6 +184,8 @@ class RunSession(QObject):
 
     def _on_closed(self, worker: RunWorker) -> None:
         self._closing.discard(worker)
+        if worker is not self.worker and worker is not self.trainer:
+            worker.deleteLater()  # with its job (state, model)
 
     def shutdown(self) -> None:
         """Stop the active run and close every run's process, waiting a few seconds at most."""

@@ -16,6 +16,7 @@ pytest.importorskip("PyQt6")
 pytest.importorskip("pytestqt")
 
 from gui.modes import MODE_SIMULATE, MODE_TRAIN  # noqa: E402
+from gui.runner import portable_plugins  # noqa: E402
 from gui.session import RunSession, RunState  # noqa: E402
 from gui.worker import RunWorker  # noqa: E402
 
@@ -156,3 +157,24 @@ def test_shutdown_stops_a_run_process_and_reaps_it(qtbot, host):
     assert not worker.alive and worker.exitcode == 0
     with pytest.raises(ValueError, match="isolation"):
         RunWorker(CountingJob(), host, isolation="fiber")
+
+
+class TravellingPlugin:
+    """A plugin object that pickles (its class is importable)."""
+
+
+def test_plugins_registered_at_run_time_travel_to_the_run_when_they_can_be_pickled(host):
+    class Local:  # defined in a function: cannot be pickled
+        pass
+
+    names = [host.register_plugin(TravellingPlugin(), name="test-travelling"),
+             host.register_plugin(Local(), name="test-local")]
+    try:
+        portable, problems = portable_plugins(host)
+    finally:
+        for name in names:
+            host.unregister_plugin(name)
+    travelling = [name for name, _ in portable]
+    assert "test-travelling" in travelling and "test-local" not in travelling
+    local = [line for line in problems if "'test-local'" in line]
+    assert len(local) == 1 and "stays in the viewer" in local[0]
