@@ -13,6 +13,8 @@ Phases alternate, ``--rounds`` times each, after a phase without training.
 Per phase it prints the frames per second the orbit view painted, the worst and the
 99th-percentile stall of the event loop (how late a 2 ms heartbeat timer fired), and the accepted
 training steps per second; then the medians over the rounds and the process/thread ratios.
+Last, what a long run costs the live plots: the time to add one step and repaint them after
+1,000, 30,000 and 100,000 recorded steps of one system.
 
     python benchmarks/bench_viewer.py [--seconds 5] [--rounds 3] [--bodies 1000] [--trail 100]
 """
@@ -38,6 +40,7 @@ from gui.app import configure_runtime
 from gui.jobs import TrainingJob
 from gui.main_window import FRAME_RATE, MainWindow
 from gui.modes import MODE_TRAIN
+from gui.plots import LivePlots
 from gui.session import RunState
 from gui.worker import RUN_NICENESS
 from nbtoolkit.events import StepAccepted
@@ -47,8 +50,8 @@ from nbtoolkit.training import TrainConfig
 HEARTBEAT_MS = 2
 FEED_INTERVAL_MS = 5
 TRAINING_PRESET = "kepler-batch"
-TARGET_FPS = 60.0
-TARGET_STALL_MS = 30.0
+#: recorded steps after which the cost of a plot refresh is measured
+PLOT_ROWS = (1_000, 30_000, 100_000)
 
 
 @dataclass
@@ -201,6 +204,36 @@ def report(phases: list[Phase]) -> None:
           f"p99 stall x{p.p99_ms / t.p99_ms:.2f}, accepted steps/s x{p.accepted_per_s / t.accepted_per_s:.2f}")
 
 
+def plot_refresh_ms(plots: LivePlots, rows: tuple[int, ...], repeats: int = 5) -> dict[int, float]:
+    """Median time (ms) to push one more step to the live plots and repaint them, after each
+    number of recorded steps of one system in ``rows`` (noisy |dE/E| and dt, as in training)."""
+    rng = np.random.default_rng(0)
+    plots.reset(MODE_TRAIN, n_systems=1, energy_threshold=2e-4, band=(1e-6, 1e-4), reference_name="freefall")
+    one = np.zeros(1, dtype=np.int64)
+
+    def add(step: int) -> None:
+        event = StepAccepted(epoch=0, step=step, systems=one, dt=rng.uniform(1e-3, 1e-1, 1),
+                             rel_dE=rng.uniform(1e-7, 1e-4, 1), retrains=rng.integers(0, 3, 1), time=np.zeros(1),
+                             position=np.zeros((1, 2, 2)), velocity=np.zeros((1, 2, 2)), mass=np.ones((1, 2)))
+        plots.add_accepted(event, rng.uniform(1e-3, 1e-1, 1))
+
+    times, step = {}, 0
+    for target in rows:
+        while step < target:
+            add(step)
+            step += 1
+        samples = []
+        for _ in range(repeats):
+            add(step)
+            step += 1
+            start = time.perf_counter()
+            plots.refresh()
+            QApplication.processEvents()  # the scenes' queued updates, then the paint
+            samples.append((time.perf_counter() - start) * 1000.0)
+        times[target] = statistics.median(samples)
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured phase (s)")
@@ -234,10 +267,14 @@ def main(argv: list[str] | None = None) -> int:
         for isolation in ("thread", "process"):
             phases.append(training_phase(window, heartbeat, args.seconds, sink, isolation))
     feeder.stop()
-    window.close()
-    app.processEvents()
     report(phases)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    window.frame_timer.stop()
+    refresh = plot_refresh_ms(window.plots, PLOT_ROWS)
+    print("live plots, one more step and a repaint after n steps of one system: "
+          + ", ".join(f"n = {n:,}: {ms:.1f} ms" for n, ms in refresh.items()))
+    window.close()
+    app.processEvents()
     return 0
 
 
