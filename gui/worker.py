@@ -130,6 +130,9 @@ class RunWorker(QObject):
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Close the run and wait until it has exited, at most ``timeout`` s before terminating it.
         Messages that arrive meanwhile are still delivered (the outcome among them)."""
+        if self._events is None:  # never started
+            self._done = True
+            return
         self.close()
         deadline = time.monotonic() + timeout
         while not self._done and time.monotonic() < deadline:

@@ -178,3 +178,10 @@ def test_plugins_registered_at_run_time_travel_to_the_run_when_they_can_be_pickl
     assert "test-travelling" in travelling and "test-local" not in travelling
     local = [line for line in problems if "'test-local'" in line]
     assert len(local) == 1 and "stays in the viewer" in local[0]
+
+
+def test_a_worker_that_never_started_shuts_down_at_once(host):
+    worker = RunWorker(CountingJob(), host)
+    start = time.monotonic()
+    worker.shutdown()
+    assert time.monotonic() - start < 1.0 and not worker.alive and worker.outcome is None
