@@ -161,8 +161,8 @@ class PlaybackFrame:
 
     step: 1-based step count; time (B,) after the step; position (B, N, D) after the step;
     dt (B,) used; rel_dE (B,) the step's error under the gate (|dE/E| for the energy gate);
-    drift (B,) |E - E0| / |E0| since the start; halvings (B,) guard halvings of dt on this step; reference_dt (B,) the classical rule's dt for
-    the state the step started from, or None.
+    drift (B,) |E - E0| / |E0| since the start; halvings (B,) guard halvings of dt on this step;
+    reference_dt (B,) the classical rule's dt for the state the step started from, or None.
     """
 
     step: int
