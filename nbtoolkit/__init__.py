@@ -13,11 +13,13 @@ from .errors import (
     StateFileError,
     UnknownNameError,
 )
+from .field import ExternalField
 from .gate import Gate
 from .hookspecs import hookimpl
 from .integrator import Integrator
 from .physics import (
     accelerations,
+    accelerations_at,
     angular_momentum,
     center_of_mass,
     kinetic_energy,
@@ -35,9 +37,9 @@ from .state import NBodyState
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "DEFAULT_PLUGINS", "DtPredictor", "DuplicateNameError", "Gate", "History", "Integrator",
+    "ConfigError", "DEFAULT_PLUGINS", "DtPredictor", "DuplicateNameError", "ExternalField", "Gate", "History", "Integrator",
     "InvalidStateError", "InvalidTimestepError", "NBToolkitError", "NBodyState", "PluginError", "PluginHost",
-    "RunControl", "RunStopped", "StateFileError", "UnknownNameError", "accelerations", "angular_momentum",
+    "RunControl", "RunStopped", "StateFileError", "UnknownNameError", "accelerations", "accelerations_at", "angular_momentum",
     "center_of_mass", "get_host", "hookimpl", "kinetic_energy", "linear_momentum", "potential_energy",
     "relative_energy_error", "reset_host", "state_energy", "to_center_of_mass_frame", "total_energy",
 ]

@@ -79,6 +79,17 @@ def load_system(args: argparse.Namespace, default_preset: str | None = None) -> 
     return system.state, system.period
 
 
+def with_field(host: PluginHost, state: Any, args: argparse.Namespace) -> Any:
+    """``state`` in the external field of ``--field NAME`` (built with its ``--field-option``s), or
+    unchanged without ``--field``."""
+    options = validate.option_dict(args.field_option, "--field-option")
+    if args.field is None:
+        if options:
+            raise ConfigError("--field-option needs --field NAME (see `nbtoolkit plugins` for the external fields)")
+        return state
+    return state.replace(field=host.fields.create(args.field, **options))
+
+
 def _integrator_and_checkpoint(host: PluginHost, args: argparse.Namespace) -> tuple[Any, Any]:
     """The integrator (with ``--integrator-option``s) and, with ``--checkpoint``, the trained predictor.
 
@@ -156,6 +167,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     host = get_host()
     validate.writable_file(args.out, "--out")
     state, period = load_system(args)
+    state = with_field(host, state, args)
     if args.checkpoint is not None and args.predictor_option:
         raise ConfigError("--predictor-option does not apply to --checkpoint: the trained predictor keeps the "
                           "options it was trained with")
@@ -225,7 +237,8 @@ class _ProgressPrinter:
 
 
 def add_plugin_arguments(group: Any) -> None:
-    """``--integrator``, ``--integrator-option``, ``--checkpoint`` and ``--gate`` of simulate and evaluate."""
+    """``--integrator``, ``--integrator-option``, ``--checkpoint``, ``--gate``, ``--field`` and
+    ``--field-option`` of simulate and evaluate."""
     group.add_argument("--integrator", help="integrator name (default: the checkpoint's, else leapfrog; "
                                             "see `nbtoolkit plugins`)")
     group.add_argument("--integrator-option", action="append", type=validate.option_pair, metavar="KEY=VALUE",
@@ -234,6 +247,10 @@ def add_plugin_arguments(group: Any) -> None:
     group.add_argument("--gate", default="energy",
                        help="gate that judges every step: energy (whole-system |dE/E|, the default), pair-energy "
                             "(every body's Kepler orbit), ... (see `nbtoolkit plugins`)")
+    group.add_argument("--field", help="external field the system moves in: plummer-host, point-mass-host, ... "
+                                       "(default: none; see `nbtoolkit plugins`)")
+    group.add_argument("--field-option", action="append", type=validate.option_pair, metavar="KEY=VALUE",
+                       help="option of the external field's factory (repeatable), e.g. mass=1000")
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,6 +288,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     host = get_host()
     state, period = load_system(args, default_preset="kepler")
+    state = with_field(host, state, args)
     if args.t_end is not None:
         span = args.t_end - state.time
         if not bool((span > 0).all()):
@@ -410,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("plugins", help="list registered integrators, dt predictors, replay samplers and gates")
+    p = sub.add_parser("plugins", help="list registered integrators, dt predictors, replay samplers, gates and external fields")
     p.add_argument("--verbose", "-v", action="store_true", help="also show each plugin's hooks and load failures")
     p.add_argument("--json", action="store_true", help="print registry entries, plugins, hooks and failures as JSON")
     p.set_defaults(func=cmd_plugins)

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from .errors import NBToolkitError, PluginError
+from .field import advance
 from .gate import Gate
 from .integrator import Integrator
 from .physics import accelerations
@@ -73,7 +74,7 @@ def checked_step(
     wrong. Keeps the autograd graph: the checks only read values.
     """
     try:
-        result = integrator.step(state, dt)
+        result = advance(integrator, state, dt)
     except (NBToolkitError, *_RESOURCE_ERRORS):
         raise
     except Exception as exc:

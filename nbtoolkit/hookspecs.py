@@ -54,6 +54,13 @@ def nbtoolkit_register_gates(register: Register) -> None:
     compared with the threshold for pass/fail and differentiable for training."""
 
 
+@hookspec
+def nbtoolkit_register_external_fields(register: Register) -> None:
+    """Register external fields: ``register(name, factory)``; ``factory(**options)`` returns an
+    :class:`nbtoolkit.field.ExternalField` giving accelerations (B, N, D) and a potential energy (B,)
+    of a batched state (optionally time-dependent, with a frame term making the conserved energy)."""
+
+
 # ----------------------------------------------------------------------------- observers
 @hookspec
 def nbtoolkit_fit_start(event: FitStart) -> None:

@@ -5,6 +5,11 @@ own timestep ``dt`` (shape (B,), > 0) and returns a new state whose ``time`` is 
 It must not modify its input, must be differentiable with respect to ``dt`` and the state,
 and declares its convergence ``order`` and ``force_evals_per_step`` (force evaluations per step
 in steady state, i.e. counting a reused acceleration cache as free).
+
+An integrator that takes every acceleration from :func:`nbtoolkit.physics.accelerations_at` (at
+each stage's positions and time) or :func:`nbtoolkit.physics.state_accelerations` sees an external
+field at full order and declares ``field_aware = True``; nbtoolkit steps any other integrator
+through a splitting around the field (:func:`nbtoolkit.field.advance`), so it works unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ class Integrator(abc.ABC):
     force_evals_per_step: int = 1
     #: whether the map is symplectic at fixed dt
     symplectic: bool = False
+    #: whether step() evaluates forces with accelerations_at / state_accelerations, so that an
+    #: external field on the state is part of every stage (else nbtoolkit splits the step around it)
+    field_aware: bool = False
 
     @abc.abstractmethod
     def step(self, state: NBodyState, dt: Tensor) -> NBodyState:

@@ -19,6 +19,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
+from .field import field_accelerations, field_energy
 from .state import NBodyState
 from .threads import CHUNK_ELEMENTS, kernel_workers, run_blocks
 
@@ -448,15 +449,36 @@ def pair_distances(position: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- state wrappers
 def state_accelerations(state: NBodyState) -> Tensor:
-    """Accelerations of a state (B, N, D); uses the state's cache when present."""
+    """Accelerations of a state (B, N, D), its external field's included; uses the state's cache
+    when present."""
     if state.acceleration is not None:
         return state.acceleration
-    return accelerations(state.mass, state.position, state.G, state.softening)
+    return accelerations_at(state, state.position)
+
+
+def accelerations_at(state: NBodyState, position: Tensor, time: Tensor | None = None) -> Tensor:
+    """The accelerations (B, N, D) the bodies of ``state`` would have at ``position`` (B, N, D) and
+    ``time`` (B,) (default: the state's): their mutual gravity plus the state's external field.
+
+    Integrators that evaluate forces at stage positions and times call this instead of
+    :func:`accelerations` to see the field (and declare ``field_aware = True``). Without a field
+    it is exactly :func:`accelerations`.
+    """
+    acc = accelerations(state.mass, position, state.G, state.softening)
+    if state.field is None:
+        return acc
+    at = state.replace(position=position, time=state.time if time is None else time)
+    return acc + field_accelerations(at)
 
 
 def state_energy(state: NBodyState) -> Tensor:
-    """Total energy of each system, (B,)."""
-    return total_energy(state.mass, state.position, state.velocity, state.G, state.softening)
+    """Total energy of each system, (B,): kinetic plus mutual potential energy, plus with an
+    external field the field's potential energy and frame term (:func:`nbtoolkit.field.field_energy`),
+    the quantity the field's dynamics conserves."""
+    energy = total_energy(state.mass, state.position, state.velocity, state.G, state.softening)
+    if state.field is None:
+        return energy
+    return energy + field_energy(state)
 
 
 def relative_energy_error(e0: Tensor, e1: Tensor) -> Tensor:

@@ -51,6 +51,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.symmetric",
     "plugins.samplers",
     "plugins.gates",
+    "plugins.fields",
     "plugins.observers",
 )
 
@@ -60,6 +61,7 @@ REGISTRATION_HOOKS: dict[str, tuple[str, str]] = {
     "predictors": ("nbtoolkit_register_dt_predictors", "dt predictor"),
     "samplers": ("nbtoolkit_register_replay_samplers", "replay sampler"),
     "gates": ("nbtoolkit_register_gates", "gate"),
+    "fields": ("nbtoolkit_register_external_fields", "external field"),
 }
 
 
@@ -102,8 +104,8 @@ def _env_names(var: str) -> set[str] | None:
 
 
 class PluginHost:
-    """Owns the pluggy manager, the plugin sources and the four registries (integrators, predictors,
-    samplers, gates)."""
+    """Owns the pluggy manager, the plugin sources and the five registries (integrators, predictors,
+    samplers, gates, external fields)."""
 
     def __init__(
         self,
@@ -135,6 +137,7 @@ class PluginHost:
         self.predictors = Registry("dt predictor")
         self.samplers = Registry("replay sampler")
         self.gates = Registry("gate")
+        self.fields = Registry("external field")
 
         self._known_names: list[str] = []
         for module_path in default_plugins:

@@ -1,4 +1,5 @@
-"""Named registries of plugin-provided factories (integrators, dt predictors, replay samplers, gates)."""
+"""Named registries of plugin-provided factories (integrators, dt predictors, replay samplers, gates,
+external fields)."""
 
 from __future__ import annotations
 

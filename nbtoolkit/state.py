@@ -17,20 +17,30 @@ validated with ``allow_padding=True`` (training batches) may hold them.
 
 ``acceleration`` is an optional cache of the accelerations at ``position`` (B, N, D) that
 integrators such as leapfrog reuse so a step costs one force evaluation. It is never part of
-equality and is dropped by anything that moves the bodies without recomputing it.
+equality and is dropped by anything that moves the bodies without recomputing it. With an external
+field it holds the total acceleration (the bodies' gravity plus the field's) at ``position`` and
+``time``.
+
+``field`` is an optional :class:`~nbtoolkit.field.ExternalField` (a host galaxy, a tidal field)
+that every force and energy computed from the state includes; None (the default) is an isolated
+system. It is carried along by :meth:`NBodyState.replace`, :meth:`NBodyState.index` and the other
+derivations, and is not part of equality.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import InvalidStateError
+
+if TYPE_CHECKING:
+    from .field import ExternalField
 
 DEFAULT_DTYPE = torch.float64
 
@@ -69,7 +79,8 @@ class NBodyState:
     time: Tensor
     G: float = 1.0
     softening: float = 0.0
-    acceleration: Tensor | None = field(default=None, repr=False, compare=False)
+    acceleration: Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
+    field: ExternalField | None = dataclasses.field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -205,8 +216,9 @@ class NBodyState:
 
     # ------------------------------------------------------------------ derivation
     def replace(self, **changes: Any) -> "NBodyState":
-        """A copy with some fields changed. Changing position or G/softening drops the acceleration cache."""
-        if "acceleration" not in changes and ({"position", "G", "softening", "mass"} & changes.keys()):
+        """A copy with some fields changed. Changing position, masses, G, softening or the external
+        field drops the acceleration cache."""
+        if "acceleration" not in changes and ({"position", "G", "softening", "mass", "field"} & changes.keys()):
             changes["acceleration"] = None
         return dataclasses.replace(self, **changes)
 
@@ -252,7 +264,7 @@ class NBodyState:
 
     @staticmethod
     def cat(states: Sequence["NBodyState"]) -> "NBodyState":
-        """Concatenate states along the batch dimension (same N, D, G and softening)."""
+        """Concatenate states along the batch dimension (same N, D, G, softening and external field)."""
         if not states:
             raise InvalidStateError("cannot concatenate an empty list of states")
         first = states[0]
@@ -263,13 +275,16 @@ class NBodyState:
                     f"({s.n_bodies}, {s.dim}, {s.G}, {s.softening}) differs from "
                     f"({first.n_bodies}, {first.dim}, {first.G}, {first.softening})"
                 )
+            if s.field is not first.field:
+                raise InvalidStateError(f"cannot concatenate state {k}: its external field {s.field!r} differs "
+                                        f"from {first.field!r}")
         acc = None
         if all(s.acceleration is not None for s in states):
             acc = torch.cat([s.acceleration for s in states])  # type: ignore[misc]
         return NBodyState(
             torch.cat([s.mass for s in states]), torch.cat([s.position for s in states]),
             torch.cat([s.velocity for s in states]), torch.cat([s.time for s in states]),
-            first.G, first.softening, acc,
+            first.G, first.softening, acc, first.field,
         )
 
     def numpy(self) -> dict[str, np.ndarray | float]:

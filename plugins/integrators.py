@@ -1,7 +1,9 @@
 """Default integrator plugins: ``leapfrog`` (2nd order), ``yoshida4`` (4th order), ``rk4`` (4th order).
 
 All advance every system of a batch by its own dt (B,), keep the graph to dt and the state
-(so a learned dt can be trained through the step), and never modify their input.
+(so a learned dt can be trained through the step), and never modify their input. They take
+every acceleration from :func:`~nbtoolkit.physics.accelerations_at` at the stage's positions and
+time, so an external field on the state is integrated at their full order (``field_aware``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from torch import Tensor
 
 from nbtoolkit import hookimpl
 from nbtoolkit.integrator import Integrator
-from nbtoolkit.physics import accelerations, state_accelerations
+from nbtoolkit.physics import accelerations_at, state_accelerations
 from nbtoolkit.state import NBodyState
 
 
@@ -20,9 +22,10 @@ def _kdk(state: NBodyState, dt: Tensor) -> NBodyState:
     h = dt[:, None, None]
     v_half = torch.addcmul(state.velocity, h, state_accelerations(state), value=0.5)
     position = torch.addcmul(state.position, h, v_half)
-    acc = accelerations(state.mass, position, state.G, state.softening)
+    time = state.time + dt
+    acc = accelerations_at(state, position, time)
     velocity = torch.addcmul(v_half, h, acc, value=0.5)
-    return state.replace(position=position, velocity=velocity, time=state.time + dt, acceleration=acc)
+    return state.replace(position=position, velocity=velocity, time=time, acceleration=acc)
 
 
 class Leapfrog(Integrator):
@@ -34,6 +37,7 @@ class Leapfrog(Integrator):
     order = 2
     force_evals_per_step = 1
     symplectic = True
+    field_aware = True
 
     def step(self, state: NBodyState, dt: Tensor) -> NBodyState:
         return _kdk(state, dt)
@@ -49,6 +53,7 @@ class Yoshida4(Integrator):
     order = 4
     force_evals_per_step = 3
     symplectic = True
+    field_aware = True
     W1 = 1.0 / (2.0 - 2.0 ** (1.0 / 3.0))
     W0 = -(2.0 ** (1.0 / 3.0)) * W1
 
@@ -65,24 +70,21 @@ class RK4(Integrator):
     order = 4
     force_evals_per_step = 4
     symplectic = False
+    field_aware = True
 
     def step(self, state: NBodyState, dt: Tensor) -> NBodyState:
         h = dt[:, None, None]
-        m, x, v, G, eps = state.mass, state.position, state.velocity, state.G, state.softening
-
-        def acc(pos: Tensor) -> Tensor:
-            return accelerations(m, pos, G, eps)
-
+        x, v, t_mid, t_end = state.position, state.velocity, state.time + 0.5 * dt, state.time + dt
         a1 = state_accelerations(state)
         x2, v2 = x + 0.5 * h * v, v + 0.5 * h * a1
-        a2 = acc(x2)
+        a2 = accelerations_at(state, x2, t_mid)
         x3, v3 = x + 0.5 * h * v2, v + 0.5 * h * a2
-        a3 = acc(x3)
+        a3 = accelerations_at(state, x3, t_mid)
         x4, v4 = x + h * v3, v + h * a3
-        a4 = acc(x4)
+        a4 = accelerations_at(state, x4, t_end)
         position = x + h / 6 * (v + 2 * v2 + 2 * v3 + v4)
         velocity = v + h / 6 * (a1 + 2 * a2 + 2 * a3 + a4)
-        return state.replace(position=position, velocity=velocity, time=state.time + dt)
+        return state.replace(position=position, velocity=velocity, time=t_end)
 
 
 @hookimpl

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidStateError
+from ..field import ExternalField
 from ..predictor import History
 from ..state import NBodyState
 
@@ -28,11 +29,13 @@ _FIELDS = ("mass", "position", "velocity", "time", "dt", "rel_dE", "system", "ep
 class ReplayBuffer:
     """Fixed-capacity store of replay samples for systems of ``n_bodies`` bodies in ``dim`` dimensions.
 
-    ``G`` and ``softening`` are shared by all samples (they come from the training state).
+    ``G``, ``softening`` and the external ``field`` (or None) are shared by all samples (they come
+    from the training state); the states :meth:`gather` returns carry them.
     """
 
     def __init__(self, capacity: int, n_bodies: int, dim: int, history_len: int = 0, *, G: float = 1.0,
-                 softening: float = 0.0, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> None:
+                 softening: float = 0.0, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+                 field: ExternalField | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"replay buffer capacity must be >= 1; got {capacity}")
         self.capacity = int(capacity)
@@ -41,6 +44,7 @@ class ReplayBuffer:
         self.history_len = int(history_len)
         self.G = float(G)
         self.softening = float(softening)
+        self.field = field
         self.dtype = dtype
         self.device = torch.device(device)
         self._size = 0
@@ -50,9 +54,9 @@ class ReplayBuffer:
 
     @classmethod
     def like(cls, state: NBodyState, capacity: int, history_len: int = 0) -> "ReplayBuffer":
-        """An empty buffer for samples of ``state``'s shape, G, softening, dtype and device."""
+        """An empty buffer for samples of ``state``'s shape, G, softening, external field, dtype and device."""
         return cls(capacity, state.n_bodies, state.dim, history_len, G=state.G, softening=state.softening,
-                   dtype=state.dtype, device=state.device)
+                   dtype=state.dtype, device=state.device, field=state.field)
 
     def _allocate(self, length: int) -> dict[str, Tensor]:
         N, D, K = self.n_bodies, self.dim, self.history_len
@@ -162,7 +166,7 @@ class ReplayBuffer:
             raise IndexError(f"replay buffer index out of range [0, {self._size})")
         d = self._data
         state = NBodyState(d["mass"][indices], d["position"][indices], d["velocity"][indices], d["time"][indices],
-                           self.G, self.softening)
+                           self.G, self.softening, field=self.field)
         history = None
         if self.history_len:
             history = History(d["hist_position"][indices], d["hist_velocity"][indices], d["hist_mask"][indices])

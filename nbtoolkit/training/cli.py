@@ -70,6 +70,8 @@ KEY_HELP: dict[str, str] = {
     "sampler_options": "replay sampler option KEY=VALUE (repeatable), e.g. alpha=0.7",
     "fallback_options": "fallback predictor option KEY=VALUE (repeatable), e.g. eta=0.02",
     "integrator_options": "integrator factory option KEY=VALUE (repeatable)",
+    "field": "external field the systems move in: plummer-host, point-mass-host, ... (default: none)",
+    "field_options": "external field option KEY=VALUE (repeatable), e.g. mass=1000",
     "history_len": "number of past accepted states the predictor sees (default 0)",
     "hidden_width": "width of the predictor's hidden layers (default 64)",
     "hidden_layers": "number of hidden layers (default 2)",
@@ -92,6 +94,7 @@ _FLAG_NAMES: dict[str, list[str]] = {
     "sampler_options": ["--sampler-option"],
     "fallback_options": ["--fallback-option"],
     "integrator_options": ["--integrator-option"],
+    "field_options": ["--field-option"],
 }
 
 

@@ -80,6 +80,8 @@ class TrainConfig:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     fallback_options: dict[str, Any] = field(default_factory=dict)
     integrator_options: dict[str, Any] = field(default_factory=dict)
+    field: str = ""  #: external field the systems move in (a name in the registry; "" = none)
+    field_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # architecture of the learned predictor
     history_len: int = 0  #: K past accepted states the predictor sees
     hidden_width: int = 64
@@ -306,6 +308,8 @@ _RULES: dict[str, Callable[[str, Any], Any]] = {
     "sampler_options": _options,
     "fallback_options": _options,
     "integrator_options": _options,
+    "field": _text,
+    "field_options": _options,
     "history_len": _int(0, 1024),
     "hidden_width": _int(1),
     "hidden_layers": _int(1),

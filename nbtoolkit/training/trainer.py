@@ -28,6 +28,7 @@ from .. import __version__, validate
 from ..control import RunControl, RunStopped
 from ..errors import ConfigError
 from ..events import EpochEnd, FitEnd, FitStart
+from ..field import ExternalField
 from ..plugin_manager import PluginHost, get_host
 from ..predictor import DtPredictor, History
 from ..state import NBodyState
@@ -78,6 +79,10 @@ class Trainer:
         self.host = host or get_host()
         self.control = control
         self.device = torch.device(config.device)
+        self.field = self._external_field(config, state)
+        state = state.replace(field=self.field)
+        if validation_state is not None:
+            validation_state = validation_state.replace(field=self.field)
         self.state = state.detach().to(device=self.device).validate("training state", allow_padding=True)
         validate.energy_normalisable(self.state, "training state")
         self.initial_state = self.state.clone()
@@ -120,6 +125,18 @@ class Trainer:
         self.epoch = 0
         self.total_accepted = 0
         self.total_retrains = 0
+
+    def _external_field(self, config: TrainConfig, state: NBodyState) -> ExternalField | None:
+        """The field named by ``config.field`` (None for ""), built with ``config.field_options``.
+        A state that carries a field of its own is refused: checkpoints record the field by name."""
+        if state.field is not None:
+            raise ConfigError("the training state carries an external field; name it in the configuration "
+                              "instead (key 'field', options 'field_options'), so that checkpoints record it")
+        if not config.field:
+            if config.field_options:
+                raise ConfigError("configuration key 'field_options' is set but 'field' names no external field")
+            return None
+        return self.host.fields.create(config.field, **config.field_options)
 
     # ------------------------------------------------------------------ training
     def fit(self) -> FitResult:
@@ -310,7 +327,8 @@ class Trainer:
         trainer.total_accepted = int(data["totals"]["accepted"])
         trainer.total_retrains = int(data["totals"]["retrains"])
         if not new_systems:
-            trainer.initial_state = state_from_dict(data["initial_state"], f"{where}: initial_state").to(device=trainer.device)
+            trainer.initial_state = state_from_dict(data["initial_state"], f"{where}: initial_state").to(
+                device=trainer.device).replace(field=trainer.field)
             history = history_from_dict(data["history"])
             if (history is None) != (config.history_len == 0):
                 raise CheckpointError(f"{where}: its history window does not match history_len = {config.history_len}")
