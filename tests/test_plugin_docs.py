@@ -47,6 +47,10 @@ HOOK_TESTS: dict[str, tuple[str, ...]] = {
         "tests/test_plugin_docs.py::test_the_documented_gate_registers_and_judges",
         "tests/test_gates.py::test_a_fake_gate_plugin_registers_judges_and_unregisters",
     ),
+    "nbtoolkit_register_external_fields": (
+        "tests/test_plugin_docs.py::test_the_documented_field_registers_and_conserves_energy",
+        "tests/test_fields.py::test_a_fake_field_plugin_registers_moves_the_system_and_unregisters",
+    ),
     **{
         hook: ("tests/test_plugin_docs.py::test_the_documented_observer_receives_every_event",)
         for hook in ("nbtoolkit_fit_start", "nbtoolkit_step_accepted", "nbtoolkit_step_rejected",
@@ -296,6 +300,32 @@ def test_the_documented_gate_registers_and_judges():
     traj = simulate(state, host.integrators.create("rk4"), host.predictors.create("constant", dt=period / 20),
                     orbits=1, period=torch.tensor([period]), guard_threshold=1e-4, gate=gate)
     assert traj.gate_error.max() <= 1e-4 and traj.guarded.any()
+
+
+def test_the_documented_field_registers_and_conserves_energy():
+    from nbtoolkit import state_energy
+    from nbtoolkit.contracts import checked_step
+    from nbtoolkit.field import field_accelerations, field_energy
+
+    module = doc_module("example: field")
+    host = isolated_host((module, "doc-field"))
+    assert host.plugin_hooks("doc-field") == ["nbtoolkit_register_external_fields"]
+    assert host.fields.get("log-halo").plugin == "doc-field"
+    halo = host.fields.create("log-halo", v0=1.0, core=0.5)
+    state = random_cluster(2, 3, seed=7).replace(field=halo)
+    x = state.position.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(field_energy(state.replace(position=x)).sum(), x)
+    assert torch.allclose(field_accelerations(state), -grad / state.mass.unsqueeze(-1), rtol=1e-12)
+    # a body on a circular orbit of radius r far outside the core moves at v0: one period is 2 pi r / v0
+    r, v = 10.0, math.sqrt(100.0 / (100.0 + 0.25))
+    one = NBodyState.from_arrays([1.0], [[r, 0.0]], [[0.0, v]]).replace(field=halo)
+    period, n = 2 * math.pi * r / v, 1000
+    dt = torch.tensor([period / n], dtype=torch.float64)
+    end, leapfrog = one, host.integrators.create("leapfrog")
+    for _ in range(n):
+        end = checked_step(leapfrog, end, dt)
+    assert torch.allclose(end.position, one.position, atol=1e-3 * r)
+    assert float((state_energy(end) - state_energy(one)).abs() / state_energy(one).abs()) < 1e-6
 
 
 def _events() -> dict[str, Any]:
