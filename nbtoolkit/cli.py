@@ -307,6 +307,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.reference is not None:
         from .reference import load_reference
 
+        if state.field is not None:
+            raise ConfigError("--reference holds a trajectory without external field; it cannot judge a run "
+                              "with --field")
+
         reference = load_reference(args.reference, state)
     rows = []
     for b in range(state.batch_size):

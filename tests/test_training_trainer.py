@@ -353,7 +353,7 @@ def test_every_config_key_has_a_flag():
     flags = {"energy_threshold": "--energy-threshold=1e-3", "E_lower": "--E-lower=1e-7", "E_upper": "--e-upper=1e-5",
              "stop_at_period": "--stop-at-period", "progress": "--progress", "predictor_options": "--predictor-option=a=1",
              "sampler_options": "--sampler-option=b=x", "fallback_options": "--fallback-option=eta=0.1",
-             "integrator_options": "--integrator-option=c=2", "checkpoint_path": "--checkpoint=x.pt", "on_retrain_limit": "--on-retrain-limit=fallback",
+             "integrator_options": "--integrator-option=c=2", "field_options": "--field-option=mass=2", "checkpoint_path": "--checkpoint=x.pt", "on_retrain_limit": "--on-retrain-limit=fallback",
              "replay_scope": "--replay-scope=epoch", "activation": "--activation=silu", "seed": "--seed=4"}
     argv = []
     for f in dataclasses.fields(TrainConfig):
