@@ -29,6 +29,11 @@ Families (:data:`FAMILIES`):
   (T/|U|; 0 starts at rest like Burrau's problem).
 * ``plummer``: Plummer spheres of ``n`` equal-mass bodies (Hénon units, then scaled by
   ``scale``), via :func:`nbtoolkit.presets.plummer`.
+* ``encounter``: a binary (``binary_eccentricity``, ``binary_mass_ratio``, semi-major axis 1)
+  and an intruder (``intruder_mass_ratio`` of the binary's mass) coming in on a hyperbolic
+  path: it starts ``distance`` from the binary's centre of mass, offset sideways by
+  ``impact_parameter``, with the speed that gives ``speed`` at infinity (both in units of the
+  binary's semi-major axis and circular speed), at a random scale.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from .physics import kinetic_energy, potential_energy
 
 #: samples drawn log-uniformly when given as a range
 LOG_PARAMS = frozenset({"mass_ratio", "semi_major_axis", "total_mass", "inner_mass_ratio", "outer_mass_ratio",
-                        "period_ratio", "scale", "spacing"})
+                        "period_ratio", "scale", "spacing", "binary_mass_ratio", "intruder_mass_ratio",
+                        "impact_parameter", "speed"})
 
 
 @dataclass(frozen=True)
@@ -303,6 +309,33 @@ def _plummer(s: Sampler, count: int) -> list[SystemDraw]:
     return out
 
 
+def _encounter(s: Sampler, count: int) -> list[SystemDraw]:
+    e, q = s.draw("binary_eccentricity", count), s.draw("binary_mass_ratio", count)
+    q_in, impact = s.draw("intruder_mass_ratio", count), s.draw("impact_parameter", count)
+    speed, distance, scale = s.draw("speed", count), s.draw("distance", count), s.draw("scale", count)
+    dims = s.dims(count)
+    out = []
+    for b in range(count):
+        one = torch.ones(1, dtype=torch.float64)
+        anomaly = 2 * math.pi * torch.rand(1, generator=s.generator, dtype=torch.float64)
+        xi, vi = kepler_relative(one, e[b:b + 1], one, anomaly)
+        if int(dims[b]) == 3:  # the binary's plane at random to the intruder's path
+            rot = random_rotation(s.generator)
+            xi, vi = xi @ rot.T, vi @ rot.T
+        m1, m2, m3 = 1 / (1 + q[b]), q[b] / (1 + q[b]), q_in[b]
+        d = float(distance[b])
+        offset = torch.tensor([[-d, float(impact[b]), 0.0]], dtype=torch.float64)
+        v_start = math.sqrt(float(speed[b]) ** 2 + 2 * (1 + float(m3)) / float(offset.norm()))
+        approach = torch.tensor([[v_start, 0.0, 0.0]], dtype=torch.float64)
+        binary_frac = torch.stack([-m2, m1]).unsqueeze(-1)
+        pos = torch.cat([binary_frac * xi - m3 / (1 + m3) * offset, offset / (1 + m3)])
+        vel = torch.cat([binary_frac * vi - m3 / (1 + m3) * approach, approach / (1 + m3)])
+        sc = float(scale[b])
+        out.append(_finish("encounter", torch.stack([m1, m2, m3]), pos * sc, vel / math.sqrt(sc), int(dims[b]),
+                           s.generator))
+    return out
+
+
 @dataclass(frozen=True)
 class Family:
     """A named family: ``build(sampler, count)`` and the default of every parameter."""
@@ -333,6 +366,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "three comparable masses at random, from rest to virialised"),
     Family("plummer", _plummer, {"n": [4, 64], "scale": [0.3, 3.0]},
            "Plummer spheres of n equal-mass bodies"),
+    Family("encounter", _encounter, {"binary_eccentricity": [0.0, 0.9], "binary_mass_ratio": [0.1, 1.0],
+                                     "intruder_mass_ratio": [0.1, 1.0], "impact_parameter": [0.5, 4.0],
+                                     "speed": [0.3, 2.0], "distance": 8.0, "scale": [0.3, 3.0], "dim": [2, 3]},
+           "a binary and an intruder on a hyperbolic approach"),
 )}
 
 

@@ -34,7 +34,7 @@ def test_every_family_draws_bound_systems_at_rest_in_their_centre_of_mass_frame(
     assert len(draws) == 3
     for d in draws:
         assert d.position.shape == (d.n_bodies, 3) and bool((d.mass > 0).all())
-        assert float(total_energy(d.mass, d.position, d.velocity)) < 0 or family == "democratic"
+        assert float(total_energy(d.mass, d.position, d.velocity)) < 0 or family in ("democratic", "encounter")
         assert float(linear_momentum(d.mass, d.velocity).norm()) < 1e-12 * float(d.mass.sum() * d.velocity.norm())
         assert float((d.mass.unsqueeze(-1) * d.position).sum(0).norm()) < 1e-10 * float(d.position.norm())
 
@@ -51,6 +51,40 @@ def test_families_are_reproducible_and_respect_their_ranges():
         assert 0.2 - 1e-9 <= float(ecc.norm()) <= 0.3 + 1e-9
     plummer = draw_family("plummer", 10, torch.Generator().manual_seed(0), n=[4, 9])
     assert all(4 <= d.n_bodies <= 9 for d in plummer)
+
+
+def test_encounters_bring_an_unbound_intruder_from_the_given_distance_to_a_bound_binary():
+    for d in draw_family("encounter", 6, torch.Generator().manual_seed(3), binary_eccentricity=0.5, speed=[0.5, 1.0],
+                         scale=1.0):
+        m_b = d.mass[:2].sum()
+        com = (d.mass[:2, None] * d.position[:2]).sum(0) / m_b
+        com_v = (d.mass[:2, None] * d.velocity[:2]).sum(0) / m_b
+        rel_x, rel_v = d.position[2] - com, d.velocity[2] - com_v
+        mu = float(m_b + d.mass[2])
+        specific = 0.5 * float(rel_v.square().sum()) - mu / float(rel_x.norm())
+        assert 0.5**2 / 2 - 1e-12 <= specific <= 1.0**2 / 2 + 1e-12  # v_inf^2 / 2 in [0.5, 1] of the circular speed
+        assert math.hypot(8.0, 0.5) - 1e-9 <= float(rel_x.norm()) <= math.hypot(8.0, 4.0) + 1e-9  # distance 8, offset 0.5-4
+        assert float(rel_x @ rel_v) < 0  # coming in
+        bx, bv = d.position[1] - d.position[0], d.velocity[1] - d.velocity[0]
+        mu_b = float(m_b)
+        ecc = ((bv.square().sum() - mu_b / bx.norm()) * bx - (bx @ bv) * bv) / mu_b
+        assert math.isclose(float(ecc.norm()), 0.5, rel_tol=1e-9)
+
+
+def test_validation_tables_are_drawn_only_for_the_calibration(tmp_path):
+    path = tmp_path / "set.toml"
+    path.write_text('[[systems]]\nfamily = "kepler"\ncount = 3\n\n[[validation]]\nfamily = "encounter"\ncount = 2\n')
+    tset = load_training_set(path)
+    assert tset.size == 3 and tset.build(seed=0).n_bodies == 2  # never trained on
+    draws = tset.validation_draws(seed=0)
+    assert [d.family for d in draws] == ["kepler"] * 6 + ["encounter"] * 4
+    again = tset.validation_draws(seed=0)
+    assert all(torch.equal(a.position, b.position) for a, b in zip(draws, again))
+    assert not torch.equal(draws[6].position, draws[8].position)  # seeds + 1 and + 2 differ
+    assert all(torch.equal(a.position, b.position) for a, b in zip(draws[:3], tset.draw(1)))
+    assert "validated also on 2 encounter" in tset.summary()
+    with pytest.raises(ConfigError, match=r"\[\[validation\]\] table 1: family must be one of"):
+        TrainingSet.from_tables([{"family": "kepler"}], validation=[{"family": "nope"}])
 
 
 def test_hierarchical_triples_stay_outside_the_stability_limit():

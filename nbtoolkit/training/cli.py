@@ -11,7 +11,7 @@ The systems come from ``--preset``/``--state`` (with the preset flags), else fro
 override), else from ``--training-set`` or the ``[[systems]]`` tables of the TOML file, else,
 when resuming, from the checkpoint, else from the built-in training set ``general``. A
 training set is drawn with the training seed; the same set drawn twice more (seeds + 1 and
-+ 2) gives the validation systems of the safety calibration. Ctrl-C or SIGTERM stops training cleanly at
++ 2), with its ``[[validation]]`` tables, gives the validation systems of the safety calibration. Ctrl-C or SIGTERM stops training cleanly at
 the next step (the checkpoint is still written, exit status 130 or 143); a second one aborts.
 """
 
@@ -179,14 +179,15 @@ def _system(args: argparse.Namespace, table: dict[str, Any] | None) -> tuple[NBo
     return system.state, system.period
 
 
-def _training_set(args: argparse.Namespace, systems: Any) -> Any:
-    """The training set of --training-set, the [[systems]] tables of --config, or ``general``."""
+def _training_set(args: argparse.Namespace, systems: Any, validation: Any = None) -> Any:
+    """The training set of --training-set, the [[systems]] (and [[validation]]) tables of --config, or
+    ``general``."""
     from .trainset import DEFAULT_TRAINING_SET, TrainingSet, load_training_set
 
     if getattr(args, "training_set", None) is not None:
         return load_training_set(args.training_set)
     if systems is not None:
-        return TrainingSet.from_tables(systems, name=str(args.config))
+        return TrainingSet.from_tables(systems, name=str(args.config), validation=validation)
     return load_training_set(DEFAULT_TRAINING_SET)
 
 
@@ -226,10 +227,10 @@ def run_train(args: argparse.Namespace) -> int:
     host = get_host()
     overrides: dict[str, Any] = {}
     table = None
-    systems = None
+    systems = validation_tables = None
     if args.config is not None:
         overrides, table = read_toml(args.config)
-        systems = overrides.pop("systems", None)
+        systems, validation_tables = overrides.pop("systems", None), overrides.pop("validation", None)
     overrides.update(_flag_overrides(args))
     overrides.setdefault("progress", sys.stderr.isatty())
     state, period = _system(args, table)
@@ -238,10 +239,10 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError("give either a system (--preset, --state, [system]) or a training set "
                           "(--training-set, [[systems]]), not both")
     if state is None and (args.resume is None or getattr(args, "training_set", None) is not None or systems is not None):
-        tset = _training_set(args, systems)
+        tset = _training_set(args, systems, validation_tables)
         overrides = {**tset.settings, **overrides}  # the set's [train] settings, under the user's own
         seed = int(overrides.get("seed", TrainConfig.seed))
-        state, validation = tset.build(seed), pad_systems(tset.draw(seed + 1) + tset.draw(seed + 2))
+        state, validation = tset.build(seed), pad_systems(tset.validation_draws(seed))
         print(f"{tset.summary()}; validation systems: the same set drawn with seeds {seed + 1} and {seed + 2}",
               file=sys.stderr)
     control = RunControl()

@@ -5,7 +5,7 @@ threshold it was calibrated with. Flown with a higher-order integrator it stays 
 its headroom (``yoshida4``'s error at the same dt is far below ``leapfrog``'s); under a stricter
 gate it fails. Recalibrating keeps the weights and measures the factors again on validation
 systems (the training set drawn with seeds ``seed + 1`` and ``seed + 2``, as ``nbtoolkit train``
-does), then writes a new model file::
+does, with its ``[[validation]]`` tables), then writes a new model file::
 
     nbtoolkit calibrate --model learned --integrator yoshida4 --out learned-yoshida4.pt
     nbtoolkit simulate --predictor learned --predictor-option model=learned-yoshida4.pt --integrator yoshida4 ...
@@ -45,7 +45,7 @@ def recalibrate_model(source: str | os.PathLike[str], out: str | os.PathLike[str
     if not hasattr(predictor, "log_safety"):
         raise ConfigError(f"the dt predictor in '{source}' has no safety factors to calibrate")
     validation = load_training_set(training_set)
-    state = pad_systems(validation.draw(seed + 1) + validation.draw(seed + 2))
+    state = pad_systems(validation.validation_draws(seed))
     with torch.no_grad():
         predictor.log_safety.zero_()
     result = calibrate_safety(predictor, host.integrators.create(integrator), state, threshold=threshold,

@@ -16,6 +16,13 @@ ranges (omitted ones keep the family's defaults)::
     count = 4
     n = [4, 32]
 
+Optional ``[[validation]]`` tables, in the same form, name systems drawn only for the safety
+calibration after training (:mod:`nbtoolkit.training.calibrate`), never trained on: the
+validation systems are the ``[[systems]]`` drawn twice more (seeds + 1 and + 2) *and* the
+``[[validation]]`` tables drawn with the same two seeds, so the calibrated factors also hold on
+kinds of systems the network never saw (``general`` validates on close encounters with an
+intruder this way).
+
 An optional ``[train]`` table holds the training settings the set is meant to be trained
 with (configuration keys of :class:`~nbtoolkit.training.TrainConfig`); ``nbtoolkit train``
 applies them under the user's own TOML file and flags. Built-in sets live beside this module
@@ -67,25 +74,19 @@ class TrainingSet:
     systems: tuple[SystemsSpec, ...]
     description: str = ""
     settings: dict[str, Any] = field(default_factory=dict)  #: the [train] table: recommended configuration keys
+    validation_only: tuple[SystemsSpec, ...] = ()  #: the [[validation]] tables: drawn only to calibrate
 
     @classmethod
     def from_tables(cls, tables: Any, name: str = "custom", description: str = "",
-                    settings: dict[str, Any] | None = None) -> "TrainingSet":
-        """Parse ``[[systems]]`` tables (a list of dicts); every problem names the table and key."""
+                    settings: dict[str, Any] | None = None, validation: Any = None) -> "TrainingSet":
+        """Parse ``[[systems]]`` tables (a list of dicts) and optional ``[[validation]]`` tables;
+        every problem names the table and key."""
         if not isinstance(tables, list) or not tables:
             raise ConfigError(f"training set '{name}': 'systems' must be a non-empty list of [[systems]] tables")
-        specs = []
-        for k, table in enumerate(tables):
-            where = f"training set '{name}', [[systems]] table {k + 1}"
-            if not isinstance(table, dict):
-                raise ConfigError(f"{where} must be a table; got {type(table).__name__}")
-            params = dict(table)
-            family, count = params.pop("family", None), params.pop("count", 1)
-            try:
-                check_family(family, count, params)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-            specs.append(SystemsSpec(family, count, params))
+        if validation is not None and not isinstance(validation, list):
+            raise ConfigError(f"training set '{name}': 'validation' must be a list of [[validation]] tables")
+        specs = _parse_specs(tables, f"training set '{name}', [[systems]]")
+        extra = _parse_specs(validation or [], f"training set '{name}', [[validation]]")
         if settings is not None:
             from .config import TrainConfig
 
@@ -95,7 +96,7 @@ class TrainingSet:
                 TrainConfig.from_dict(dict(settings))
             except ConfigError as exc:
                 raise ConfigError(f"training set '{name}', [train] table: {exc}") from None
-        return cls(name, tuple(specs), description, dict(settings or {}))
+        return cls(name, specs, description, dict(settings or {}), extra)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "TrainingSet":
@@ -109,7 +110,7 @@ class TrainingSet:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"training set file '{p}' is not valid TOML: {exc}") from None
         return cls.from_tables(data.get("systems"), str(data.get("name", p.stem)), str(data.get("description", "")),
-                               data.get("train"))
+                               data.get("train"), data.get("validation"))
 
     @property
     def size(self) -> int:
@@ -117,14 +118,14 @@ class TrainingSet:
 
     def draw(self, seed: int) -> list[SystemDraw]:
         """Every system of the set, drawn with a generator seeded by ``seed`` (same seed, same systems)."""
-        generator = torch.Generator().manual_seed(int(seed))
-        draws: list[SystemDraw] = []
-        for k, spec in enumerate(self.systems):
-            try:
-                draws += draw_family(spec.family, spec.count, generator, **spec.params)
-            except ConfigError as exc:
-                raise ConfigError(f"training set '{self.name}', [[systems]] table {k + 1}: {exc}") from None
-        return draws
+        return _draw_specs(self.systems, seed, f"training set '{self.name}', [[systems]]")
+
+    def validation_draws(self, seed: int) -> list[SystemDraw]:
+        """The validation systems of a model trained on :meth:`draw` (``seed``): the set drawn with
+        ``seed + 1`` and ``seed + 2``, then the ``[[validation]]`` tables drawn with the same seeds."""
+        where = f"training set '{self.name}', [[validation]]"
+        return (self.draw(seed + 1) + self.draw(seed + 2) + _draw_specs(self.validation_only, seed + 1, where)
+                + _draw_specs(self.validation_only, seed + 2, where))
 
     def build(self, seed: int, dtype: torch.dtype = DEFAULT_DTYPE) -> NBodyState:
         """One padded state (B = :attr:`size`, N = the largest N, D = 3) of every system."""
@@ -132,7 +133,38 @@ class TrainingSet:
 
     def summary(self) -> str:
         parts = [f"{spec.count} {spec.family}" for spec in self.systems]
-        return f"training set '{self.name}': {self.size} systems ({', '.join(parts)})"
+        text = f"training set '{self.name}': {self.size} systems ({', '.join(parts)})"
+        if self.validation_only:
+            extra = ", ".join(f"{spec.count} {spec.family}" for spec in self.validation_only)
+            text += f", validated also on {extra} per seed"
+        return text
+
+
+def _parse_specs(tables: list[Any], where: str) -> tuple[SystemsSpec, ...]:
+    specs = []
+    for k, table in enumerate(tables):
+        place = f"{where} table {k + 1}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{place} must be a table; got {type(table).__name__}")
+        params = dict(table)
+        family, count = params.pop("family", None), params.pop("count", 1)
+        try:
+            check_family(family, count, params)
+        except ConfigError as exc:
+            raise ConfigError(f"{place}: {exc}") from None
+        specs.append(SystemsSpec(family, count, params))
+    return tuple(specs)
+
+
+def _draw_specs(specs: tuple[SystemsSpec, ...], seed: int, where: str) -> list[SystemDraw]:
+    generator = torch.Generator().manual_seed(int(seed))
+    draws: list[SystemDraw] = []
+    for k, spec in enumerate(specs):
+        try:
+            draws += draw_family(spec.family, spec.count, generator, **spec.params)
+        except ConfigError as exc:
+            raise ConfigError(f"{where} table {k + 1}: {exc}") from None
+    return draws
 
 
 def pad_systems(draws: list[SystemDraw], dtype: torch.dtype = DEFAULT_DTYPE) -> NBodyState:
