@@ -47,9 +47,10 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     kepler = make_preset("kepler", eccentricity=0.9)
     k_period = float(kepler.period[0])
     results = {
-        f"Kepler e=0.9": run_problem(
+        "Kepler e=0.9": run_problem(
             "Kepler", kepler.state, k_period, float(kepler.state.time[0]) + periods * k_period, True,
             lambda: KeplerPhase(kepler.state, k_period), args, learned),
     }

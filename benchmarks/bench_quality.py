@@ -57,9 +57,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import tomllib
 from typing import Any
 
+import tomllib
 import torch
 
 from nbtoolkit import get_host

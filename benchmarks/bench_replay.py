@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -27,8 +28,15 @@ from nbtoolkit.presets import make_preset
 from nbtoolkit.simulate import simulate
 from nbtoolkit.state import NBodyState
 from nbtoolkit.training import (
-    Minibatch, ReplayBuffer, TrainConfig, attempt_single_step, batch_objective, check_energy_threshold,
-    compute_single_step_loss, evaluate_minibatch, sample_minibatch,
+    Minibatch,
+    ReplayBuffer,
+    TrainConfig,
+    attempt_single_step,
+    batch_objective,
+    check_energy_threshold,
+    compute_single_step_loss,
+    evaluate_minibatch,
+    sample_minibatch,
 )
 
 REQUIRED_SPEEDUP = 20.0
@@ -109,8 +117,8 @@ def main() -> None:
     speedups = {}
     for name, buffer in systems(args.batch).items():
         batch = sample_minibatch(buffer, args.batch, torch.Generator().manual_seed(0))
-        t_loop, rel_loop = best_time(lambda: loop_way(predictor, integrator, batch, config), args.repeats)
-        t_batch, rel_batch = best_time(lambda: batched_way(predictor, integrator, batch, config), args.repeats)
+        t_loop, rel_loop = best_time(partial(loop_way, predictor, integrator, batch, config), args.repeats)
+        t_batch, rel_batch = best_time(partial(batched_way, predictor, integrator, batch, config), args.repeats)
         diff = float(((rel_loop - rel_batch).abs() / rel_batch.abs().clamp_min(1e-300)).max())
         speedups[name] = t_loop / t_batch
         k = len(batch)

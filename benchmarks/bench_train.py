@@ -33,8 +33,9 @@ import platform
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             run = best[kernel]
             t = run["times"]
             p1, p2 = t.get("Part 1", 0.0), t.get("Part 2", 0.0)
-            share = lambda key: f"{100 * t.get(key, 0.0) / run['wall']:8.0f}%"  # noqa: E731
+            share = lambda key, t=t, run=run: f"{100 * t.get(key, 0.0) / run['wall']:8.0f}%"  # noqa: E731
             print(f"{kernel:>9} {run['wall']:8.2f} {p1:9.2f} {run['accepted'] / p1 if p1 else 0:11.4g} {p2:9.2f} "
                   f"{run['samples'] / p2 if p2 else 0:10.4g} {share('features'):>9} {share('force kernel'):>8} "
                   f"{share('energies'):>9} {share('autograd'):>9} {share('optimizer'):>10}")

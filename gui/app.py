@@ -11,8 +11,9 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -45,7 +46,7 @@ def configure_runtime() -> None:
     apply_thread_policy(1)
 
 
-def create_window(args: argparse.Namespace) -> "MainWindow":
+def create_window(args: argparse.Namespace) -> MainWindow:
     """Build the main window preloaded from parsed options (a QApplication must exist).
 
     Problems with the options (a bad config file, a missing checkpoint) are shown in the window's

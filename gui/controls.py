@@ -15,8 +15,22 @@ from typing import Any
 
 from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-    QScrollArea, QSlider, QSpinBox, QTabWidget, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
 )
 
 from nbtoolkit.errors import ConfigError
@@ -26,8 +40,15 @@ from nbtoolkit.training import TrainConfig
 from nbtoolkit.training.config import read_toml
 
 from .inputs import (
-    DEFAULT_SPEED, SPEED_SLIDER_STEPS, SimulationSettings, float_edit, format_float, int_spin, read_float,
-    slider_from_speed, speed_from_slider,
+    DEFAULT_SPEED,
+    SPEED_SLIDER_STEPS,
+    SimulationSettings,
+    float_edit,
+    format_float,
+    int_spin,
+    read_float,
+    slider_from_speed,
+    speed_from_slider,
 )
 from .modes import MODE_SIMULATE, MODE_TRAIN, check_mode
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
-from pyqtgraph.Qt.internals import PrimitiveArray
 from PyQt6.QtCore import QRectF, Qt
 from PyQt6.QtGui import QColor, QPainter, QPen, QPixmap
 from PyQt6.QtWidgets import QWidget
+from pyqtgraph.Qt.internals import PrimitiveArray
 
 MAX_MASS_CLASSES = 8
 BACKGROUND = QColor(0, 0, 0)
@@ -85,7 +85,7 @@ class TrailBuffer:
             return self.data[: self.count]
         return np.roll(self.data, -self.head, axis=0)
 
-    def resized(self, length: int) -> "TrailBuffer":
+    def resized(self, length: int) -> TrailBuffer:
         """A buffer of a new length holding the newest frames of this one."""
         out = TrailBuffer(length, self.data.shape[1], self.data.shape[2])
         for frame in self.ordered()[-length:]:

@@ -13,8 +13,9 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 #: a temporary file of an unknown writer (another host, an older version) older than this is stale
 STALE_AFTER_S = 24 * 3600
@@ -46,7 +47,7 @@ def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
     folder = target.parent if str(target.parent) else Path(".")
     prefix = f".{target.name}."
     own = re.compile(re.escape(prefix) + r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
     except OSError:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -312,7 +313,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               "with --field")
 
         reference = load_reference(args.reference, state)
-    rows = []
+    rows: list[Any] = []
     for b in range(state.batch_size):
         one, p = state.index(b), period[b : b + 1]
         run = dict(orbits=orbits, threshold=args.threshold, gate=gate, gate_name=args.gate)
@@ -342,7 +343,8 @@ def format_gate_table(rows: list[dict[str, Any]], gate_label: str = "gate error"
     with a column of the largest per-step error of the gate (headed ``max`` + ``gate_label``) when
     a gate other than the energy gate judged the runs."""
     width = max([len("predictor")] + [len(r["label"]) for r in rows])
-    lines = [f"{'predictor':<{width}}  {'steps':>8}  {'force evals':>11}  {'pass %':>7}  {'max |dE/E|':>10}  {'final |dE/E|':>12}"]
+    lines = [f"{'predictor':<{width}}  {'steps':>8}  {'force evals':>11}  {'pass %':>7}  "
+             f"{'max |dE/E|':>10}  {'final |dE/E|':>12}"]
     for r in rows:
         lines.append(
             f"{r['label']:<{width}}  {r['steps']:>8d}  {r['force_evals']:>11d}  {100 * r['pass_fraction']:>7.2f}  "

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 TIME_TOLERANCE_EPS = 1000.0
 #: exceptions from step() that are the machine's, not the plugin's: passed on unchanged
 _RESOURCE_ERRORS: tuple[type[BaseException], ...] = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
+#: exceptions a contract check lets through unchanged: the user's own and the machine's
+_PASS_THROUGH: tuple[type[BaseException], ...] = (NBToolkitError, *_RESOURCE_ERRORS)
 
 
 def checked_step(
@@ -75,7 +77,7 @@ def checked_step(
     """
     try:
         result = advance(integrator, state, dt)
-    except (NBToolkitError, *_RESOURCE_ERRORS):
+    except _PASS_THROUGH:
         raise
     except Exception as exc:
         raise PluginError(
@@ -208,7 +210,7 @@ def checked_error(
     """
     try:
         error = gate.error(before, after, reference)
-    except (NBToolkitError, *_RESOURCE_ERRORS):
+    except _PASS_THROUGH:
         raise
     except Exception as exc:
         raise PluginError(f"{gate_origin(gate, name=name, host=host)} raised {type(exc).__name__} in error(): {exc}") from exc

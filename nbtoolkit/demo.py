@@ -10,7 +10,7 @@ the gate, and prints them side by side. ``nbtoolkit gui`` runs this when no disp
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from .evaluate import evaluate_predictor, tune_rule
 from .plugin_manager import get_host
@@ -22,7 +22,7 @@ HELD_OUT_ECCENTRICITY = 0.75
 ORBITS = 10
 #: the loss band just under the gate, the learning-rate decay and the capped Part 2 of the 'general' set's
 #: [train] table (a band this close to the gate rarely lets a whole minibatch pass, so the cap sets the cost)
-TRAINING = {"E_lower": 1.1e-4, "E_upper": 1.7e-4, "lr_decay": 0.03, "replay_batch_size": 256, "replay_steps": 20}
+TRAINING: dict[str, Any] = {"E_lower": 1.1e-4, "E_upper": 1.7e-4, "lr_decay": 0.03, "replay_batch_size": 256, "replay_steps": 20}
 
 
 def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdout) -> int:
@@ -41,15 +41,17 @@ def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdo
           f"{trainer.total_retrains} retrains", file=out)
 
     held_out = make_preset("kepler", eccentricity=HELD_OUT_ECCENTRICITY)
+    period = held_out.period
+    assert period is not None  # a Kepler preset always has one
     integrator = host.integrators.create(config.integrator)
     learned = trainer.predictor.eval()
-    rows = evaluate_predictor(held_out.state, held_out.period, integrator, learned, orbits=ORBITS,
+    rows = evaluate_predictor(held_out.state, period, integrator, learned, orbits=ORBITS,
                               threshold=config.energy_threshold, label="just trained (mlp)")
-    rows += evaluate_predictor(held_out.state, held_out.period, integrator, host.predictors.create("learned"),
+    rows += evaluate_predictor(held_out.state, period, integrator, host.predictors.create("learned"),
                                orbits=ORBITS, threshold=config.energy_threshold, label="pretrained 'learned'")
-    tuned = tune_rule(host, "freefall", held_out.state, held_out.period, integrator, orbits=ORBITS,
+    tuned = tune_rule(host, "freefall", held_out.state, period, integrator, orbits=ORBITS,
                       threshold=config.energy_threshold)
-    rows += evaluate_predictor(held_out.state, held_out.period, integrator, tuned.predictor, orbits=ORBITS,
+    rows += evaluate_predictor(held_out.state, period, integrator, tuned.predictor, orbits=ORBITS,
                                threshold=config.energy_threshold, label=tuned.label("freefall"))
     print(f"\nheld-out Kepler orbit e = {HELD_OUT_ECCENTRICITY}, {ORBITS} periods, gate |dE/E| <= "
           f"{config.energy_threshold:g}, no guard:", file=out)

@@ -310,4 +310,5 @@ def _try_dts(state: NBodyState, energy: Tensor, integrator: Integrator, dts: Ten
     rel = relative_energy_error(energy.expand(dts.shape[0]), state_energy(new))
     if is_energy_gate(gate):
         return rel, rel, new
-    return rel, checked_error(gate, batch, new, gate.reference(batch)), new  # type: ignore[union-attr]
+    assert gate is not None  # is_energy_gate(None) is True
+    return rel, checked_error(gate, batch, new, gate.reference(batch)), new

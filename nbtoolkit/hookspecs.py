@@ -13,7 +13,8 @@ numpy arrays, no tensors attached to a graph) and return nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

@@ -53,7 +53,7 @@ def save_npz_atomic(path: PathLike, **arrays: Any) -> Path:
     :class:`StateFileError` if the directory does not exist or is not writable.
     """
     target = Path(path)
-    prepared: dict[str, np.ndarray] = {}
+    prepared: dict[str, Any] = {}
     for key, value in arrays.items():
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         if array.dtype == object:

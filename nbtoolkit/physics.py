@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
@@ -22,7 +23,6 @@ from torch import Tensor
 from .field import field_accelerations, field_energy
 from .state import NBodyState
 from .threads import CHUNK_ELEMENTS, kernel_workers, run_blocks
-
 
 # ----------------------------------------------------------------------------- force kernel
 #
@@ -255,7 +255,7 @@ def _graph_chunks(m: Tensor, x: Tensor, pairs: bool) -> tuple[list[tuple[Any, ..
         xt, mt = x.permute(1, 2, 0), m.t()
         pi, pj = _pair_index(n, x.device)
         step = max(1, GRAPH_CHUNK_ELEMENTS // (dim * batch))
-        chunks = [(xt, mt, pi[s : s + step], pj[s : s + step]) for s in range(0, pi.numel(), step)]
+        chunks: list[tuple[Any, ...]] = [(xt, mt, pi[s : s + step], pj[s : s + step]) for s in range(0, pi.numel(), step)]
         return chunks, pi.numel() * dim * batch > GRAPH_CHECKPOINT_ELEMENTS
     xt = x.transpose(1, 2)
     step = _row_step(batch, n, GRAPH_CHUNK_ELEMENTS)
@@ -267,10 +267,10 @@ def _graph_acc(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
     """Accelerations (B, N, D) on the autograd graph, one thread, chunked and checkpointed."""
     chunks, chunked = _graph_chunks(m, x, pairs)
     if pairs:
-        acc = None
-        for args in chunks:
-            part = _checkpointed(_pairs_chunk_acc, *args, eps2, chunked=chunked)
-            acc = part if acc is None else acc + part
+        parts = [_checkpointed(_pairs_chunk_acc, *args, eps2, chunked=chunked) for args in chunks]
+        acc = parts[0]
+        for part in parts[1:]:
+            acc = acc + part
         return acc.permute(2, 0, 1)
     rows = [_checkpointed(_rows_chunk_acc, *args, eps2, chunked=chunked) for args in chunks]
     return rows[0] if len(rows) == 1 else torch.cat(rows, 1)

@@ -13,8 +13,8 @@ Environment variables:
   with the plugins that answered each call.
 
 A name in ``NBTOOLKIT_BLOCK_PLUGINS`` or ``NBTOOLKIT_ONLY_PLUGINS`` that matches no plugin is
-warned about, with the known names. Load failures are warned about once per host (the process-wide host: once per process), attributed
-to the plugin (its module file, or its entry point) rather than to this module.
+warned about, with the known names. Load failures are warned about once per host (the process-wide
+host: once per process), attributed to the plugin (its module file, or its entry point) rather than to this module.
 
 Observer hooks (``nbtoolkit_fit_start`` ... ``nbtoolkit_fit_end``) fired through
 :attr:`PluginHost.hook` are isolated: an observer that raises (anything but an nbtoolkit error)
@@ -31,8 +31,9 @@ import importlib.metadata
 import os
 import sys
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 

@@ -27,12 +27,12 @@ class History(NamedTuple):
     mask: Tensor
 
     @staticmethod
-    def empty(state: NBodyState, length: int) -> "History":
+    def empty(state: NBodyState, length: int) -> History:
         B, N, D = state.position.shape
         z = torch.zeros(B, length, N, D, dtype=state.dtype, device=state.device)
         return History(z, z.clone(), torch.zeros(B, length, dtype=torch.bool, device=state.device))
 
-    def push(self, state: NBodyState) -> "History":
+    def push(self, state: NBodyState) -> History:
         """Append ``state`` as the newest entry, dropping the oldest (returns a new History)."""
         if self.position.shape[1] == 0:
             return self
@@ -41,7 +41,8 @@ class History(NamedTuple):
         ones = torch.ones(self.mask.shape[0], 1, dtype=torch.bool, device=self.mask.device)
         return History(pos, vel, torch.cat([self.mask[:, 1:], ones], 1))
 
-    def index(self, idx: Tensor | slice) -> "History":
+    def index(self, idx: Tensor | slice) -> History:  # type: ignore[override]  # rows, like NBodyState.index
+        """The rows ``idx`` of the batch (not tuple.index: a History is indexed like a state)."""
         return History(self.position[idx], self.velocity[idx], self.mask[idx])
 
 

@@ -17,8 +17,9 @@ state and, where the system is periodic, its period (one per system, shape (B,))
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -317,7 +318,7 @@ class PresetSystem:
     params: dict[str, Any]
 
 
-def _period_tensor(period: float, state: NBodyState) -> Tensor:
+def _period_tensor(period: float | Tensor, state: NBodyState) -> Tensor:
     return torch.full((state.batch_size,), float(period), dtype=state.dtype)
 
 

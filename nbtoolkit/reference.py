@@ -51,7 +51,7 @@ class Reference:
     def batch_size(self) -> int:
         return int(self.mass.shape[0])
 
-    def system(self, b: int) -> "Reference":
+    def system(self, b: int) -> Reference:
         """The reference of system ``b`` alone (B = 1)."""
         s = slice(b, b + 1)
         return Reference(self.path, self.time[:, s], self.position[:, s], self.velocity[:, s], self.mass[s], self.G,
@@ -175,11 +175,10 @@ def add_reference_parser(sub: Any) -> None:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
+    from . import validate
     from .cli import load_system
     from .errors import NBToolkitError
     from .interop.rebound import integrate_reference, require_rebound
-
-    from . import validate
 
     require_rebound()
     validate.writable_file(args.out, "--out")
@@ -201,7 +200,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
     times = sorted(set(args.times or []))
     bad = [t for t in times if not (np.isfinite(t) and float(t0.max()) < t <= end)]
     if bad:
-        raise NBToolkitError(f"--times must lie after the start time {float(t0.max())} and not after the end time {end}; got {bad[0]}")
+        raise NBToolkitError(f"--times must lie after the start time {float(t0.max())} "
+                             f"and not after the end time {end}; got {bad[0]}")
     if not times or times[-1] < end:
         times.append(end)
     traj = integrate_reference(state, times)

@@ -4,8 +4,9 @@ external fields)."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .errors import DuplicateNameError, PluginError, UnknownNameError
 

@@ -12,9 +12,10 @@ gate judges them.
 from __future__ import annotations
 
 import time as _time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -320,11 +321,12 @@ def simulate(
         raise NBToolkitError(f"steps={steps} exceeds max_steps={max_steps}")
 
     dt_limit = None if end is None else (lambda s: time_remaining(end, s.time))
-    if end is not None and _constant_dt(predictor) is not None:
-        needed = float(((end - t0) / _constant_dt(predictor)).max())
+    constant_dt = _constant_dt(predictor)
+    if end is not None and constant_dt is not None:
+        needed = float(((end - t0) / constant_dt).max())
         if needed > max_steps:
             raise NBToolkitError(
-                f"a constant dt of {_constant_dt(predictor):g} needs about {needed:.3g} steps to reach the end time, "
+                f"a constant dt of {constant_dt:g} needs about {needed:.3g} steps to reach the end time, "
                 f"more than max_steps={max_steps}; use a larger dt or raise max_steps"
             )
     energy0 = state_energy(state.detach())

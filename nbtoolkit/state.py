@@ -30,8 +30,9 @@ derivations, and is not part of equality.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ class NBodyState:
         dtype: torch.dtype = DEFAULT_DTYPE,
         device: torch.device | str | None = None,
         validate: bool = True,
-    ) -> "NBodyState":
+    ) -> NBodyState:
         """Build a state from numpy arrays, lists or tensors.
 
         A single system may be given without the batch dimension (mass (N,), position (N, D));
@@ -159,7 +160,7 @@ class NBodyState:
         return self.position.device
 
     # ------------------------------------------------------------------ validation
-    def validate(self, where: str = "state", *, allow_padding: bool = False) -> "NBodyState":
+    def validate(self, where: str = "state", *, allow_padding: bool = False) -> NBodyState:
         """Check shapes, finiteness, positive masses and (unsoftened) coincident bodies.
 
         With ``allow_padding`` a mass of exactly 0 marks a padding body (see the module
@@ -175,7 +176,8 @@ class NBodyState:
             raise InvalidStateError(f"{where}: need at least one system and one body; got mass shape {tuple(m.shape)}")
         if x.dim() != 3 or x.shape[:2] != (B, N) or x.shape[2] not in (2, 3):
             raise InvalidStateError(
-                f"{where}: position must have shape (B, N, D) = ({B}, {N}, 2 or 3) to match mass {tuple(m.shape)}; got {tuple(x.shape)}"
+                f"{where}: position must have shape (B, N, D) = ({B}, {N}, 2 or 3) "
+                f"to match mass {tuple(m.shape)}; got {tuple(x.shape)}"
             )
         if v.shape != x.shape:
             raise InvalidStateError(f"{where}: velocity shape {tuple(v.shape)} does not match position shape {tuple(x.shape)}")
@@ -215,14 +217,14 @@ class NBodyState:
         return self
 
     # ------------------------------------------------------------------ derivation
-    def replace(self, **changes: Any) -> "NBodyState":
+    def replace(self, **changes: Any) -> NBodyState:
         """A copy with some fields changed. Changing position, masses, G, softening or the external
         field drops the acceleration cache."""
         if "acceleration" not in changes and ({"position", "G", "softening", "mass", "field"} & changes.keys()):
             changes["acceleration"] = None
         return dataclasses.replace(self, **changes)
 
-    def detach(self) -> "NBodyState":
+    def detach(self) -> NBodyState:
         """The same state cut from any autograd graph (shares memory)."""
         acc = None if self.acceleration is None else self.acceleration.detach()
         return dataclasses.replace(
@@ -230,7 +232,7 @@ class NBodyState:
             velocity=self.velocity.detach(), time=self.time.detach(), acceleration=acc,
         )
 
-    def clone(self) -> "NBodyState":
+    def clone(self) -> NBodyState:
         """A deep copy, detached from autograd."""
         acc = None if self.acceleration is None else self.acceleration.detach().clone()
         return dataclasses.replace(
@@ -238,7 +240,7 @@ class NBodyState:
             velocity=self.velocity.detach().clone(), time=self.time.detach().clone(), acceleration=acc,
         )
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "NBodyState":
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> NBodyState:
         acc = None if self.acceleration is None else self.acceleration.to(dtype=dtype, device=device)
         return dataclasses.replace(
             self, mass=self.mass.to(dtype=dtype, device=device), position=self.position.to(dtype=dtype, device=device),
@@ -246,7 +248,7 @@ class NBodyState:
             acceleration=acc,
         )
 
-    def index(self, idx: int | slice | Sequence[int] | Tensor) -> "NBodyState":
+    def index(self, idx: int | slice | Sequence[int] | Tensor) -> NBodyState:
         """Select systems along the batch dimension; an int keeps the batch dimension (B = 1)."""
         if isinstance(idx, int):
             idx = slice(idx, idx + 1 if idx != -1 else None)
@@ -256,14 +258,14 @@ class NBodyState:
             time=self.time[idx], acceleration=acc,
         )
 
-    def trim_bodies(self, n: int) -> "NBodyState":
+    def trim_bodies(self, n: int) -> NBodyState:
         """The first ``n`` bodies of every system (drops trailing padding bodies; views, no copy)."""
         acc = None if self.acceleration is None else self.acceleration[:, :n]
         return dataclasses.replace(self, mass=self.mass[:, :n], position=self.position[:, :n],
                                    velocity=self.velocity[:, :n], acceleration=acc)
 
     @staticmethod
-    def cat(states: Sequence["NBodyState"]) -> "NBodyState":
+    def cat(states: Sequence[NBodyState]) -> NBodyState:
         """Concatenate states along the batch dimension (same N, D, G, softening and external field)."""
         if not states:
             raise InvalidStateError("cannot concatenate an empty list of states")
@@ -287,7 +289,7 @@ class NBodyState:
             first.G, first.softening, acc, first.field,
         )
 
-    def numpy(self) -> dict[str, np.ndarray | float]:
+    def numpy(self) -> dict[str, Any]:
         """Plain numpy arrays (detached copies), keyed by field name."""
         return {
             "mass": self.mass.detach().cpu().numpy(),

@@ -142,7 +142,7 @@ class SymmetricDt(DtPredictor):
 
 def make_symmetric(
     base: str | DtPredictor = "freefall",
-    iterations: int = DEFAULT_ITERATIONS,
+    iterations: int | float = DEFAULT_ITERATIONS,
     integrator: str | Integrator | None = None,
     checkpoint: str | None = None,
     base_options: dict[str, Any] | None = None,
@@ -169,11 +169,12 @@ def make_symmetric(
         base_predictor, base_name = host.predictors.create(base, **merged), base
     else:
         raise ConfigError(f"symmetric: base must be a registered dt predictor name; got {base!r}")
-    if isinstance(integrator, str):
-        integrator = host.integrators.create(integrator)
-    if isinstance(iterations, float) and iterations.is_integer():
+    bound = host.integrators.create(integrator) if isinstance(integrator, str) else integrator
+    if isinstance(iterations, float) and iterations.is_integer():  # a whole number from TOML or a flag
         iterations = int(iterations)
-    return SymmetricDt(base_predictor, iterations=iterations, integrator=integrator, base_name=base_name, solver=solver)
+    # a fractional count goes through so that SymmetricDt refuses it with its own message
+    return SymmetricDt(base_predictor, iterations=iterations,  # type: ignore[arg-type]
+                       integrator=bound, base_name=base_name, solver=solver)
 
 
 @hookimpl

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from systems import random_cluster, two_body_orbit
 
 from nbtoolkit import NBodyState
 from nbtoolkit.errors import ConfigError, PluginError
-from systems import random_cluster, two_body_orbit
 
 
 def scaled(state: NBodyState, L: float, M: float, G: float) -> NBodyState:
@@ -83,8 +83,8 @@ def test_aarseth_is_positive_at_the_figure_eight_start_where_one_body_feels_no_f
 
 
 def test_aarseth_and_freefall_ignore_padding_bodies(host):
-    from nbtoolkit.training.trainset import pad_systems
     from nbtoolkit.families import SystemDraw
+    from nbtoolkit.training.trainset import pad_systems
 
     state, _ = two_body_orbit(e=0.3)
     x3 = torch.cat([state.position[0], torch.zeros(2, 1, dtype=torch.float64)], -1)

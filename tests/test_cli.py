@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from systems import random_cluster
 
 from nbtoolkit.cli import main
 from nbtoolkit.io import save_state
-from systems import random_cluster
 
 
 def run_cli(capsys, *argv):

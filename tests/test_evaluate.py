@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-
-from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_scale
-from nbtoolkit.cli import main
 from systems import two_body_orbit
+
+from nbtoolkit.cli import main
+from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_scale
 
 
 def test_tuned_eta_passes_every_step_and_a_larger_one_does_not(host):
@@ -43,7 +43,8 @@ def test_gate_report_counts_failures_per_system(host):
 
 
 def test_evaluate_command_prints_a_table(capsys):
-    assert main(["evaluate", "--preset", "kepler", "--eccentricity", "0.5", "--orbits", "1", "--rules", "freefall", "--oracle"]) == 0
+    assert main(["evaluate", "--preset", "kepler", "--eccentricity", "0.5", "--orbits", "1",
+                 "--rules", "freefall", "--oracle"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["predictor", "steps", "force"]
     assert out[1].startswith("system 0: freefall (eta=") and out[2].startswith("system 0: greedy oracle")

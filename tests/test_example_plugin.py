@@ -46,7 +46,8 @@ def test_nbtoolkit_plugins_lists_the_entries_with_distribution_and_version():
     rows = [line.split() for line in table.splitlines()[1:]]
     assert ["integrator", "pefrl", "pefrl", "nbtoolkit-pefrl", "0.1.0"] in rows
     assert ["dt", "predictor", "flyby", "pefrl", "nbtoolkit-pefrl", "0.1.0"] in rows
-    assert "  pefrl  [nbtoolkit-pefrl 0.1.0]\n    hooks: nbtoolkit_register_dt_predictors, nbtoolkit_register_integrators" in details
+    assert ("  pefrl  [nbtoolkit-pefrl 0.1.0]\n"
+            "    hooks: nbtoolkit_register_dt_predictors, nbtoolkit_register_integrators") in details
     assert "failed to load" not in proc.stdout + proc.stderr
 
 
@@ -86,8 +87,9 @@ def test_simulate_with_both_plugin_entries_together(tmp_path, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("nbtoolkit.training") is None, reason="nbtoolkit.training is not available")
 def test_a_short_training_run_uses_the_plugin_integrator(host):
-    from nbtoolkit.training import TrainConfig, Trainer
     from nbtoolkit_pefrl import PEFRL
+
+    from nbtoolkit.training import TrainConfig, Trainer
 
     accepted: list[float] = []
 

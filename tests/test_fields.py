@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from systems import random_cluster
 
 from nbtoolkit import ExternalField, NBodyState, PluginError, hookimpl, state_energy, total_energy
 from nbtoolkit.cli import main
@@ -18,7 +19,6 @@ from nbtoolkit.physics import accelerations, state_accelerations
 from nbtoolkit.simulate import simulate
 from nbtoolkit.training import TrainConfig, Trainer
 from plugins.fields import PlummerHost, PointMassHost
-from systems import random_cluster
 
 
 def run(integrator, state: NBodyState, dt: float, steps: int) -> NBodyState:

@@ -8,19 +8,19 @@ import math
 
 import pytest
 import torch
+from systems import random_cluster, two_body_orbit
 
 from nbtoolkit import NBodyState, hookimpl, relative_energy_error, state_energy
 from nbtoolkit.cli import main
 from nbtoolkit.contracts import checked_error
 from nbtoolkit.errors import PluginError, UnknownNameError
+from nbtoolkit.families import draw_family
 from nbtoolkit.gate import EnergyGate, Gate
 from nbtoolkit.physics import to_center_of_mass_frame
 from nbtoolkit.simulate import simulate
 from nbtoolkit.training import TrainConfig, Trainer, check_energy_threshold
 from nbtoolkit.training.trainset import pad_systems
-from nbtoolkit.families import draw_family
 from plugins.gates import PairEnergyGate, companions
-from systems import random_cluster, two_body_orbit
 
 
 def circular(M: float, m: float, a: float, phase: float) -> tuple[list[float], list[float]]:

@@ -10,15 +10,15 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
-from nbtoolkit import NBodyState, hookimpl, plugin_manager
+from nbtoolkit import NBodyState, hookimpl
 from nbtoolkit.atomic import atomic_write, remove_stale_temporaries
 from nbtoolkit.cli import main
 from nbtoolkit.errors import ConfigError, InvalidStateError, InvalidTimestepError, StateFileError
@@ -443,7 +443,8 @@ def test_load_failures_are_warned_once_and_point_at_the_plugin(tmp_path, monkeyp
     import warnings
 
     (tmp_path / "nbt_broken_reg.py").write_text(
-        "from nbtoolkit import hookimpl\n@hookimpl\ndef nbtoolkit_register_integrators(register):\n    raise ValueError('nope')\n")
+        "from nbtoolkit import hookimpl\n@hookimpl\n"
+        "def nbtoolkit_register_integrators(register):\n    raise ValueError('nope')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -527,8 +528,9 @@ def test_integrator_options_from_toml_reach_training_the_checkpoint_and_simulate
         trainer = Trainer(cfg.replace(epochs=1, **SMALL), system.state, host=host)
         assert trainer.integrator.substeps == 3
         path = trainer.save_checkpoint(tmp_path / "m.pt")
-        from nbtoolkit.cli import _integrator_and_checkpoint
         import argparse
+
+        from nbtoolkit.cli import _integrator_and_checkpoint
 
         args = argparse.Namespace(integrator=None, integrator_option=None, checkpoint=path, predictor_option=None,
                                   command="simulate")

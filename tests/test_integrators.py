@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from systems import random_cluster, two_body_orbit
 
 import nbtoolkit.physics as physics
 from nbtoolkit import angular_momentum, linear_momentum, state_energy
-from systems import random_cluster, two_body_orbit
 
 INTEGRATORS = ["leapfrog", "yoshida4", "rk4"]
 EXPECTED_ORDER = {"leapfrog": 2, "yoshida4": 4, "rk4": 4}

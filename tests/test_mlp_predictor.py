@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from systems import random_cluster, two_body_orbit
 
 from nbtoolkit import NBodyState
 from nbtoolkit.errors import ConfigError, PluginError
 from nbtoolkit.predictor import History
 from plugins.mlp_predictor import MLPDtPredictor, closest_pair_scales, pair_features
-from systems import random_cluster, two_body_orbit
 
 
 def make(host, **options):

@@ -14,21 +14,22 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
+import tomllib
 import torch
+from systems import random_cluster
 
 import nbtoolkit.events as events
 import nbtoolkit.hookspecs as hookspecs
 import nbtoolkit.plugin_manager as plugin_manager
 from nbtoolkit import NBodyState, PluginHost
 from nbtoolkit.cli import main
-from systems import random_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "plugins.md").read_text()
@@ -271,10 +272,11 @@ def test_the_documented_sampler_registers_and_samples():
 
 
 def test_the_documented_gate_registers_and_judges():
+    from systems import two_body_orbit
+
     from nbtoolkit import angular_momentum
     from nbtoolkit.contracts import checked_error
     from nbtoolkit.simulate import simulate
-    from systems import two_body_orbit
 
     module = doc_module("example: gate")
     host = isolated_host((module, "doc-gate"))
@@ -382,7 +384,6 @@ def test_the_documented_observer_receives_every_event():
 
 def test_the_documented_acceleration_cache_is_reused_and_correct():
     import nbtoolkit.physics as physics
-
     from nbtoolkit.presets import make_preset
 
     module = doc_module("example: integrator with acceleration cache")

@@ -12,10 +12,11 @@ import math
 import re
 import sys
 import textwrap
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
+from systems import random_cluster, two_body_orbit
 
 import nbtoolkit.plugin_manager as plugin_manager
 from nbtoolkit import Integrator, NBodyState, PluginHost, hookimpl
@@ -24,7 +25,6 @@ from nbtoolkit.contracts import checked_step, integrator_origin
 from nbtoolkit.errors import PluginError
 from nbtoolkit.physics import state_accelerations
 from nbtoolkit.simulate import simulate
-from systems import random_cluster, two_body_orbit
 
 #: a healthy plugin module shipped in the same distribution as the broken ones
 GOOD_MODULE = '''

@@ -12,12 +12,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from systems import random_cluster, two_body_orbit
 
 from nbtoolkit import NBodyState, state_energy
 from nbtoolkit.cli import main
 from nbtoolkit.io import save_state
 from nbtoolkit.presets import make_preset
-from systems import random_cluster, two_body_orbit
 
 try:
     import rebound

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from systems import random_cluster
 
 from nbtoolkit.errors import PluginError
 from nbtoolkit.training import ReplayBuffer
-from systems import random_cluster
 
 SAMPLERS = ["uniform", "prioritized", "recent"]
 

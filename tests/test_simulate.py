@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from systems import random_cluster, two_body_orbit
 
 from nbtoolkit import DtPredictor, InvalidTimestepError, NBToolkitError
 from nbtoolkit.simulate import iter_steps, simulate
-from systems import random_cluster, two_body_orbit
 
 
 class FixedDt(DtPredictor):
@@ -73,7 +73,8 @@ def test_guard_gives_up_after_max_halvings_without_hanging(host):
     assert out.dt.item() == 50.0 / 8 and out.guarded.item() and out.force_evals.item() == 4
 
 
-@pytest.mark.parametrize("values, message", [([0.0], "dt = 0.0"), ([float("nan")], "dt = nan"), ([-1.0], "dt = -1.0"), ([0.1, 0.1], "shape")])
+@pytest.mark.parametrize("values, message", [([0.0], "dt = 0.0"), ([float("nan")], "dt = nan"),
+                                             ([-1.0], "dt = -1.0"), ([0.1, 0.1], "shape")])
 def test_a_predictor_returning_bad_dt_is_named(host, values, message):
     state, _ = two_body_orbit()
     with pytest.raises(InvalidTimestepError, match=f"'my-rule'.*{message}"):

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from systems import two_body_orbit
 
 from nbtoolkit import DtPredictor, PluginError
 from nbtoolkit.cli import main
-from nbtoolkit.errors import ConfigError
 from nbtoolkit.plugin_manager import DEFAULT_PLUGINS
 from nbtoolkit.presets import make_preset
 from nbtoolkit.simulate import simulate
-from systems import two_body_orbit
 
 
 def test_registered_as_a_default_predictor(host):

@@ -6,14 +6,19 @@ import math
 
 import pytest
 import torch
+from systems import two_body_orbit
 
 from nbtoolkit import Integrator, NBodyState, state_energy
 from nbtoolkit.control import RunControl
 from nbtoolkit.training import (
-    RetrainLimitError, TrainConfig, attempt_single_step, check_energy_threshold, collect_trajectory,
-    compute_single_step_loss, predict_and_step,
+    RetrainLimitError,
+    TrainConfig,
+    attempt_single_step,
+    check_energy_threshold,
+    collect_trajectory,
+    compute_single_step_loss,
+    predict_and_step,
 )
-from systems import two_body_orbit
 
 
 class Recorder:

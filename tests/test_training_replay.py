@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from systems import random_cluster, two_body_orbit
 
 from nbtoolkit import NBodyState
 from nbtoolkit.errors import PluginError
 from nbtoolkit.training import (
-    Minibatch, ReplayBuffer, TrainConfig, collect_trajectory, evaluate_minibatch, generalize_on_trajectory,
+    Minibatch,
+    ReplayBuffer,
+    TrainConfig,
+    collect_trajectory,
+    evaluate_minibatch,
+    generalize_on_trajectory,
     sample_minibatch,
 )
-from systems import random_cluster, two_body_orbit
-
 
 METRIC_KEYS = {"pass_count", "fail_count", "mean_rel_dE", "max_rel_dE"}
 

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import torch
+from systems import two_body_orbit
 
 from nbtoolkit import NBodyState, hookimpl
 from nbtoolkit.control import RunControl
@@ -15,8 +16,6 @@ from nbtoolkit.errors import ConfigError
 from nbtoolkit.presets import make_preset
 from nbtoolkit.training import CheckpointError, FitResult, RetrainLimitError, TrainConfig, Trainer, load_predictor
 from nbtoolkit.training.cli import add_train_arguments, run_train
-from systems import two_body_orbit
-
 
 SMALL = dict(hidden_width=8, hidden_layers=1, steps_per_epoch=6, replay_batch_size=16, replay_steps=50,
              calibrate_pass_rate=0)  # calibration has its own tests
@@ -353,7 +352,8 @@ def test_every_config_key_has_a_flag():
     flags = {"energy_threshold": "--energy-threshold=1e-3", "E_lower": "--E-lower=1e-7", "E_upper": "--e-upper=1e-5",
              "stop_at_period": "--stop-at-period", "progress": "--progress", "predictor_options": "--predictor-option=a=1",
              "sampler_options": "--sampler-option=b=x", "fallback_options": "--fallback-option=eta=0.1",
-             "integrator_options": "--integrator-option=c=2", "field_options": "--field-option=mass=2", "checkpoint_path": "--checkpoint=x.pt", "on_retrain_limit": "--on-retrain-limit=fallback",
+             "integrator_options": "--integrator-option=c=2", "field_options": "--field-option=mass=2",
+             "checkpoint_path": "--checkpoint=x.pt", "on_retrain_limit": "--on-retrain-limit=fallback",
              "replay_scope": "--replay-scope=epoch", "activation": "--activation=silu", "seed": "--seed=4"}
     argv = []
     for f in dataclasses.fields(TrainConfig):
@@ -387,7 +387,7 @@ def test_cli_without_a_system_trains_on_the_general_set_and_names_bad_preset_fla
 def test_cli_system_table_in_config(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text('epochs = 1\nsteps_per_epoch = 2\nhidden_width = 4\ncheckpoint_path = "%s"\n'
-                      '[system]\npreset = "kepler-batch"\nnum_orbits = 2\n' % (tmp_path / "t.pt").as_posix())
+                      '[system]\npreset = "kepler-batch"\nnum_orbits = 2\n'.replace("%s", (tmp_path / "t.pt").as_posix()))
     assert run_train(parse("--config", str(config), "--no-progress")) == 0
     assert torch.load(tmp_path / "t.pt", weights_only=True)["state"]["mass"].shape == (2, 2)
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import ctypes
 import time as _time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,8 @@ def require_rebound() -> Any:
     try:
         import rebound
     except ImportError as exc:
-        raise ReboundUnavailableError(f"this needs the REBOUND N-body code, which is not installed ({exc}); {INSTALL_HINT}") from None
+        raise ReboundUnavailableError(
+            f"this needs the REBOUND N-body code, which is not installed ({exc}); {INSTALL_HINT}") from None
     return rebound
 
 
@@ -97,7 +99,8 @@ def check_supported(sim: Any) -> None:
         if _is_set(getattr(sim, attr, None)):
             raise UnsupportedSimulationError(f"the simulation has {what}; nbtoolkit integrates Newtonian gravity only")
     if getattr(sim, "extras", None):
-        raise UnsupportedSimulationError("the simulation has REBOUNDx effects attached; nbtoolkit integrates Newtonian gravity only")
+        raise UnsupportedSimulationError(
+            "the simulation has REBOUNDx effects attached; nbtoolkit integrates Newtonian gravity only")
     if int(getattr(sim, "_N_odes", 0)) > 0:
         raise UnsupportedSimulationError(f"the simulation has {int(sim._N_odes)} additional ODEs; nbtoolkit cannot carry them")
     gravity = str(sim.gravity)

@@ -20,7 +20,11 @@ from .config import TrainConfig
 from .errors import CheckpointError, RetrainLimitError
 from .replay import Minibatch, evaluate_minibatch, generalize_on_trajectory, sample_minibatch, uniform_indices
 from .steps import (
-    attempt_single_step, batch_objective, check_energy_threshold, compute_single_step_loss, predict_and_step,
+    attempt_single_step,
+    batch_objective,
+    check_energy_threshold,
+    compute_single_step_loss,
+    predict_and_step,
 )
 from .trainer import FitResult, Trainer
 

@@ -53,15 +53,15 @@ class ReplayBuffer:
         self._data = self._allocate(0)
 
     @classmethod
-    def like(cls, state: NBodyState, capacity: int, history_len: int = 0) -> "ReplayBuffer":
+    def like(cls, state: NBodyState, capacity: int, history_len: int = 0) -> ReplayBuffer:
         """An empty buffer for samples of ``state``'s shape, G, softening, external field, dtype and device."""
         return cls(capacity, state.n_bodies, state.dim, history_len, G=state.G, softening=state.softening,
                    dtype=state.dtype, device=state.device, field=state.field)
 
     def _allocate(self, length: int) -> dict[str, Tensor]:
         N, D, K = self.n_bodies, self.dim, self.history_len
-        f = dict(dtype=self.dtype, device=self.device)
-        i = dict(dtype=torch.long, device=self.device)
+        f: dict[str, Any] = dict(dtype=self.dtype, device=self.device)
+        i: dict[str, Any] = dict(dtype=torch.long, device=self.device)
         return {
             "mass": torch.zeros(length, N, **f), "position": torch.zeros(length, N, D, **f),
             "velocity": torch.zeros(length, N, D, **f), "time": torch.zeros(length, **f),

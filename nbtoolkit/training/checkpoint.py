@@ -334,7 +334,8 @@ def load_predictor_state(predictor: DtPredictor, state_dict: dict[str, Any], nam
     try:
         predictor.load_state_dict(state_dict)
     except RuntimeError as exc:
-        raise CheckpointError(f"{where}: cannot load the weights of dt predictor '{name}': {' '.join(str(exc).split())}") from None
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(f"{where}: cannot load the weights of dt predictor '{name}': {detail}") from None
 
 
 def load_predictor(checkpoint_path: str | os.PathLike[str], host: PluginHost | None = None) -> DtPredictor:

@@ -60,7 +60,8 @@ KEY_HELP: dict[str, str] = {
     "learning_rate": "Adam learning rate (default 1e-3)",
     "lr_decay": "the learning rate falls geometrically over the epochs to learning_rate * this (default 1 = constant)",
     "grad_clip": "gradient norm clipping, 0 = off (default 10)",
-    "calibrate_pass_rate": "after training, scale dt so each validation system passes this share of its steps (0 = off; default 0.995)",
+    "calibrate_pass_rate": ("after training, scale dt so each validation system passes this share of its steps "
+                            "(0 = off; default 0.995)"),
     "calibrate_steps": "unguarded steps per validation system and calibration round (default 256)",
     "integrator": "integrator name (default leapfrog; see `nbtoolkit plugins`)",
     "predictor": "dt predictor to train (default mlp)",
@@ -122,7 +123,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name == "seed":
             continue  # --seed of the system group
         flags = _FLAG_NAMES.get(f.name, ["--" + f.name.replace("_", "-")])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         kwargs: dict[str, Any] = {"dest": _dest(f.name), "default": None, "help": KEY_HELP[f.name]}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -251,6 +252,7 @@ def run_train(args: argparse.Namespace) -> int:
         trainer = Trainer.from_checkpoint(args.resume, state, host=host, control=control, period=period, **overrides)
         trainer.validation_state = validation
     else:
+        assert state is not None  # no --resume: a system or a training set was built above
         trainer = Trainer(TrainConfig.from_dict(overrides), state, host=host, control=control, period=period,
                           validation_state=validation)
     if getattr(args, "export_model", None) is not None:  # checked before training, not after it

@@ -178,8 +178,9 @@ class _Collection:
             self.history = History(_put(self.history.position, idx, pushed.position),
                                    _put(self.history.velocity, idx, pushed.velocity), _put(self.history.mask, idx, pushed.mask))
         self.state = _scatter_state(self.state, idx, after)
-        if self.reference is not None:
-            self.reference = _put(self.reference, idx, self.gate.reference(after))
+        new_reference = None if self.reference is None else self.gate.reference(after)
+        if self.reference is not None and new_reference is not None:
+            self.reference = _put(self.reference, idx, new_reference)
         step = int(self.accepted[idx[0]])
         self.accepted[idx] += 1
         self.dt_sum += float(dt.sum())

@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import tomllib
 import torch
 
 from ..errors import ConfigError
@@ -106,7 +107,7 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a mapping of keys to values; unknown keys are a :class:`ConfigError`."""
         if not isinstance(data, dict):
             raise ConfigError(f"training configuration must be a table of keys; got {type(data).__name__}")
@@ -114,7 +115,7 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "TrainConfig":
+    def from_toml(cls, path: str | Path) -> TrainConfig:
         """Read a TOML file (keys at top level; a ``[system]`` table is skipped)."""
         data, _ = read_toml(path)
         try:
@@ -129,7 +130,7 @@ class TrainConfig:
             out[key] = dict(out[key])
         return out
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some keys changed; unknown keys are a :class:`ConfigError`."""
         _reject_unknown(changes)
         return dataclasses.replace(self, **changes)

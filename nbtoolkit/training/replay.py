@@ -14,8 +14,9 @@ Buffer states are never modified; only their last measured |dE/E| is updated (fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,7 +33,7 @@ from .config import TrainConfig
 from .steps import batch_objective, optimizer_step, predict_and_step
 
 #: ``sampler(buffer, batch_size, generator) -> LongTensor`` of distinct indices into the buffer
-Sampler = Callable[[ReplayBuffer, int, torch.Generator], Tensor]
+Sampler = Callable[[ReplayBuffer, int, torch.Generator | None], Tensor]
 
 
 def uniform_indices(buffer: ReplayBuffer, batch_size: int, generator: torch.Generator | None = None) -> Tensor:

@@ -140,7 +140,7 @@ def predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBod
     acceleration = torch.zeros_like(position) if caches else None
     for (idx, n), o in zip(groups, outs):
         position[idx, :n], velocity[idx, :n] = o.state.position, o.state.velocity
-        if acceleration is not None:
+        if acceleration is not None and o.state.acceleration is not None:
             acceleration[idx, :n] = o.state.acceleration
     time = torch.cat([o.state.time for o in outs])[inverse]
     new = state.detach().replace(position=position, velocity=velocity, time=time, acceleration=acceleration)

@@ -33,11 +33,17 @@ from ..plugin_manager import PluginHost, get_host
 from ..predictor import DtPredictor, History
 from ..state import NBodyState
 from .buffer import ReplayBuffer
-from .checkpoint import (
-    history_from_dict, history_to_dict, load_predictor_state, plugin_info, read_checkpoint,
-    state_from_dict, state_to_dict, write_checkpoint,
-)
 from .calibrate import CalibrationResult, calibrate_safety
+from .checkpoint import (
+    history_from_dict,
+    history_to_dict,
+    load_predictor_state,
+    plugin_info,
+    read_checkpoint,
+    state_from_dict,
+    state_to_dict,
+    write_checkpoint,
+)
 from .collect import collect_trajectory
 from .config import RUNTIME_KEYS, TrainConfig
 from .errors import CheckpointError
@@ -156,9 +162,10 @@ class Trainer:
         results: list[dict[str, Any]] = []
         stopped = False
         validate.writable_file(cfg.checkpoint_path, "configuration key 'checkpoint_path'")
-        if hasattr(self.predictor, "log_safety"):
+        safety = getattr(self.predictor, "log_safety", None)
+        if isinstance(safety, torch.Tensor):
             with torch.no_grad():
-                self.predictor.log_safety.zero_()
+                safety.zero_()
         try:
             hook.nbtoolkit_fit_start(event=FitStart(
                 epochs=cfg.epochs, start_epoch=self.epoch, n_systems=self.state.batch_size, n_bodies=self.state.n_bodies,
@@ -277,7 +284,7 @@ class Trainer:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], state: NBodyState | None = None, *,
                         host: PluginHost | None = None, control: RunControl | None = None,
-                        period: Tensor | None = None, **config_overrides: Any) -> "Trainer":
+                        period: Tensor | None = None, **config_overrides: Any) -> Trainer:
         """Resume training from a checkpoint.
 
         Without ``state`` the run continues exactly where it stopped (same systems, history,

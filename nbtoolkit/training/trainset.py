@@ -39,12 +39,12 @@ per bucket, and a replay minibatch per bucket. ``docs/models.md`` gives the meas
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 
 from ..errors import ConfigError
@@ -78,7 +78,7 @@ class TrainingSet:
 
     @classmethod
     def from_tables(cls, tables: Any, name: str = "custom", description: str = "",
-                    settings: dict[str, Any] | None = None, validation: Any = None) -> "TrainingSet":
+                    settings: dict[str, Any] | None = None, validation: Any = None) -> TrainingSet:
         """Parse ``[[systems]]`` tables (a list of dicts) and optional ``[[validation]]`` tables;
         every problem names the table and key."""
         if not isinstance(tables, list) or not tables:
@@ -99,7 +99,7 @@ class TrainingSet:
         return cls(name, specs, description, dict(settings or {}), extra)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "TrainingSet":
+    def from_toml(cls, path: str | Path) -> TrainingSet:
         p = Path(path)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))

@@ -9,9 +9,10 @@ import torch
 
 pytest.importorskip("nbtoolkit_pefrl", reason="nbtoolkit-pefrl is not installed (pip install ./examples/nbtoolkit-pefrl)")
 
+from nbtoolkit_pefrl import FlybyDt  # noqa: E402
+
 from nbtoolkit import NBodyState, PluginHost  # noqa: E402
 from nbtoolkit.errors import ConfigError, InvalidStateError, PluginError  # noqa: E402
-from nbtoolkit_pefrl import FlybyDt  # noqa: E402
 
 
 def cluster(batch: int, n: int, seed: int = 0, softening: float = 0.0) -> NBodyState:

@@ -10,8 +10,9 @@ import torch
 pytest.importorskip("nbtoolkit_pefrl", reason="nbtoolkit-pefrl is not installed (pip install ./examples/nbtoolkit-pefrl)")
 
 import nbtoolkit_pefrl.integrator as pefrl_module  # noqa: E402
-from nbtoolkit import NBodyState, PluginHost, angular_momentum, linear_momentum, state_energy  # noqa: E402
 from nbtoolkit_pefrl import PEFRL  # noqa: E402
+
+from nbtoolkit import NBodyState, PluginHost, angular_momentum, linear_momentum, state_energy  # noqa: E402
 
 
 def two_body_orbit(e: float, a: float = 1.0, m1: float = 1.0, m2: float = 1.0) -> tuple[NBodyState, float]:
