@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nbtoolkit import get_host
+from nbtoolkit import get_host, hookimpl
+from nbtoolkit.control import RunControl
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -22,3 +23,63 @@ def _one_torch_thread():
 def host():
     """The process-wide plugin host (tests that register plugins remove them again)."""
     return get_host()
+
+
+class EventRecorder:
+    """Records every observer event, in order.
+
+    Registered as a plugin (the ``events`` fixture) it sees what the training engine fires through
+    ``host.hook``; passed where the engine expects ``host.hook`` (``collect_trajectory(hook=...)``)
+    it stands in for the hook relay. With ``control`` and ``stop_at`` it requests a stop on the
+    ``stop_at``-th accepted step.
+    """
+
+    def __init__(self, control: RunControl | None = None, stop_at: int | None = None) -> None:
+        self.seen: list = []
+        self.control, self.stop_at = control, stop_at
+
+    def names(self) -> list[str]:
+        """Event class names, in the order they were fired."""
+        return [type(e).__name__ for e in self.seen]
+
+    def of(self, name: str) -> list:
+        """The events of class ``name`` (e.g. ``"StepAccepted"``), in order."""
+        return [e for e in self.seen if type(e).__name__ == name]
+
+    def _record(self, event) -> None:
+        self.seen.append(event)
+
+    @hookimpl
+    def nbtoolkit_fit_start(self, event):
+        self._record(event)
+
+    @hookimpl
+    def nbtoolkit_step_accepted(self, event):
+        self._record(event)
+        if self.stop_at is not None and len(self.of("StepAccepted")) == self.stop_at:
+            self.control.stop()
+
+    @hookimpl
+    def nbtoolkit_step_rejected(self, event):
+        self._record(event)
+
+    @hookimpl
+    def nbtoolkit_replay_iteration(self, event):
+        self._record(event)
+
+    @hookimpl
+    def nbtoolkit_epoch_end(self, event):
+        self._record(event)
+
+    @hookimpl
+    def nbtoolkit_fit_end(self, event):
+        self._record(event)
+
+
+@pytest.fixture
+def events(host):
+    """An :class:`EventRecorder` registered on the host for the duration of the test."""
+    recorder = EventRecorder()
+    name = host.register_plugin(recorder, name="test-events")
+    yield recorder
+    host.unregister_plugin(name)

@@ -21,29 +21,6 @@ from nbtoolkit.training import (
 )
 
 
-class Recorder:
-    """Collects observer events by hook name (stands in for ``host.hook``)."""
-
-    def __init__(self, stop_after_accepted: int | None = None, control: RunControl | None = None) -> None:
-        self.events: dict[str, list] = {}
-        self.stop_after = stop_after_accepted
-        self.control = control
-
-    def __getattr__(self, name: str):
-        if not name.startswith("nbtoolkit_"):
-            raise AttributeError(name)
-
-        def record(event):
-            self.events.setdefault(name, []).append(event)
-            if name == "nbtoolkit_step_accepted" and self.stop_after is not None \
-                    and len(self.events[name]) >= self.stop_after:
-                self.control.stop()
-        return record
-
-    def get(self, name: str) -> list:
-        return self.events.get("nbtoolkit_" + name, [])
-
-
 def orbits(*eccentricities: float) -> NBodyState:
     """Kepler orbits starting at pericentre, batched."""
     return NBodyState.cat([two_body_orbit(e=e)[0] for e in eccentricities])
@@ -140,13 +117,12 @@ def test_blown_up_step_gives_finite_gradients_through_the_integrator(host, monke
 
 
 # ----------------------------------------------------------------------------- Part 1
-def test_retraining_lowers_rel_dE_until_the_step_is_accepted(host):
+def test_retraining_lowers_rel_dE_until_the_step_is_accepted(host, events):
     leap = host.integrators.create("leapfrog")
     pred = mlp(host, init_factor=0.5)  # far too large a dt at pericentre of e = 0.9
     cfg = TrainConfig(steps_per_epoch=1, max_retrain_steps=500, efficiency_weight=0.0)
-    rec = Recorder()
-    res = collect_trajectory(pred, leap, orbits(0.9), cfg, adam(pred, 3e-2), hook=rec)
-    rejected, accepted = rec.get("step_rejected"), rec.get("step_accepted")
+    res = collect_trajectory(pred, leap, orbits(0.9), cfg, adam(pred, 3e-2), hook=events)
+    rejected, accepted = events.of("StepRejected"), events.of("StepAccepted")
     assert len(rejected) >= 3 and len(accepted) == 1
     first, last = rejected[0], rejected[-1]
     assert first.rel_dE[0] > cfg.energy_threshold
@@ -157,16 +133,15 @@ def test_retraining_lowers_rel_dE_until_the_step_is_accepted(host):
     assert len(res.buffer) == 1 and float(res.buffer.rel_dE[0]) <= cfg.energy_threshold
 
 
-def test_passing_systems_advance_and_only_failing_ones_are_retried(host):
+def test_passing_systems_advance_and_only_failing_ones_are_retried(host, events):
     leap = host.integrators.create("leapfrog")
     pred = mlp(host, init_factor=0.2)  # passes for the circular orbit, fails at pericentre of e = 0.9
     cfg = TrainConfig(steps_per_epoch=1, efficiency_weight=0.0)
-    rec = Recorder()
     start = orbits(0.0, 0.9)
-    res = collect_trajectory(pred, leap, start, cfg, adam(pred, 3e-2), hook=rec)
-    accepted = rec.get("step_accepted")
+    res = collect_trajectory(pred, leap, start, cfg, adam(pred, 3e-2), hook=events)
+    accepted = events.of("StepAccepted")
     assert accepted[0].systems.tolist() == [0] and accepted[0].retrains.tolist() == [0]
-    assert all(e.systems.tolist() == [1] for e in rec.get("step_rejected"))
+    assert all(e.systems.tolist() == [1] for e in events.of("StepRejected"))
     assert res.accepted.tolist() == [1, 1] and res.rejected[0] == 0 and res.rejected[1] >= 1
     assert bool((res.state.time > start.time).all())
     assert sorted(res.buffer.system.tolist()) == [0, 1]
@@ -237,12 +212,12 @@ def test_stop_time_ends_a_systems_collection(host):
     assert res.accepted[0] < res.accepted[1] < 10_000
 
 
-def test_stop_request_ends_collection_keeping_accepted_steps(host):
+def test_stop_request_ends_collection_keeping_accepted_steps(host, events):
     leap = host.integrators.create("leapfrog")
     pred = mlp(host, init_factor=0.02)
     control = RunControl()
-    rec = Recorder(stop_after_accepted=4, control=control)
-    res = collect_trajectory(pred, leap, orbits(0.5), TrainConfig(steps_per_epoch=50), adam(pred), hook=rec,
+    events.control, events.stop_at = control, 4
+    res = collect_trajectory(pred, leap, orbits(0.5), TrainConfig(steps_per_epoch=50), adam(pred), hook=events,
                              control=control)
     assert res.stopped and res.accepted.tolist() == [4] and len(res.buffer) == 4
-    assert torch.allclose(res.state.time, torch.tensor(rec.get("step_accepted")[-1].time))
+    assert torch.allclose(res.state.time, torch.tensor(events.of("StepAccepted")[-1].time))

@@ -25,54 +25,6 @@ def kepler_batch(n: int = 3):
     return make_preset("kepler-batch", num_orbits=n, e_min=0.5, e_max=0.9, seed=0)
 
 
-class Events:
-    """A plugin object recording every observer event (optionally stopping the run on the k-th accepted step)."""
-
-    def __init__(self, control: RunControl | None = None, stop_at: int | None = None) -> None:
-        self.seen: list = []
-        self.control, self.stop_at = control, stop_at
-
-    def names(self) -> list[str]:
-        return [type(e).__name__ for e in self.seen]
-
-    def of(self, name: str) -> list:
-        return [e for e in self.seen if type(e).__name__ == name]
-
-    @hookimpl
-    def nbtoolkit_fit_start(self, event):
-        self.seen.append(event)
-
-    @hookimpl
-    def nbtoolkit_step_accepted(self, event):
-        self.seen.append(event)
-        if self.stop_at is not None and len(self.of("StepAccepted")) == self.stop_at:
-            self.control.stop()
-
-    @hookimpl
-    def nbtoolkit_step_rejected(self, event):
-        self.seen.append(event)
-
-    @hookimpl
-    def nbtoolkit_replay_iteration(self, event):
-        self.seen.append(event)
-
-    @hookimpl
-    def nbtoolkit_epoch_end(self, event):
-        self.seen.append(event)
-
-    @hookimpl
-    def nbtoolkit_fit_end(self, event):
-        self.seen.append(event)
-
-
-@pytest.fixture
-def events(host):
-    recorder = Events()
-    name = host.register_plugin(recorder, name="test-events")
-    yield recorder
-    host.unregister_plugin(name)
-
-
 def same_weights(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -134,19 +86,15 @@ def test_epoch_scope_clears_the_buffer_every_epoch(events):
     assert [e.buffer_size for e in events.of("EpochEnd")] == [12, 12]
 
 
-def test_stop_request_ends_fit_cleanly(host):
+def test_stop_request_ends_fit_cleanly(host, events):
     control = RunControl()
-    recorder = Events(control=control, stop_at=4)
-    name = host.register_plugin(recorder, name="test-stopper")
-    try:
-        trainer = Trainer(TrainConfig(epochs=5, **SMALL), kepler_batch(1).state, control=control)
-        result = trainer.fit()
-    finally:
-        host.unregister_plugin(name)
+    events.control, events.stop_at = control, 4
+    trainer = Trainer(TrainConfig(epochs=5, **SMALL), kepler_batch(1).state, control=control)
+    result = trainer.fit()
     assert result.stopped and result.epochs_completed == 0 and trainer.epoch == 0
-    end = recorder.seen[-1]
+    end = events.seen[-1]
     assert type(end).__name__ == "FitEnd" and end.stopped and end.error is None
-    assert len(recorder.of("StepAccepted")) == 4 and len(trainer.buffer) == 4
+    assert len(events.of("StepAccepted")) == 4 and len(trainer.buffer) == 4
 
 
 def test_pause_blocks_until_resumed(host):
