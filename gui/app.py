@@ -52,7 +52,7 @@ def create_window(args: argparse.Namespace) -> MainWindow:
     Problems with the options (a bad config file, a missing checkpoint) are shown in the window's
     error banner, so the app still opens.
     """
-    from nbtoolkit.errors import NBToolkitError
+    from nbtoolkit.errors import ConfigError, NBToolkitError
 
     from .main_window import MainWindow
 
@@ -64,7 +64,7 @@ def create_window(args: argparse.Namespace) -> MainWindow:
             window.controls.set_preset(args.preset)
         if args.checkpoint is not None:
             if not args.checkpoint.is_file():
-                raise NBToolkitError(f"checkpoint file '{args.checkpoint}' does not exist")
+                raise ConfigError(f"checkpoint file '{args.checkpoint}' does not exist")
             window.controls.set_checkpoint(args.checkpoint)
             window.controls.set_mode("simulate")
     except (NBToolkitError, OSError, ValueError) as exc:

@@ -75,7 +75,7 @@ def load_system(args: argparse.Namespace, default_preset: str | None = None) -> 
         return load_state(args.state), None
     name = args.preset or default_preset
     if name is None:
-        raise NBToolkitError("give --preset NAME or --state FILE")
+        raise ConfigError("give --preset NAME or --state FILE")
     system = make_preset(name, **preset_flag_values(args, name))
     return system.state, system.period
 
@@ -293,10 +293,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.t_end is not None:
         span = args.t_end - state.time
         if not bool((span > 0).all()):
-            raise NBToolkitError(f"--t-end {args.t_end:g} must lie after the start time of every system")
+            raise ConfigError(f"--t-end {args.t_end:g} must lie after the start time of every system")
         period, orbits = span, 1.0  # one "orbit" of length t_end - t0
     elif period is None:
-        raise NBToolkitError("this system has no orbital period: give --t-end T (the end time of each run)")
+        raise ConfigError("this system has no orbital period: give --t-end T (the end time of each run)")
     else:
         orbits = args.orbits
     integrator, learned = _integrator_and_checkpoint(host, args)

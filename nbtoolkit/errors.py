@@ -1,10 +1,14 @@
 """Exception types raised by nbtoolkit.
 
 Every error a user can cause derives from :class:`NBToolkitError`, so the CLI can print a
-one-paragraph message (no traceback) for them and let genuine bugs surface.
+one-paragraph message (no traceback) for them and let genuine bugs surface. All of them live in
+this module; the modules that raise them (``nbtoolkit.io``, ``nbtoolkit.reference``,
+``nbtoolkit.interop.rebound``, ``nbtoolkit.training``) re-export theirs under the old names.
 """
 
 from __future__ import annotations
+
+import math
 
 
 class NBToolkitError(Exception):
@@ -40,3 +44,49 @@ class StateFileError(NBToolkitError):
 
 class ConfigError(NBToolkitError, ValueError):
     """A configuration value or file is invalid (the message names the key)."""
+
+
+class InvalidStateFileError(StateFileError, InvalidStateError):
+    """A state file that is well formed but holds an invalid state (non-finite values,
+    non-positive masses, coincident bodies, G <= 0, ...). Catchable as either parent."""
+
+
+class ReferenceMismatchError(StateFileError):
+    """A reference trajectory does not describe the evaluated system or has no output at its end time."""
+
+
+class ReboundUnavailableError(NBToolkitError):
+    """The optional dependency rebound is not installed."""
+
+
+class UnsupportedSimulationError(NBToolkitError, ValueError):
+    """A rebound simulation uses something nbtoolkit cannot represent (test particles, extra forces, ...)."""
+
+
+class CheckpointError(NBToolkitError):
+    """A checkpoint file is missing, unreadable, corrupt, or does not match the model or plugins."""
+
+
+class RetrainLimitError(NBToolkitError):
+    """Part 1 retrained a system ``max_retrain_steps`` times in a row without passing the energy gate.
+
+    Attributes: ``system`` (index in the batch), ``rel_dE`` (|dE/E| of the last attempt, inf if
+    it blew up), ``threshold`` (the gate), ``attempts``, ``epoch`` and ``step`` (accepted steps
+    of that system so far in the epoch).
+    """
+
+    def __init__(self, system: int, rel_dE: float, threshold: float, attempts: int, epoch: int, step: int,
+                 detail: str = "") -> None:
+        self.system = system
+        self.rel_dE = rel_dE
+        self.threshold = threshold
+        self.attempts = attempts
+        self.epoch = epoch
+        self.step = step
+        shown = "inf (the step blew up)" if not math.isfinite(rel_dE) else f"{rel_dE:.3e}"
+        message = (
+            f"system {system} failed the energy gate {attempts} times in a row at epoch {epoch}, step {step}: "
+            f"last |dE/E| = {shown} > energy_threshold = {threshold:.3e}. "
+            "Raise max_retrain_steps, lower learning_rate, or set on_retrain_limit = \"fallback\""
+        )
+        super().__init__(message + (f" ({detail})" if detail else ""))

@@ -164,7 +164,7 @@ def tune_scale(
     ``constant`` rule with dt = 1 it is the best constant dt. ``state`` must hold one system.
     """
     if state.batch_size != 1:
-        raise NBToolkitError(f"tune_scale takes one system; got a batch of {state.batch_size}")
+        raise ConfigError(f"tune_scale takes one system; got a batch of {state.batch_size}")
     validate.run_span(orbits=orbits, threshold=threshold)
     lo, hi = high / span, high
     for _ in range(12):
@@ -254,7 +254,7 @@ def greedy_oracle(
     with a gate other than the energy gate, its largest accepted error ``max_step_error``).
     """
     if state.batch_size != 1:
-        raise NBToolkitError(f"greedy_oracle takes one system; got a batch of {state.batch_size}")
+        raise ConfigError(f"greedy_oracle takes one system; got a batch of {state.batch_size}")
     validate.run_span(orbits=orbits, threshold=threshold)
     validate.energy_normalisable(state)
     start = _time.perf_counter()

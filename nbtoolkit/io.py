@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
-from .errors import InvalidStateError, StateFileError
+from .errors import InvalidStateError, InvalidStateFileError, StateFileError
 from .state import DEFAULT_DTYPE, NBodyState
 
 PathLike = str | os.PathLike[str]
@@ -37,11 +37,6 @@ SCALAR_DEFAULTS = {"G": 1.0, "softening": 0.0}
 
 _ZIP_MAGIC = b"PK"  # local file header (PK\x03\x04) or empty archive (PK\x05\x06)
 _NPY_MAGIC = b"\x93NUMPY"
-
-
-class InvalidStateFileError(StateFileError, InvalidStateError):
-    """A state file that is well formed but holds an invalid state (non-finite values,
-    non-positive masses, coincident bodies, G <= 0, ...). Catchable as either parent."""
 
 
 def save_npz_atomic(path: PathLike, **arrays: Any) -> Path:

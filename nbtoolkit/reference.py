@@ -23,16 +23,12 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .errors import StateFileError
+from .errors import ConfigError, ReferenceMismatchError, StateFileError
 from .state import NBodyState
 
 #: relative tolerance for matching times, masses and initial conditions
 MATCH_RTOL = 1e-9
 TRAJECTORY_KEYS = ("time", "position", "velocity", "mass")
-
-
-class ReferenceMismatchError(StateFileError):
-    """A reference trajectory does not describe the evaluated system or has no output at its end time."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +173,6 @@ def add_reference_parser(sub: Any) -> None:
 def cmd_reference(args: argparse.Namespace) -> int:
     from . import validate
     from .cli import load_system
-    from .errors import NBToolkitError
     from .interop.rebound import integrate_reference, require_rebound
 
     require_rebound()
@@ -186,21 +181,21 @@ def cmd_reference(args: argparse.Namespace) -> int:
     t0 = state.time.detach().numpy()
     if args.orbits is not None:
         if period is None:
-            raise NBToolkitError("--orbits needs a preset with a known period; give --t-end instead")
+            raise ConfigError("--orbits needs a preset with a known period; give --t-end instead")
         if not args.orbits > 0:
-            raise NBToolkitError(f"--orbits must be > 0; got {args.orbits}")
+            raise ConfigError(f"--orbits must be > 0; got {args.orbits}")
         ends = t0 + args.orbits * period.detach().numpy()
         if not np.allclose(ends, ends[0], rtol=1e-15, atol=0):
-            raise NBToolkitError("--orbits gives a different end time per system; give --t-end instead")
+            raise ConfigError("--orbits gives a different end time per system; give --t-end instead")
         end = float(ends[0])
     else:
         end = float(args.t_end)
     if not (np.isfinite(end) and end > float(t0.max())):
-        raise NBToolkitError(f"the end time must be later than the start time {float(t0.max())}; got {end}")
+        raise ConfigError(f"the end time must be later than the start time {float(t0.max())}; got {end}")
     times = sorted(set(args.times or []))
     bad = [t for t in times if not (np.isfinite(t) and float(t0.max()) < t <= end)]
     if bad:
-        raise NBToolkitError(f"--times must lie after the start time {float(t0.max())} "
+        raise ConfigError(f"--times must lie after the start time {float(t0.max())} "
                              f"and not after the end time {end}; got {bad[0]}")
     if not times or times[-1] < end:
         times.append(end)

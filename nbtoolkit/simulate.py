@@ -24,7 +24,7 @@ from torch import Tensor
 from . import validate
 from .contracts import checked_error, checked_step
 from .control import RunControl
-from .errors import NBToolkitError
+from .errors import ConfigError, NBToolkitError
 from .gate import Gate, is_energy_gate
 from .integrator import Integrator
 from .physics import relative_energy_error, state_energy
@@ -298,7 +298,7 @@ def simulate(
     """
     chosen = [name for name, value in (("steps", steps), ("t_end", t_end), ("orbits", orbits)) if value is not None]
     if len(chosen) != 1:
-        raise NBToolkitError(f"give exactly one of steps, t_end or orbits; got {', '.join(chosen) or 'none'}")
+        raise ConfigError(f"give exactly one of steps, t_end or orbits; got {', '.join(chosen) or 'none'}")
     validate.run_span(t_end=t_end, orbits=orbits, guard_threshold=guard_threshold, max_halvings=max_halvings,
                       max_steps=max_steps)
     if steps is not None:
@@ -307,25 +307,25 @@ def simulate(
     end: Tensor | None = None
     if orbits is not None:
         if period is None:
-            raise NBToolkitError("orbits needs the period of each system; this state has no known period")
+            raise ConfigError("orbits needs the period of each system; this state has no known period")
         if not orbits > 0:
-            raise NBToolkitError(f"orbits must be > 0; got {orbits}")
+            raise ConfigError(f"orbits must be > 0; got {orbits}")
         end = t0 + float(orbits) * torch.as_tensor(period, dtype=state.dtype)
     elif t_end is not None:
         end = torch.as_tensor(t_end, dtype=state.dtype).expand_as(t0).clone()
         if bool((end <= t0).any()):
-            raise NBToolkitError(f"t_end must be later than the start time {t0.min().item()}; got {t_end}")
+            raise ConfigError(f"t_end must be later than the start time {t0.min().item()}; got {t_end}")
     elif steps is not None and steps < 1:
-        raise NBToolkitError(f"steps must be >= 1; got {steps}")
+        raise ConfigError(f"steps must be >= 1; got {steps}")
     if steps is not None and steps > max_steps:
-        raise NBToolkitError(f"steps={steps} exceeds max_steps={max_steps}")
+        raise ConfigError(f"steps={steps} exceeds max_steps={max_steps}")
 
     dt_limit = None if end is None else (lambda s: time_remaining(end, s.time))
     constant_dt = _constant_dt(predictor)
     if end is not None and constant_dt is not None:
         needed = float(((end - t0) / constant_dt).max())
         if needed > max_steps:
-            raise NBToolkitError(
+            raise ConfigError(
                 f"a constant dt of {constant_dt:g} needs about {needed:.3g} steps to reach the end time, "
                 f"more than max_steps={max_steps}; use a larger dt or raise max_steps"
             )

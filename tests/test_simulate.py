@@ -7,7 +7,7 @@ import pytest
 import torch
 from systems import random_cluster, two_body_orbit
 
-from nbtoolkit import DtPredictor, InvalidTimestepError, NBToolkitError
+from nbtoolkit import ConfigError, DtPredictor, InvalidTimestepError
 from nbtoolkit.simulate import iter_steps, simulate
 
 
@@ -84,11 +84,11 @@ def test_a_predictor_returning_bad_dt_is_named(host, values, message):
 def test_run_length_errors_are_raised_before_any_work(host):
     state, _ = two_body_orbit()
     integ, pred = host.integrators.create("leapfrog"), host.predictors.create("constant", dt=0.1)
-    with pytest.raises(NBToolkitError, match="exactly one of"):
+    with pytest.raises(ConfigError, match="exactly one of"):
         simulate(state, integ, pred, steps=3, t_end=1.0)
-    with pytest.raises(NBToolkitError, match="no known period"):
+    with pytest.raises(ConfigError, match="no known period"):
         simulate(state, integ, pred, orbits=2)
-    with pytest.raises(NBToolkitError, match="max_steps=5"):
+    with pytest.raises(ConfigError, match="max_steps=5"):
         simulate(state, integ, pred, t_end=100.0, max_steps=5)
 
 

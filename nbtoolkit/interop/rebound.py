@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import NBToolkitError
+from ..errors import ConfigError, ReboundUnavailableError, UnsupportedSimulationError
 from ..physics import state_energy
 from ..state import NBodyState
 
@@ -35,14 +35,6 @@ INSTALL_HINT = "install the optional extra with: pip install 'nbtoolkit[rebound]
 
 #: gravity modules that are Newtonian direct summation (tree is its approximation, with the same softening)
 SUPPORTED_GRAVITY = ("basic", "compensated", "tree")
-
-
-class ReboundUnavailableError(NBToolkitError):
-    """The optional dependency rebound is not installed."""
-
-
-class UnsupportedSimulationError(NBToolkitError, ValueError):
-    """A rebound simulation uses something nbtoolkit cannot represent (test particles, extra forces, ...)."""
 
 
 def require_rebound() -> Any:
@@ -132,7 +124,7 @@ def from_simulation(sim: Any, *, dim: int | None = None, dtype: torch.dtype = to
     if dim is None:
         dim = 2 if planar else 3
     if dim not in (2, 3):
-        raise NBToolkitError(f"dim must be 2, 3 or None; got {dim!r}")
+        raise ConfigError(f"dim must be 2, 3 or None; got {dim!r}")
     if dim == 2 and not planar:
         raise UnsupportedSimulationError("dim = 2 was asked for, but some particles have z or vz != 0")
     return NBodyState.from_arrays(
@@ -149,7 +141,7 @@ def to_simulation(state: NBodyState, index: int = 0) -> Any:
     """
     rebound = require_rebound()
     if not isinstance(index, int) or not -state.batch_size <= index < state.batch_size:
-        raise NBToolkitError(f"index {index!r} is out of range for a batch of {state.batch_size} systems")
+        raise ConfigError(f"index {index!r} is out of range for a batch of {state.batch_size} systems")
     data = state.numpy()
     mass, x, v = data["mass"][index], data["position"][index], data["velocity"][index]
     sim = rebound.Simulation()
@@ -201,12 +193,12 @@ def integrate_reference(state: NBodyState, times: Sequence[float] | np.ndarray, 
     require_rebound()
     out = np.asarray(times, dtype=np.float64).reshape(-1)
     if out.size == 0:
-        raise NBToolkitError("give at least one output time")
+        raise ConfigError("give at least one output time")
     if not np.all(np.isfinite(out)) or np.any(np.diff(out) <= 0):
-        raise NBToolkitError(f"output times must be finite and strictly increasing; got {out.tolist()[:6]}")
+        raise ConfigError(f"output times must be finite and strictly increasing; got {out.tolist()[:6]}")
     t0 = state.time.detach().numpy()
     if not np.all(out[0] > t0):
-        raise NBToolkitError(f"output times must be later than the start time {float(t0.max())}; the first is {out[0]}")
+        raise ConfigError(f"output times must be later than the start time {float(t0.max())}; the first is {out[0]}")
     B, N, D = state.position.shape
     S = out.size
     position = np.zeros((S + 1, B, N, D))

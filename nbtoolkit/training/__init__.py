@@ -13,11 +13,11 @@ Quick start::
 
 from __future__ import annotations
 
+from ..errors import CheckpointError, RetrainLimitError
 from .buffer import ReplayBuffer
 from .checkpoint import load_predictor, read_checkpoint
 from .collect import CollectResult, collect_trajectory
 from .config import TrainConfig
-from .errors import CheckpointError, RetrainLimitError
 from .replay import Minibatch, evaluate_minibatch, generalize_on_trajectory, sample_minibatch, uniform_indices
 from .steps import (
     attempt_single_step,

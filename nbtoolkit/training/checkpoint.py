@@ -40,11 +40,10 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write
-from ..errors import UnknownNameError
+from ..errors import CheckpointError, UnknownNameError
 from ..plugin_manager import PluginHost, get_host
 from ..predictor import DtPredictor, History
 from ..state import NBodyState
-from .errors import CheckpointError
 
 FORMAT = "nbtoolkit-checkpoint"
 FORMAT_VERSION = 1

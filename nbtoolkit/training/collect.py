@@ -18,7 +18,7 @@ Warmup: with ``history_len`` K > 0 a sample is only recorded once its history wi
 so the first K accepted steps from a fresh history are taken but not put in the buffer.
 
 Retry cap: ``max_retrain_steps`` consecutive rejections of one system raise
-:class:`~nbtoolkit.training.errors.RetrainLimitError`, or with ``on_retrain_limit =
+:class:`~nbtoolkit.errors.RetrainLimitError`, or with ``on_retrain_limit =
 "fallback"`` that step is taken with the fallback (classical) predictor's dt, halved until it
 passes the gate (at most :data:`FALLBACK_HALVINGS` times), and collection goes on.
 """
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..control import RunControl, RunStopped
+from ..errors import RetrainLimitError
 from ..events import StepAccepted, StepRejected
 from ..gate import EnergyGate, Gate
 from ..integrator import Integrator
@@ -41,7 +42,6 @@ from ..predictor import DtPredictor, History, checked_dt
 from ..state import NBodyState
 from .buffer import ReplayBuffer
 from .config import TrainConfig
-from .errors import RetrainLimitError
 from .steps import attempt_single_step, batch_objective, check_energy_threshold, optimizer_step, predict_and_step
 
 #: most dt halvings the fallback tries before giving up on a step
@@ -249,7 +249,7 @@ def collect_trajectory(
     predictor used when ``config.on_retrain_limit == "fallback"``. ``gate`` judges the steps
     (default: the energy gate; ``gate_name`` names it in errors).
 
-    Raises :class:`~nbtoolkit.training.errors.RetrainLimitError` when a system is rejected
+    Raises :class:`~nbtoolkit.errors.RetrainLimitError` when a system is rejected
     ``max_retrain_steps`` times in a row (and no fallback applies).
     """
     K = int(getattr(predictor, "history_len", 0))

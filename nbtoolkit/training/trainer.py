@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import __version__, validate
 from ..control import RunControl, RunStopped
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..events import EpochEnd, FitEnd, FitStart
 from ..field import ExternalField
 from ..plugin_manager import PluginHost, get_host
@@ -46,7 +46,6 @@ from .checkpoint import (
 )
 from .collect import collect_trajectory
 from .config import RUNTIME_KEYS, TrainConfig
-from .errors import CheckpointError
 from .replay import generalize_on_trajectory
 
 
