@@ -12,83 +12,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import __version__, validate
+from .cli_system import (  # noqa: F401  (re-exported: the commands' shared system flags)
+    PRESET_FLAGS,
+    add_system_arguments,
+    load_system,
+    preset_flag_values,
+    with_field,
+)
 from .control import RunStopped
 from .errors import ConfigError, NBToolkitError
+from .evaluate import format_gate_table  # noqa: F401  (re-exported for the benchmarks)
 from .plugin_manager import PluginHost, get_host
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-
-# ----------------------------------------------------------------------------- shared option groups
-def add_system_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--preset``/``--state`` and the preset parameters (unset ones keep the preset defaults)."""
-    from .presets import PRESETS
-
-    group = parser.add_argument_group("system")
-    source = group.add_mutually_exclusive_group()
-    source.add_argument("--preset", choices=sorted(PRESETS), help="built-in initial condition")
-    source.add_argument("--state", type=Path, help="initial state .npz (keys mass, position, velocity[, time, G, softening])")
-    group.add_argument("--eccentricity", type=float, help="kepler: orbital eccentricity, 0 <= e < 1")
-    group.add_argument("--semi-major-axis", type=float, help="kepler, kepler-batch: semi-major axis")
-    group.add_argument("--masses", type=_float_list, help="kepler, kepler-batch: the two masses, e.g. 1,1")
-    group.add_argument("--start", choices=["apocentre", "pericentre"], help="kepler, kepler-batch: starting point")
-    group.add_argument("--num-orbits", type=int, help="kepler-batch: number of orbits in the batch")
-    group.add_argument("--e-min", type=float, help="kepler-batch: smallest eccentricity")
-    group.add_argument("--e-max", type=float, help="kepler-batch: largest eccentricity")
-    group.add_argument("--n", type=int, help="plummer: number of bodies")
-    group.add_argument("--seed", type=int, help="random seed (plummer, kepler-batch; training)")
-
-
-PRESET_FLAGS = ("eccentricity", "semi_major_axis", "masses", "start", "num_orbits", "e_min", "e_max", "n", "seed")
-
-
-def preset_flag_values(args: argparse.Namespace, name: str, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The preset parameters set by flags (unset ones omitted); a flag the preset does not take is an error."""
-    from .presets import PRESETS
-
-    accepted = PRESETS[name].params
-    given = {k: getattr(args, k) for k in PRESET_FLAGS if k not in exclude and getattr(args, k, None) is not None}
-    unused = sorted(k for k in given if k not in accepted)
-    if unused:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise ConfigError(f"preset '{name}' does not take {flags}; it takes: {', '.join(sorted(accepted)) or '(nothing)'}")
-    return given
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def load_system(args: argparse.Namespace, default_preset: str | None = None) -> tuple[Any, torch.Tensor | None]:
-    """The initial state and its period (B,) or None, from ``--state`` or ``--preset`` and its flags."""
-    from .io import load_state
-    from .presets import make_preset
-
-    if args.state is not None:
-        return load_state(args.state), None
-    name = args.preset or default_preset
-    if name is None:
-        raise ConfigError("give --preset NAME or --state FILE")
-    system = make_preset(name, **preset_flag_values(args, name))
-    return system.state, system.period
-
-
-def with_field(host: PluginHost, state: Any, args: argparse.Namespace) -> Any:
-    """``state`` in the external field of ``--field NAME`` (built with its ``--field-option``s), or
-    unchanged without ``--field``."""
-    options = validate.option_dict(args.field_option, "--field-option")
-    if args.field is None:
-        if options:
-            raise ConfigError("--field-option needs --field NAME (see `nbtoolkit plugins` for the external fields)")
-        return state
-    return state.replace(field=host.fields.create(args.field, **options))
 
 
 def _integrator_and_checkpoint(host: PluginHost, args: argparse.Namespace) -> tuple[Any, Any]:
@@ -338,32 +276,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_gate_table(rows: list[dict[str, Any]], gate_label: str = "gate error") -> str:
-    """A fixed-width table of gate reports (label, steps, force evals, pass %, max and final |dE/E|),
-    with a column of the largest per-step error of the gate (headed ``max`` + ``gate_label``) when
-    a gate other than the energy gate judged the runs."""
-    width = max([len("predictor")] + [len(r["label"]) for r in rows])
-    lines = [f"{'predictor':<{width}}  {'steps':>8}  {'force evals':>11}  {'pass %':>7}  "
-             f"{'max |dE/E|':>10}  {'final |dE/E|':>12}"]
-    for r in rows:
-        lines.append(
-            f"{r['label']:<{width}}  {r['steps']:>8d}  {r['force_evals']:>11d}  {100 * r['pass_fraction']:>7.2f}  "
-            f"{r['max_step_rel_dE']:>10.3e}  {r['final_rel_dE']:>12.3e}"
-        )
-    if any(r.get("max_step_error") is not None for r in rows):  # evaluate --gate other than energy
-        head = f"max {gate_label}"
-        size = max(len(head), 10)
-        lines = [lines[0] + f"  {head:>{size}}"] + [line + f"  {r['max_step_error']:>{size}.3e}"
-                                                    for line, r in zip(lines[1:], rows)]
-    if any(r.get("position_error") is not None for r in rows):  # evaluate --reference
-        lines = [lines[0] + f"  {'|dx| vs ref':>11}  {'|dv| vs ref':>11}"] + [
-            line + "".join(f"  {r[k]:>11.3e}" if r.get(k) is not None else f"  {'-':>11}"
-                           for k in ("position_error", "velocity_error"))
-            for line, r in zip(lines[1:], rows)
-        ]
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- parser and entry point
 def cmd_gui(args: argparse.Namespace) -> int:
     """Open the viewer; without a display (or with --headless) run the main job in the terminal."""
@@ -371,7 +283,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
     _check_gui_options(args)
     if args.headless or not display_available():
-        from .demo import run_headless_demo
+        from gui.headless import run_headless_demo
 
         if not args.headless:
             print("nbtoolkit gui: no display found; running the main job headless "

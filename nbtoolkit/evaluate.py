@@ -312,3 +312,29 @@ def _try_dts(state: NBodyState, energy: Tensor, integrator: Integrator, dts: Ten
         return rel, rel, new
     assert gate is not None  # is_energy_gate(None) is True
     return rel, checked_error(gate, batch, new, gate.reference(batch)), new
+
+
+def format_gate_table(rows: list[dict[str, Any]], gate_label: str = "gate error") -> str:
+    """A fixed-width table of gate reports (label, steps, force evals, pass %, max and final |dE/E|),
+    with a column of the largest per-step error of the gate (headed ``max`` + ``gate_label``) when
+    a gate other than the energy gate judged the runs."""
+    width = max([len("predictor")] + [len(r["label"]) for r in rows])
+    lines = [f"{'predictor':<{width}}  {'steps':>8}  {'force evals':>11}  {'pass %':>7}  "
+             f"{'max |dE/E|':>10}  {'final |dE/E|':>12}"]
+    for r in rows:
+        lines.append(
+            f"{r['label']:<{width}}  {r['steps']:>8d}  {r['force_evals']:>11d}  {100 * r['pass_fraction']:>7.2f}  "
+            f"{r['max_step_rel_dE']:>10.3e}  {r['final_rel_dE']:>12.3e}"
+        )
+    if any(r.get("max_step_error") is not None for r in rows):  # evaluate --gate other than energy
+        head = f"max {gate_label}"
+        size = max(len(head), 10)
+        lines = [lines[0] + f"  {head:>{size}}"] + [line + f"  {r['max_step_error']:>{size}.3e}"
+                                                    for line, r in zip(lines[1:], rows)]
+    if any(r.get("position_error") is not None for r in rows):  # evaluate --reference
+        lines = [lines[0] + f"  {'|dx| vs ref':>11}  {'|dv| vs ref':>11}"] + [
+            line + "".join(f"  {r[k]:>11.3e}" if r.get(k) is not None else f"  {'-':>11}"
+                           for k in ("position_error", "velocity_error"))
+            for line, r in zip(lines[1:], rows)
+        ]
+    return "\n".join(lines)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from .cli_system import add_system_arguments, load_system
 from .errors import ConfigError, ReferenceMismatchError, StateFileError
 from .state import NBodyState
 
@@ -156,7 +157,6 @@ def error_columns(reference: Reference | None, final: NBodyState) -> list[dict[s
 def add_reference_parser(sub: Any) -> None:
     """Register ``nbtoolkit reference`` on the CLI's subparsers."""
     from . import validate
-    from .cli import add_system_arguments
 
     p = sub.add_parser("reference", help="integrate a state with REBOUND's IAS15 and write a reference trajectory")
     add_system_arguments(p)
@@ -172,7 +172,6 @@ def add_reference_parser(sub: Any) -> None:
 
 def cmd_reference(args: argparse.Namespace) -> int:
     from . import validate
-    from .cli import load_system
     from .interop.rebound import integrate_reference, require_rebound
 
     require_rebound()

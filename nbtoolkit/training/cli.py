@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .. import validate
+from ..cli_system import add_system_arguments, preset_flag_values
 from ..control import RunControl
 from ..errors import ConfigError
 from ..plugin_manager import get_host
@@ -105,7 +106,6 @@ def _dest(key: str) -> str:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the system, run and configuration flags of ``nbtoolkit train`` to ``parser``."""
-    from ..cli import add_system_arguments
 
     add_system_arguments(parser)
     run = parser.add_argument_group("run")
@@ -157,7 +157,6 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _system(args: argparse.Namespace, table: dict[str, Any] | None) -> tuple[NBodyState | None, torch.Tensor | None]:
     """The initial state and period from --state / --preset (+ flags) / the [system] table, or (None, None)."""
-    from ..cli import preset_flag_values
     from ..io import load_state
     from ..presets import PRESETS, make_preset
 

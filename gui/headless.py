@@ -12,9 +12,10 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from .evaluate import evaluate_predictor, tune_rule
-from .plugin_manager import get_host
-from .presets import make_preset
+from nbtoolkit.evaluate import evaluate_predictor, format_gate_table, tune_rule
+from nbtoolkit.plugin_manager import get_host
+from nbtoolkit.presets import make_preset
+from nbtoolkit.training import TrainConfig, Trainer
 
 #: training set and held-out orbit of the demo
 TRAIN_PRESET = {"num_orbits": 8, "e_min": 0.5, "e_max": 0.95, "seed": 0}
@@ -27,9 +28,6 @@ TRAINING: dict[str, Any] = {"E_lower": 1.1e-4, "E_upper": 1.7e-4, "lr_decay": 0.
 
 def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdout) -> int:
     """Train, evaluate and print; returns 0. Progress goes to stderr when it is a terminal."""
-    from .cli import format_gate_table
-    from .training import TrainConfig, Trainer
-
     host = get_host()
     system = make_preset("kepler-batch", **TRAIN_PRESET)
     config = TrainConfig(epochs=epochs, seed=seed, progress=sys.stderr.isatty(), **TRAINING)
