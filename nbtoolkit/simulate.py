@@ -158,29 +158,13 @@ def _guard(
         retry_e = state_energy(retry)
         retry_rel = relative_energy_error(e0[idx], retry_e)
         retry_error = judge.error(before, retry, retry_rel, None if reference is None else reference[idx])
-        new = _scatter(new, idx, retry)
+        new = new.scatter(idx, retry)
         e1, rel, error = e1.clone(), rel.clone(), error.clone()
         e1[idx], rel[idx], error[idx] = retry_e, retry_rel, retry_error
         evals = evals.clone()
         evals[idx] += integrator.force_evals_per_step
         failing = error > threshold
     return new, e1, rel, error, dt, evals, guarded
-
-
-def _scatter(base: NBodyState, idx: Tensor, part: NBodyState) -> NBodyState:
-    """``base`` with systems ``idx`` replaced by ``part`` (both keep their acceleration caches if any)."""
-    def put(full: Tensor, sub: Tensor) -> Tensor:
-        out = full.clone()
-        out[idx] = sub
-        return out
-
-    acc = None
-    if base.acceleration is not None and part.acceleration is not None:
-        acc = put(base.acceleration, part.acceleration)
-    return base.replace(
-        position=put(base.position, part.position), velocity=put(base.velocity, part.velocity),
-        time=put(base.time, part.time), acceleration=acc,
-    )
 
 
 def _constant_dt(predictor: DtPredictor) -> float | None:

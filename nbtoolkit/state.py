@@ -258,6 +258,24 @@ class NBodyState:
             time=self.time[idx], acceleration=acc,
         )
 
+    def scatter(self, idx: Tensor, part: NBodyState) -> NBodyState:
+        """A copy with systems ``idx`` (K,) replaced by ``part`` (batch K, same N and D).
+
+        Masses, G, softening and field are kept from ``self``; position, velocity and time come
+        from ``part``. The acceleration cache is kept when both states carry one, else dropped.
+        ``self`` is not modified (its tensors are cloned, so the autograd graph of ``part`` is kept).
+        """
+        def put(full: Tensor, rows: Tensor) -> Tensor:
+            out = full.clone()
+            out[idx] = rows
+            return out
+
+        acc = None
+        if self.acceleration is not None and part.acceleration is not None:
+            acc = put(self.acceleration, part.acceleration)
+        return self.replace(position=put(self.position, part.position), velocity=put(self.velocity, part.velocity),
+                            time=put(self.time, part.time), acceleration=acc)
+
     def trim_bodies(self, n: int) -> NBodyState:
         """The first ``n`` bodies of every system (drops trailing padding bodies; views, no copy)."""
         acc = None if self.acceleration is None else self.acceleration[:, :n]

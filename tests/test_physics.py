@@ -153,3 +153,15 @@ def test_numpy_round_trip_of_a_state():
     arrays = state.numpy()
     again = NBodyState.from_arrays(arrays["mass"], arrays["position"], arrays["velocity"], arrays["time"])
     assert torch.equal(again.position, state.position) and again.dtype == torch.float64
+
+
+def test_scatter_replaces_the_given_systems_and_leaves_the_original_alone():
+    base = random_cluster(3, 4, seed=0)
+    part = random_cluster(1, 4, seed=10).replace(time=torch.tensor([5.0], dtype=torch.float64))
+    idx = torch.tensor([1])
+    out = base.scatter(idx, part)
+    assert torch.equal(out.position[1], part.position[0]) and torch.equal(out.velocity[1], part.velocity[0])
+    assert out.time.tolist() == [0.0, 5.0, 0.0]
+    for b in (0, 2):
+        assert torch.equal(out.position[b], base.position[b]) and torch.equal(out.velocity[b], base.velocity[b])
+    assert torch.equal(out.mass, base.mass) and base.time.tolist() == [0.0, 0.0, 0.0]

@@ -83,14 +83,6 @@ def _put(full: Tensor, idx: Tensor, rows: Tensor) -> Tensor:
     return out
 
 
-def _scatter_state(base: NBodyState, idx: Tensor, part: NBodyState) -> NBodyState:
-    acc = None
-    if base.acceleration is not None and part.acceleration is not None:
-        acc = _put(base.acceleration, idx, part.acceleration)
-    return base.replace(position=_put(base.position, idx, part.position), velocity=_put(base.velocity, idx, part.velocity),
-                        time=_put(base.time, idx, part.time), acceleration=acc)
-
-
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().copy()
 
@@ -177,7 +169,7 @@ class _Collection:
             assert self.history is not None
             self.history = History(_put(self.history.position, idx, pushed.position),
                                    _put(self.history.velocity, idx, pushed.velocity), _put(self.history.mask, idx, pushed.mask))
-        self.state = _scatter_state(self.state, idx, after)
+        self.state = self.state.scatter(idx, after)
         new_reference = None if self.reference is None else self.gate.reference(after)
         if self.reference is not None and new_reference is not None:
             self.reference = _put(self.reference, idx, new_reference)
