@@ -11,8 +11,9 @@ The systems come from ``--preset``/``--state`` (with the preset flags), else fro
 override), else from ``--training-set`` or the ``[[systems]]`` tables of the TOML file, else,
 when resuming, from the checkpoint, else from the built-in training set ``general``. A
 training set is drawn with the training seed; the same set drawn twice more (seeds + 1 and
-+ 2), with its ``[[validation]]`` tables, gives the validation systems of the safety calibration. Ctrl-C or SIGTERM stops training cleanly at
-the next step (the checkpoint is still written, exit status 130 or 143); a second one aborts.
++ 2), with its ``[[validation]]`` tables, gives the validation systems of the safety calibration.
+Ctrl-C or SIGTERM stops training cleanly at the next step (the checkpoint is still written, exit
+status 130 or 143); a second one aborts.
 """
 
 from __future__ import annotations
