@@ -48,12 +48,9 @@ def launch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Run the workers and wait for them; returns 0, or the exit status of the first failing worker."""
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import elastic_launch
 
-    options = torchrun.parse_args(torchrun_argv(args, argv))
-    config, entrypoint, entry_args = torchrun.config_from_args(options)
     try:
-        elastic_launch(config, entrypoint)(*entry_args)
+        torchrun.run(torchrun.parse_args(torchrun_argv(args, argv)))
     except ChildFailedError as exc:
         _, first = exc.get_first_failure()
         return first.exitcode if first.exitcode > 0 else 128 - first.exitcode

@@ -4,7 +4,7 @@ Rank 0 writes the file; every rank contributes through one ``all_gather_object``
 an ordinary checkpoint, so :func:`~nbtoolkit.training.load_predictor`, ``simulate`` and a
 single-process resume read it unchanged:
 
-* ``state``, ``history`` and ``stop_time`` are the global ones (the shards concatenated in rank
+* ``state``, ``history``, ``stop_time`` and ``period`` are the global ones (the shards concatenated in rank
   order, which is the global system order);
 * ``buffer`` is every rank's replay buffer merged, its samples oldest first by
   ``order * W + rank`` (the ranks collect in lockstep, so this interleaves them by time), with
@@ -56,14 +56,15 @@ def merge_payload(collective: Collective, payload: dict[str, Any]) -> dict[str, 
     if collective.world_size == 1:
         return {**payload, "world_size": 1}
     W = collective.world_size
-    local = {key: payload[key] for key in ("state", "history", "stop_time", "buffer", "rng_state")}
+    local = {key: payload[key] for key in ("state", "history", "stop_time", "period", "buffer", "rng_state")}
     parts = collective.gather(local)
     buffers = [p["buffer"] for p in parts]
     data = _cat([b["data"] for b in buffers])
     data["order"] = torch.cat([b["data"]["order"] * W + r for r, b in enumerate(buffers)])
     merged = _relayout(buffers[0], data, W * int(buffers[0]["capacity"]), W * max(int(b["count"]) for b in buffers))
     return {**payload, "state": _cat([p["state"] for p in parts]), "history": _cat([p["history"] for p in parts]),
-            "stop_time": _cat([p["stop_time"] for p in parts]), "buffer": merged, "world_size": W,
+            "stop_time": _cat([p["stop_time"] for p in parts]), "period": _cat([p["period"] for p in parts]),
+            "buffer": merged, "world_size": W,
             "shards": [{"buffer": p["buffer"], "rng_state": p["rng_state"]} for p in parts]}
 
 
