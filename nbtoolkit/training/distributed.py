@@ -235,6 +235,9 @@ def report_once() -> bool:
 
 
 def shutdown(collective: Collective) -> None:
-    """Leave the process group after a run that ended normally (nothing in one process)."""
+    """Leave the process group after a run that ended normally (nothing in one process). The
+    barrier first keeps a rank from closing its connections while another still uses them
+    (gloo aborts the process whose peer vanished)."""
     if collective.world_size > 1 and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
