@@ -407,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc` passes on to its workers
     if args.command != "gui":  # the viewer sets its own threads; train's --threads overrides this
         from .threads import apply_thread_policy
 

@@ -14,12 +14,19 @@ training set is drawn with the training seed; the same set drawn twice more (see
 + 2), with its ``[[validation]]`` tables, gives the validation systems of the safety calibration.
 Ctrl-C or SIGTERM stops training cleanly at the next step (the checkpoint is still written, exit
 status 130 or 143); a second one aborts.
+
+Data-parallel training: under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs this command
+on its shard of the systems (:mod:`.distributed`); rank 0 alone reports, prints the summary and
+writes the checkpoint. ``--nproc N`` starts such a run itself (:mod:`.launch`). Ctrl-C and SIGTERM
+then end every process at once (no graceful stop: the ranks would have to agree on the step);
+resume from the last checkpoint, which a stopped or killed process never leaves half written.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -35,6 +42,7 @@ from ..errors import ConfigError
 from ..plugin_manager import get_host
 from ..state import NBodyState
 from .config import TrainConfig, read_toml
+from .distributed import LOCAL, Collective, from_environment, report_once, shutdown
 from .trainer import Trainer
 from .trainset import pad_systems
 
@@ -114,6 +122,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", type=Path, help="continue training from this checkpoint (written back to it "
                                                  "unless --checkpoint says otherwise)")
     run.add_argument("--threads", type=validate.arg_integer(low=1), help="torch CPU threads (small models run fastest with 1)")
+    run.add_argument("--nproc", type=validate.arg_integer(low=1), metavar="N",
+                     help="train data-parallel on N processes (per node) started through torch.distributed.run")
+    run.add_argument("--nnodes", type=validate.arg_integer(low=1), metavar="N",
+                     help="with --nproc: number of machines of a multi-node run (start it on every one)")
+    run.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                     help="with --nproc and --nnodes: rendezvous address, the same on every machine")
     run.add_argument("--training-set", metavar="NAME|FILE",
                      help="train on a built-in training set (general, ...) or a TOML file of [[systems]] tables "
                           "(default: general, when no --preset/--state/[system] is given)")
@@ -221,8 +235,40 @@ def _restore(previous: Any) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Run ``nbtoolkit train``; returns the exit status (0, or 130 when stopped by Ctrl-C).
 
-    Errors the user can fix are raised as :class:`~nbtoolkit.errors.NBToolkitError`.
+    Errors the user can fix are raised as :class:`~nbtoolkit.errors.NBToolkitError`. With
+    ``--nproc`` the command is started on that many processes; under torchrun this process
+    trains its shard.
     """
+    if getattr(args, "nproc", None) is not None and "WORLD_SIZE" not in os.environ:
+        from .launch import launch
+
+        return launch(args, args.argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _run_rank(args)
+    return _train(args, LOCAL)
+
+
+def _run_rank(args: argparse.Namespace) -> int:
+    """One rank of a data-parallel run. The first rank to fail raises (and so reports the error);
+    the ranks that fail because of it exit with status 1 and print nothing."""
+    import torch.distributed as dist
+
+    collective = from_environment(getattr(args, _dest("device"), None) or "cpu")
+    try:
+        status = _train(args, collective)
+    except Exception as exc:
+        if not report_once():
+            raise SystemExit(1) from None
+        if isinstance(exc, dist.DistError):
+            raise ConfigError(f"training process {collective.rank} lost the others ({' '.join(str(exc).split())[:200]}); "
+                              "resume from the last checkpoint with --resume") from exc
+        raise
+    shutdown(collective)
+    return status
+
+
+def _train(args: argparse.Namespace, collective: Collective) -> int:
+    """Train in this process (its shard of the systems under ``collective``); the exit status."""
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     host = get_host()
@@ -244,32 +290,37 @@ def run_train(args: argparse.Namespace) -> int:
         overrides = {**tset.settings, **overrides}  # the set's [train] settings, under the user's own
         seed = int(overrides.get("seed", TrainConfig.seed))
         state, validation = tset.build(seed), pad_systems(tset.validation_draws(seed))
-        print(f"{tset.summary()}; validation systems: the same set drawn with seeds {seed + 1} and {seed + 2}",
-              file=sys.stderr)
+        if collective.is_main:
+            print(f"{tset.summary()}; validation systems: the same set drawn with seeds {seed + 1} and {seed + 2}",
+                  file=sys.stderr)
     control = RunControl()
     if args.resume is not None:
         overrides.setdefault("checkpoint_path", str(args.resume))
-        trainer = Trainer.from_checkpoint(args.resume, state, host=host, control=control, period=period, **overrides)
+        trainer = Trainer.from_checkpoint(args.resume, state, host=host, control=control, period=period,
+                                          collective=collective, **overrides)
         trainer.validation_state = validation
     else:
         assert state is not None  # no --resume: a system or a training set was built above
         trainer = Trainer(TrainConfig.from_dict(overrides), state, host=host, control=control, period=period,
-                          validation_state=validation)
+                          validation_state=validation, collective=collective)
     if getattr(args, "export_model", None) is not None:  # checked before training, not after it
         if not trainer.config.checkpoint_path:
             raise ConfigError("--export-model needs --checkpoint PATH (the model file is written from it)")
         validate.writable_file(args.export_model, "--export-model")
-    previous = _install_interrupt(control)
+    previous = _install_interrupt(control) if collective.world_size == 1 else None
     try:
         result = trainer.fit()
     finally:
         _restore(previous)
+    buffered = int(collective.total([len(trainer.buffer)])[0])
+    if not collective.is_main:
+        return 0
     cfg = trainer.config
     last = result.epoch_metrics[-1] if result.epoch_metrics else None
     lines = [f"epochs             {result.epochs_completed}/{cfg.epochs}" + (" (stopped)" if result.stopped else ""),
              f"accepted steps     {trainer.total_accepted}",
              f"retrains           {trainer.total_retrains}",
-             f"replay buffer      {len(trainer.buffer)} samples"]
+             f"replay buffer      {buffered} samples"]
     if last is not None:
         lines.append(f"last replay        {last['replay_iterations']} iterations, pass rate {100 * last['pass_rate']:.1f}%"
                      + (" (skipped)" if last["replay_skipped"] else ""))

@@ -42,7 +42,8 @@ from ..predictor import DtPredictor, History, checked_dt
 from ..state import NBodyState
 from .buffer import ReplayBuffer
 from .config import TrainConfig
-from .steps import attempt_single_step, batch_objective, check_energy_threshold, optimizer_step, predict_and_step
+from .distributed import LOCAL, Collective, Round
+from .steps import attempt_single_step, check_energy_threshold, optimizer_step, predict_and_step
 
 #: most dt halvings the fallback tries before giving up on a step
 FALLBACK_HALVINGS = 40
@@ -93,7 +94,8 @@ class _Collection:
     def __init__(self, predictor: DtPredictor, integrator: Integrator, state: NBodyState, config: TrainConfig,
                  optimizer: torch.optim.Optimizer, buffer: ReplayBuffer, history: History | None, epoch: int,
                  stop_time: Tensor | None, hook: Any, fallback: DtPredictor | None, predictor_name: str,
-                 gate: Gate, gate_name: str | None) -> None:
+                 gate: Gate, gate_name: str | None, collective: Collective = LOCAL) -> None:
+        self.collective = collective
         self.predictor, self.integrator, self.config, self.optimizer = predictor, integrator, config, optimizer
         self.buffer, self.epoch, self.hook, self.fallback = buffer, epoch, hook, fallback
         self.predictor_name = predictor_name
@@ -119,7 +121,13 @@ class _Collection:
         return torch.nonzero(active).squeeze(1)
 
     def iterate(self, idx: Tensor) -> None:
-        """One batched attempt for systems ``idx``: accept the passing ones, retrain on the failing ones."""
+        """One batched attempt for systems ``idx``: accept the passing ones, retrain on the failing ones.
+
+        In data-parallel training ``idx`` may be empty (this rank's systems are done); the rank
+        still joins the round, with nothing to learn."""
+        if idx.numel() == 0:
+            self.settle(self.collective.round(None, None, self.config, self.predictor))
+            return
         sub = self.state.index(idx)
         hsub = None if self.history is None else self.history.index(idx)
         out = predict_and_step(self.predictor, self.integrator, sub, hsub, self.config,
@@ -130,27 +138,31 @@ class _Collection:
             rows = torch.nonzero(ok).squeeze(1)
             self.accept(idx[rows], sub.index(rows), out.state.index(rows), None if hsub is None else hsub.index(rows),
                         out.dt.detach()[rows], out.rel_dE[rows])
-        objective = batch_objective(out.losses, out.rel_dE, self.config)
+        self.settle(self.collective.round(out.losses, out.rel_dE, self.config, self.predictor))
         if bool(ok.all()):
-            if float(objective.detach()) > 0:  # the efficiency term alone
-                optimizer_step(self.optimizer, objective, self.config.grad_clip)
             return
         rows = torch.nonzero(~ok).squeeze(1)
         failing = idx[rows]
         loss = out.losses[rows].mean()
-        optimizer_step(self.optimizer, objective, self.config.grad_clip)
-        self.retrains += 1
         self.attempts[failing] += 1
         self.rejected[failing] += 1
         if self.hook is not None:
             self.hook.nbtoolkit_step_rejected(event=StepRejected(
                 epoch=self.epoch, step=int(self.accepted[failing[0]]), attempt=int(self.attempts[failing].max()),
-                systems=_np(failing), dt=_np(out.dt[rows]), rel_dE=_np(out.rel_dE[rows]), loss=float(loss.detach()),
+                systems=_np(failing) + self.collective.offset, dt=_np(out.dt[rows]), rel_dE=_np(out.rel_dE[rows]),
+                loss=float(loss.detach()),
             ))
         over = self.attempts[failing] >= self.config.max_retrain_steps
         if bool(over.any()):
             self.retrain_limit(failing[over], sub.index(rows[over]), None if hsub is None else hsub.index(rows[over]),
                                out.rel_dE[rows[over]])
+
+    def settle(self, outcome: Round) -> None:
+        """Take the round's optimizer step when some system failed (a retrain) or, with every system
+        passing, when the efficiency term alone is positive."""
+        if outcome.any_failed or outcome.value > 0:
+            optimizer_step(self.optimizer, outcome.objective, self.config.grad_clip, self.collective.reduce_gradients)
+        self.retrains += int(outcome.any_failed)
 
     def accept(self, idx: Tensor, before: NBodyState, after: NBodyState, hist: History | None, dt: Tensor,
                rel: Tensor) -> None:
@@ -162,7 +174,7 @@ class _Collection:
         if bool(record.any()):
             r = torch.nonzero(record).squeeze(1)
             self.buffer.add(before.index(r), dt[r], rel[r], history=None if hist is None else hist.index(r),
-                            system=idx[r], epoch=self.epoch)
+                            system=idx[r] + self.collective.offset, epoch=self.epoch)
             self.recorded += int(r.numel())
         if hist is not None:
             pushed = hist.push(before)
@@ -178,7 +190,8 @@ class _Collection:
         self.dt_sum += float(dt.sum())
         if self.hook is not None:
             self.hook.nbtoolkit_step_accepted(event=StepAccepted(
-                epoch=self.epoch, step=step, systems=_np(idx), dt=_np(dt), rel_dE=_np(rel), retrains=_np(self.attempts[idx]),
+                epoch=self.epoch, step=step, systems=_np(idx) + self.collective.offset, dt=_np(dt), rel_dE=_np(rel),
+                retrains=_np(self.attempts[idx]),
                 time=_np(after.time), position=_np(after.position), velocity=_np(after.velocity), mass=_np(after.mass),
             ))
         self.attempts[idx] = 0
@@ -188,8 +201,8 @@ class _Collection:
         cfg = self.config
         first = int(idx[0])
         if cfg.on_retrain_limit == "raise" or self.fallback is None:
-            raise RetrainLimitError(first, float(rel[0]), cfg.energy_threshold, int(self.attempts[first]), self.epoch,
-                                    int(self.accepted[first]))
+            raise RetrainLimitError(first + self.collective.offset, float(rel[0]), cfg.energy_threshold,
+                                    int(self.attempts[first]), self.epoch, int(self.accepted[first]))
         with torch.no_grad():
             dt = checked_dt(self.fallback(sub, hist), sub, f"fallback {cfg.fallback_predictor}")
             e0 = None if self.reference is None else self.reference[idx]
@@ -203,8 +216,8 @@ class _Collection:
             else:
                 bad = int(torch.nonzero(~passed)[0, 0])
                 raise RetrainLimitError(
-                    int(idx[bad]), float(rel[bad]), cfg.energy_threshold, int(self.attempts[idx[bad]]), self.epoch,
-                    int(self.accepted[idx[bad]]),
+                    int(idx[bad]) + self.collective.offset, float(rel[bad]), cfg.energy_threshold,
+                    int(self.attempts[idx[bad]]), self.epoch, int(self.accepted[idx[bad]]),
                     detail=f"the fallback predictor '{cfg.fallback_predictor}' did not pass either after "
                            f"{FALLBACK_HALVINGS} halvings of its dt",
                 )
@@ -229,6 +242,7 @@ def collect_trajectory(
     predictor_name: str = "predictor",
     gate: Gate | None = None,
     gate_name: str | None = None,
+    collective: Collective = LOCAL,
 ) -> CollectResult:
     """Part 1: collect ``config.steps_per_epoch`` accepted steps from every system of ``state``.
 
@@ -239,7 +253,9 @@ def collect_trajectory(
     is checked before every attempt; a stop request ends collection early with
     ``stopped=True`` and everything accepted so far kept. ``fallback`` is the classical
     predictor used when ``config.on_retrain_limit == "fallback"``. ``gate`` judges the steps
-    (default: the energy gate; ``gate_name`` names it in errors).
+    (default: the energy gate; ``gate_name`` names it in errors). ``collective`` makes the
+    rounds data-parallel (:mod:`.distributed`): they go on while any rank collects, and events
+    and errors name global system indices.
 
     Raises :class:`~nbtoolkit.errors.RetrainLimitError` when a system is rejected
     ``max_retrain_steps`` times in a row (and no fallback applies).
@@ -251,11 +267,12 @@ def collect_trajectory(
     if K and history is None:
         history = History.empty(state, K)
     run = _Collection(predictor, integrator, state, config, optimizer, buffer, history if K else None, epoch,
-                      stop_time, hook, fallback, predictor_name, EnergyGate() if gate is None else gate, gate_name)
+                      stop_time, hook, fallback, predictor_name, EnergyGate() if gate is None else gate, gate_name,
+                      collective)
     stopped = False
     while True:
         idx = run.active()
-        if idx.numel() == 0:
+        if not collective.any(idx.numel() > 0):
             break
         if control is not None:
             try:

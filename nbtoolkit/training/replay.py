@@ -30,7 +30,8 @@ from ..predictor import DtPredictor, History
 from ..state import NBodyState
 from .buffer import ReplayBuffer
 from .config import TrainConfig
-from .steps import batch_objective, optimizer_step, predict_and_step
+from .distributed import LOCAL, Collective
+from .steps import optimizer_step, predict_and_step
 
 #: ``sampler(buffer, batch_size, generator) -> LongTensor`` of distinct indices into the buffer
 Sampler = Callable[[ReplayBuffer, int, torch.Generator | None], Tensor]
@@ -130,9 +131,13 @@ def evaluate_minibatch(predictor: DtPredictor, integrator: Integrator, minibatch
     return bool(passed.all()), out.losses, rel, metrics
 
 
+def _no_samples() -> dict[str, Any]:
+    """The :func:`evaluate_minibatch` metrics of an empty minibatch."""
+    return {"pass_count": 0, "fail_count": 0, "mean_rel_dE": 0.0, "max_rel_dE": 0.0, "batch_size": 0, "mean_dt": 0.0}
+
+
 def _empty_metrics(buffer_size: int, skipped: bool) -> dict[str, Any]:
-    return {"pass_count": 0, "fail_count": 0, "mean_rel_dE": 0.0, "max_rel_dE": 0.0, "batch_size": 0, "mean_dt": 0.0,
-            "loss": 0.0, "buffer_size": buffer_size, "skipped": skipped, "stopped": False}
+    return {**_no_samples(), "loss": 0.0, "buffer_size": buffer_size, "skipped": skipped, "stopped": False}
 
 
 def generalize_on_trajectory(
@@ -151,6 +156,7 @@ def generalize_on_trajectory(
     predictor_name: str = "predictor",
     gate: Gate | None = None,
     gate_name: str | None = None,
+    collective: Collective = LOCAL,
 ) -> tuple[bool, int, dict[str, Any]]:
     """Part 2: replay minibatches until one passes entirely, at most ``config.replay_steps`` times.
 
@@ -161,8 +167,13 @@ def generalize_on_trajectory(
     ``loss`` (the objective of that iteration), ``buffer_size``, ``skipped`` and ``stopped``
     (True if ``control`` asked to stop; then ``converged`` is False). ``hook`` gets one
     ReplayIteration event per iteration. ``gate`` judges the replayed steps (default: the energy gate).
+
+    With a data-parallel ``collective`` (:mod:`.distributed`) every rank replays a minibatch of
+    its own buffer, the metrics and the objective are those of the union of the minibatches,
+    and an iteration converges when every rank's minibatch passes; the buffer sizes in the
+    metrics and the skip test are global sums.
     """
-    n = len(buffer)
+    n = int(collective.total([len(buffer)])[0])
     if n == 0 or n < config.min_replay_size:
         return True, 0, _empty_metrics(n, skipped=True)
     metrics = _empty_metrics(n, skipped=False)
@@ -173,21 +184,27 @@ def generalize_on_trajectory(
             except RunStopped:
                 metrics["stopped"] = True
                 return False, iteration - 1, metrics
-        batch = sample_minibatch(buffer, config.replay_batch_size, generator, sampler, sampler_name=sampler_name)
-        all_pass, losses, rel, evaluated = evaluate_minibatch(predictor, integrator, batch, config,
-                                                              predictor_name=predictor_name, gate=gate,
-                                                              gate_name=gate_name)
-        buffer.update_rel_dE(batch.indices, rel)
-        total = batch_objective(losses, rel, config)
-        if total.requires_grad and float(total.detach()) > 0:
-            optimizer_step(optimizer, total, config.grad_clip)
-        metrics = {**metrics, **evaluated, "loss": float(total.detach())}
+        losses: Tensor | None = None
+        rel: Tensor | None = None
+        evaluated = _no_samples()
+        if len(buffer):  # always in one process; a data-parallel rank with an empty buffer joins with nothing
+            batch = sample_minibatch(buffer, config.replay_batch_size, generator, sampler, sampler_name=sampler_name)
+            _, losses, rel, evaluated = evaluate_minibatch(predictor, integrator, batch, config,
+                                                           predictor_name=predictor_name, gate=gate,
+                                                           gate_name=gate_name)
+            buffer.update_rel_dE(batch.indices, rel)
+        outcome = collective.round(losses, rel, config, predictor, evaluated)
+        assert outcome.metrics is not None
+        evaluated = outcome.metrics
+        if outcome.objective.requires_grad and outcome.value > 0:
+            optimizer_step(optimizer, outcome.objective, config.grad_clip, collective.reduce_gradients)
+        metrics = {**metrics, **evaluated, "loss": outcome.value}
         if hook is not None:
             hook.nbtoolkit_replay_iteration(event=ReplayIteration(
                 epoch=epoch, iteration=iteration, batch_size=evaluated["batch_size"], pass_count=evaluated["pass_count"],
                 fail_count=evaluated["fail_count"], mean_rel_dE=evaluated["mean_rel_dE"],
                 max_rel_dE=evaluated["max_rel_dE"], loss=metrics["loss"],
             ))
-        if all_pass:
+        if not outcome.any_failed:
             return True, iteration, metrics
     return False, config.replay_steps, metrics

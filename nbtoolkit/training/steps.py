@@ -19,6 +19,7 @@ blown-up arithmetic.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -188,14 +189,19 @@ def batch_objective(losses: Tensor, rel_dE: Tensor, config: TrainConfig) -> Tens
     return total
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float = 0.0) -> bool:
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float = 0.0,
+                   reduce: Callable[[list[Tensor]], None] | None = None) -> bool:
     """Backpropagate ``loss`` and step ``optimizer`` (gradient norm clipped at ``grad_clip`` > 0).
 
-    If any gradient is not finite the update is skipped (returns False) so the model is never
-    corrupted; returns True when the parameters were updated.
+    ``reduce`` (data-parallel training) is called on all the optimizer's parameters after the
+    backward pass, to combine their gradients across ranks. If any gradient is not finite the
+    update is skipped (returns False) so the model is never corrupted; returns True when the
+    parameters were updated.
     """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if reduce is not None:
+        reduce([p for group in optimizer.param_groups for p in group["params"]])
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not params:
         return False

@@ -46,7 +46,9 @@ from .checkpoint import (
 )
 from .collect import collect_trajectory
 from .config import RUNTIME_KEYS, TrainConfig
+from .distributed import LOCAL, Collective
 from .replay import generalize_on_trajectory
+from .shards import merge_payload, restore_shard
 
 
 @dataclass
@@ -74,13 +76,17 @@ class Trainer:
     ``config.predictor`` and the architecture keys for checkpoints to load back);
     ``period`` (B,): the systems' orbital periods, needed by ``stop_at_period``;
     ``validation_state``: systems not trained on, for the safety calibration at the end of
-    :meth:`fit` (default: the training systems from their initial state).
+    :meth:`fit` (default: the training systems from their initial state); ``collective``:
+    data-parallel training (:mod:`.distributed`; default one process): ``state`` and ``period``
+    are then the global ones and this rank trains on its shard of them.
     """
 
     def __init__(self, config: TrainConfig, state: NBodyState, *, host: PluginHost | None = None,
                  control: RunControl | None = None, predictor: DtPredictor | None = None,
-                 period: Tensor | None = None, validation_state: NBodyState | None = None) -> None:
+                 period: Tensor | None = None, validation_state: NBodyState | None = None,
+                 collective: Collective | None = None) -> None:
         self.config = config
+        self.collective = LOCAL if collective is None else collective
         self.host = host or get_host()
         self.control = control
         self.device = torch.device(config.device)
@@ -97,6 +103,8 @@ class Trainer:
         self.period = None if period is None else torch.as_tensor(period, dtype=self.state.dtype).to(self.device)
         if self.period is not None and self.period.shape != (self.state.batch_size,):
             raise ConfigError(f"period must have shape ({self.state.batch_size},); got {tuple(self.period.shape)}")
+        self.n_systems = self.state.batch_size
+        self.state, self.period = self.collective.shard_systems(self.state, self.period)
         self.stop_time: Tensor | None = None
         if config.stop_at_period:
             if self.period is None:
@@ -110,6 +118,7 @@ class Trainer:
         if predictor is None:
             predictor = self.host.predictors.create(config.predictor, **self.predictor_options)
         self.predictor = predictor.to(device=self.device, dtype=self.state.dtype)
+        self.collective.broadcast_parameters(self.predictor)
         if not isinstance(self.predictor, DtPredictor) or not self.predictor.trainable:
             raise ConfigError(f"dt predictor '{config.predictor}' has no trainable parameters; choose a learned one (e.g. mlp)")
         if int(getattr(self.predictor, "history_len", 0)) != config.history_len:
@@ -124,7 +133,7 @@ class Trainer:
             self.fallback = self.host.predictors.create(config.fallback_predictor, **config.fallback_options)
             self.fallback = self.fallback.to(device=self.device, dtype=self.state.dtype)
         self.optimizer = torch.optim.Adam(self.predictor.parameters(), lr=config.learning_rate)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed + self.collective.rank)
         self.history: History | None = History.empty(self.state, config.history_len) if config.history_len else None
         self.buffer = ReplayBuffer.like(self.state, config.buffer_capacity, config.history_len)
         self.epoch = 0
@@ -156,7 +165,7 @@ class Trainer:
         ``checkpoint_every`` epochs and at the end (also after a stop).
         """
         cfg = self.config
-        hook = self.host.hook
+        hook = self.collective.observers(self.host.hook)
         start = time.perf_counter()
         results: list[dict[str, Any]] = []
         stopped = False
@@ -166,10 +175,12 @@ class Trainer:
             with torch.no_grad():
                 safety.zero_()
         try:
+            mass, position = (torch.cat(parts).numpy() for parts in zip(*self.collective.gather(
+                (self.state.mass.cpu(), self.state.position.cpu()))))
             hook.nbtoolkit_fit_start(event=FitStart(
-                epochs=cfg.epochs, start_epoch=self.epoch, n_systems=self.state.batch_size, n_bodies=self.state.n_bodies,
-                dim=self.state.dim, energy_threshold=cfg.energy_threshold, mass=self.state.mass.cpu().numpy().copy(),
-                position=self.state.position.cpu().numpy().copy(), config=cfg.to_dict(),
+                epochs=cfg.epochs, start_epoch=self.epoch, n_systems=self.n_systems, n_bodies=self.state.n_bodies,
+                dim=self.state.dim, energy_threshold=cfg.energy_threshold, mass=mass.copy(), position=position.copy(),
+                config=cfg.to_dict(),
             ))
             while self.epoch < cfg.epochs:
                 metrics = self._run_epoch(start)
@@ -201,7 +212,7 @@ class Trainer:
     def _run_epoch(self, start: float) -> dict[str, Any] | None:
         """One epoch; returns its metrics, or None if a stop request ended it early."""
         cfg = self.config
-        hook = self.host.hook
+        hook = self.collective.observers(self.host.hook)
         if cfg.replay_scope == "epoch":
             self.buffer.clear()
         for group in self.optimizer.param_groups:
@@ -209,10 +220,11 @@ class Trainer:
         collected = collect_trajectory(
             self.predictor, self.integrator, self.state, cfg, self.optimizer, buffer=self.buffer, history=self.history,
             epoch=self.epoch, stop_time=self.stop_time, hook=hook, control=self.control, fallback=self.fallback,
-            predictor_name=cfg.predictor, gate=self.gate, gate_name=cfg.gate,
+            predictor_name=cfg.predictor, gate=self.gate, gate_name=cfg.gate, collective=self.collective,
         )
         self.state, self.history = collected.state, collected.history
-        accepted = int(collected.accepted.sum())
+        totals = self.collective.total([int(collected.accepted.sum()), collected.dt_sum, collected.fallbacks])
+        accepted, dt_sum, fallbacks = int(totals[0]), totals[1], int(totals[2])
         self.total_accepted += accepted
         self.total_retrains += collected.retrains
         if collected.stopped:
@@ -220,7 +232,7 @@ class Trainer:
         converged, iterations, replay = generalize_on_trajectory(
             self.predictor, self.integrator, self.buffer, cfg, self.optimizer, generator=self.generator,
             sampler=self.sampler, sampler_name=cfg.sampler, epoch=self.epoch, hook=hook, control=self.control,
-            predictor_name=cfg.predictor, gate=self.gate, gate_name=cfg.gate,
+            predictor_name=cfg.predictor, gate=self.gate, gate_name=cfg.gate, collective=self.collective,
         )
         if replay["stopped"]:
             return None
@@ -229,28 +241,32 @@ class Trainer:
             epoch=self.epoch, accepted_steps=accepted, retrains=collected.retrains, replay_iterations=iterations,
             replay_converged=converged, replay_skipped=bool(replay["skipped"]),
             pass_rate=replay["pass_count"] / evaluated if evaluated else 1.0, loss=float(replay["loss"]),
-            mean_dt=collected.mean_dt, buffer_size=len(self.buffer), wall_time=time.perf_counter() - start,
+            mean_dt=dt_sum / accepted if accepted else 0.0, buffer_size=replay["buffer_size"],
+            wall_time=time.perf_counter() - start,
         )
         self.epoch += 1
         hook.nbtoolkit_epoch_end(event=event)
-        return {**vars(event), "fallbacks": collected.fallbacks, "mean_rel_dE": replay["mean_rel_dE"],
+        return {**vars(event), "fallbacks": fallbacks, "mean_rel_dE": replay["mean_rel_dE"],
                 "max_rel_dE": replay["max_rel_dE"]}
 
     def calibrate(self) -> CalibrationResult:
         """Set the predictor's safety factor on the validation systems (see :mod:`.calibrate`), under
-        the gate training used."""
+        the gate training used. In data-parallel training every rank calibrates on all the
+        validation systems (the same computation), and rank 0's factor is broadcast."""
         cfg = self.config
         state = self.validation_state if self.validation_state is not None else self.initial_state
         self.calibration = calibrate_safety(self.predictor, self.integrator, state, threshold=cfg.energy_threshold,
                                             target_pass_rate=cfg.calibrate_pass_rate, steps=cfg.calibrate_steps,
                                             gate=self.gate)
+        self.collective.broadcast_parameters(self.predictor)
         return self.calibration
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_payload(self) -> dict[str, Any]:
-        """Everything :meth:`from_checkpoint` needs to continue exactly (tensors and plain values)."""
+        """Everything :meth:`from_checkpoint` needs to continue exactly (tensors and plain values); in
+        data-parallel training the whole run's, gathered from every rank (see :mod:`.shards`)."""
         cfg = self.config
-        return {
+        return merge_payload(self.collective, {
             "versions": {"nbtoolkit": str(__version__), "torch": str(torch.__version__)},
             "config": cfg.to_dict(),
             "plugins": {
@@ -274,16 +290,19 @@ class Trainer:
             "calibration": None if self.calibration is None else {
                 "factor": self.calibration.factor, "safety": self.calibration.safety,
                 "pass_rate": self.calibration.pass_rate, "per_system": self.calibration.per_system.cpu()},
-        }
+        })
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
-        """Write a checkpoint atomically (see :mod:`nbtoolkit.training.checkpoint`)."""
-        return write_checkpoint(self.checkpoint_payload(), path)
+        """Write a checkpoint atomically (see :mod:`nbtoolkit.training.checkpoint`). In data-parallel
+        training every rank must call this; rank 0 writes the file."""
+        payload = self.checkpoint_payload()
+        return write_checkpoint(payload, path) if self.collective.is_main else Path(path)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], state: NBodyState | None = None, *,
                         host: PluginHost | None = None, control: RunControl | None = None,
-                        period: Tensor | None = None, **config_overrides: Any) -> Trainer:
+                        period: Tensor | None = None, collective: Collective | None = None,
+                        **config_overrides: Any) -> Trainer:
         """Resume training from a checkpoint.
 
         Without ``state`` the run continues exactly where it stopped (same systems, history,
@@ -292,7 +311,8 @@ class Trainer:
         buffer is kept when the new systems have the same N, D, G and softening, else it starts
         empty. ``config_overrides`` change configuration keys (e.g. ``epochs`` to train
         longer). Run keys (checkpoint_path, checkpoint_every, metrics_log, progress, device) are
-        not restored from the file: they come from the overrides or their defaults.
+        not restored from the file: they come from the overrides or their defaults. With a
+        data-parallel ``collective`` every rank restores its shard (see :mod:`.shards`).
         """
         data = read_checkpoint(path)
         where = f"checkpoint '{path}'"
@@ -317,7 +337,7 @@ class Trainer:
                 f"{where} was trained with dt predictor '{config.predictor}', which is not registered now "
                 f"(known: {', '.join(host.predictors.names())}); install or enable the plugin that provides it"
             )
-        trainer = cls(config, state, host=host, control=control, period=period)
+        trainer = cls(config, state, host=host, control=control, period=period, collective=collective)
         load_predictor_state(trainer.predictor, data["predictor_state"], config.predictor, where)
         try:
             trainer.optimizer.load_state_dict(data["optimizer_state"])
@@ -346,4 +366,6 @@ class Trainer:
                 trainer.buffer.load_state_dict(data["buffer"])
             except (ValueError, KeyError) as exc:
                 raise CheckpointError(f"{where}: replay buffer does not fit this configuration ({exc})") from None
+        if trainer.collective.world_size > 1:
+            restore_shard(trainer, data, new_systems)
         return trainer

@@ -1,0 +1,42 @@
+"""Worker of the data-parallel tests: one rank of a gloo process group, started by ``torch.multiprocessing``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from nbtoolkit.presets import make_preset
+from nbtoolkit.training import TrainConfig, Trainer
+from nbtoolkit.training.distributed import DataParallel
+
+#: the systems and configuration both the single-process run and the ranks train on
+SYSTEM = {"num_orbits": 6, "e_min": 0.5, "e_max": 0.9, "seed": 3}
+CONFIG: dict[str, Any] = {"epochs": 2, "steps_per_epoch": 6, "seed": 5, "energy_threshold": 3e-5, "E_upper": 1e-5,
+                          "E_lower": 1e-7, "replay_batch_size": 512, "replay_steps": 20, "calibrate_pass_rate": 0.0,
+                          "predictor_options": {"init_factor": 0.3}}
+
+
+def train(collective: Any = None, **overrides: Any) -> Trainer:
+    """A trainer on :data:`SYSTEM` with :data:`CONFIG`, fitted."""
+    system = make_preset("kepler-batch", **SYSTEM)
+    trainer = Trainer(TrainConfig.from_dict({**CONFIG, **overrides}), system.state, period=system.period,
+                      collective=collective)
+    trainer.result = trainer.fit()  # type: ignore[attr-defined]
+    return trainer
+
+
+def run_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    """Train on this rank's shard and save its parameters and epoch metrics to ``out_dir/rank<r>.pt``."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        trainer = train(DataParallel())
+        torch.save({"params": {k: v.clone() for k, v in trainer.predictor.state_dict().items()},
+                    "metrics": trainer.result.epoch_metrics, "total_retrains": trainer.total_retrains,
+                    "total_accepted": trainer.total_accepted},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
