@@ -1,8 +1,8 @@
 """The control panel: system preset and its parameters, plugin choices, training and simulation
 settings, and the run buttons.
 
-The integrator, dt-predictor, replay-sampler and gate drop-downs are filled from the plugin host's
-registries (:meth:`ControlPanel.refresh_plugins`), so a plugin installed by a third party shows
+The integrator, dt-predictor, replay-sampler, gate and external-field drop-downs are filled from
+the plugin host's registries (:meth:`ControlPanel.refresh_plugins`), so a plugin installed by a third party shows
 up with no change here. Preset parameters come from ``nbtoolkit.presets.PRESETS[name].params``
 and the training defaults from ``TrainConfig``; values typed by the user are validated by those
 same objects, whose :class:`~nbtoolkit.errors.ConfigError` messages name the offending key.
@@ -45,7 +45,9 @@ from .inputs import (
     SimulationSettings,
     float_edit,
     format_float,
+    format_options,
     int_spin,
+    parse_options,
     read_float,
     slider_from_speed,
     speed_from_slider,
@@ -53,8 +55,9 @@ from .inputs import (
 from .modes import MODE_SIMULATE, MODE_TRAIN, check_mode
 
 NO_REFERENCE = "(none)"
+NO_FIELD = "none"
 PREFERRED = {"integrator": "leapfrog", "predictor": "mlp", "sampler": "uniform", "gate": "energy",
-             "reference": "freefall"}
+             "reference": "freefall", "field": NO_FIELD}
 MODEL_TRAINED = "model just trained"
 MODEL_CHECKPOINT = "checkpoint file"
 MAX_INT = 2**31 - 1
@@ -102,6 +105,13 @@ class ControlPanel(QWidget):
         self.gate_combo.setToolTip("Gate that accepts or rejects every step, in training and in the Simulate guard "
                                    "(from the plugin registry): energy = whole-system |dE/E|")
         self.reference_combo.setToolTip("Classical dt rule drawn as a reference on the dt plot")
+        self.field_combo = QComboBox()
+        self.field_combo.setToolTip("External field the systems move in, in training and in Simulate "
+                                    "(from the plugin registry); the energy then includes its potential")
+        self.field_options_edit = QLineEdit()
+        self.field_options_edit.setPlaceholderText("KEY=VALUE, ... e.g. mass=100, radius=10")
+        self.field_options_edit.setToolTip("Options of the external field's factory, comma separated "
+                                           "(as --field-option on the command line)")
         self.reload_button = QPushButton("Reload plugins")
         self.reload_button.setToolTip("Re-read the plugin registries")
         self.reload_button.clicked.connect(self.refresh_plugins)
@@ -111,6 +121,8 @@ class ControlPanel(QWidget):
         plugin_form.addRow("dt predictor", self.predictor_combo)
         plugin_form.addRow("replay sampler", self.sampler_combo)
         plugin_form.addRow("gate", self.gate_combo)
+        plugin_form.addRow("field", self.field_combo)
+        plugin_form.addRow("field options", self.field_options_edit)
         plugin_form.addRow("reference dt", self.reference_combo)
         plugin_form.addRow(self.reload_button)
 
@@ -220,6 +232,7 @@ class ControlPanel(QWidget):
         self._fill(self.sampler_combo, self.host.samplers.names(), PREFERRED["sampler"])
         self._fill(self.gate_combo, self.host.gates.names(), PREFERRED["gate"])
         self._fill(self.reference_combo, [NO_REFERENCE, *self.host.predictors.names()], PREFERRED["reference"])
+        self._fill(self.field_combo, [NO_FIELD, *self.host.fields.names()], PREFERRED["field"])
 
     @staticmethod
     def _fill(combo: QComboBox, names: list[str], preferred: str) -> None:
@@ -246,6 +259,19 @@ class ControlPanel(QWidget):
         """Name of the classical reference dt rule, or None."""
         name = self.reference_combo.currentText()
         return None if name in ("", NO_REFERENCE) else name
+
+    def field_choice(self) -> tuple[str, dict[str, Any]]:
+        """The external field chosen ("" = none) and its options, checked by building it here, so that a
+        bad option is a ConfigError or PluginError before any run starts."""
+        name = self.field_combo.currentText()
+        name = "" if name == NO_FIELD else name
+        options = parse_options(self.field_options_edit.text(), "field options")
+        if not name:
+            if options:
+                raise ConfigError("field options need a field: choose one in the 'field' drop-down")
+            return name, options
+        self.host.fields.create(name, **options)
+        return name, options
 
     # ------------------------------------------------------------------ system
     def set_preset(self, name: str, params: dict[str, Any] | None = None) -> None:
@@ -320,6 +346,7 @@ class ControlPanel(QWidget):
     def train_config(self) -> TrainConfig:
         """The training configuration: the loaded (or default) config with the shown settings on top."""
         values = dict(self._base_config)
+        field_name, field_options = self.field_choice()
         values.update(
             energy_threshold=read_float(self.threshold_edit, "energy threshold"),
             epochs=self.epochs_spin.value(),
@@ -331,6 +358,8 @@ class ControlPanel(QWidget):
             predictor=self.predictor_combo.currentText(),
             sampler=self.sampler_combo.currentText(),
             gate=self.gate_combo.currentText(),
+            field=field_name,
+            field_options=field_options,
         )
         return TrainConfig.from_dict(values)
 
@@ -346,6 +375,8 @@ class ControlPanel(QWidget):
         self._select(self.predictor_combo, config.predictor, "dt predictor")
         self._select(self.sampler_combo, config.sampler, "replay sampler")
         self._select(self.gate_combo, config.gate, "gate")
+        self._select(self.field_combo, config.field or NO_FIELD, "external field")
+        self.field_options_edit.setText(format_options(config.field_options))
         self._base_config = config.to_dict()
         self.threshold_edit.setText(format_float(config.energy_threshold))
         self.epochs_spin.setValue(config.epochs)
@@ -397,8 +428,9 @@ class ControlPanel(QWidget):
             if not checkpoint:
                 raise ConfigError("choose a checkpoint file to simulate with (or use the model just trained)")
         guard = read_float(self.threshold_edit, "energy threshold") if self.guard_check.isChecked() else None
+        field_name, field_options = self.field_choice()
         return SimulationSettings(checkpoint, self.sim_steps_spin.value(), self.speed(), guard,
-                                  self.gate_combo.currentText())
+                                  self.gate_combo.currentText(), field_name, field_options)
 
     def _on_speed_slider(self, position: int) -> None:
         speed = speed_from_slider(position)
@@ -420,7 +452,7 @@ class ControlPanel(QWidget):
         idle = running is None
         settings = (
             self.preset_combo, self.integrator_combo, self.predictor_combo, self.sampler_combo, self.gate_combo,
-            self.reference_combo,
+            self.field_combo, self.field_options_edit, self.reference_combo,
             self.reload_button, self._tab_bar, self.start_button, self.threshold_edit, self.epochs_spin,
             self.steps_spin, self.batch_spin, self.lr_edit, self.seed_spin, self.model_combo, self.checkpoint_edit,
             self.browse_button, self.sim_steps_spin, self.guard_check, *self._param_widgets.values(),

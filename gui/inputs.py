@@ -1,13 +1,19 @@
-"""Small pieces of the control panel: simulation settings, number inputs, the speed slider's scale."""
+"""Small pieces of the control panel: simulation settings, number inputs, option lines, the speed
+slider's scale."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from PyQt6.QtGui import QDoubleValidator
 from PyQt6.QtWidgets import QLineEdit, QSpinBox
 
+from nbtoolkit import validate
 from nbtoolkit.errors import ConfigError
 
 #: playback speeds offered by the slider (steps per second); the last slider position is "max"
@@ -20,13 +26,16 @@ DEFAULT_SPEED = 120.0
 class SimulationSettings:
     """What Simulate plays: the model source (a checkpoint path, or None for the model just
     trained), steps (0 = until stopped), speed in steps per second (0 = as fast as possible),
-    the guard threshold (None = off) and the gate that judges the steps (a registry name)."""
+    the guard threshold (None = off), the gate that judges the steps (a registry name) and the
+    external field the systems move in (a registry name, "" = none) with its factory's options."""
 
     checkpoint: str | None
     steps: int
     speed: float
     guard_threshold: float | None
     gate: str
+    field_name: str = ""
+    field_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def format_float(value: float) -> str:
@@ -60,6 +69,32 @@ def read_float(edit: QLineEdit, key: str) -> float:
         return float(text)
     except ValueError:
         raise ConfigError(f"{key} must be a number; got {text!r}") from None
+
+
+def parse_options(text: str, key: str) -> dict[str, Any]:
+    """The options of a line ``KEY=VALUE, KEY=VALUE`` (values read as on the command line, see
+    :func:`nbtoolkit.validate.option_pair`); a ConfigError naming ``key`` when one is malformed."""
+    pairs = []
+    for item in text.split(","):
+        if item.strip():
+            try:
+                pairs.append(validate.option_pair(item.strip()))
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+    return validate.option_dict(pairs, key)
+
+
+def format_options(options: dict[str, Any]) -> str:
+    """``options`` as a line that :func:`parse_options` reads back (strings without commas)."""
+    return ", ".join(f"{key}={_option_text(value)}" for key, value in options.items())
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and validate.option_pair(f"v={value}")[1] != value:
+        return json.dumps(value)  # a string that would read as a number or boolean
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def speed_from_slider(position: int) -> float:

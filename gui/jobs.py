@@ -198,7 +198,8 @@ class PlaybackJob:
     possible); ``guard_threshold``: threshold of the guard of ``iter_steps`` (None = off);
     ``reference``: classical dt rule to compare with (None = none); ``integrator_options``:
     options of the integrator's factory; ``gate``: name of the gate that judges the steps (and
-    the guard's retries).
+    the guard's retries); ``field_name``: the external field the systems move in (a registry name,
+    "" = none), built in the run with ``field_options``, so its potential is in every energy.
     """
 
     state: NBodyState
@@ -210,6 +211,8 @@ class PlaybackJob:
     reference: DtPredictor | None = None
     integrator_options: dict[str, Any] = field(default_factory=dict)
     gate: str = "energy"
+    field_name: str = ""
+    field_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -235,6 +238,8 @@ class PlaybackJob:
         predictor.eval()
         integrator = host.integrators.create(self.integrator, **self.integrator_options)
         state = self.state.detach()
+        if self.field_name:
+            state = state.replace(field=host.fields.create(self.field_name, **self.field_options))
         stepper = iter_steps(state, integrator, predictor, predictor_name="viewer model",
                              guard_threshold=self.guard_threshold, control=control,
                              gate=host.gates.create(self.gate), gate_name=self.gate)

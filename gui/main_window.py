@@ -265,7 +265,8 @@ class MainWindow(QMainWindow):
                               self.controls.integrator_combo.currentText(), steps=settings.steps,
                               speed=settings.speed, guard_threshold=settings.guard_threshold,
                               reference=self.host.predictors.create(reference_name) if reference_name else None,
-                              integrator_options=self.controls.integrator_options(), gate=settings.gate)
+                              integrator_options=self.controls.integrator_options(), gate=settings.gate,
+                              field_name=settings.field_name, field_options=settings.field_options)
         except SETUP_ERRORS as exc:
             self.show_error("Cannot start simulation", str(exc))
             return False

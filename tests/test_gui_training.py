@@ -270,6 +270,82 @@ def test_simulate_mode_with_a_checkpoint_animates_frames(qtbot, host, checkpoint
     assert "step 60" in window.status_text()
 
 
+FIELD_OPTIONS = {"mass": 5.0, "radius": 2.0}
+
+
+def choose_field(window: MainWindow, text: str = "mass=5.0, radius=2") -> None:
+    window.controls.field_combo.setCurrentText("plummer-host")
+    window.controls.field_options_edit.setText(text)
+
+
+def test_training_in_the_field_chosen_in_the_viewer_carries_it_to_the_run(qtbot, window, tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    configure(window, epochs=1, metrics_log=str(log))
+    choose_field(window)
+    assert window.start_training()
+    outcome = wait_finished(qtbot, window)
+    assert outcome.kind == "finished", outcome.error
+    (fit_start,) = [r for r in engine_records(log) if r["event"] == "FitStart"]
+    assert fit_start["config"]["field"] == "plummer-host"  # what the run's process was configured with
+    assert fit_start["config"]["field_options"] == FIELD_OPTIONS
+    path = tmp_path / "field.pt"
+    with qtbot.waitSignal(window.session.bridge.checkpoint_saved, timeout=TIMEOUT_MS):
+        assert window.save_checkpoint(path)
+    config = read_checkpoint(path)["config"]
+    assert (config["field"], config["field_options"]) == ("plummer-host", FIELD_OPTIONS)
+
+
+def test_simulation_flies_in_the_chosen_field_and_its_energy_includes_the_potential(qtbot, window, checkpoint, host):
+    from nbtoolkit.physics import relative_energy_error, state_energy
+    from nbtoolkit.simulate import iter_steps
+
+    steps = 40
+    window.controls.set_preset("kepler", {"eccentricity": 0.5})
+    window.controls.set_mode("simulate")
+    window.controls.set_checkpoint(checkpoint)
+    window.controls.sim_steps_spin.setValue(steps)
+    window.controls.set_speed(0)
+    choose_field(window)
+    assert window.start()
+    outcome = wait_finished(qtbot, window)
+    assert outcome.kind == "finished", outcome.error
+    window.refresh()
+    drift = window.plots.series(0)["drift"]
+    assert len(drift) == steps
+
+    # the same run here: the preset in the field, the checkpoint's model, the viewer's integrator and gate
+    start = make_preset("kepler", eccentricity=0.5).state
+    state = start.replace(field=host.fields.create("plummer-host", **FIELD_OPTIONS))
+    predictor = load_predictor(checkpoint, host=host)
+    predictor.eval()
+    stepper = iter_steps(state, host.integrators.create("leapfrog"), predictor, gate=host.gates.create("energy"))
+    expected, without_field = [], []
+    with torch.no_grad():
+        energy0, bare0 = state_energy(state), state_energy(start)
+        for _ in range(steps):
+            state = next(stepper).state
+            expected.append(float(relative_energy_error(energy0, state_energy(state))[0]))
+            without_field.append(float(relative_energy_error(bare0, state_energy(state.replace(field=None)))[0]))
+    np.testing.assert_allclose(drift, expected, rtol=1e-6, atol=1e-12)
+    # without the field's potential the energy of that trajectory would change by far more
+    assert np.max(np.abs(without_field)) > 100 * np.max(np.abs(expected))
+
+
+def test_a_bad_field_option_is_reported_without_starting_a_run(qtbot, window, checkpoint):
+    configure(window, epochs=1)
+    choose_field(window, "mass=5, depth=3")
+    with qtbot.waitSignal(window.error_shown, timeout=TIMEOUT_MS) as blocker:
+        assert not window.start_training()
+    assert blocker.args[0].startswith("Cannot start training") and "does not take option(s) depth" in blocker.args[0]
+    window.controls.set_mode("simulate")
+    window.controls.set_checkpoint(checkpoint)
+    choose_field(window, "mass")
+    with qtbot.waitSignal(window.error_shown, timeout=TIMEOUT_MS) as blocker:
+        assert not window.start()
+    assert "field options: expected KEY=VALUE, got 'mass'" in window.error_text()
+    assert not window.is_running and window.session.worker is None and window.session.trainer is None
+
+
 def test_closing_the_window_during_a_paused_run_stops_it_and_reaps_its_process(qtbot, host):
     win = MainWindow(host)
     qtbot.addWidget(win)

@@ -34,9 +34,10 @@ from gui.plots import REL_DE_DISPLAY_RANGE, LivePlots  # noqa: E402
 from gui.session import RunState  # noqa: E402
 from gui.status import RunCounters  # noqa: E402
 from nbtoolkit import RunStopped, hookimpl  # noqa: E402
-from nbtoolkit.errors import ConfigError  # noqa: E402
+from nbtoolkit.errors import ConfigError, PluginError  # noqa: E402
 from nbtoolkit.events import EpochEnd, ReplayIteration, StepAccepted, StepRejected  # noqa: E402
 from nbtoolkit.presets import PRESETS  # noqa: E402
+from nbtoolkit.training import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -313,6 +314,10 @@ class FakePlugin:
     def nbtoolkit_register_gates(self, register):
         register("test-fake-gate", lambda: None)
 
+    @hookimpl
+    def nbtoolkit_register_external_fields(self, register):
+        register("test-fake-field", lambda: None)
+
 
 def combo_items(combo) -> list[str]:
     return [combo.itemText(i) for i in range(combo.count())]
@@ -331,6 +336,9 @@ def test_dropdowns_list_the_registries_including_a_plugin_registered_at_run_time
         assert combo_items(panel.gate_combo) == host.gates.names() and "test-fake-gate" in combo_items(panel.gate_combo)
         assert panel.integrator_combo.currentText() == "leapfrog"  # the default stays preselected
         assert panel.gate_combo.currentText() == "energy"
+        assert combo_items(panel.field_combo) == ["none", *host.fields.names()]
+        assert {"plummer-host", "point-mass-host", "test-fake-field"} <= set(combo_items(panel.field_combo))
+        assert panel.field_combo.currentText() == "none"  # no field unless one is chosen
     finally:
         host.unregister_plugin(name)
     panel.refresh_plugins()
@@ -367,6 +375,44 @@ def test_controls_build_the_config_and_the_preset_from_the_widgets(qtbot, host):
         panel.train_config()
     with pytest.raises(ConfigError, match="does not take parameter 'nope'"):
         panel.set_preset("kepler", {"nope": 1})
+
+
+def test_field_choice_reaches_the_config_and_the_simulation_settings(qtbot, host):
+    panel = ControlPanel(host)
+    qtbot.addWidget(panel)
+    assert (panel.train_config().field, panel.train_config().field_options) == ("", {})
+    assert panel.simulation_settings().field_name == ""
+    panel.field_combo.setCurrentText("plummer-host")
+    panel.field_options_edit.setText(" mass=50, radius = 2.5 ,")
+    config = panel.train_config()
+    assert (config.field, config.field_options) == ("plummer-host", {"mass": 50, "radius": 2.5})
+    settings = panel.simulation_settings()
+    assert (settings.field_name, settings.field_options) == ("plummer-host", {"mass": 50, "radius": 2.5})
+
+    for text, error, match in [
+        ("mass", ConfigError, "field options: expected KEY=VALUE, got 'mass'"),
+        ("mass=1, mass=2", ConfigError, "field options mass is given twice"),
+        ("depth=3", PluginError, r"does not take option\(s\) depth; it takes: mass, radius"),
+        ("mass=-1", PluginError, "option 'mass' must be finite and > 0"),
+    ]:
+        panel.field_options_edit.setText(text)
+        with pytest.raises(error, match=match):
+            panel.train_config()
+        with pytest.raises(error, match=match):
+            panel.simulation_settings()
+    panel.field_combo.setCurrentText("none")
+    panel.field_options_edit.setText("mass=5")
+    with pytest.raises(ConfigError, match="field options need a field"):
+        panel.train_config()
+
+    panel.set_config(TrainConfig(field="point-mass-host", field_options={"mass": 1000.0, "distance": 50, "phase": 0.1}))
+    assert panel.field_combo.currentText() == "point-mass-host"
+    config = panel.train_config()
+    assert (config.field, config.field_options) == ("point-mass-host", {"mass": 1000.0, "distance": 50, "phase": 0.1})
+    panel.set_config(TrainConfig())
+    assert (panel.field_combo.currentText(), panel.field_options_edit.text()) == ("none", "")
+    with pytest.raises(ConfigError, match="external field 'nope' is not registered"):
+        panel.set_config(TrainConfig(field="nope"))
 
 
 def test_controls_load_a_toml_config_with_its_system_table(qtbot, host, tmp_path):
