@@ -28,7 +28,7 @@ Inputs, per pair (i, j) with separation r, relative velocity v, M = m_i + m_j, m
 * log(1 + v^2 r / mu): kinetic over potential (2 - r/a for a two-body orbit)
 * asinh((r . v) / sqrt(mu r)): radial velocity in units of the local circular speed
 * log(1 + e): the pair's osculating eccentricity
-* 4 m_i m_j / M^2 and M / M_total: mass ratios
+* M / M_total: the pair's share of the mass
 * log(1 + G m_i m_j / (r |E|)): the pair's binding energy against the system's total |E|,
   which sets how much an error in this pair weighs in the relative energy error
 * log(1 + |a_ij - a_ij,2body| r^2 / mu): the tidal perturbation of the pair by all other
@@ -62,7 +62,7 @@ from nbtoolkit.state import NBodyState
 #: the log of each pair's dt factor is confined to log(init_factor) +- this (smoothly, by tanh)
 LOG_FACTOR_RANGE = 8.0
 #: per-pair input features before Fourier features
-PAIR_FEATURES = 9
+PAIR_FEATURES = 8
 #: per-history-entry features
 HISTORY_FEATURES = 3
 #: global features
@@ -116,7 +116,7 @@ def closest_pair_scales(mass: Tensor, position: Tensor, G: float, softening: flo
 class PairFeatures(NamedTuple):
     """Pair inputs of the network for the P' selected pairs of each system.
 
-    features (B, P', 9), log_tau (B, P') each pair's log free-fall time, mask (B, P') True for
+    features (B, P', 8), log_tau (B, P') each pair's log free-fall time, mask (B, P') True for
     pairs of real bodies, tau_min and r_min (B,) over all real pairs, closest_eccentricity and
     closest_energy_share (B,) the osculating eccentricity and G m_i m_j / (r |E|) of the pair with
     the shortest free-fall time.
@@ -162,7 +162,6 @@ def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
         torch.log1p(v2 * r / mu),
         torch.asinh(rv / (mu * r).sqrt()),
         torch.log1p(ecc),
-        4 * m[:, i] * m[:, j] / msum.square(),
         msum / m.sum(-1, keepdim=True),
         torch.log1p(share),
         torch.log1p(tidal.square().sum(-1).sqrt() * r.square() / mu),
