@@ -9,8 +9,8 @@ import torch
 
 from nbtoolkit.cli import main
 from nbtoolkit.errors import ConfigError
-from nbtoolkit.training.checkpoint import read_model
 from nbtoolkit.physics import relative_energy_error, state_energy
+from nbtoolkit.training.checkpoint import read_model
 from nbtoolkit.training.recalibrate import model_source, recalibrate_model
 from nbtoolkit.training.trainset import load_training_set, pad_systems
 
