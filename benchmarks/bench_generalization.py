@@ -172,8 +172,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"{s['system']:<22} {s['learned_steps']:>8d} {s['best_rule_steps']:>9d} "
                      f"{s['ratio_to_rule']:>6.2f} {oracle} {100 * s['learned_pass']:>7.2f}")
     median = results.get("median_ratio_to_oracle")
-    lines.append(f"{results['integrator']} ({results['model']}): worst learned/best-tuned-rule step ratio {results['worst_ratio_to_rule']:.3f} "
-                 f"(required <= 1); median learned/oracle ratio "
+    lines.append(f"{results['integrator']} ({results['model']}): worst learned/best-tuned-rule step ratio "
+                 f"{results['worst_ratio_to_rule']:.3f} (required <= 1); median learned/oracle ratio "
                  + (f"{median:.3f} (required <= 1.3)" if median is not None else "not measured (--quick)")
                  + f"; lowest pass {100 * results['lowest_pass']:.2f} % (required >= 99 %)")
     return lines

@@ -39,8 +39,9 @@ Families (:data:`FAMILIES`):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -262,7 +263,9 @@ def _figure_eight(s: Sampler, count: int) -> list[SystemDraw]:
     amp, scale = s.draw("perturbation", count), s.draw("scale", count)
     out = []
     for b in range(count):
-        noise = lambda *shape: 1 + amp[b] * (2 * torch.rand(*shape, generator=s.generator, dtype=torch.float64) - 1)  # noqa: E731
+        def noise(*shape: int, a: float = float(amp[b])) -> Tensor:
+            return 1 + a * (2 * torch.rand(*shape, generator=s.generator, dtype=torch.float64) - 1)
+
         mass = base.mass[0] * noise(3)
         pos = torch.cat([base.position[0] * noise(3, 2), torch.zeros(3, 1, dtype=torch.float64)], -1)
         vel = torch.cat([base.velocity[0] * noise(3, 2), torch.zeros(3, 1, dtype=torch.float64)], -1)

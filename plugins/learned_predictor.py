@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any, cast
 
 from nbtoolkit import hookimpl
 from nbtoolkit.predictor import DtPredictor
 
 #: the shipped model file
-MODEL_FILE = Path(str(resources.files(__package__).joinpath("data", "learned-general.pt")))
+MODEL_FILE = Path(str(resources.files(__package__).joinpath("data").joinpath("learned-general.pt")))
 
 
 def learned_predictor(model: str | None = None) -> DtPredictor:
@@ -28,7 +29,7 @@ def learned_predictor(model: str | None = None) -> DtPredictor:
 
     path = Path(model) if model else MODEL_FILE
     predictor = load_predictor(path)
-    predictor.model_file = path  # what nbtoolkit calibrate --model learned recalibrates
+    cast(Any, predictor).model_file = path  # what nbtoolkit calibrate --model learned recalibrates
     return predictor
 
 

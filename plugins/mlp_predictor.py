@@ -48,7 +48,7 @@ pooling, so a system predicts the same dt alone and padded inside a mixed-N batc
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -215,6 +215,11 @@ class MLPDtPredictor(DtPredictor):
     global RNG). The calibrated ``safety`` factor is a buffer, saved with the weights.
     """
 
+    fourier: Tensor  #: (PAIR_FEATURES, F) random frequencies of the Fourier features (a buffer)
+    log_init_factor: Tensor  #: () log of dt / tau of the untrained network (a buffer)
+    log_safety: Tensor  #: (SAFETY_CLASSES,) log of the calibrated factor per safety class (a buffer)
+    options: dict[str, Any]
+
     def __init__(self, hidden_width: int = 64, hidden_layers: int = 2, activation: str = "tanh",
                  fourier_features: int = 0, fourier_scale: float = 1.0, history_len: int = 0,
                  init_factor: float = 0.02, max_pairs: int = 16, seed: int | None = None) -> None:
@@ -226,9 +231,9 @@ class MLPDtPredictor(DtPredictor):
                 raise ConfigError(f"mlp predictor: {name} must be an integer >= {low}; got {value!r}")
         if activation not in _ACTIVATIONS:
             raise ConfigError(f"mlp predictor: activation must be one of {', '.join(_ACTIVATIONS)}; got {activation!r}")
-        for name, value in (("fourier_scale", fourier_scale), ("init_factor", init_factor)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"mlp predictor: {name} must be finite and > 0; got {value!r}")
+        for name, real in (("fourier_scale", fourier_scale), ("init_factor", init_factor)):
+            if not (isinstance(real, (int, float)) and math.isfinite(real) and real > 0):
+                raise ConfigError(f"mlp predictor: {name} must be finite and > 0; got {real!r}")
         self.history_len = history_len
         self.safety_group_size = SAFETY_GROUP_SIZE
         self.options = dict(hidden_width=hidden_width, hidden_layers=hidden_layers, activation=activation,
@@ -255,7 +260,8 @@ class MLPDtPredictor(DtPredictor):
         with torch.no_grad():
             for layer in linears:
                 bound = math.sqrt(6.0 / (layer.in_features + layer.out_features))
-                layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator, dtype=layer.weight.dtype) * 2 - 1) * bound)
+                noise = torch.rand(layer.weight.shape, generator=generator, dtype=layer.weight.dtype)
+                layer.weight.copy_((noise * 2 - 1) * bound)
                 layer.bias.zero_()
             linears[-1].weight.mul_(0.01)
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,7 @@ def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBody
     classes = torch.zeros(steps, state.batch_size, dtype=torch.long)
     alive = torch.ones(state.batch_size, dtype=torch.bool)
     for k in range(steps):
-        dt, state_classes = predictor.predict_with_class(current, None)
+        dt, state_classes = cast(Any, predictor).predict_with_class(current, None)
         found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold, gate),
                                found[k - 1])
         classes[k] = torch.where(alive, state_classes, classes[k - 1])
@@ -172,13 +173,14 @@ def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBod
     """Set ``predictor.log_safety`` so each validation system in ``state`` passes ``target_pass_rate``
     of its unguarded steps under ``gate`` (default: the energy gate; see module docstring).
     ``state`` may hold padding bodies."""
-    if not hasattr(predictor, "log_safety") or not hasattr(predictor, "predict_with_class"):
+    log_safety = getattr(predictor, "log_safety", None)
+    if not isinstance(log_safety, Tensor) or not hasattr(predictor, "predict_with_class"):
         raise ConfigError(f"dt predictor {type(predictor).__name__} has no 'log_safety' factors to calibrate")
     if not 0 < target_pass_rate < 1:
         raise ConfigError(f"target_pass_rate must be in (0, 1); got {target_pass_rate}")
     scales = torch.logspace(-math.log10(span), math.log10(span), grid, dtype=state.dtype)
     groups = padding_groups(state) or [(torch.arange(state.batch_size), state.n_bodies)]
-    n_classes = int(predictor.log_safety.numel())
+    n_classes = int(log_safety.numel())
     group_size = int(getattr(predictor, "safety_group_size", n_classes))
     total = torch.ones(n_classes, dtype=state.dtype)
     per_system, pass_rate = torch.ones(state.batch_size, dtype=state.dtype), 1.0
@@ -196,9 +198,9 @@ def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBod
             factor = class_factors(s_star, classes, n_classes, group_size, target_pass_rate).clamp(1 / span, span)
             factor = raise_within_budget(s_star, classes, factor, scales, target_pass_rate)
             total *= factor
-            predictor.log_safety.add_(factor.log().to(predictor.log_safety))
+            log_safety.add_(factor.log().to(log_safety))
             if bool((factor.log().abs() < math.log(float(scales[1] / scales[0]))).all()):
                 break
     predictor.train(was_training)
-    return CalibrationResult(factor=total.tolist(), safety=[float(v) for v in predictor.log_safety.exp()],
+    return CalibrationResult(factor=total.tolist(), safety=[float(v) for v in log_safety.exp()],
                              per_system=per_system, pass_rate=pass_rate)

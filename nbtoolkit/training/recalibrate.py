@@ -42,12 +42,13 @@ def recalibrate_model(source: str | os.PathLike[str], out: str | os.PathLike[str
     at ``threshold`` and write the model file ``out``; returns the calibration."""
     host = host or get_host()
     predictor, data = load_trained(source, host)
-    if not hasattr(predictor, "log_safety"):
+    log_safety = getattr(predictor, "log_safety", None)
+    if not isinstance(log_safety, torch.Tensor):
         raise ConfigError(f"the dt predictor in '{source}' has no safety factors to calibrate")
     validation = load_training_set(training_set)
     state = pad_systems(validation.validation_draws(seed))
     with torch.no_grad():
-        predictor.log_safety.zero_()
+        log_safety.zero_()
     result = calibrate_safety(predictor, host.integrators.create(integrator), state, threshold=threshold,
                               target_pass_rate=pass_rate, steps=steps, gate=host.gates.create(gate))
     calibration: dict[str, Any] = {
