@@ -133,28 +133,42 @@ class PairFeatures(NamedTuple):
 
 def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
     """Dimensionless pair features (see module docstring) of the ``max_pairs`` pairs with the
-    shortest free-fall times (all P pairs if max_pairs is 0)."""
+    shortest free-fall times (all P pairs if max_pairs is 0). The pairs are chosen from their
+    separations first and only the chosen ones get the other features, so a cluster of N bodies
+    costs O(N^2) only in its separations."""
     m, x, v, G = state.mass, state.position, state.velocity, state.G
+    B, D = x.shape[0], x.shape[-1]
     i, j = _pairs(state.n_bodies, x.device)
     real = (m[:, i] > 0) & (m[:, j] > 0)
-    one = torch.ones_like(real, dtype=x.dtype)
-    r_vec = x[:, j] - x[:, i]
-    v_vec = v[:, j] - v[:, i]
-    msum = torch.where(real, m[:, i] + m[:, j], one)
+    r_all = ((x[:, j] - x[:, i]).square().sum(-1) + state.softening**2).sqrt()
+    tau = (r_all.pow(3) / (G * torch.where(real, m[:, i] + m[:, j], torch.ones_like(r_all)))).sqrt()
+    inf = torch.full_like(tau, math.inf)
+    tau = torch.where(real, tau, inf)
+    tau_min, r_min = tau.amin(-1), torch.where(real, r_all, inf).amin(-1)
+    if 0 < max_pairs < tau.shape[1]:
+        chosen = torch.topk(tau, max_pairs, dim=-1, largest=False).indices  # (B, P')
+        i, j = i[chosen], j[chosen]
+        tau, real = torch.gather(tau, 1, chosen), torch.gather(real, 1, chosen)
+    else:
+        i, j = i.expand(B, -1), j.expand(B, -1)
+
+    def take(t: Tensor, idx: Tensor) -> Tensor:  # rows idx (B, P') of t (B, N, D)
+        return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, D))
+
+    one = torch.ones_like(tau)
+    mi, mj = torch.gather(m, 1, i), torch.gather(m, 1, j)
+    r_vec, v_vec = take(x, j) - take(x, i), take(v, j) - take(v, i)
+    msum = torch.where(real, mi + mj, one)
     mu = G * msum
     r = (r_vec.square().sum(-1) + state.softening**2).sqrt()
     v2 = v_vec.square().sum(-1)
     rv = (r_vec * v_vec).sum(-1)
-    tau = (r.pow(3) / mu).sqrt()
-    inf = torch.full_like(tau, math.inf)
-    tau = torch.where(real, tau, inf)
-    tau_min, r_min = tau.amin(-1), torch.where(real, r, inf).amin(-1)
     ecc_vec = ((v2 - mu / r).unsqueeze(-1) * r_vec - rv.unsqueeze(-1) * v_vec) / mu.unsqueeze(-1)
     ecc = ecc_vec.square().sum(-1).sqrt()
     energy = state_energy(state).abs().unsqueeze(-1)
-    share = G * m[:, i] * m[:, j] / (r * energy)
+    share = G * mi * mj / (r * energy)
     acc = state_accelerations(state)
-    tidal = acc[:, j] - acc[:, i] + (mu / r.pow(3)).unsqueeze(-1) * r_vec
+    tidal = take(acc, j) - take(acc, i) + (mu / r.pow(3)).unsqueeze(-1) * r_vec
     safe_tau = torch.where(real, tau, one)
     feats = torch.stack([
         (safe_tau / tau_min.unsqueeze(-1)).log(),
@@ -170,12 +184,7 @@ def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
     closest_pair = tau.argmin(-1, keepdim=True)
     closest_ecc = torch.gather(ecc, 1, closest_pair).squeeze(-1)
     closest_share = torch.gather(share, 1, closest_pair).squeeze(-1)
-    log_tau = safe_tau.log()
-    if 0 < max_pairs < feats.shape[1]:
-        closest = torch.topk(tau, max_pairs, dim=-1, largest=False).indices
-        feats = torch.gather(feats, 1, closest.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
-        log_tau, real = torch.gather(log_tau, 1, closest), torch.gather(real, 1, closest)
-    return PairFeatures(feats, log_tau, real, tau_min, r_min, closest_ecc, closest_share)
+    return PairFeatures(feats, safe_tau.log(), real, tau_min, r_min, closest_ecc, closest_share)
 
 
 def history_features(state: NBodyState, history: History, tau_min: Tensor, r_min: Tensor) -> Tensor:
