@@ -1,6 +1,6 @@
 """The chunked force kernel against simple references, on every path it can take.
 
-Paths of :func:`nbtoolkit.physics.accelerations` / :func:`potential_energy`: "small" (the whole
+Paths of :func:`nbtoolkit.kernel.accelerations` / :func:`potential_energy`: "small" (the whole
 problem in one chunk), "pairs" (N <= 32 and B >= 32: batch innermost, pairs i < j), "rows"
 (blocks of systems and rows), each without an autograd graph (in place, possibly on worker
 threads) and with one (out of place, checkpointed when chunked), plus the optional compiled
@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import nbtoolkit.physics as physics
+import nbtoolkit.kernel as kernel
 import nbtoolkit.threads as threads
 from nbtoolkit import accelerations, potential_energy
 
@@ -70,11 +70,11 @@ def cluster(batch, n, dim=3, seed=0):
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """A chunk budget of 64 numbers: every path splits into many chunks, blocks and checkpoints."""
-    monkeypatch.setattr(physics, "CHUNK_ELEMENTS", 64)
-    monkeypatch.setattr(physics, "GRAPH_CHUNK_ELEMENTS", 64)
-    monkeypatch.setattr(physics, "GRAPH_CHECKPOINT_ELEMENTS", 128)
-    monkeypatch.setattr(physics, "SMALL_ELEMENTS", 0)
-    monkeypatch.setattr(physics, "_PAIR_TASK_MIN", 4)
+    monkeypatch.setattr(kernel, "CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(kernel, "GRAPH_CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(kernel, "GRAPH_CHECKPOINT_ELEMENTS", 128)
+    monkeypatch.setattr(kernel, "SMALL_ELEMENTS", 0)
+    monkeypatch.setattr(kernel, "_PAIR_TASK_MIN", 4)
 
 
 # (batch, n, dim) -> path with the default budgets: small, pairs, rows, pairs in 2-D, small
@@ -82,8 +82,8 @@ CASES = [(2, 3, 3), (64, 5, 3), (3, 70, 3), (40, 8, 2), (1, 2, 3)]
 
 
 def path(batch, n, dim):
-    pairs = physics._use_pairs(n, batch)
-    return "small" if physics._use_small(batch, n, dim, pairs) else "pairs" if pairs else "rows"
+    pairs = kernel._use_pairs(n, batch)
+    return "small" if kernel._use_small(batch, n, dim, pairs) else "pairs" if pairs else "rows"
 
 
 def test_the_cases_cover_every_path():
@@ -208,7 +208,7 @@ def test_no_temporary_grows_like_b_n_n(batch, n, graph):
         pot = potential_energy(mass, x, 1.0, 0.01)
         if graph:
             (acc.sum() + pot.sum()).backward()
-    bound = max(physics.GRAPH_CHUNK_ELEMENTS if graph else threads.CHUNK_ELEMENTS, batch * n * 3)
+    bound = max(kernel.GRAPH_CHUNK_ELEMENTS if graph else threads.CHUNK_ELEMENTS, batch * n * 3)
     assert probe.largest <= bound < batch * n * n
 
 
@@ -217,7 +217,7 @@ def test_device_budget_gives_the_same_answer(monkeypatch):
     cases = [cluster(64, 5, seed=12), cluster(3, 70, seed=13), cluster(600, 16, seed=14)]
     with torch.no_grad():
         cpu = [(accelerations(m, x, 1.0, 0.01), potential_energy(m, x, 1.0, 0.01)) for m, x in cases]
-        monkeypatch.setattr(physics, "_chunk", lambda t: physics.DEVICE_CHUNK_ELEMENTS)
+        monkeypatch.setattr(kernel, "_chunk", lambda t: kernel.DEVICE_CHUNK_ELEMENTS)
         big = [(accelerations(m, x, 1.0, 0.01), potential_energy(m, x, 1.0, 0.01)) for m, x in cases]
     for (a0, u0), (a1, u1) in zip(cpu, big):
         torch.testing.assert_close(a1, a0, rtol=1e-13, atol=1e-14)
@@ -232,7 +232,7 @@ def test_worker_pool_gives_the_same_answer(monkeypatch):
                accelerations(rows_mass, rows_pos, 1.0, 0.01)]
         monkeypatch.setenv(threads.THREADS_ENV, "2")
         monkeypatch.setattr(threads, "available_cpus", lambda: 4)
-        monkeypatch.setattr(physics, "_PAIR_TASK_MIN", 64)
+        monkeypatch.setattr(kernel, "_PAIR_TASK_MIN", 64)
         assert threads.kernel_workers() == 2
         two = [accelerations(mass, pos, 1.0, 0.01), potential_energy(rows_mass, rows_pos, 1.0, 0.01),
                accelerations(rows_mass, rows_pos, 1.0, 0.01)]
@@ -270,9 +270,9 @@ def test_thread_policy_defaults(monkeypatch):
 # ----------------------------------------------------------------------------- compiled path
 @pytest.fixture
 def fresh_compiled(monkeypatch):
-    monkeypatch.setitem(physics._compiled, "fn", None)
-    monkeypatch.setitem(physics._compiled, "failed", False)
-    monkeypatch.setenv(physics.COMPILE_ENV, "1")
+    monkeypatch.setitem(kernel._compiled, "fn", None)
+    monkeypatch.setitem(kernel._compiled, "failed", False)
+    monkeypatch.setenv(kernel.COMPILE_ENV, "1")
 
 
 def test_compiled_path_falls_back_to_eager_with_one_warning(fresh_compiled, monkeypatch):
@@ -286,14 +286,14 @@ def test_compiled_path_falls_back_to_eager_with_one_warning(fresh_compiled, monk
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         second = accelerations(mass, pos, 1.0, 0.01)
-    assert not physics.compiled_kernel_requested()
+    assert not kernel.compiled_kernel_requested()
     torch.testing.assert_close(first, loop_accelerations(mass, pos, 1.0, 0.01), rtol=1e-12, atol=1e-13)
     assert torch.equal(first, second)
 
 
 def test_compiled_path_is_off_unless_asked(monkeypatch):
-    monkeypatch.delenv(physics.COMPILE_ENV, raising=False)
-    assert not physics.compiled_kernel_requested()
+    monkeypatch.delenv(kernel.COMPILE_ENV, raising=False)
+    assert not kernel.compiled_kernel_requested()
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler for inductor")
@@ -305,7 +305,7 @@ def test_compiled_path_matches_the_double_loop(fresh_compiled):
         warnings.simplefilter("error", RuntimeWarning)
         with torch.no_grad():
             acc = accelerations(mass, pos, 1.3, 0.02)
-    assert physics._compiled["fn"] is not None and not physics._compiled["failed"]
+    assert kernel._compiled["fn"] is not None and not kernel._compiled["failed"]
     torch.testing.assert_close(acc, loop_accelerations(mass, pos, 1.3, 0.02), rtol=1e-12, atol=1e-13)
     x = pos.clone().requires_grad_(True)  # with a graph the eager kernel runs (and differentiates)
     (grad,) = torch.autograd.grad(accelerations(mass, x, 1.3, 0.02).sum(), x)
