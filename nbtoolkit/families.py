@@ -229,6 +229,16 @@ def _mardling_aarseth(q_out: float, e_out: float) -> float:
     return 2.8 * (1 + q_out) ** 0.4 * (1 + e_out) ** 0.4 / (1 - e_out) ** 1.2
 
 
+def _binary_and_third(m1: Tensor, m2: Tensor, m3: Tensor, x_in: Tensor, v_in: Tensor, x_out: Tensor,
+                      v_out: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions and velocities (3, 3) of a binary (m1, m2; relative orbit x_in, v_in, each (1, 3)) and a
+    third body m3 at x_out, v_out (1, 3) from the binary's centre of mass, in the centre-of-mass frame."""
+    # inner binary about its centre of mass, which sits at -m3/(1+m3) x_out; body 3 at x_out/(1+m3)
+    inner_frac = torch.stack([-m2, m1, torch.zeros_like(m1)]).unsqueeze(-1)
+    outer_frac = torch.stack([-m3, -m3, torch.ones_like(m3)]).unsqueeze(-1) / (1 + m3)
+    return inner_frac * x_in + outer_frac * x_out, inner_frac * v_in + outer_frac * v_out
+
+
 def _triple(s: Sampler, count: int) -> list[SystemDraw]:
     e_in, q_in = s.draw("inner_eccentricity", count), s.draw("inner_mass_ratio", count)
     e_out, q_out = s.draw("outer_eccentricity", count), s.draw("outer_mass_ratio", count)
@@ -246,13 +256,10 @@ def _triple(s: Sampler, count: int) -> list[SystemDraw]:
         if int(dims[b]) == 3:
             rot = random_rotation(s.generator)
             xi, vi = xi @ rot.T, vi @ rot.T
-        mass = torch.stack([m1, m2, m3])
-        # inner binary about its centre of mass, which sits at -m3/(1+m3) x_out; body 3 at x_out/(1+m3)
-        inner_frac = torch.stack([-m2, m1, torch.zeros_like(m1)]).unsqueeze(-1)
-        outer_frac = torch.stack([-m3, -m3, torch.ones_like(m3)]).unsqueeze(-1) / (1 + m3)
-        pos, vel = inner_frac * xi + outer_frac * xo, inner_frac * vi + outer_frac * vo
+        pos, vel = _binary_and_third(m1, m2, m3, xi, vi, xo, vo)
         sc = float(scale[b])
-        out.append(_finish("triple", mass, pos * sc, vel / math.sqrt(sc), int(dims[b]), s.generator))
+        out.append(_finish("triple", torch.stack([m1, m2, m3]), pos * sc, vel / math.sqrt(sc), int(dims[b]),
+                           s.generator))
     return out
 
 
@@ -330,9 +337,7 @@ def _encounter(s: Sampler, count: int) -> list[SystemDraw]:
         offset = torch.tensor([[-d, float(impact[b]), 0.0]], dtype=torch.float64)
         v_start = math.sqrt(float(speed[b]) ** 2 + 2 * (1 + float(m3)) / float(offset.norm()))
         approach = torch.tensor([[v_start, 0.0, 0.0]], dtype=torch.float64)
-        binary_frac = torch.stack([-m2, m1]).unsqueeze(-1)
-        pos = torch.cat([binary_frac * xi - m3 / (1 + m3) * offset, offset / (1 + m3)])
-        vel = torch.cat([binary_frac * vi - m3 / (1 + m3) * approach, approach / (1 + m3)])
+        pos, vel = _binary_and_third(m1, m2, m3, xi, vi, offset, approach)
         sc = float(scale[b])
         out.append(_finish("encounter", torch.stack([m1, m2, m3]), pos * sc, vel / math.sqrt(sc), int(dims[b]),
                            s.generator))

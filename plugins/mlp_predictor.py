@@ -101,16 +101,22 @@ def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     return iu[0], iu[1]
 
 
-def closest_pair_scales(mass: Tensor, position: Tensor, G: float, softening: float) -> tuple[Tensor, Tensor]:
-    """(tau_min, r_min), each (B,): the smallest pair free-fall time and the smallest (softened)
-    separation among pairs of real bodies (padding bodies, mass 0, are ignored)."""
+def pair_scales(mass: Tensor, position: Tensor, G: float, softening: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(real, r, tau), each (B, P) over the pairs i < j: whether both bodies are real (padding bodies
+    have mass 0), the (softened) separation and the free-fall time (inf for pairs with a padding body)."""
     i, j = _pairs(mass.shape[-1], position.device)
     real = (mass[:, i] > 0) & (mass[:, j] > 0)
     r = ((position[:, j] - position[:, i]).square().sum(-1) + softening**2).sqrt()
     msum = torch.where(real, mass[:, i] + mass[:, j], torch.ones_like(r))
-    inf = torch.full_like(r, math.inf)
-    tau = torch.where(real, (r.pow(3) / (G * msum)).sqrt(), inf)
-    return tau.amin(-1), torch.where(real, r, inf).amin(-1)
+    tau = torch.where(real, (r.pow(3) / (G * msum)).sqrt(), torch.full_like(r, math.inf))
+    return real, r, tau
+
+
+def closest_pair_scales(mass: Tensor, position: Tensor, G: float, softening: float) -> tuple[Tensor, Tensor]:
+    """(tau_min, r_min), each (B,): the smallest pair free-fall time and the smallest (softened)
+    separation among pairs of real bodies (padding bodies, mass 0, are ignored)."""
+    real, r, tau = pair_scales(mass, position, G, softening)
+    return tau.amin(-1), torch.where(real, r, torch.full_like(r, math.inf)).amin(-1)
 
 
 class PairFeatures(NamedTuple):
@@ -139,12 +145,8 @@ def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
     m, x, v, G = state.mass, state.position, state.velocity, state.G
     B, D = x.shape[0], x.shape[-1]
     i, j = _pairs(state.n_bodies, x.device)
-    real = (m[:, i] > 0) & (m[:, j] > 0)
-    r_all = ((x[:, j] - x[:, i]).square().sum(-1) + state.softening**2).sqrt()
-    tau = (r_all.pow(3) / (G * torch.where(real, m[:, i] + m[:, j], torch.ones_like(r_all)))).sqrt()
-    inf = torch.full_like(tau, math.inf)
-    tau = torch.where(real, tau, inf)
-    tau_min, r_min = tau.amin(-1), torch.where(real, r_all, inf).amin(-1)
+    real, r_all, tau = pair_scales(m, x, G, state.softening)
+    tau_min, r_min = tau.amin(-1), torch.where(real, r_all, torch.full_like(r_all, math.inf)).amin(-1)
     if 0 < max_pairs < tau.shape[1]:
         chosen = torch.topk(tau, max_pairs, dim=-1, largest=False).indices  # (B, P')
         i, j = i[chosen], j[chosen]

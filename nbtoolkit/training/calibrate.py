@@ -68,6 +68,11 @@ class CalibrationResult:
     per_system: Tensor
     pass_rate: float
 
+    def as_dict(self) -> dict[str, Any]:
+        """The plain values and CPU tensor stored as a checkpoint's or model file's ``calibration``."""
+        return {"factor": self.factor, "safety": self.safety, "pass_rate": self.pass_rate,
+                "per_system": self.per_system.cpu()}
+
 
 def max_passing_scale(integrator: Integrator, state: NBodyState, dt: Tensor, scales: Tensor,
                       threshold: float, gate: Gate | None = None) -> Tensor:

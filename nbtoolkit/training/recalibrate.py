@@ -52,8 +52,7 @@ def recalibrate_model(source: str | os.PathLike[str], out: str | os.PathLike[str
     result = calibrate_safety(predictor, host.integrators.create(integrator), state, threshold=threshold,
                               target_pass_rate=pass_rate, steps=steps, gate=host.gates.create(gate))
     calibration: dict[str, Any] = {
-        "factor": result.factor, "safety": result.safety, "pass_rate": result.pass_rate,
-        "per_system": result.per_system.cpu(), "integrator": integrator, "gate": gate, "threshold": threshold,
+        **result.as_dict(), "integrator": integrator, "gate": gate, "threshold": threshold,
         "target_pass_rate": pass_rate, "training_set": training_set, "seed": seed, "steps": steps,
     }
     write_model(data, out, predictor_state={k: v.detach().cpu() for k, v in predictor.state_dict().items()},

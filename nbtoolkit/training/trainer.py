@@ -287,9 +287,7 @@ class Trainer:
             "stop_time": None if self.stop_time is None else self.stop_time.cpu(),
             "period": None if self.period is None else self.period.cpu(),
             "buffer": {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in self.buffer.state_dict().items()},
-            "calibration": None if self.calibration is None else {
-                "factor": self.calibration.factor, "safety": self.calibration.safety,
-                "pass_rate": self.calibration.pass_rate, "per_system": self.calibration.per_system.cpu()},
+            "calibration": None if self.calibration is None else self.calibration.as_dict(),
         })
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
