@@ -64,7 +64,7 @@ def _rank(rank: int, world: int, init: str, out: str, orbits: int, epochs: int) 
             collect = times["collect_trajectory"][1:]
             replay = times["generalize_on_trajectory"][1:]
             accepted = sum(int(r.accepted.sum()) for _, r in collect) * world
-            samples = sum(it * m["batch_size"] for _, (_, it, m) in replay)
+            samples = sum(r.iterations * r.batch_size for _, r in replay)
             torch.save({"steps_per_s": accepted / sum(t for t, _ in collect),
                         "samples_per_s": samples / max(sum(t for t, _ in replay), 1e-12)}, Path(out) / f"w{world}.pt")
     finally:

@@ -29,8 +29,8 @@ class EventRecorder:
     """Records every observer event, in order.
 
     Registered as a plugin (the ``events`` fixture) it sees what the training engine fires through
-    ``host.hook``; passed where the engine expects ``host.hook`` (``collect_trajectory(hook=...)``)
-    it stands in for the hook relay. With ``control`` and ``stop_at`` it requests a stop on the
+    ``host.hook``; passed where the engine expects ``host.hook`` (``LoopContext(..., hook=...)``) it
+    stands in for the hook relay. With ``control`` and ``stop_at`` it requests a stop on the
     ``stop_at``-th accepted step.
     """
 

@@ -11,14 +11,15 @@ from systems import two_body_orbit
 from nbtoolkit import Integrator, NBodyState, state_energy
 from nbtoolkit.control import RunControl
 from nbtoolkit.training import (
+    LoopContext,
     RetrainLimitError,
     TrainConfig,
     attempt_single_step,
     check_energy_threshold,
     collect_trajectory,
     compute_single_step_loss,
-    predict_and_step,
 )
+from nbtoolkit.training.steps import predict_and_step
 
 
 def orbits(*eccentricities: float) -> NBodyState:
@@ -35,6 +36,10 @@ def mlp(host, **options):
 
 def adam(pred, lr=1e-2):
     return torch.optim.Adam(pred.parameters(), lr=lr)
+
+
+def loop(pred, integrator, cfg, optimizer, **parts):
+    return LoopContext(pred, integrator, cfg, optimizer, **parts)
 
 
 # ----------------------------------------------------------------------------- primitives
@@ -121,7 +126,7 @@ def test_retraining_lowers_rel_dE_until_the_step_is_accepted(host, events):
     leap = host.integrators.create("leapfrog")
     pred = mlp(host, init_factor=0.5)  # far too large a dt at pericentre of e = 0.9
     cfg = TrainConfig(steps_per_epoch=1, max_retrain_steps=500, efficiency_weight=0.0)
-    res = collect_trajectory(pred, leap, orbits(0.9), cfg, adam(pred, 3e-2), hook=events)
+    res = collect_trajectory(loop(pred, leap, cfg, adam(pred, 3e-2), hook=events), orbits(0.9))
     rejected, accepted = events.of("StepRejected"), events.of("StepAccepted")
     assert len(rejected) >= 3 and len(accepted) == 1
     first, last = rejected[0], rejected[-1]
@@ -138,7 +143,7 @@ def test_passing_systems_advance_and_only_failing_ones_are_retried(host, events)
     pred = mlp(host, init_factor=0.2)  # passes for the circular orbit, fails at pericentre of e = 0.9
     cfg = TrainConfig(steps_per_epoch=1, efficiency_weight=0.0)
     start = orbits(0.0, 0.9)
-    res = collect_trajectory(pred, leap, start, cfg, adam(pred, 3e-2), hook=events)
+    res = collect_trajectory(loop(pred, leap, cfg, adam(pred, 3e-2), hook=events), start)
     accepted = events.of("StepAccepted")
     assert accepted[0].systems.tolist() == [0] and accepted[0].retrains.tolist() == [0]
     assert all(e.systems.tolist() == [1] for e in events.of("StepRejected"))
@@ -151,7 +156,7 @@ def test_collects_steps_per_epoch_accepted_steps_per_system(host):
     leap = host.integrators.create("leapfrog")
     pred = mlp(host, init_factor=0.02)
     cfg = TrainConfig(steps_per_epoch=6)
-    res = collect_trajectory(pred, leap, orbits(0.3, 0.6, 0.8), cfg, adam(pred))
+    res = collect_trajectory(loop(pred, leap, cfg, adam(pred)), orbits(0.3, 0.6, 0.8))
     assert res.accepted.tolist() == [6, 6, 6] and len(res.buffer) == 18
     assert bool((res.buffer.rel_dE <= cfg.energy_threshold).all())
     # the buffer holds the pre-step states: time of each system's samples increases from 0
@@ -165,7 +170,7 @@ def test_warmup_steps_are_not_recorded_with_history(host):
     K = 3
     pred = mlp(host, history_len=K, init_factor=0.02)
     cfg = TrainConfig(steps_per_epoch=10, history_len=K)
-    res = collect_trajectory(pred, leap, orbits(0.4, 0.7), cfg, adam(pred))
+    res = collect_trajectory(loop(pred, leap, cfg, adam(pred)), orbits(0.4, 0.7))
     assert res.accepted.tolist() == [10, 10]
     assert len(res.buffer) == 2 * (10 - K)  # the first K accepted steps of each system are warmup
     state, history = res.buffer.gather(torch.arange(len(res.buffer)))
@@ -175,7 +180,7 @@ def test_warmup_steps_are_not_recorded_with_history(host):
         rows = torch.nonzero(res.buffer.system == b).squeeze(1)
         assert torch.equal(history.position[rows[1:], -1], state.position[rows[:-1]])
     # collection continued with the returned history: no second warmup
-    again = collect_trajectory(pred, leap, res.state, cfg, adam(pred), buffer=res.buffer, history=res.history)
+    again = collect_trajectory(loop(pred, leap, cfg, adam(pred)), res.state, buffer=res.buffer, history=res.history)
     assert again.recorded == 20 and len(res.buffer) == 34
 
 
@@ -184,7 +189,7 @@ def test_retrain_cap_raises_a_typed_error_naming_system_error_and_threshold(host
     pred = mlp(host, init_factor=0.2)
     cfg = TrainConfig(steps_per_epoch=2, max_retrain_steps=3, efficiency_weight=0.0)
     with pytest.raises(RetrainLimitError) as info:
-        collect_trajectory(pred, leap, orbits(0.0, 0.9), cfg, adam(pred, 1e-12), epoch=4)
+        collect_trajectory(loop(pred, leap, cfg, adam(pred, 1e-12)), orbits(0.0, 0.9), epoch=4)
     err = info.value
     assert err.system == 1 and err.attempts == 3 and err.epoch == 4
     assert err.rel_dE > cfg.energy_threshold and err.threshold == cfg.energy_threshold
@@ -196,7 +201,7 @@ def test_retrain_cap_with_fallback_takes_a_classical_step_and_goes_on(host):
     pred = mlp(host, init_factor=0.2)
     cfg = TrainConfig(steps_per_epoch=3, max_retrain_steps=2, on_retrain_limit="fallback", efficiency_weight=0.0)
     fallback = host.predictors.create("freefall", eta=1.0)  # too large on purpose: the fallback halves it
-    res = collect_trajectory(pred, leap, orbits(0.0, 0.9), cfg, adam(pred, 1e-12), fallback=fallback)
+    res = collect_trajectory(loop(pred, leap, cfg, adam(pred, 1e-12), fallback=fallback), orbits(0.0, 0.9))
     assert res.accepted.tolist() == [3, 3] and res.fallbacks >= 1
     assert bool((res.buffer.rel_dE <= cfg.energy_threshold).all())
 
@@ -207,7 +212,7 @@ def test_stop_time_ends_a_systems_collection(host):
     cfg = TrainConfig(steps_per_epoch=10_000)
     start = orbits(0.2, 0.2)
     stop = torch.tensor([0.05, 0.1], dtype=torch.float64)
-    res = collect_trajectory(pred, leap, start, cfg, adam(pred), stop_time=stop)
+    res = collect_trajectory(loop(pred, leap, cfg, adam(pred)), start, stop_time=stop)
     assert bool((res.state.time >= stop).all())
     assert res.accepted[0] < res.accepted[1] < 10_000
 
@@ -217,7 +222,7 @@ def test_stop_request_ends_collection_keeping_accepted_steps(host, events):
     pred = mlp(host, init_factor=0.02)
     control = RunControl()
     events.control, events.stop_at = control, 4
-    res = collect_trajectory(pred, leap, orbits(0.5), TrainConfig(steps_per_epoch=50), adam(pred), hook=events,
-                             control=control)
+    res = collect_trajectory(loop(pred, leap, TrainConfig(steps_per_epoch=50), adam(pred), hook=events,
+                                  control=control), orbits(0.5))
     assert res.stopped and res.accepted.tolist() == [4] and len(res.buffer) == 4
     assert torch.allclose(res.state.time, torch.tensor(events.of("StepAccepted")[-1].time))

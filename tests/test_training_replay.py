@@ -7,10 +7,13 @@ import torch
 from systems import random_cluster, two_body_orbit
 
 from nbtoolkit import NBodyState
+from nbtoolkit.control import RunControl
 from nbtoolkit.errors import PluginError
 from nbtoolkit.training import (
+    LoopContext,
     Minibatch,
     ReplayBuffer,
+    ReplayOutcome,
     TrainConfig,
     collect_trajectory,
     evaluate_minibatch,
@@ -34,7 +37,7 @@ def collected(host, history_len: int = 0, steps: int = 30) -> ReplayBuffer:
     pred = mlp(host, history_len=history_len, init_factor=0.03)
     state = NBodyState.cat([two_body_orbit(e=e)[0] for e in (0.3, 0.6, 0.9)])
     cfg = TrainConfig(steps_per_epoch=steps, history_len=history_len, efficiency_weight=0.0)
-    return collect_trajectory(pred, leap, state, cfg, torch.optim.Adam(pred.parameters())).buffer
+    return collect_trajectory(LoopContext(pred, leap, cfg, torch.optim.Adam(pred.parameters())), state).buffer
 
 
 def snapshot(buffer: ReplayBuffer) -> tuple[torch.Tensor, ...]:
@@ -147,18 +150,18 @@ def test_batched_evaluation_on_a_plummer_cluster_equals_one_by_one(host):
 def test_generalize_on_empty_trajectory_returns_true_zero(host):
     buf = ReplayBuffer(10, 2, 2)
     pred = mlp(host)
-    converged, iterations, metrics = generalize_on_trajectory(
-        pred, host.integrators.create("leapfrog"), buf, TrainConfig(), torch.optim.Adam(pred.parameters()))
-    assert (converged, iterations) == (True, 0) and METRIC_KEYS <= set(metrics)
+    out = generalize_on_trajectory(
+        LoopContext(pred, host.integrators.create("leapfrog"), TrainConfig(), torch.optim.Adam(pred.parameters())), buf)
+    assert isinstance(out, ReplayOutcome)
+    assert (out.converged, out.iterations, out.skipped, out.buffer_size, out.batch_size) == (True, 0, True, 0, 0)
 
 
 def test_generalize_below_min_replay_size_is_skipped(host):
     buf = collected(host, steps=1)  # 3 samples
     pred = mlp(host, init_factor=0.5)
-    converged, iterations, metrics = generalize_on_trajectory(
-        pred, host.integrators.create("leapfrog"), buf, TrainConfig(min_replay_size=4),
-        torch.optim.Adam(pred.parameters()))
-    assert (converged, iterations, metrics["skipped"]) == (True, 0, True)
+    out = generalize_on_trajectory(LoopContext(pred, host.integrators.create("leapfrog"), TrainConfig(min_replay_size=4),
+                                               torch.optim.Adam(pred.parameters())), buf)
+    assert (out.converged, out.iterations, out.skipped, out.buffer_size) == (True, 0, True, 3)
 
 
 def test_generalize_stops_at_the_replay_steps_cap(host):
@@ -170,12 +173,24 @@ def test_generalize_stops_at_the_replay_steps_cap(host):
         def nbtoolkit_replay_iteration(self, event):
             events.append(event)
 
-    converged, iterations, metrics = generalize_on_trajectory(
-        pred, host.integrators.create("leapfrog"), buf, TrainConfig(replay_steps=3, replay_batch_size=8),
-        torch.optim.Adam(pred.parameters(), lr=1e-12), generator=torch.Generator().manual_seed(0), hook=Hook())
-    assert (converged, iterations) == (False, 3)
-    assert metrics["fail_count"] >= 1 and metrics["skipped"] is False
+    out = generalize_on_trajectory(LoopContext(
+        pred, host.integrators.create("leapfrog"), TrainConfig(replay_steps=3, replay_batch_size=8),
+        torch.optim.Adam(pred.parameters(), lr=1e-12), generator=torch.Generator().manual_seed(0), hook=Hook()), buf)
+    assert (out.converged, out.iterations, out.stopped) == (False, 3, False)
+    assert out.fail_count >= 1 and out.skipped is False and out.batch_size == 8 and out.pass_rate < 1
+    assert (out.fail_count, out.loss) == (events[-1].fail_count, events[-1].loss)
     assert [e.iteration for e in events] == [1, 2, 3] and all(e.batch_size == 8 for e in events)
+
+
+def test_generalize_ends_on_a_stop_request_before_replaying(host, events):
+    buf = collected(host, steps=5)
+    pred = mlp(host, init_factor=0.5)
+    control = RunControl()
+    control.stop()
+    out = generalize_on_trajectory(LoopContext(pred, host.integrators.create("leapfrog"), TrainConfig(),
+                                               torch.optim.Adam(pred.parameters()), hook=events, control=control), buf)
+    assert (out.stopped, out.converged, out.iterations, out.skipped, out.buffer_size) == (True, False, 0, False, 15)
+    assert events.of("ReplayIteration") == []
 
 
 def test_generalize_converges_on_a_real_trajectory_and_leaves_it_unchanged(host):
@@ -186,10 +201,10 @@ def test_generalize_converges_on_a_real_trajectory_and_leaves_it_unchanged(host)
     cfg = TrainConfig(replay_batch_size=32, replay_steps=400, efficiency_weight=0.0)
     start = evaluate_minibatch(pred, leap, sample_minibatch(buf, 512), cfg)
     assert start[3]["fail_count"] > 10
-    converged, iterations, metrics = generalize_on_trajectory(
-        pred, leap, buf, cfg, torch.optim.Adam(pred.parameters(), lr=3e-2), generator=torch.Generator().manual_seed(0))
-    assert converged and 1 < iterations < 400
-    assert metrics["fail_count"] == 0 and metrics["max_rel_dE"] <= cfg.energy_threshold
+    out = generalize_on_trajectory(LoopContext(pred, leap, cfg, torch.optim.Adam(pred.parameters(), lr=3e-2),
+                                               generator=torch.Generator().manual_seed(0)), buf)
+    assert out.converged and 1 < out.iterations < 400
+    assert out.fail_count == 0 and out.pass_rate == 1.0 and out.max_rel_dE <= cfg.energy_threshold
     assert all(torch.equal(a, b) for a, b in zip(before, snapshot(buf)))
     # the last measured errors are kept for the samplers
     assert float(buf.rel_dE.max()) > 0

@@ -18,7 +18,15 @@ from .buffer import ReplayBuffer
 from .checkpoint import load_predictor, read_checkpoint
 from .collect import CollectResult, collect_trajectory
 from .config import TrainConfig
-from .replay import Minibatch, evaluate_minibatch, generalize_on_trajectory, sample_minibatch, uniform_indices
+from .context import LoopContext
+from .replay import (
+    Minibatch,
+    ReplayOutcome,
+    evaluate_minibatch,
+    generalize_on_trajectory,
+    sample_minibatch,
+    uniform_indices,
+)
 from .steps import (
     attempt_single_step,
     batch_objective,
@@ -29,8 +37,8 @@ from .steps import (
 from .trainer import FitResult, Trainer
 
 __all__ = [
-    "CheckpointError", "CollectResult", "FitResult", "Minibatch", "ReplayBuffer", "RetrainLimitError", "TrainConfig",
-    "Trainer", "attempt_single_step", "batch_objective", "check_energy_threshold", "collect_trajectory",
-    "compute_single_step_loss", "evaluate_minibatch", "generalize_on_trajectory", "load_predictor", "predict_and_step",
-    "read_checkpoint", "sample_minibatch", "uniform_indices",
+    "CheckpointError", "CollectResult", "FitResult", "LoopContext", "Minibatch", "ReplayBuffer", "ReplayOutcome",
+    "RetrainLimitError", "TrainConfig", "Trainer", "attempt_single_step", "batch_objective", "check_energy_threshold",
+    "collect_trajectory", "compute_single_step_loss", "evaluate_minibatch", "generalize_on_trajectory", "load_predictor",
+    "predict_and_step", "read_checkpoint", "sample_minibatch", "uniform_indices",
 ]

@@ -26,23 +26,19 @@ passes the gate (at most :data:`FALLBACK_HALVINGS` times), and collection goes o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..control import RunControl, RunStopped
 from ..errors import RetrainLimitError
 from ..events import StepAccepted, StepRejected
-from ..gate import EnergyGate, Gate
-from ..integrator import Integrator
 from ..physics import state_accelerations
-from ..predictor import DtPredictor, History, checked_dt
+from ..predictor import History, checked_dt
 from ..state import NBodyState
 from .buffer import ReplayBuffer
-from .config import TrainConfig
-from .distributed import LOCAL, Collective, Round
+from .context import LoopContext
+from .distributed import Round
 from .steps import attempt_single_step, check_energy_threshold, optimizer_step, predict_and_step
 
 #: most dt halvings the fallback tries before giving up on a step
@@ -91,20 +87,15 @@ def _np(t: Tensor) -> np.ndarray:
 class _Collection:
     """Mutable bookkeeping of one :func:`collect_trajectory` call."""
 
-    def __init__(self, predictor: DtPredictor, integrator: Integrator, state: NBodyState, config: TrainConfig,
-                 optimizer: torch.optim.Optimizer, buffer: ReplayBuffer, history: History | None, epoch: int,
-                 stop_time: Tensor | None, hook: Any, fallback: DtPredictor | None, predictor_name: str,
-                 gate: Gate, gate_name: str | None, collective: Collective = LOCAL) -> None:
-        self.collective = collective
-        self.predictor, self.integrator, self.config, self.optimizer = predictor, integrator, config, optimizer
-        self.buffer, self.epoch, self.hook, self.fallback = buffer, epoch, hook, fallback
-        self.predictor_name = predictor_name
-        self.gate, self.gate_name = gate, gate_name
+    def __init__(self, loop: LoopContext, state: NBodyState, buffer: ReplayBuffer, history: History | None,
+                 epoch: int, stop_time: Tensor | None) -> None:
+        self.loop, self.config, self.collective = loop, loop.config, loop.collective
+        self.buffer, self.epoch = buffer, epoch
         self.state = state.detach()
         if self.state.acceleration is None:  # integrators that reuse the cache then never recompute it
             self.state = self.state.replace(acceleration=state_accelerations(self.state).detach())
         self.history = history
-        self.reference = gate.reference(self.state)  # what the gate measures on each system's current state
+        self.reference = loop.gate.reference(self.state)  # what the gate measures on each system's current state
         B = state.batch_size
         device = state.device
         self.accepted = torch.zeros(B, dtype=torch.long, device=device)
@@ -125,20 +116,21 @@ class _Collection:
 
         In data-parallel training ``idx`` may be empty (this rank's systems are done); the rank
         still joins the round, with nothing to learn."""
+        loop = self.loop
         if idx.numel() == 0:
-            self.settle(self.collective.round(None, None, self.config, self.predictor))
+            self.settle(self.collective.round(None, None, self.config, loop.predictor))
             return
         sub = self.state.index(idx)
         hsub = None if self.history is None else self.history.index(idx)
-        out = predict_and_step(self.predictor, self.integrator, sub, hsub, self.config,
+        out = predict_and_step(loop.predictor, loop.integrator, sub, hsub, self.config,
                                reference=None if self.reference is None else self.reference[idx],
-                               predictor_name=self.predictor_name, gate=self.gate, gate_name=self.gate_name)
+                               predictor_name=loop.predictor_name, gate=loop.gate, gate_name=loop.gate_name)
         ok = out.passed
         if bool(ok.any()):
             rows = torch.nonzero(ok).squeeze(1)
             self.accept(idx[rows], sub.index(rows), out.state.index(rows), None if hsub is None else hsub.index(rows),
                         out.dt.detach()[rows], out.rel_dE[rows])
-        self.settle(self.collective.round(out.losses, out.rel_dE, self.config, self.predictor))
+        self.settle(self.collective.round(out.losses, out.rel_dE, self.config, loop.predictor))
         if bool(ok.all()):
             return
         rows = torch.nonzero(~ok).squeeze(1)
@@ -146,8 +138,8 @@ class _Collection:
         loss = out.losses[rows].mean()
         self.attempts[failing] += 1
         self.rejected[failing] += 1
-        if self.hook is not None:
-            self.hook.nbtoolkit_step_rejected(event=StepRejected(
+        if loop.hook is not None:
+            loop.hook.nbtoolkit_step_rejected(event=StepRejected(
                 epoch=self.epoch, step=int(self.accepted[failing[0]]), attempt=int(self.attempts[failing].max()),
                 systems=_np(failing) + self.collective.offset, dt=_np(out.dt[rows]), rel_dE=_np(out.rel_dE[rows]),
                 loss=float(loss.detach()),
@@ -161,7 +153,7 @@ class _Collection:
         """Take the round's optimizer step when some system failed (a retrain) or, with every system
         passing, when the efficiency term alone is positive."""
         if outcome.any_failed or outcome.value > 0:
-            optimizer_step(self.optimizer, outcome.objective, self.config.grad_clip, self.collective.reduce_gradients)
+            optimizer_step(self.loop.optimizer, outcome.objective, self.config.grad_clip, self.collective.reduce_gradients)
         self.retrains += int(outcome.any_failed)
 
     def accept(self, idx: Tensor, before: NBodyState, after: NBodyState, hist: History | None, dt: Tensor,
@@ -182,14 +174,14 @@ class _Collection:
             self.history = History(_put(self.history.position, idx, pushed.position),
                                    _put(self.history.velocity, idx, pushed.velocity), _put(self.history.mask, idx, pushed.mask))
         self.state = self.state.scatter(idx, after)
-        new_reference = None if self.reference is None else self.gate.reference(after)
+        new_reference = None if self.reference is None else self.loop.gate.reference(after)
         if self.reference is not None and new_reference is not None:
             self.reference = _put(self.reference, idx, new_reference)
         step = int(self.accepted[idx[0]])
         self.accepted[idx] += 1
         self.dt_sum += float(dt.sum())
-        if self.hook is not None:
-            self.hook.nbtoolkit_step_accepted(event=StepAccepted(
+        if self.loop.hook is not None:
+            self.loop.hook.nbtoolkit_step_accepted(event=StepAccepted(
                 epoch=self.epoch, step=step, systems=_np(idx) + self.collective.offset, dt=_np(dt), rel_dE=_np(rel),
                 retrains=_np(self.attempts[idx]),
                 time=_np(after.time), position=_np(after.position), velocity=_np(after.velocity), mass=_np(after.mass),
@@ -198,18 +190,18 @@ class _Collection:
 
     def retrain_limit(self, idx: Tensor, sub: NBodyState, hist: History | None, rel: Tensor) -> None:
         """Systems ``idx`` reached ``max_retrain_steps``: raise, or take the step with the fallback."""
-        cfg = self.config
+        cfg, loop = self.config, self.loop
         first = int(idx[0])
-        if cfg.on_retrain_limit == "raise" or self.fallback is None:
+        if cfg.on_retrain_limit == "raise" or loop.fallback is None:
             raise RetrainLimitError(first + self.collective.offset, float(rel[0]), cfg.energy_threshold,
                                     int(self.attempts[first]), self.epoch, int(self.accepted[first]))
         with torch.no_grad():
-            dt = checked_dt(self.fallback(sub, hist), sub, f"fallback {cfg.fallback_predictor}")
+            dt = checked_dt(loop.fallback(sub, hist), sub, f"fallback {cfg.fallback_predictor}")
             e0 = None if self.reference is None else self.reference[idx]
             for _ in range(FALLBACK_HALVINGS + 1):
-                after = attempt_single_step(self.integrator, sub, dt, cfg.n_steps)
-                passed, rel = check_energy_threshold(sub, after, cfg.energy_threshold, energy0=e0, gate=self.gate,
-                                                     gate_name=self.gate_name)
+                after = attempt_single_step(loop.integrator, sub, dt, cfg.n_steps)
+                passed, rel = check_energy_threshold(sub, after, cfg.energy_threshold, energy0=e0, gate=loop.gate,
+                                                     gate_name=loop.gate_name)
                 if bool(passed.all()):
                     break
                 dt = torch.where(passed, dt, dt / 2)
@@ -225,61 +217,40 @@ class _Collection:
         self.accept(idx, sub, after.detach(), hist, dt, rel.detach())
 
 
-def collect_trajectory(
-    predictor: DtPredictor,
-    integrator: Integrator,
-    state: NBodyState,
-    config: TrainConfig,
-    optimizer: torch.optim.Optimizer,
-    *,
-    buffer: ReplayBuffer | None = None,
-    history: History | None = None,
-    epoch: int = 0,
-    stop_time: Tensor | None = None,
-    hook: Any = None,
-    control: RunControl | None = None,
-    fallback: DtPredictor | None = None,
-    predictor_name: str = "predictor",
-    gate: Gate | None = None,
-    gate_name: str | None = None,
-    collective: Collective = LOCAL,
-) -> CollectResult:
-    """Part 1: collect ``config.steps_per_epoch`` accepted steps from every system of ``state``.
+def collect_trajectory(loop: LoopContext, state: NBodyState, *, buffer: ReplayBuffer | None = None,
+                       history: History | None = None, epoch: int = 0, stop_time: Tensor | None = None) -> CollectResult:
+    """Part 1: collect ``loop.config.steps_per_epoch`` accepted steps from every system of ``state``.
 
-    ``buffer`` receives the samples (a new one of ``config.buffer_capacity`` is made if None);
-    ``history`` is the systems' current history window (None: a fresh, empty one when the
-    predictor reads history). ``stop_time`` (B,) ends a system's collection once its time
-    reaches it. ``hook`` (``host.hook``) gets StepAccepted / StepRejected events. ``control``
-    is checked before every attempt; a stop request ends collection early with
-    ``stopped=True`` and everything accepted so far kept. ``fallback`` is the classical
-    predictor used when ``config.on_retrain_limit == "fallback"``. ``gate`` judges the steps
-    (default: the energy gate; ``gate_name`` names it in errors). ``collective`` makes the
-    rounds data-parallel (:mod:`.distributed`): they go on while any rank collects, and events
-    and errors name global system indices.
+    ``loop`` holds the predictor, integrator, optimizer, gate, event hook, control, fallback and
+    collective (:class:`~nbtoolkit.training.context.LoopContext`). ``buffer`` receives the samples
+    (a new one of ``config.buffer_capacity`` is made if None); ``history`` is the systems'
+    current history window (None: a fresh, empty one when the predictor reads history).
+    ``epoch`` numbers the events and errors. ``stop_time`` (B,) ends a system's collection once
+    its time reaches it. ``loop.hook`` gets StepAccepted / StepRejected events; ``loop.control``
+    is checked before every attempt, and a stop request ends collection early with
+    ``stopped=True`` and everything accepted so far kept. ``loop.fallback`` takes the step when
+    ``config.on_retrain_limit == "fallback"``. A data-parallel ``loop.collective``
+    (:mod:`.distributed`) keeps the rounds going while any rank collects; events and errors
+    then name global system indices.
 
     Raises :class:`~nbtoolkit.errors.RetrainLimitError` when a system is rejected
     ``max_retrain_steps`` times in a row (and no fallback applies).
     """
-    K = int(getattr(predictor, "history_len", 0))
+    K = int(getattr(loop.predictor, "history_len", 0))
     state = state.detach()
     if buffer is None:
-        buffer = ReplayBuffer.like(state, config.buffer_capacity, K)
+        buffer = ReplayBuffer.like(state, loop.config.buffer_capacity, K)
     if K and history is None:
         history = History.empty(state, K)
-    run = _Collection(predictor, integrator, state, config, optimizer, buffer, history if K else None, epoch,
-                      stop_time, hook, fallback, predictor_name, EnergyGate() if gate is None else gate, gate_name,
-                      collective)
+    run = _Collection(loop, state, buffer, history if K else None, epoch, stop_time)
     stopped = False
     while True:
         idx = run.active()
-        if not collective.any(idx.numel() > 0):
+        if not loop.collective.any(idx.numel() > 0):
             break
-        if control is not None:
-            try:
-                control.checkpoint()
-            except RunStopped:
-                stopped = True
-                break
+        if loop.stop_requested():
+            stopped = True
+            break
         run.iterate(idx)
     return CollectResult(state=run.state, history=run.history, buffer=buffer, accepted=run.accepted, rejected=run.rejected,
                          recorded=run.recorded, retrains=run.retrains, fallbacks=run.fallbacks, dt_sum=run.dt_sum,

@@ -15,13 +15,12 @@ Buffer states are never modified; only their last measured |dE/E| is updated (fo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..control import RunControl, RunStopped
 from ..errors import NBToolkitError, PluginError
 from ..events import ReplayIteration
 from ..gate import Gate
@@ -30,7 +29,7 @@ from ..predictor import DtPredictor, History
 from ..state import NBodyState
 from .buffer import ReplayBuffer
 from .config import TrainConfig
-from .distributed import LOCAL, Collective
+from .context import LoopContext
 from .steps import optimizer_step, predict_and_step
 
 #: ``sampler(buffer, batch_size, generator) -> LongTensor`` of distinct indices into the buffer
@@ -136,75 +135,84 @@ def _no_samples() -> dict[str, Any]:
     return {"pass_count": 0, "fail_count": 0, "mean_rel_dE": 0.0, "max_rel_dE": 0.0, "batch_size": 0, "mean_dt": 0.0}
 
 
-def _empty_metrics(buffer_size: int, skipped: bool) -> dict[str, Any]:
-    return {**_no_samples(), "loss": 0.0, "buffer_size": buffer_size, "skipped": skipped, "stopped": False}
+@dataclass(frozen=True)
+class ReplayOutcome:
+    """What :func:`generalize_on_trajectory` did.
 
-
-def generalize_on_trajectory(
-    predictor: DtPredictor,
-    integrator: Integrator,
-    buffer: ReplayBuffer,
-    config: TrainConfig,
-    optimizer: torch.optim.Optimizer,
-    *,
-    generator: torch.Generator | None = None,
-    sampler: Sampler | None = None,
-    sampler_name: str = "uniform",
-    epoch: int = 0,
-    hook: Any = None,
-    control: RunControl | None = None,
-    predictor_name: str = "predictor",
-    gate: Gate | None = None,
-    gate_name: str | None = None,
-    collective: Collective = LOCAL,
-) -> tuple[bool, int, dict[str, Any]]:
-    """Part 2: replay minibatches until one passes entirely, at most ``config.replay_steps`` times.
-
-    Returns ``(converged, iterations, final_metrics)``. An empty buffer gives ``(True, 0, m)``
-    and one shorter than ``config.min_replay_size`` gives ``(True, 0, m)`` with
-    ``m["skipped"] = True``; reaching the cap gives ``(False, replay_steps, m)``.
-    ``final_metrics`` holds the last minibatch's :func:`evaluate_minibatch` metrics plus
-    ``loss`` (the objective of that iteration), ``buffer_size``, ``skipped`` and ``stopped``
-    (True if ``control`` asked to stop; then ``converged`` is False). ``hook`` gets one
-    ReplayIteration event per iteration. ``gate`` judges the replayed steps (default: the energy gate).
-
-    With a data-parallel ``collective`` (:mod:`.distributed`) every rank replays a minibatch of
-    its own buffer, the metrics and the objective are those of the union of the minibatches,
-    and an iteration converges when every rank's minibatch passes; the buffer sizes in the
-    metrics and the skip test are global sums.
+    ``converged``: the last minibatch passed the gate entirely (also True when Part 2 was
+    skipped); ``iterations``: minibatches replayed; ``skipped``: the buffer held fewer than
+    ``min_replay_size`` samples (none replayed); ``stopped``: a stop request ended it (then
+    ``converged`` is False); ``buffer_size``: samples in the buffer. The rest describes the
+    last minibatch (zeros when none was replayed): ``loss``, the objective of that iteration;
+    ``batch_size``, ``pass_count`` and ``fail_count`` samples; ``mean_rel_dE`` and
+    ``max_rel_dE``, the gate's error; ``mean_dt``, the predicted dt. In data-parallel training
+    all of them are global (over the union of the ranks' minibatches and buffers).
     """
+
+    converged: bool
+    iterations: int
+    skipped: bool
+    stopped: bool
+    buffer_size: int
+    loss: float = 0.0
+    batch_size: int = 0
+    pass_count: int = 0
+    fail_count: int = 0
+    mean_rel_dE: float = 0.0
+    max_rel_dE: float = 0.0
+    mean_dt: float = 0.0
+
+    @property
+    def pass_rate(self) -> float:
+        """Passing share of the last minibatch (1.0 when none was replayed)."""
+        evaluated = self.pass_count + self.fail_count
+        return self.pass_count / evaluated if evaluated else 1.0
+
+
+def generalize_on_trajectory(loop: LoopContext, buffer: ReplayBuffer, *, epoch: int = 0) -> ReplayOutcome:
+    """Part 2: replay minibatches of ``buffer`` until one passes entirely, at most ``config.replay_steps`` times.
+
+    ``loop`` holds the predictor, integrator, optimizer, gate, sampler and replay RNG, event
+    hook, control and collective (:class:`~nbtoolkit.training.context.LoopContext`); ``epoch``
+    numbers the events. An empty buffer, or one shorter than ``config.min_replay_size``, gives
+    ``converged=True, iterations=0, skipped=True``; reaching the cap gives ``converged=False,
+    iterations=replay_steps``; a stop request (``loop.control``) gives ``stopped=True`` and
+    ``converged=False``. ``loop.hook`` gets one ReplayIteration event per iteration.
+
+    With a data-parallel ``loop.collective`` (:mod:`.distributed`) every rank replays a
+    minibatch of its own buffer, the figures and the objective are those of the union of the
+    minibatches, and an iteration converges when every rank's minibatch passes; the buffer
+    size and the skip test are global sums.
+    """
+    cfg, collective = loop.config, loop.collective
     n = int(collective.total([len(buffer)])[0])
-    if n == 0 or n < config.min_replay_size:
-        return True, 0, _empty_metrics(n, skipped=True)
-    metrics = _empty_metrics(n, skipped=False)
-    for iteration in range(1, config.replay_steps + 1):
-        if control is not None:
-            try:
-                control.checkpoint()
-            except RunStopped:
-                metrics["stopped"] = True
-                return False, iteration - 1, metrics
+    if n == 0 or n < cfg.min_replay_size:
+        return ReplayOutcome(converged=True, iterations=0, skipped=True, stopped=False, buffer_size=n)
+    last = ReplayOutcome(converged=False, iterations=0, skipped=False, stopped=False, buffer_size=n)
+    for iteration in range(1, cfg.replay_steps + 1):
+        if loop.stop_requested():
+            return replace(last, iterations=iteration - 1, stopped=True)
         losses: Tensor | None = None
         rel: Tensor | None = None
         evaluated = _no_samples()
         if len(buffer):  # always in one process; a data-parallel rank with an empty buffer joins with nothing
-            batch = sample_minibatch(buffer, config.replay_batch_size, generator, sampler, sampler_name=sampler_name)
-            _, losses, rel, evaluated = evaluate_minibatch(predictor, integrator, batch, config,
-                                                           predictor_name=predictor_name, gate=gate,
-                                                           gate_name=gate_name)
+            batch = sample_minibatch(buffer, cfg.replay_batch_size, loop.generator, loop.sampler,
+                                     sampler_name=loop.sampler_name)
+            _, losses, rel, evaluated = evaluate_minibatch(loop.predictor, loop.integrator, batch, cfg,
+                                                           predictor_name=loop.predictor_name, gate=loop.gate,
+                                                           gate_name=loop.gate_name)
             buffer.update_rel_dE(batch.indices, rel)
-        outcome = collective.round(losses, rel, config, predictor, evaluated)
+        outcome = collective.round(losses, rel, cfg, loop.predictor, evaluated)
         assert outcome.metrics is not None
-        evaluated = outcome.metrics
         if outcome.objective.requires_grad and outcome.value > 0:
-            optimizer_step(optimizer, outcome.objective, config.grad_clip, collective.reduce_gradients)
-        metrics = {**metrics, **evaluated, "loss": outcome.value}
-        if hook is not None:
-            hook.nbtoolkit_replay_iteration(event=ReplayIteration(
-                epoch=epoch, iteration=iteration, batch_size=evaluated["batch_size"], pass_count=evaluated["pass_count"],
-                fail_count=evaluated["fail_count"], mean_rel_dE=evaluated["mean_rel_dE"],
-                max_rel_dE=evaluated["max_rel_dE"], loss=metrics["loss"],
+            optimizer_step(loop.optimizer, outcome.objective, cfg.grad_clip, collective.reduce_gradients)
+        last = ReplayOutcome(converged=not outcome.any_failed, iterations=iteration, skipped=False, stopped=False,
+                             buffer_size=n, loss=outcome.value, **outcome.metrics)
+        if loop.hook is not None:
+            loop.hook.nbtoolkit_replay_iteration(event=ReplayIteration(
+                epoch=epoch, iteration=iteration, batch_size=last.batch_size, pass_count=last.pass_count,
+                fail_count=last.fail_count, mean_rel_dE=last.mean_rel_dE, max_rel_dE=last.max_rel_dE, loss=last.loss,
             ))
-        if not outcome.any_failed:
-            return True, iteration, metrics
-    return False, config.replay_steps, metrics
+        if last.converged:
+            return last
+    return last

@@ -46,6 +46,7 @@ from .checkpoint import (
 )
 from .collect import collect_trajectory
 from .config import RUNTIME_KEYS, TrainConfig
+from .context import LoopContext
 from .distributed import LOCAL, Collective
 from .replay import generalize_on_trajectory
 from .shards import merge_payload, restore_shard
@@ -217,11 +218,9 @@ class Trainer:
             self.buffer.clear()
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.learning_rate_at(self.epoch)
-        collected = collect_trajectory(
-            self.predictor, self.integrator, self.state, cfg, self.optimizer, buffer=self.buffer, history=self.history,
-            epoch=self.epoch, stop_time=self.stop_time, hook=hook, control=self.control, fallback=self.fallback,
-            predictor_name=cfg.predictor, gate=self.gate, gate_name=cfg.gate, collective=self.collective,
-        )
+        loop = self.loop_context()
+        collected = collect_trajectory(loop, self.state, buffer=self.buffer, history=self.history, epoch=self.epoch,
+                                       stop_time=self.stop_time)
         self.state, self.history = collected.state, collected.history
         totals = self.collective.total([int(collected.accepted.sum()), collected.dt_sum, collected.fallbacks])
         accepted, dt_sum, fallbacks = int(totals[0]), totals[1], int(totals[2])
@@ -229,25 +228,27 @@ class Trainer:
         self.total_retrains += collected.retrains
         if collected.stopped:
             return None
-        converged, iterations, replay = generalize_on_trajectory(
-            self.predictor, self.integrator, self.buffer, cfg, self.optimizer, generator=self.generator,
-            sampler=self.sampler, sampler_name=cfg.sampler, epoch=self.epoch, hook=hook, control=self.control,
-            predictor_name=cfg.predictor, gate=self.gate, gate_name=cfg.gate, collective=self.collective,
-        )
-        if replay["stopped"]:
+        replay = generalize_on_trajectory(loop, self.buffer, epoch=self.epoch)
+        if replay.stopped:
             return None
-        evaluated = replay["pass_count"] + replay["fail_count"]
         event = EpochEnd(
-            epoch=self.epoch, accepted_steps=accepted, retrains=collected.retrains, replay_iterations=iterations,
-            replay_converged=converged, replay_skipped=bool(replay["skipped"]),
-            pass_rate=replay["pass_count"] / evaluated if evaluated else 1.0, loss=float(replay["loss"]),
-            mean_dt=dt_sum / accepted if accepted else 0.0, buffer_size=replay["buffer_size"],
+            epoch=self.epoch, accepted_steps=accepted, retrains=collected.retrains, replay_iterations=replay.iterations,
+            replay_converged=replay.converged, replay_skipped=replay.skipped, pass_rate=replay.pass_rate,
+            loss=replay.loss, mean_dt=dt_sum / accepted if accepted else 0.0, buffer_size=replay.buffer_size,
             wall_time=time.perf_counter() - start,
         )
         self.epoch += 1
         hook.nbtoolkit_epoch_end(event=event)
-        return {**vars(event), "fallbacks": fallbacks, "mean_rel_dE": replay["mean_rel_dE"],
-                "max_rel_dE": replay["max_rel_dE"]}
+        return {**vars(event), "fallbacks": fallbacks, "mean_rel_dE": replay.mean_rel_dE, "max_rel_dE": replay.max_rel_dE}
+
+    def loop_context(self) -> LoopContext:
+        """The parts of this trainer that Part 1 and Part 2 use (see :mod:`.context`); events go to the
+        host's observers on the main rank."""
+        cfg = self.config
+        return LoopContext(self.predictor, self.integrator, cfg, self.optimizer, gate=self.gate,
+                           hook=self.collective.observers(self.host.hook), control=self.control, fallback=self.fallback,
+                           sampler=self.sampler, generator=self.generator, collective=self.collective,
+                           predictor_name=cfg.predictor, gate_name=cfg.gate, sampler_name=cfg.sampler)
 
     def calibrate(self) -> CalibrationResult:
         """Set the predictor's safety factor on the validation systems (see :mod:`.calibrate`), under
