@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -44,11 +44,11 @@ from .checkpoint import (
     state_to_dict,
     write_checkpoint,
 )
-from .collect import collect_trajectory
+from .collect import CollectResult, collect_trajectory
 from .config import RUNTIME_KEYS, TrainConfig
 from .context import LoopContext
 from .distributed import LOCAL, Collective
-from .replay import generalize_on_trajectory
+from .replay import ReplayOutcome, generalize_on_trajectory
 from .shards import merge_payload, restore_shard
 
 
@@ -62,6 +62,15 @@ class FitResult:
     epochs_completed: int
     stopped: bool
     epoch_metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Part1(NamedTuple):
+    """Part 1 of one epoch over all the ranks (retrains: rounds, the same on every rank)."""
+
+    accepted: int
+    retrains: int
+    dt_sum: float
+    fallbacks: int
 
 
 def _same_layout(a: NBodyState, b: NBodyState) -> bool:
@@ -166,32 +175,35 @@ class Trainer:
         ``checkpoint_every`` epochs and at the end (also after a stop).
         """
         cfg = self.config
-        hook = self.collective.observers(self.host.hook)
+        loop = self.loop_context()
         start = time.perf_counter()
         results: list[dict[str, Any]] = []
         stopped = False
-        validate.writable_file(cfg.checkpoint_path, "configuration key 'checkpoint_path'")
-        safety = getattr(self.predictor, "log_safety", None)
-        if isinstance(safety, torch.Tensor):
-            with torch.no_grad():
-                safety.zero_()
+        self._prepare_fit()
         try:
-            mass, position = (torch.cat(parts).numpy() for parts in zip(*self.collective.gather(
-                (self.state.mass.cpu(), self.state.position.cpu()))))
-            hook.nbtoolkit_fit_start(event=FitStart(
-                epochs=cfg.epochs, start_epoch=self.epoch, n_systems=self.n_systems, n_bodies=self.state.n_bodies,
-                dim=self.state.dim, energy_threshold=cfg.energy_threshold, mass=mass.copy(), position=position.copy(),
-                config=cfg.to_dict(),
-            ))
+            self._fit_start(loop.hook)
             while self.epoch < cfg.epochs:
-                metrics = self._run_epoch(start)
-                if metrics is None:
+                # this epoch's learning rate (and, with replay_scope "epoch", an empty buffer)
+                self._start_epoch()
+                # Part 1: every system collects steps_per_epoch accepted steps, retraining on rejections
+                collected = collect_trajectory(loop, self.state, buffer=self.buffer, history=self.history,
+                                               epoch=self.epoch, stop_time=self.stop_time)
+                part1 = self._advance(collected)
+                if collected.stopped:
                     stopped = True
                     break
-                results.append(metrics)
+                # Part 2: replay minibatches of the buffer until one passes the gate entirely
+                replay = generalize_on_trajectory(loop, self.buffer, epoch=self.epoch)
+                if replay.stopped:
+                    stopped = True
+                    break
+                # events: EpochEnd to the observers, the epoch's figures to the result
+                results.append(self._end_epoch(loop.hook, part1, replay, start))
+                # checkpoint every checkpoint_every epochs (the last epoch's is written below)
                 if cfg.checkpoint_path and cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0 \
                         and self.epoch < cfg.epochs:
                     self.save_checkpoint(cfg.checkpoint_path)
+            # after the last epoch: the safety calibration, then the final checkpoint
             if not stopped and cfg.calibrate_pass_rate > 0 and hasattr(self.predictor, "log_safety"):
                 self.calibrate()
             if cfg.checkpoint_path:
@@ -199,47 +211,10 @@ class Trainer:
         except RunStopped:
             stopped = True
         except BaseException as exc:
-            hook.nbtoolkit_fit_end(event=FitEnd(
-                epochs_completed=self.epoch, total_accepted=self.total_accepted, total_retrains=self.total_retrains,
-                wall_time=time.perf_counter() - start, stopped=True, error=f"{type(exc).__name__}: {exc}",
-            ))
+            self._fit_end(loop.hook, start, stopped=True, error=f"{type(exc).__name__}: {exc}")
             raise
-        hook.nbtoolkit_fit_end(event=FitEnd(
-            epochs_completed=self.epoch, total_accepted=self.total_accepted, total_retrains=self.total_retrains,
-            wall_time=time.perf_counter() - start, stopped=stopped,
-        ))
+        self._fit_end(loop.hook, start, stopped=stopped)
         return FitResult(epochs_completed=self.epoch, stopped=stopped, epoch_metrics=results)
-
-    def _run_epoch(self, start: float) -> dict[str, Any] | None:
-        """One epoch; returns its metrics, or None if a stop request ended it early."""
-        cfg = self.config
-        hook = self.collective.observers(self.host.hook)
-        if cfg.replay_scope == "epoch":
-            self.buffer.clear()
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate_at(self.epoch)
-        loop = self.loop_context()
-        collected = collect_trajectory(loop, self.state, buffer=self.buffer, history=self.history, epoch=self.epoch,
-                                       stop_time=self.stop_time)
-        self.state, self.history = collected.state, collected.history
-        totals = self.collective.total([int(collected.accepted.sum()), collected.dt_sum, collected.fallbacks])
-        accepted, dt_sum, fallbacks = int(totals[0]), totals[1], int(totals[2])
-        self.total_accepted += accepted
-        self.total_retrains += collected.retrains
-        if collected.stopped:
-            return None
-        replay = generalize_on_trajectory(loop, self.buffer, epoch=self.epoch)
-        if replay.stopped:
-            return None
-        event = EpochEnd(
-            epoch=self.epoch, accepted_steps=accepted, retrains=collected.retrains, replay_iterations=replay.iterations,
-            replay_converged=replay.converged, replay_skipped=replay.skipped, pass_rate=replay.pass_rate,
-            loss=replay.loss, mean_dt=dt_sum / accepted if accepted else 0.0, buffer_size=replay.buffer_size,
-            wall_time=time.perf_counter() - start,
-        )
-        self.epoch += 1
-        hook.nbtoolkit_epoch_end(event=event)
-        return {**vars(event), "fallbacks": fallbacks, "mean_rel_dE": replay.mean_rel_dE, "max_rel_dE": replay.max_rel_dE}
 
     def loop_context(self) -> LoopContext:
         """The parts of this trainer that Part 1 and Part 2 use (see :mod:`.context`); events go to the
@@ -249,6 +224,61 @@ class Trainer:
                            hook=self.collective.observers(self.host.hook), control=self.control, fallback=self.fallback,
                            sampler=self.sampler, generator=self.generator, collective=self.collective,
                            predictor_name=cfg.predictor, gate_name=cfg.gate, sampler_name=cfg.sampler)
+
+    def _prepare_fit(self) -> None:
+        """Check that the checkpoint can be written, and train without the safety factor (reset to 1)."""
+        validate.writable_file(self.config.checkpoint_path, "configuration key 'checkpoint_path'")
+        safety = getattr(self.predictor, "log_safety", None)
+        if isinstance(safety, torch.Tensor):
+            with torch.no_grad():
+                safety.zero_()
+
+    def _fit_start(self, hook: Any) -> None:
+        """Fire FitStart with every rank's systems."""
+        cfg = self.config
+        mass, position = (torch.cat(parts).numpy() for parts in zip(*self.collective.gather(
+            (self.state.mass.cpu(), self.state.position.cpu()))))
+        hook.nbtoolkit_fit_start(event=FitStart(
+            epochs=cfg.epochs, start_epoch=self.epoch, n_systems=self.n_systems, n_bodies=self.state.n_bodies,
+            dim=self.state.dim, energy_threshold=cfg.energy_threshold, mass=mass.copy(), position=position.copy(),
+            config=cfg.to_dict(),
+        ))
+
+    def _fit_end(self, hook: Any, start: float, stopped: bool, error: str | None = None) -> None:
+        """Fire FitEnd; ``error`` names the exception that ended the run, if any."""
+        hook.nbtoolkit_fit_end(event=FitEnd(
+            epochs_completed=self.epoch, total_accepted=self.total_accepted, total_retrains=self.total_retrains,
+            wall_time=time.perf_counter() - start, stopped=stopped, error=error,
+        ))
+
+    def _start_epoch(self) -> None:
+        """Set the learning rate of epoch ``self.epoch``; empty the buffer when it is kept for one epoch only."""
+        if self.config.replay_scope == "epoch":
+            self.buffer.clear()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate_at(self.epoch)
+
+    def _advance(self, collected: CollectResult) -> _Part1:
+        """Move on to where Part 1 left the systems and count its steps (summed over the ranks)."""
+        self.state, self.history = collected.state, collected.history
+        totals = self.collective.total([int(collected.accepted.sum()), collected.dt_sum, collected.fallbacks])
+        part1 = _Part1(accepted=int(totals[0]), retrains=collected.retrains, dt_sum=totals[1], fallbacks=int(totals[2]))
+        self.total_accepted += part1.accepted
+        self.total_retrains += part1.retrains
+        return part1
+
+    def _end_epoch(self, hook: Any, part1: _Part1, replay: ReplayOutcome, start: float) -> dict[str, Any]:
+        """Count the epoch as done, fire EpochEnd and return the epoch's metrics (see :class:`FitResult`)."""
+        event = EpochEnd(
+            epoch=self.epoch, accepted_steps=part1.accepted, retrains=part1.retrains,
+            replay_iterations=replay.iterations, replay_converged=replay.converged, replay_skipped=replay.skipped,
+            pass_rate=replay.pass_rate, loss=replay.loss, mean_dt=part1.dt_sum / part1.accepted if part1.accepted else 0.0,
+            buffer_size=replay.buffer_size, wall_time=time.perf_counter() - start,
+        )
+        self.epoch += 1
+        hook.nbtoolkit_epoch_end(event=event)
+        return {**vars(event), "fallbacks": part1.fallbacks, "mean_rel_dE": replay.mean_rel_dE,
+                "max_rel_dE": replay.max_rel_dE}
 
     def calibrate(self) -> CalibrationResult:
         """Set the predictor's safety factor on the validation systems (see :mod:`.calibrate`), under
