@@ -8,7 +8,7 @@ minibatch evaluation + backward of the whole batch is then timed both ways in th
   as the original did), then stack the losses and backpropagate;
 * batched: :func:`nbtoolkit.training.evaluate_minibatch` on all samples at once, then backward.
 
-Both compute the same objective (:func:`nbtoolkit.training.batch_objective`) with the same
+Both compute the same objective (:func:`nbtoolkit.training.steps.batch_objective`) with the same
 ``mlp`` predictor (default architecture); the script checks that they agree per sample. It
 prints samples/s for both and, last, the speed-up on the 512-sample Kepler batch (required: at
 least 20x). Usage: ``python benchmarks/bench_replay.py [--batch 512] [--repeats 3] [--threads 1]``.
@@ -32,12 +32,12 @@ from nbtoolkit.training import (
     ReplayBuffer,
     TrainConfig,
     attempt_single_step,
-    batch_objective,
     check_energy_threshold,
     compute_single_step_loss,
     evaluate_minibatch,
     sample_minibatch,
 )
+from nbtoolkit.training.steps import batch_objective
 
 REQUIRED_SPEEDUP = 20.0
 

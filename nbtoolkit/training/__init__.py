@@ -9,36 +9,40 @@ Quick start::
     trainer = Trainer(TrainConfig(epochs=20, checkpoint_path="model.pt"), system.state, period=system.period)
     result = trainer.fit()
     predictor = load_predictor("model.pt")  # a DtPredictor for nbtoolkit.simulate
+
+This package exports what a user of the loop needs: the trainer and its configuration, the
+training sets, checkpoints and model files, the safety calibration, and the seed's functions
+of the loop itself (Part 1, Part 2 and their single-step primitives) with the
+:class:`LoopContext` they share. Everything else lives in the submodules
+(:mod:`.steps`, :mod:`.replay`, :mod:`.distributed`, ...).
 """
 
 from __future__ import annotations
 
 from ..errors import CheckpointError, RetrainLimitError
 from .buffer import ReplayBuffer
-from .checkpoint import load_predictor, read_checkpoint
+from .calibrate import CalibrationResult, calibrate_safety
+from .checkpoint import export_model, load_predictor, load_trained, read_checkpoint, read_model
 from .collect import CollectResult, collect_trajectory
 from .config import TrainConfig
 from .context import LoopContext
-from .replay import (
-    Minibatch,
-    ReplayOutcome,
-    evaluate_minibatch,
-    generalize_on_trajectory,
-    sample_minibatch,
-    uniform_indices,
-)
-from .steps import (
-    attempt_single_step,
-    batch_objective,
-    check_energy_threshold,
-    compute_single_step_loss,
-    predict_and_step,
-)
+from .recalibrate import recalibrate_model
+from .replay import Minibatch, ReplayOutcome, evaluate_minibatch, generalize_on_trajectory, sample_minibatch
+from .steps import attempt_single_step, check_energy_threshold, compute_single_step_loss
 from .trainer import FitResult, Trainer
+from .trainset import TrainingSet, builtin_training_sets, load_training_set
 
 __all__ = [
-    "CheckpointError", "CollectResult", "FitResult", "LoopContext", "Minibatch", "ReplayBuffer", "ReplayOutcome",
-    "RetrainLimitError", "TrainConfig", "Trainer", "attempt_single_step", "batch_objective", "check_energy_threshold",
-    "collect_trajectory", "compute_single_step_loss", "evaluate_minibatch", "generalize_on_trajectory", "load_predictor",
-    "predict_and_step", "read_checkpoint", "sample_minibatch", "uniform_indices",
+    # training
+    "FitResult", "TrainConfig", "Trainer", "RetrainLimitError",
+    # training sets
+    "TrainingSet", "builtin_training_sets", "load_training_set",
+    # checkpoints and model files
+    "CheckpointError", "export_model", "load_predictor", "load_trained", "read_checkpoint", "read_model",
+    # safety calibration
+    "CalibrationResult", "calibrate_safety", "recalibrate_model",
+    # the loop: Part 1, Part 2 and their primitives (the seed's names)
+    "CollectResult", "LoopContext", "Minibatch", "ReplayBuffer", "ReplayOutcome", "attempt_single_step",
+    "check_energy_threshold", "collect_trajectory", "compute_single_step_loss", "evaluate_minibatch",
+    "generalize_on_trajectory", "sample_minibatch",
 ]
