@@ -7,7 +7,7 @@ time unit of the state. Classical rules have no parameters; learned ones do.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -57,6 +57,11 @@ class DtPredictor(torch.nn.Module):
     @property
     def trainable(self) -> bool:
         return any(p.requires_grad for p in self.parameters())
+
+    def upgrade_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Weights read from a file, in today's layout: a predictor whose buffers or parameters
+        changed shape between versions converts older files here (the default keeps them as they are)."""
+        return state_dict
 
 
 def checked_dt(dt: Tensor, state: NBodyState, predictor_name: str | None, predictor: object | None = None) -> Tensor:

@@ -4,19 +4,22 @@ Every pair of bodies proposes a timestep and the system takes the smallest:
 
     dt = safety * min over pairs (i, j) of  tau_ij * init_factor * exp(S tanh(g_ij / S))
 
-where tau_ij = sqrt(r_ij^3 / (G (m_i + m_j))) is the pair's free-fall time (r softened as
-sqrt(r^2 + eps^2)), g_ij the network's output for that pair (S = :data:`LOG_FACTOR_RANGE`, so
-each proposal stays within e^±S of ``init_factor`` tau_ij and dt > 0 always) and ``safety`` a
-factor calibrated after training (:mod:`nbtoolkit.training.calibrate`; 1 until then), one per
-class of states: by number of bodies (:data:`SAFETY_BUCKETS`: 2, 3, 4-7, 8-15, 16-31, 32 or
-more), by the osculating eccentricity of the closest pair (:data:`ECCENTRICITY_BUCKETS`:
-below 0.5, 0.5-0.9, 0.9-0.97, 0.97 or more) and by whether the closest pair's binding energy
-G m_i m_j / r is at least the system's total |E| (:data:`DOMINANT_SHARE`: the pair's error is then
-most of the system's), so that the margin a cluster, a near-radial orbit or a triple whose outer
-orbit carries half the energy needs is not imposed on a near-circular binary. A
-pair's output g_ij sees the pair's own features and the pooled features of every pair, so a
-pair that is irrelevant to the system's energy (a distant planet, a wide pair in a cluster)
-can learn to propose a long step, and the proposals of N bodies work for any N.
+where tau_ij is the pair's timescale (r softened as sqrt(r^2 + eps^2)): with the ``timescale``
+option ``freefall`` its free-fall time sqrt(r^3 / mu), mu = G (m_i + m_j); with ``crossing`` the
+time r / sqrt(mu / r + v^2), which is the free-fall time for a pair at rest and the crossing
+time r / v for a pair that passes faster than its escape speed (a hyperbolic flyby), g_ij the
+network's output for that pair (S = :data:`LOG_FACTOR_RANGE`, so each proposal stays within e^±S
+of ``init_factor`` tau_ij and dt > 0 always) and ``safety`` a factor calibrated after training
+(:mod:`nbtoolkit.training.calibrate`; 1 until then), one per class of states: by number of
+bodies (:data:`SAFETY_BUCKETS`: 2, 3, 4-7, 8-15, 16-31, 32 or more), by the osculating
+eccentricity of the closest pair (:data:`ECCENTRICITY_BUCKETS`: below 0.5, 0.5-0.9, 0.9-0.97,
+0.97-1 and unbound, so a flyby has its own factor) and by whether the closest pair's binding
+energy G m_i m_j / r is at least the system's total |E| (:data:`DOMINANT_SHARE`: the pair's
+error is then most of the system's), so that the margin a cluster, a near-radial orbit or a
+triple whose outer orbit carries half the energy needs is not imposed on a near-circular binary.
+A pair's output g_ij sees the pair's own features and the pooled features of every pair, so a
+pair that is irrelevant to the system's energy (a distant planet, a wide pair in a cluster) can
+learn to propose a long step, and the proposals of N bodies work for any N.
 
 Every network input is dimensionless and invariant under rotations, translations and
 relabelling of the bodies, so rescaling lengths by L and masses by M (velocities by
@@ -29,14 +32,15 @@ Inputs, per pair (i, j) with separation r, relative velocity v, M = m_i + m_j, m
 * asinh((r . v) / sqrt(mu r)): radial velocity in units of the local circular speed
 * log(1 + e): the pair's osculating eccentricity
 * M / M_total: the pair's share of the mass
-* log(1 + G m_i m_j / (r |E|)): the pair's binding energy against the system's total |E|,
+* log(1 + G m_i m_j / (r |E|)): the pair's binding energy against the system's total |E| (capped
+  at :data:`MAX_ENERGY_SHARE`),
   which sets how much an error in this pair weighs in the relative energy error
 * log(1 + |a_ij - a_ij,2body| r^2 / mu): the tidal perturbation of the pair by all other
   bodies, relative to the pair's own attraction (0 for an isolated pair)
 
 (optionally followed by random Fourier features of these), embedded by a pair network and
 pooled by mean and max over pairs (DeepSets). Only the ``max_pairs`` pairs with the shortest
-free-fall times enter the network (all of them when there are fewer, or ``max_pairs`` = 0), so
+timescales enter the network (all of them when there are fewer, or ``max_pairs`` = 0), so
 its cost does not grow as N^2 while the pairs that set the timestep are always seen. Global
 inputs: asinh(eps / r_min) and log N. With ``history_len`` K > 0, each of the K past accepted
 states adds (mask, log(tau_min,k / tau_min), log(r_min,k / r_min)); missing entries are zero.
@@ -69,10 +73,18 @@ HISTORY_FEATURES = 3
 GLOBAL_FEATURES = 2
 #: upper ends of the body-count classes with their own safety factors: N = 2, 3, 4-7, 8-15, 16-31, >= 32
 SAFETY_BUCKETS = (2, 3, 7, 15, 31)
-#: lower ends of the closest-pair eccentricity classes after the first: e < 0.5, 0.5-0.9, 0.9-0.97, >= 0.97
-ECCENTRICITY_BUCKETS = (0.5, 0.9, 0.97)
+#: lower ends of the closest-pair eccentricity classes after the first: e < 0.5, 0.5-0.9, 0.9-0.97,
+#: 0.97-1 and unbound (e >= 1, a flyby)
+ECCENTRICITY_BUCKETS = (0.5, 0.9, 0.97, 1.0)
+#: eccentricity classes of model files written before the unbound class existed (their e >= 0.97
+#: factor serves both 0.97-1 and e >= 1 when they are loaded)
+LEGACY_ECCENTRICITY_CLASSES = 4
 #: the closest pair dominates the energy when G m_i m_j / (r |E|) is at least this
 DOMINANT_SHARE = 1.0
+#: G m_i m_j / (r |E|) is capped here, so a system whose total energy is ~0 still has finite inputs
+MAX_ENERGY_SHARE = 1e8
+#: the pair timescales the ``timescale`` option offers (see :func:`pair_scales`)
+TIMESCALES = ("freefall", "crossing")
 #: safety classes of one body count (eccentricity classes x dominant or not)
 SAFETY_GROUP_SIZE = 2 * (len(ECCENTRICITY_BUCKETS) + 1)
 #: number of safety classes (body-count classes x eccentricity classes x dominant or not)
@@ -101,31 +113,39 @@ def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     return iu[0], iu[1]
 
 
-def pair_scales(mass: Tensor, position: Tensor, G: float, softening: float) -> tuple[Tensor, Tensor, Tensor]:
+def pair_scales(mass: Tensor, position: Tensor, G: float, softening: float,
+                velocity: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(real, r, tau), each (B, P) over the pairs i < j: whether both bodies are real (padding bodies
-    have mass 0), the (softened) separation and the free-fall time (inf for pairs with a padding body)."""
+    have mass 0), the (softened) separation and the pair's timescale (inf for pairs with a padding
+    body): the free-fall time sqrt(r^3 / mu) without ``velocity`` (B, N, D), with it
+    r / sqrt(mu / r + v^2) (see the ``timescale`` option)."""
     i, j = _pairs(mass.shape[-1], position.device)
     real = (mass[:, i] > 0) & (mass[:, j] > 0)
     r = ((position[:, j] - position[:, i]).square().sum(-1) + softening**2).sqrt()
     msum = torch.where(real, mass[:, i] + mass[:, j], torch.ones_like(r))
-    tau = torch.where(real, (r.pow(3) / (G * msum)).sqrt(), torch.full_like(r, math.inf))
+    if velocity is None:
+        scale = (r.pow(3) / (G * msum)).sqrt()
+    else:
+        scale = r / (G * msum / r + (velocity[:, j] - velocity[:, i]).square().sum(-1)).sqrt()
+    tau = torch.where(real, scale, torch.full_like(r, math.inf))
     return real, r, tau
 
 
-def closest_pair_scales(mass: Tensor, position: Tensor, G: float, softening: float) -> tuple[Tensor, Tensor]:
-    """(tau_min, r_min), each (B,): the smallest pair free-fall time and the smallest (softened)
-    separation among pairs of real bodies (padding bodies, mass 0, are ignored)."""
-    real, r, tau = pair_scales(mass, position, G, softening)
+def closest_pair_scales(mass: Tensor, position: Tensor, G: float, softening: float,
+                        velocity: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(tau_min, r_min), each (B,): the smallest pair timescale (see :func:`pair_scales`) and the
+    smallest (softened) separation among pairs of real bodies (padding bodies, mass 0, are ignored)."""
+    real, r, tau = pair_scales(mass, position, G, softening, velocity)
     return tau.amin(-1), torch.where(real, r, torch.full_like(r, math.inf)).amin(-1)
 
 
 class PairFeatures(NamedTuple):
     """Pair inputs of the network for the P' selected pairs of each system.
 
-    features (B, P', 8), log_tau (B, P') each pair's log free-fall time, mask (B, P') True for
+    features (B, P', 8), log_tau (B, P') each pair's log timescale tau, mask (B, P') True for
     pairs of real bodies, tau_min and r_min (B,) over all real pairs, closest_eccentricity and
     closest_energy_share (B,) the osculating eccentricity and G m_i m_j / (r |E|) of the pair with
-    the shortest free-fall time.
+    the shortest timescale.
     """
 
     features: Tensor
@@ -137,15 +157,16 @@ class PairFeatures(NamedTuple):
     closest_energy_share: Tensor
 
 
-def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
+def pair_features(state: NBodyState, max_pairs: int = 0, timescale: str = "freefall") -> PairFeatures:
     """Dimensionless pair features (see module docstring) of the ``max_pairs`` pairs with the
-    shortest free-fall times (all P pairs if max_pairs is 0). The pairs are chosen from their
-    separations first and only the chosen ones get the other features, so a cluster of N bodies
-    costs O(N^2) only in its separations."""
+    shortest timescales (all P pairs if max_pairs is 0; ``timescale`` is ``freefall`` or
+    ``crossing``, see :func:`pair_scales`). The pairs are chosen from their separations first and
+    only the chosen ones get the other features, so a cluster of N bodies costs O(N^2) only in its
+    separations."""
     m, x, v, G = state.mass, state.position, state.velocity, state.G
     B, D = x.shape[0], x.shape[-1]
     i, j = _pairs(state.n_bodies, x.device)
-    real, r_all, tau = pair_scales(m, x, G, state.softening)
+    real, r_all, tau = pair_scales(m, x, G, state.softening, v if timescale == "crossing" else None)
     tau_min, r_min = tau.amin(-1), torch.where(real, r_all, torch.full_like(r_all, math.inf)).amin(-1)
     if 0 < max_pairs < tau.shape[1]:
         chosen = torch.topk(tau, max_pairs, dim=-1, largest=False).indices  # (B, P')
@@ -168,7 +189,7 @@ def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
     ecc_vec = ((v2 - mu / r).unsqueeze(-1) * r_vec - rv.unsqueeze(-1) * v_vec) / mu.unsqueeze(-1)
     ecc = ecc_vec.square().sum(-1).sqrt()
     energy = state_energy(state).abs().unsqueeze(-1)
-    share = G * mi * mj / (r * energy)
+    share = (G * mi * mj / (r * energy)).clamp(max=MAX_ENERGY_SHARE)  # bounded where E is ~0
     acc = state_accelerations(state)
     tidal = take(acc, j) - take(acc, i) + (mu / r.pow(3)).unsqueeze(-1) * r_vec
     safe_tau = torch.where(real, tau, one)
@@ -189,14 +210,17 @@ def pair_features(state: NBodyState, max_pairs: int = 0) -> PairFeatures:
     return PairFeatures(feats, safe_tau.log(), real, tau_min, r_min, closest_ecc, closest_share)
 
 
-def history_features(state: NBodyState, history: History, tau_min: Tensor, r_min: Tensor) -> Tensor:
-    """(B, K * 3): per past state (mask, log(tau_min,k / tau_min), log(r_min,k / r_min)), zero where missing."""
+def history_features(state: NBodyState, history: History, tau_min: Tensor, r_min: Tensor,
+                     timescale: str = "freefall") -> Tensor:
+    """(B, K * 3): per past state (mask, log(tau_min,k / tau_min), log(r_min,k / r_min)), zero where
+    missing; tau is the ``timescale`` of :func:`pair_features`."""
     B, K, N, D = history.position.shape
     mask = history.mask
     keep = mask[..., None, None]
     pos = torch.where(keep, history.position, state.position.unsqueeze(1)).reshape(B * K, N, D)
+    vel = torch.where(keep, history.velocity, state.velocity.unsqueeze(1)).reshape(B * K, N, D)
     mass = state.mass.unsqueeze(1).expand(B, K, N).reshape(B * K, N)
-    tau_k, r_k = closest_pair_scales(mass, pos, state.G, state.softening)
+    tau_k, r_k = closest_pair_scales(mass, pos, state.G, state.softening, vel if timescale == "crossing" else None)
     m = mask.to(state.dtype)
     feats = torch.stack([
         m,
@@ -216,13 +240,14 @@ def _mlp(sizes: list[int], activation: type[nn.Module], dtype: torch.dtype, fina
 
 
 class MLPDtPredictor(DtPredictor):
-    """dt = safety x min over pairs of a learned factor x the pair's free-fall time (see module docstring).
+    """dt = safety x min over pairs of a learned factor x the pair's timescale (see module docstring).
 
     Options: ``hidden_width`` and ``hidden_layers`` (of both the pair network and the head),
     ``activation`` (tanh, silu, relu, gelu, softplus), ``fourier_features`` (number of random
     frequencies, 0 = off) and ``fourier_scale`` (their standard deviation), ``history_len`` K,
     ``init_factor`` (dt / tau of the untrained network), ``max_pairs`` (closest pairs fed
-    to the network, 0 = all), ``seed`` (initial weights and Fourier frequencies; None uses the
+    to the network, 0 = all), ``timescale`` (``freefall`` or ``crossing``, the pair timescale
+    tau the factors multiply; see :func:`pair_scales`), ``seed`` (initial weights and Fourier frequencies; None uses the
     global RNG). The calibrated ``safety`` factor is a buffer, saved with the weights.
     """
 
@@ -233,13 +258,16 @@ class MLPDtPredictor(DtPredictor):
 
     def __init__(self, hidden_width: int = 64, hidden_layers: int = 2, activation: str = "tanh",
                  fourier_features: int = 0, fourier_scale: float = 1.0, history_len: int = 0,
-                 init_factor: float = 0.02, max_pairs: int = 16, seed: int | None = None) -> None:
+                 init_factor: float = 0.02, max_pairs: int = 16, timescale: str = "freefall",
+                 seed: int | None = None) -> None:
         super().__init__()
         for name, value, low in (("hidden_width", hidden_width, 1), ("hidden_layers", hidden_layers, 1),
                                  ("fourier_features", fourier_features, 0), ("history_len", history_len, 0),
                                  ("max_pairs", max_pairs, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"mlp predictor: {name} must be an integer >= {low}; got {value!r}")
+        if timescale not in TIMESCALES:
+            raise ConfigError(f"mlp predictor: timescale must be one of {', '.join(TIMESCALES)}; got {timescale!r}")
         if activation not in _ACTIVATIONS:
             raise ConfigError(f"mlp predictor: activation must be one of {', '.join(_ACTIVATIONS)}; got {activation!r}")
         for name, real in (("fourier_scale", fourier_scale), ("init_factor", init_factor)):
@@ -249,7 +277,8 @@ class MLPDtPredictor(DtPredictor):
         self.safety_group_size = SAFETY_GROUP_SIZE
         self.options = dict(hidden_width=hidden_width, hidden_layers=hidden_layers, activation=activation,
                             fourier_features=fourier_features, fourier_scale=float(fourier_scale),
-                            history_len=history_len, init_factor=float(init_factor), max_pairs=max_pairs)
+                            history_len=history_len, init_factor=float(init_factor), max_pairs=max_pairs,
+                            timescale=timescale)
         dtype = torch.float64
         generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         self.register_buffer(
@@ -283,12 +312,12 @@ class MLPDtPredictor(DtPredictor):
 
     def safety_index(self, state: NBodyState) -> Tensor:
         """(B,) which safety factor applies to each state (see :func:`safety_class`)."""
-        pf = pair_features(state, self.options["max_pairs"])
+        pf = pair_features(state, self.options["max_pairs"], self.options["timescale"])
         return safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share)
 
     def features(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
         """(pair features with Fourier features appended, global extras (B, 2 + 3K))."""
-        pf = pair_features(state, self.options["max_pairs"])
+        pf = pair_features(state, self.options["max_pairs"], self.options["timescale"])
         feats = pf.features
         if self.fourier.shape[1]:
             proj = 2 * math.pi * feats @ self.fourier
@@ -303,7 +332,7 @@ class MLPDtPredictor(DtPredictor):
                 raise ConfigError(
                     f"mlp predictor reads history_len = {self.history_len} past states; got {history.position.shape[1]}"
                 )
-            extras.append(history_features(state, history, pf.tau_min, pf.r_min))
+            extras.append(history_features(state, history, pf.tau_min, pf.r_min, self.options["timescale"]))
         return pf._replace(features=feats), torch.cat(extras, dim=-1)
 
     def log_dt(self, state: NBodyState, history: History | None = None) -> Tensor:
@@ -325,7 +354,7 @@ class MLPDtPredictor(DtPredictor):
     def predict_with_class(self, state: NBodyState, history: History | None = None) -> tuple[Tensor, Tensor]:
         """(dt (B,), the safety class of each state (B,)) from one evaluation of the network."""
         if int(state.body_mask.sum(-1).min()) < 2:
-            raise ConfigError("mlp predictor needs at least two bodies (its timescale is the closest pair's free-fall time)")
+            raise ConfigError("mlp predictor needs at least two bodies (its timescale is the closest pair's timescale)")
         log_dt, pf = self._log_dt(state, history)
         classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share)
         return (log_dt + self.log_safety[classes]).exp(), classes
@@ -335,6 +364,16 @@ class MLPDtPredictor(DtPredictor):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.options.items())
+
+    def upgrade_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Files from before the unbound eccentricity class hold 48 factors: the e >= 0.97 factor of
+        each class serves both 0.97-1 and e >= 1, so such a model predicts exactly as it did."""
+        stored = state_dict.get("log_safety")
+        legacy = (len(SAFETY_BUCKETS) + 1) * 2 * LEGACY_ECCENTRICITY_CLASSES
+        if isinstance(stored, Tensor) and stored.shape == (legacy,):
+            old = stored.reshape(len(SAFETY_BUCKETS) + 1, LEGACY_ECCENTRICITY_CLASSES, 2)
+            state_dict["log_safety"] = torch.cat([old, old[:, -1:]], dim=1).reshape(-1)
+        return state_dict
 
 
 @hookimpl

@@ -28,7 +28,9 @@ def test_learned_is_registered_and_carries_its_calibrated_safety_factor(host):
     assert entry.plugin == "plugins.learned_predictor"
     pred = host.predictors.create("learned")
     saved = torch.load(MODEL_FILE, weights_only=True)
-    assert pred.safety == pytest.approx(saved["calibration"]["safety"])
+    stored = pred.upgrade_state_dict(dict(saved["predictor_state"]))["log_safety"]
+    assert pred.safety == pytest.approx(stored.exp().tolist())
+    assert sorted(set(pred.safety)) == pytest.approx(sorted(set(saved["calibration"]["safety"])))
     assert not pred.training
 
 

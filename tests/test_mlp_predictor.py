@@ -11,7 +11,7 @@ from systems import random_cluster, two_body_orbit
 from nbtoolkit import NBodyState
 from nbtoolkit.errors import ConfigError, PluginError
 from nbtoolkit.predictor import History
-from plugins.mlp_predictor import MLPDtPredictor, closest_pair_scales, pair_features
+from plugins.mlp_predictor import MAX_ENERGY_SHARE, MLPDtPredictor, closest_pair_scales, pair_features, pair_scales
 
 
 def make(host, **options):
@@ -37,10 +37,10 @@ def test_untrained_dt_is_init_factor_times_closest_pair_free_fall_time(host):
     assert torch.allclose(ratio, torch.full_like(ratio, 0.03), rtol=0.05)
 
 
-@pytest.mark.parametrize("history_len", [0, 2])
-def test_rescaling_units_rescales_dt_by_dynamical_time(host, history_len):
+@pytest.mark.parametrize("history_len, timescale", [(0, "freefall"), (2, "freefall"), (2, "crossing")])
+def test_rescaling_units_rescales_dt_by_dynamical_time(host, history_len, timescale):
     """Lengths x L, masses x M, velocities x sqrt(G M / L): dt scales by sqrt(L^3 / (G M)) to round-off."""
-    pred = make(host, history_len=history_len, fourier_features=4, hidden_layers=2)
+    pred = make(host, history_len=history_len, fourier_features=4, hidden_layers=2, timescale=timescale)
     state = random_cluster(4, 6, softening=0.05)
     L, M = 37.0, 0.004
     scaled = NBodyState.from_arrays(state.mass * M, state.position * L, state.velocity * math.sqrt(M / L),
@@ -60,8 +60,9 @@ def test_changing_G_rescales_dt(host):
     assert torch.allclose(pred(heavy_g), pred(state) / 2.0, rtol=1e-10)
 
 
-def test_invariant_under_relabelling_rotation_and_translation(host):
-    pred = make(host, fourier_features=3)
+@pytest.mark.parametrize("timescale", ["freefall", "crossing"])
+def test_invariant_under_relabelling_rotation_and_translation(host, timescale):
+    pred = make(host, fourier_features=3, timescale=timescale)
     state = random_cluster(3, 5)
     perm = torch.tensor([3, 0, 4, 1, 2])
     permuted = NBodyState.from_arrays(state.mass[:, perm], state.position[:, perm], state.velocity[:, perm])
@@ -140,6 +141,7 @@ def test_same_seed_same_weights_and_architecture_options(host):
     ({"activation": "sigmoid"}, "activation"),
     ({"init_factor": -1.0}, "init_factor"),
     ({"history_len": -2}, "history_len"),
+    ({"timescale": "orbital"}, "timescale"),
 ])
 def test_bad_options_name_the_option(host, options, key):
     with pytest.raises(PluginError, match=key):
@@ -175,3 +177,40 @@ def test_a_binarys_dt_does_not_depend_on_its_mass_ratio(host):
         state, _ = two_body_orbit(e=0.7, m1=2.0 - m2, m2=m2)
         dts.append(pred(state))
     assert torch.allclose(dts[1], dts[0], rtol=1e-12) and torch.allclose(dts[2], dts[0], rtol=1e-12)
+
+
+def test_crossing_timescale_is_the_free_fall_time_at_rest_and_r_over_v_when_fast():
+    mass = torch.tensor([[1.0, 3.0]], dtype=torch.float64)
+    position = torch.tensor([[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]]], dtype=torch.float64)  # r = 2, mu = 4
+    at_rest = torch.zeros_like(position)
+    fast = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 1e4, 0.0]]], dtype=torch.float64)  # 10^4 x the escape speed 2
+    _, _, free_fall = pair_scales(mass, position, 1.0, 0.0)
+    _, _, resting = pair_scales(mass, position, 1.0, 0.0, at_rest)
+    _, _, crossing = pair_scales(mass, position, 1.0, 0.0, fast)
+    assert math.isclose(float(free_fall), math.sqrt(8 / 4), rel_tol=1e-15)
+    assert math.isclose(float(resting), float(free_fall), rel_tol=1e-15)
+    assert math.isclose(float(crossing), 2 / 1e4, rel_tol=1e-7)
+
+
+def test_untrained_crossing_dt_follows_a_fast_flyby(host):
+    """A pair passing at 100 x its escape speed gets init_factor x its crossing time r / v, far below
+    its free-fall time; with ``freefall`` the untrained dt ignores the speed."""
+    mass = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    position = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]], dtype=torch.float64)
+    velocity = torch.tensor([[[0.0, -100.0, 0.0], [0.0, 100.0, 0.0]]], dtype=torch.float64)  # v = 200, v_esc = 2
+    state = NBodyState.from_arrays(mass, position, velocity)
+    with torch.no_grad():
+        crossing = make(host, init_factor=0.03, timescale="crossing")(state)
+        free_fall = make(host, init_factor=0.03)(state)
+    assert math.isclose(float(crossing), 0.03 / 200, rel_tol=0.05)
+    assert math.isclose(float(free_fall), 0.03 * math.sqrt(0.5), rel_tol=0.05)
+
+
+def test_a_system_of_zero_total_energy_has_finite_inputs_and_dt(host):
+    """Two unit masses 1 apart, each moving at 1 from their centre: E = 1 - 1 = 0 exactly."""
+    state = NBodyState.from_arrays([[1.0, 1.0]], [[[-0.5, 0.0], [0.5, 0.0]]], [[[0.0, -1.0], [0.0, 1.0]]])
+    feats = pair_features(state).features
+    assert bool(torch.isfinite(feats).all())
+    assert math.isclose(float(feats[0, 0, 6]), math.log1p(MAX_ENERGY_SHARE), rel_tol=1e-12)
+    dt = make(host)(state).detach()
+    assert bool(torch.isfinite(dt).all()) and float(dt) > 0

@@ -221,10 +221,10 @@ def test_safety_classes_split_by_body_count_closest_pair_eccentricity_and_energy
     from plugins.mlp_predictor import SAFETY_CLASSES, safety_bucket, safety_class
 
     assert safety_bucket(torch.tensor([2, 3, 4, 7, 8, 15, 16, 31, 32, 64])).tolist() == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    n = torch.tensor([2, 2, 2, 2, 3, 3, 40])
-    e = torch.tensor([0.1, 0.5, 0.95, 0.99, 0.2, 0.2, 0.99], dtype=torch.float64)
-    share = torch.tensor([2.0, 2.0, 2.0, 2.0, 0.5, 1.0, 0.1], dtype=torch.float64)
-    assert safety_class(n, e, share).tolist() == [1, 3, 5, 7, 8, 9, 46] and SAFETY_CLASSES == 48
+    n = torch.tensor([2, 2, 2, 2, 3, 3, 40, 3])
+    e = torch.tensor([0.1, 0.5, 0.95, 0.99, 0.2, 0.2, 0.99, 1.5], dtype=torch.float64)
+    share = torch.tensor([2.0, 2.0, 2.0, 2.0, 0.5, 1.0, 0.1, 0.2], dtype=torch.float64)
+    assert safety_class(n, e, share).tolist() == [1, 3, 5, 7, 10, 11, 56, 18] and SAFETY_CLASSES == 60
     pred = host.predictors.create("mlp", hidden_width=8, seed=0)
     state = pad_systems(draw_family("kepler", 1, torch.Generator().manual_seed(1), eccentricity=0.95)
                         + draw_family("figure-eight", 1, torch.Generator().manual_seed(1)))
@@ -234,6 +234,23 @@ def test_safety_classes_split_by_body_count_closest_pair_eccentricity_and_energy
         pred.log_safety[5] = math.log(0.5)
     assert torch.allclose(pred(state)[0], 0.5 * pred.log_dt(state)[0].exp(), rtol=1e-12)
     assert torch.allclose(pred(state)[1], pred.log_dt(state)[1].exp(), rtol=1e-12)
+
+
+def test_a_model_file_from_before_the_unbound_class_loads_with_its_factors_in_place(host):
+    """Files with 4 eccentricity classes (48 factors) load: e >= 1 takes the old e >= 0.97 factor."""
+    from nbtoolkit.training.checkpoint import load_predictor_state
+    from plugins.mlp_predictor import SAFETY_CLASSES, safety_class
+
+    pred = host.predictors.create("mlp", hidden_width=8, seed=0)
+    weights = {k: v.clone() for k, v in pred.state_dict().items()}
+    weights["log_safety"] = torch.arange(48, dtype=torch.float64)
+    load_predictor_state(pred, weights, "mlp", "test file")
+    n = torch.tensor([2, 3, 3, 3, 40, 40])
+    e = torch.tensor([0.1, 0.98, 1.5, 0.6, 0.99, 3.0], dtype=torch.float64)
+    share = torch.tensor([2.0, 0.5, 0.5, 2.0, 2.0, 2.0], dtype=torch.float64)
+    old_index = [1, 8 + 6, 8 + 6, 8 + 3, 40 + 7, 40 + 7]  # 8 classes per body count before, e >= 0.97 is 6 and 7
+    assert pred.log_safety.shape == (SAFETY_CLASSES,)
+    assert pred.log_safety[safety_class(n, e, share)].tolist() == old_index
 
 
 def test_raise_within_budget_spends_each_systems_failure_budget_over_all_its_classes():

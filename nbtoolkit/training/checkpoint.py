@@ -317,7 +317,9 @@ def build_predictor(host: PluginHost, name: str, options: dict[str, Any], where:
 
 
 def load_predictor_state(predictor: DtPredictor, state_dict: dict[str, Any], name: str, where: str) -> None:
-    """Load weights, turning any mismatch into a :class:`CheckpointError` naming the predictor and keys."""
+    """Load weights (after :meth:`DtPredictor.upgrade_state_dict`), turning any mismatch into a
+    :class:`CheckpointError` naming the predictor and keys."""
+    state_dict = predictor.upgrade_state_dict(dict(state_dict))
     own = predictor.state_dict()
     problems = [f"missing {k}" for k in own if k not in state_dict]
     problems += [f"unexpected {k}" for k in state_dict if k not in own]
