@@ -27,8 +27,10 @@ Families (:data:`FAMILIES`):
 * ``democratic``: three comparable masses (``mass_ratio`` range between lightest and
   heaviest) placed at random in a unit disc or ball with virial ratio ``virial_ratio``
   (T/|U|; 0 starts at rest like Burrau's problem).
-* ``plummer``: Plummer spheres of ``n`` equal-mass bodies (Hénon units, then scaled by
-  ``scale``), via :func:`nbtoolkit.presets.plummer`.
+* ``plummer``: Plummer spheres of ``n`` bodies (Hénon units, then scaled by ``scale``), via
+  :func:`nbtoolkit.presets.plummer`. Equal masses by default; with ``mass_ratio`` q < 1 each
+  mass is log-uniform in [q, 1] (a new q per cluster), and the velocities are rescaled to the
+  virial ratio T / |U| = ``virial_ratio`` (0.5 equilibrium, near 0 a cold collapse).
 * ``encounter``: a binary (``binary_eccentricity``, ``binary_mass_ratio``, semi-major axis 1)
   and an intruder (``intruder_mass_ratio`` of the binary's mass) coming in on a hyperbolic
   path: it starts ``distance`` from the binary's centre of mass, offset sideways by
@@ -310,12 +312,21 @@ def _plummer(s: Sampler, count: int) -> list[SystemDraw]:
     from .presets import plummer
 
     out = []
+    equal_masses = s.bounds("mass_ratio") == (1.0, 1.0)
     for n in s.draw_int("n", count).tolist():
         seed = int(torch.randint(0, 2**31 - 1, (), generator=s.generator))
         state = plummer(n=max(n, 2), seed=seed, dim=3)
         scale = float(s.draw("scale", 1))
-        out.append(SystemDraw("plummer", state.mass[0].clone(), state.position[0] * scale,
-                              state.velocity[0] / math.sqrt(scale)))
+        mass, pos, vel = state.mass[0].clone(), state.position[0] * scale, state.velocity[0] / math.sqrt(scale)
+        if not equal_masses or s.bounds("virial_ratio") != (0.5, 0.5):
+            if not equal_masses:  # each mass log-uniform in [q, 1] x m_max, a new q per cluster
+                q = float(s.draw("mass_ratio", 1))
+                mass = torch.exp(math.log(q) * torch.rand(mass.shape[0], generator=s.generator, dtype=torch.float64))
+                mass = mass / mass.sum()
+                pos, vel = _to_com(mass, pos, vel)
+            T, U = kinetic_energy(mass, vel), potential_energy(mass, pos)
+            vel = vel * torch.sqrt(s.draw("virial_ratio", 1) * U.abs() / T)
+        out.append(SystemDraw("plummer", mass, pos, vel))
     return out
 
 
@@ -372,8 +383,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("democratic", _democratic, {"mass_ratio": [0.2, 1.0], "virial_ratio": [0.0, 0.6], "scale": [0.3, 3.0],
                                        "dim": [2, 3]},
            "three comparable masses at random, from rest to virialised"),
-    Family("plummer", _plummer, {"n": [4, 64], "scale": [0.3, 3.0]},
-           "Plummer spheres of n equal-mass bodies"),
+    Family("plummer", _plummer, {"n": [4, 64], "scale": [0.3, 3.0], "mass_ratio": 1.0, "virial_ratio": 0.5},
+           "Plummer spheres of n bodies: equal masses, or each log-uniform down to mass_ratio x the largest; "
+           "velocities scaled to the virial ratio T / |U| (0.5 is equilibrium, below it collapses)"),
     Family("encounter", _encounter, {"binary_eccentricity": [0.0, 0.9], "binary_mass_ratio": [0.1, 1.0],
                                      "intruder_mass_ratio": [0.1, 1.0], "impact_parameter": [0.5, 4.0],
                                      "speed": [0.3, 2.0], "distance": 8.0, "scale": [0.3, 3.0], "dim": [2, 3]},

@@ -53,6 +53,18 @@ def test_families_are_reproducible_and_respect_their_ranges():
     assert all(4 <= d.n_bodies <= 9 for d in plummer)
 
 
+def test_plummer_clusters_take_a_mass_spectrum_and_a_virial_ratio():
+    equal = draw_family("plummer", 4, torch.Generator().manual_seed(2), n=[8, 16])
+    assert all(torch.equal(d.mass, torch.full_like(d.mass, 1 / d.n_bodies)) for d in equal)
+    for d in draw_family("plummer", 6, torch.Generator().manual_seed(2), n=[8, 16], mass_ratio=[0.01, 0.1],
+                         virial_ratio=[0.1, 0.2]):
+        spread = float(d.mass.max() / d.mass.min())
+        assert 1.0 < spread <= 100.0 + 1e-9 and math.isclose(float(d.mass.sum()), 1.0, rel_tol=1e-12)
+        kinetic = 0.5 * float((d.mass * d.velocity.square().sum(-1)).sum())
+        potential = float(total_energy(d.mass, d.position, d.velocity)) - kinetic
+        assert 0.1 - 1e-12 <= kinetic / abs(potential) <= 0.2 + 1e-12
+
+
 def test_encounters_bring_an_unbound_intruder_from_the_given_distance_to_a_bound_binary():
     for d in draw_family("encounter", 6, torch.Generator().manual_seed(3), binary_eccentricity=0.5, speed=[0.5, 1.0],
                          scale=1.0):
