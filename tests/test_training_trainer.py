@@ -53,6 +53,25 @@ def test_fit_runs_epochs_and_fires_events_in_order(events):
     assert trainer.state.time.shape == (3,) and bool((trainer.state.time > 0).all())
 
 
+def test_a_dispersing_system_restarts_from_its_initial_state_and_bound_ones_run_on():
+    """A pair flying apart at 20 x its escape speed lengthens its dt without bound; it starts again,
+    while a Kepler orbit in the same batch keeps its trajectory."""
+    from nbtoolkit.training.restart import DISPERSED_GROWTH, closest_free_fall_time
+
+    kepler, _ = two_body_orbit(e=0.5)
+    position = torch.cat([kepler.position, torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]], dtype=torch.float64)])
+    velocity = torch.cat([kepler.velocity, torch.tensor([[[-20.0, 0.0], [20.0, 0.0]]], dtype=torch.float64)])
+    state = NBodyState.from_arrays(torch.cat([kepler.mass, kepler.mass]), position, velocity)
+    trainer = Trainer(TrainConfig(epochs=12, seed=1, predictor_options={"init_factor": 0.5}, **SMALL), state)
+    result = trainer.fit()
+    restarted = [m["restarted"] for m in result.epoch_metrics]
+    assert sum(restarted) >= 2 and restarted[0] == 0 and max(restarted) == 1  # only the pair restarts
+    growth = closest_free_fall_time(trainer.state) / closest_free_fall_time(trainer.initial_state)
+    assert float(growth[1]) < DISPERSED_GROWTH * 10**1.5  # at most one epoch past the limit, never overflowing
+    assert float(growth[0]) < 10 and float(trainer.state.time[0]) > 0.5  # the orbit ran on from its start
+    assert bool(torch.isfinite(trainer.state.position).all())
+
+
 def test_fit_accepted_states_all_pass_the_gate(events):
     trainer = Trainer(TrainConfig(epochs=2, seed=2, predictor_options={"init_factor": 0.3}, **SMALL), kepler_batch().state)
     trainer.fit()

@@ -49,6 +49,7 @@ from .config import RUNTIME_KEYS, TrainConfig
 from .context import LoopContext
 from .distributed import LOCAL, Collective
 from .replay import ReplayOutcome, generalize_on_trajectory
+from .restart import restart_dispersed
 from .shards import merge_payload, restore_shard
 
 
@@ -57,7 +58,8 @@ class FitResult:
     """What :meth:`Trainer.fit` did: ``epochs_completed`` (total, including epochs of earlier runs
     this trainer resumed from), ``stopped`` (ended by a stop request), and one metrics dict per
     epoch completed in this call (the keys of :class:`~nbtoolkit.events.EpochEnd`, plus
-    ``fallbacks``, ``mean_rel_dE`` and ``max_rel_dE`` of the last replay minibatch)."""
+    ``fallbacks``, ``restarted`` (dispersed systems started again, see :mod:`.restart`),
+    ``mean_rel_dE`` and ``max_rel_dE`` of the last replay minibatch)."""
 
     epochs_completed: int
     stopped: bool
@@ -71,6 +73,7 @@ class _Part1(NamedTuple):
     retrains: int
     dt_sum: float
     fallbacks: int
+    restarted: int
 
 
 def _same_layout(a: NBodyState, b: NBodyState) -> bool:
@@ -183,12 +186,12 @@ class Trainer:
         try:
             self._fit_start(loop.hook)
             while self.epoch < cfg.epochs:
-                # this epoch's learning rate (and, with replay_scope "epoch", an empty buffer)
-                self._start_epoch()
+                # this epoch's learning rate (with replay_scope "epoch", an empty buffer); dispersed systems restart
+                restarted = self._start_epoch()
                 # Part 1: every system collects steps_per_epoch accepted steps, retraining on rejections
                 collected = collect_trajectory(loop, self.state, buffer=self.buffer, history=self.history,
                                                epoch=self.epoch, stop_time=self.stop_time)
-                part1 = self._advance(collected)
+                part1 = self._advance(collected, restarted)
                 if collected.stopped:
                     stopped = True
                     break
@@ -251,18 +254,23 @@ class Trainer:
             wall_time=time.perf_counter() - start, stopped=stopped, error=error,
         ))
 
-    def _start_epoch(self) -> None:
-        """Set the learning rate of epoch ``self.epoch``; empty the buffer when it is kept for one epoch only."""
+    def _start_epoch(self) -> int:
+        """Set the learning rate of epoch ``self.epoch``; empty the buffer when it is kept for one epoch only;
+        start the systems that have dispersed again (:mod:`.restart`) and return how many (on this rank)."""
         if self.config.replay_scope == "epoch":
             self.buffer.clear()
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.learning_rate_at(self.epoch)
+        initial = self.collective.shard_systems(self.initial_state, None)[0]
+        self.state, self.history, restarted = restart_dispersed(self.state, initial, self.history)
+        return restarted
 
-    def _advance(self, collected: CollectResult) -> _Part1:
-        """Move on to where Part 1 left the systems and count its steps (summed over the ranks)."""
+    def _advance(self, collected: CollectResult, restarted: int) -> _Part1:
+        """Move on to where Part 1 left the systems and count its steps and restarts (summed over the ranks)."""
         self.state, self.history = collected.state, collected.history
-        totals = self.collective.total([int(collected.accepted.sum()), collected.dt_sum, collected.fallbacks])
-        part1 = _Part1(accepted=int(totals[0]), retrains=collected.retrains, dt_sum=totals[1], fallbacks=int(totals[2]))
+        totals = self.collective.total([int(collected.accepted.sum()), collected.dt_sum, collected.fallbacks, restarted])
+        part1 = _Part1(accepted=int(totals[0]), retrains=collected.retrains, dt_sum=totals[1], fallbacks=int(totals[2]),
+                       restarted=int(totals[3]))
         self.total_accepted += part1.accepted
         self.total_retrains += part1.retrains
         return part1
@@ -277,7 +285,7 @@ class Trainer:
         )
         self.epoch += 1
         hook.nbtoolkit_epoch_end(event=event)
-        return {**vars(event), "fallbacks": part1.fallbacks, "mean_rel_dE": replay.mean_rel_dE,
+        return {**vars(event), "fallbacks": part1.fallbacks, "restarted": part1.restarted, "mean_rel_dE": replay.mean_rel_dE,
                 "max_rel_dE": replay.max_rel_dE}
 
     def calibrate(self) -> CalibrationResult:

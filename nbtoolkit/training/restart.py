@@ -1,0 +1,49 @@
+"""Training systems that have dispersed start again from their initial state.
+
+A training trajectory runs for ``epochs x steps_per_epoch`` accepted steps. A system whose
+bodies all fly apart (a binary ionised by a fast intruder, an unbound cluster) keeps lengthening
+its timestep as its closest pair separates, so it grows geometrically without bound: it teaches
+nothing after the first few steps, fills the replay buffer with trivial states and finally
+overflows float64. Such a system is restarted: at the start of an epoch, every system whose
+closest pair free-fall time has grown :data:`DISPERSED_GROWTH` times beyond its value in the
+initial state takes its initial state again (its history is cleared). A bound system never
+comes near that growth; its trajectory is untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..predictor import History
+from ..state import NBodyState
+
+#: a system has dispersed when its closest pair free-fall time is this many times its initial one
+DISPERSED_GROWTH = 1e4
+
+
+def closest_free_fall_time(state: NBodyState) -> Tensor:
+    """(B,) the smallest sqrt(r^3 / (G (m_i + m_j))) over pairs of real bodies (mass > 0)."""
+    i, j = torch.triu_indices(state.n_bodies, state.n_bodies, offset=1, device=state.device)
+    m = state.mass
+    r = ((state.position[:, j] - state.position[:, i]).square().sum(-1) + state.softening**2).sqrt()
+    real = (m[:, i] > 0) & (m[:, j] > 0)
+    msum = torch.where(real, m[:, i] + m[:, j], torch.ones_like(r))
+    tau = (r.pow(3) / (state.G * msum)).sqrt()
+    return torch.where(real, tau, torch.full_like(tau, torch.inf)).amin(-1)
+
+
+def restart_dispersed(state: NBodyState, initial: NBodyState,
+                      history: History | None) -> tuple[NBodyState, History | None, int]:
+    """(state, history, count): the systems of ``state`` that have dispersed (see the module
+    docstring) replaced by their rows of ``initial`` (the same systems, (B,)), their history
+    entries (if any) marked missing; ``count`` is how many were restarted."""
+    dispersed = ~(closest_free_fall_time(state) <= DISPERSED_GROWTH * closest_free_fall_time(initial))  # NaN too
+    idx = dispersed.nonzero().squeeze(-1)
+    if idx.numel() == 0:
+        return state, history, 0
+    if history is not None:
+        mask = history.mask.clone()
+        mask[idx] = False
+        history = History(history.position, history.velocity, mask)
+    return state.scatter(idx, initial.index(idx)), history, int(idx.numel())
