@@ -63,6 +63,11 @@ class UnsupportedSimulationError(NBToolkitError, ValueError):
     """A rebound simulation uses something nbtoolkit cannot represent (test particles, extra forces, ...)."""
 
 
+class DistributedError(NBToolkitError):
+    """A collective operation of data-parallel training failed: another training process exited,
+    was killed, or cannot be reached."""
+
+
 class CheckpointError(NBToolkitError):
     """A checkpoint file is missing, unreadable, corrupt, or does not match the model or plugins."""
 

@@ -1,12 +1,16 @@
-"""Data-parallel training with two local gloo processes, against one process on the same systems."""
+"""Data-parallel training with local gloo processes: against one process, and when a process or the
+launcher is killed."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +18,7 @@ import torch.multiprocessing as mp
 
 from nbtoolkit.simulate import simulate
 from nbtoolkit.training import load_predictor, read_checkpoint
-from nbtoolkit.training.launch import worker_argv
+from nbtoolkit.training.launch import killed_message, root_failure, worker_argv
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_worker import run_rank, train  # noqa: E402
@@ -22,6 +26,8 @@ from distributed_worker import run_rank, train  # noqa: E402
 #: metrics equal by construction: every round of Part 1 evaluates the same global systems, and a
 #: minibatch larger than the buffer covers the whole buffer on every rank
 EQUAL_KEYS = ("accepted_steps", "retrains", "replay_iterations", "replay_converged", "buffer_size", "pass_rate")
+#: seconds the processes of a run may take to end once one of them was killed (they take about one)
+EXIT_WITHIN_S = 20
 
 
 def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path: Path) -> None:
@@ -41,32 +47,136 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path: Path) ->
             assert mine["mean_dt"] == pytest.approx(theirs["mean_dt"], rel=1e-12)
 
 
-def _nbtoolkit(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _nbtoolkit(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "nbtoolkit", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, start_new_session=True)
 
 
-TRAIN = ["train", "--preset", "kepler-batch", "--num-orbits", "8", "--steps-per-epoch", "6", "--calibrate-pass-rate", "0"]
+def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "nbtoolkit", *args], cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def test_nproc_trains_a_checkpoint_that_loads_flies_and_resumes(tmp_path: Path) -> None:
-    done = _nbtoolkit([*TRAIN, "--nproc", "2", "--epochs", "1", "--checkpoint", "model.pt"], tmp_path)
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            out += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _rank(pid: int) -> int | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((int(v[5:]) for v in environ if v.startswith(b"RANK=")), None)
+
+
+def _running(pid: int) -> bool:
+    """Process ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _workers(launcher: subprocess.Popen[str], ready: Callable[[], bool], n: int = 2, timeout: float = 120) -> dict[int, int]:
+    """The worker processes of ``launcher`` by rank, once all ``n`` run and ``ready()`` holds."""
+    workers: dict[int, int] = {}
+    end = time.monotonic() + timeout
+    while len(workers) < n or not ready():
+        if launcher.poll() is not None:
+            pytest.fail(f"the run ended early (status {launcher.returncode}): {launcher.stderr.read()[-2000:]}")  # type: ignore[union-attr]
+        if time.monotonic() > end:
+            pytest.fail("the workers did not start in time")
+        for child in _children(launcher.pid):
+            rank = _rank(child)
+            if rank is not None:
+                workers[rank] = child
+        time.sleep(0.01)
+    return workers
+
+
+def _end(launcher: subprocess.Popen[str], workers: dict[int, int]) -> None:
+    """Leave nothing behind if a test failed half way."""
+    for pid in [launcher.pid, *workers.values()]:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    launcher.communicate(timeout=30)  # reap it and close its pipes
+
+
+#: a run of many short epochs with a checkpoint after each (4 systems, 4 accepted steps each per epoch)
+SHORT_EPOCHS = ["train", "--nproc", "2", "--preset", "kepler-batch", "--num-orbits", "4", "--steps-per-epoch", "4",
+                "--calibrate-pass-rate", "0", "--checkpoint", "model.pt", "--checkpoint-every", "1"]
+
+
+def test_a_killed_rank_stops_the_run_and_it_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
+    launcher = _start([*SHORT_EPOCHS, "--epochs", "30"], tmp_path)
+    workers: dict[int, int] = {}
+    try:
+        workers = _workers(launcher, (tmp_path / "model.pt").exists)
+        os.kill(workers[0], signal.SIGKILL)  # the rank that writes the checkpoints, at some point of an epoch
+        killed = time.monotonic()
+        _, err = launcher.communicate(timeout=120)
+        assert time.monotonic() - killed < EXIT_WITHIN_S
+    finally:
+        _end(launcher, workers)
+    assert launcher.returncode == 128 + signal.SIGKILL
+    assert err.count(f"training process 0 (pid {workers[0]}) was killed by SIGKILL") == 1, err
+    assert "--nproc 2 --resume model.pt" in err
+    for pid in [launcher.pid, *workers.values()]:  # every process of the run, and any it started, has exited
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+        assert not _running(pid)
+
+    data = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert data["format"] == "nbtoolkit-checkpoint"
+    epoch = read_checkpoint(tmp_path / "model.pt")["epoch"]  # layout and checksum
+    assert 1 <= epoch < 30  # the kill landed in the middle of the run
+    done = _nbtoolkit(["train", "--nproc", "2", "--resume", "model.pt"], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("accepted steps     48") == 1  # rank 0 alone reports, with global figures
-    data = read_checkpoint(tmp_path / "model.pt")
-    assert data["world_size"] == 2 and len(data["shards"]) == 2
-    assert data["state"]["mass"].shape[0] == 8 and data["buffer"]["size"] == 48
-    predictor = load_predictor(tmp_path / "model.pt")
+    assert done.stdout.count("epochs             30/30") == 1  # rank 0 alone reports, with global figures
+    assert done.stdout.count("accepted steps     480") == 1  # 30 epochs x 4 systems x 4 steps, none lost or doubled
+    final = read_checkpoint(tmp_path / "model.pt")
+    assert final["epoch"] == 30 and final["world_size"] == 2 and len(final["shards"]) == 2
+    assert final["buffer"]["size"] == 480
+    assert not list(tmp_path.glob(".model.pt.*.tmp"))  # a write cut short by the kill left nothing behind
     from nbtoolkit import get_host
     from nbtoolkit.presets import make_preset
 
     system = make_preset("kepler", eccentricity=0.5)
-    traj = simulate(system.state, get_host().integrators.create("leapfrog"), predictor, orbits=1, period=system.period)
+    traj = simulate(system.state, get_host().integrators.create("leapfrog"), load_predictor(tmp_path / "model.pt"),
+                    orbits=1, period=system.period)
     assert traj.summary()["steps"] > 0
-    again = _nbtoolkit(["train", "--nproc", "2", "--resume", "model.pt", "--epochs", "2"], tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert read_checkpoint(tmp_path / "model.pt")["epoch"] == 2
+
+
+def test_the_workers_end_with_a_killed_launcher(tmp_path: Path) -> None:
+    launcher = _start([*SHORT_EPOCHS, "--epochs", "1000"], tmp_path)
+    workers: dict[int, int] = {}
+    try:
+        workers = _workers(launcher, (tmp_path / "model.pt").exists)  # training, past their start
+        launcher.kill()
+        launcher.wait(timeout=30)
+        end = time.monotonic() + EXIT_WITHIN_S
+        while any(_running(pid) for pid in workers.values()) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not any(_running(pid) for pid in workers.values())  # no orphan trains on
+    finally:
+        _end(launcher, workers)
+
+
+TRAIN = ["train", "--preset", "kepler-batch", "--num-orbits", "8", "--steps-per-epoch", "6", "--calibrate-pass-rate", "0"]
 
 
 def test_a_failing_rank_stops_every_rank_and_reports_once(tmp_path: Path) -> None:
@@ -79,6 +189,7 @@ def test_a_failing_rank_stops_every_rank_and_reports_once(tmp_path: Path) -> Non
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert err.count("failed the energy gate") == 1, err
+    assert "lost the others" not in err and "was killed by" not in err
     assert time.perf_counter() - start < 45
     with pytest.raises(ProcessLookupError):  # no process of the run is left, zombie or not
         os.killpg(proc.pid, 0)
@@ -88,3 +199,17 @@ def test_a_failing_rank_stops_every_rank_and_reports_once(tmp_path: Path) -> Non
 def test_worker_argv_drops_only_the_launcher_flags() -> None:
     argv = ["train", "--nproc", "2", "--nnodes=2", "--rdzv-endpoint", "h:29400", "--epochs", "5", "--checkpoint", "m.pt"]
     assert worker_argv(argv) == ["train", "--epochs", "5", "--checkpoint", "m.pt"]
+
+
+def test_the_launcher_blames_the_killed_worker_not_those_it_stopped(tmp_path: Path) -> None:
+    def failure(exitcode: int, timestamp: int) -> SimpleNamespace:
+        return SimpleNamespace(exitcode=exitcode, timestamp=timestamp)
+
+    stopped, killed, lost = failure(-signal.SIGTERM, 10), failure(-signal.SIGKILL, 11), failure(1, 9)
+    assert root_failure({0: stopped, 1: killed, 2: lost})[0] == 1
+    assert root_failure({0: stopped, 1: lost})[0] == 1  # the one that raised, not the one stopped
+    assert root_failure({0: stopped, 1: failure(1, 8), 2: lost})[0] == 1  # the earliest of those
+    args = SimpleNamespace(nproc=4, train_checkpoint_path=str(tmp_path / "m.pt"), resume=None)
+    assert "No checkpoint had been written" in killed_message(1, 99, "SIGKILL", args)
+    (tmp_path / "m.pt").write_bytes(b"")
+    assert f"--nproc 4 --resume {tmp_path / 'm.pt'}" in killed_message(1, 99, "SIGKILL", args)

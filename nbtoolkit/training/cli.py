@@ -249,21 +249,20 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _run_rank(args: argparse.Namespace) -> int:
-    """One rank of a data-parallel run. The first rank to fail raises (and so reports the error);
-    the ranks that fail because of it exit with status 1 and print nothing."""
-    import torch.distributed as dist
+    """One rank of a data-parallel run. The first rank to fail raises (and so reports the error;
+    a rank that lost the others reports a :class:`~nbtoolkit.errors.DistributedError`); the ranks
+    that fail because of it exit with status 1 and print nothing."""
+    from .launch import die_with_launcher
 
+    die_with_launcher()
     collective = from_environment(getattr(args, _dest("device"), None) or "cpu")
     try:
         status = _train(args, collective)
-    except Exception as exc:
+        shutdown(collective)
+    except Exception:
         if not report_once():
             raise SystemExit(1) from None
-        if isinstance(exc, dist.DistError):
-            raise ConfigError(f"training process {collective.rank} lost the others ({' '.join(str(exc).split())[:200]}); "
-                              "resume from the last checkpoint with --resume") from exc
         raise
-    shutdown(collective)
     return status
 
 

@@ -24,19 +24,23 @@ Decisions are collective: Part 1 runs rounds while any rank has a collecting sys
 round retrains when any rank has a failing system; Part 2 stops when the minibatch passes on
 every rank (same ``replay_steps`` cap), and is skipped when the global buffer is shorter than
 ``min_replay_size``.
+
+Faults. A collective that fails because another rank exited, was killed or cannot be reached
+raises :class:`~nbtoolkit.errors.DistributedError` on this rank.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DistributedError
 from ..state import NBodyState
 from .config import TrainConfig
 from .steps import batch_objective
@@ -122,6 +126,21 @@ def shard_bounds(n_systems: int, rank: int, world_size: int) -> tuple[int, int]:
     return rank * n_systems // world_size, (rank + 1) * n_systems // world_size
 
 
+_T = TypeVar("_T")
+
+
+def _communicate(rank: int, what: str, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``call(*args, **kwargs)``, a ``torch.distributed`` operation; its failure (gloo and nccl raise
+    ``RuntimeError``, of which ``DistError`` is a subclass) becomes a :class:`DistributedError`."""
+    try:
+        return call(*args, **kwargs)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise DistributedError(
+            f"training process {rank} lost the others in {what} ({detail}); the run stops: resume it from "
+            "its last checkpoint with --resume") from exc
+
+
 class DataParallel(Collective):
     """The ranks of the default ``torch.distributed`` process group (which must be initialised)."""
 
@@ -146,7 +165,7 @@ class DataParallel(Collective):
         """Every rank's ``row``, stacked: (W, len(row)) float64 on the CPU."""
         t = torch.tensor(row, dtype=torch.float64, device=self.device)
         out = [torch.empty_like(t) for _ in range(self.world_size)]
-        dist.all_gather(out, t)
+        _communicate(self.rank, "all_gather", dist.all_gather, out, t)
         return torch.stack(out).cpu()
 
     def any(self, flag: bool) -> bool:
@@ -157,20 +176,20 @@ class DataParallel(Collective):
 
     def gather(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        _communicate(self.rank, "all_gather_object", dist.all_gather_object, out, obj)
         return out
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
         with torch.no_grad():
             for tensor in module.state_dict().values():
                 moved = tensor.to(self.device)
-                dist.broadcast(moved, src=0)
+                _communicate(self.rank, "broadcast", dist.broadcast, moved, src=0)
                 tensor.copy_(moved)
 
     def reduce_gradients(self, params: list[Tensor]) -> None:
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads]).to(self.device)
-        dist.all_reduce(flat)
+        _communicate(self.rank, "all_reduce", dist.all_reduce, flat)
         start = 0
         for p in params:
             n = p.numel()
@@ -239,5 +258,5 @@ def shutdown(collective: Collective) -> None:
     barrier first keeps a rank from closing its connections while another still uses them
     (gloo aborts the process whose peer vanished)."""
     if collective.world_size > 1 and dist.is_initialized():
-        dist.barrier()
+        _communicate(collective.rank, "the closing barrier", dist.barrier)
         dist.destroy_process_group()
