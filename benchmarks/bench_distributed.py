@@ -9,10 +9,10 @@ warm-up epoch, then ``--epochs`` timed epochs; Part 1 and Part 2 are timed separ
 Figures per world size: accepted Part 1 steps per second (all ranks together), replayed Part 2
 samples per second (samples of the global minibatch times iterations), and the scaling
 efficiency: throughput / (W x throughput of one process). Every Part 1 round and every Part 2
-iteration costs one ``all_gather`` of eight numbers and, when a step is taken, one
-``all_reduce`` of the model's gradients (a few thousand float64), so with a small model and
-few systems per rank the communication latency, not the arithmetic, bounds the speed-up; and
-W processes on fewer than W cores share them.
+iteration costs one ``all_gather`` of nine numbers (in Part 1 they also say whether each rank
+still collects) and, when a step is taken, one ``all_reduce`` of the model's gradients (a few
+thousand float64), so with a small model and few systems per rank the communication latency,
+not the arithmetic, bounds the speed-up; and W processes on fewer than W cores share them.
 
 Run: ``python benchmarks/bench_distributed.py [--orbits 64] [--epochs 2] [--worlds 1 2 4]``.
 """

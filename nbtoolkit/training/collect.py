@@ -111,15 +111,18 @@ class _Collection:
             active &= self.state.time < self.stop_time
         return torch.nonzero(active).squeeze(1)
 
-    def iterate(self, idx: Tensor) -> None:
+    def iterate(self, idx: Tensor) -> Round:
         """One batched attempt for systems ``idx``: accept the passing ones, retrain on the failing ones.
 
         In data-parallel training ``idx`` may be empty (this rank's systems are done); the rank
-        still joins the round, with nothing to learn."""
+        still joins the round, with nothing to learn. The round's ``collecting``: some rank still
+        had systems to collect from after its accepted steps (a fallback step taken after the
+        round may finish the last of them; one more round, empty on every rank, then ends Part 1)."""
         loop = self.loop
         if idx.numel() == 0:
-            self.settle(self.collective.round(None, None, self.config, loop.predictor))
-            return
+            outcome = self.collective.round(None, None, self.config, loop.predictor)
+            self.settle(outcome)
+            return outcome
         sub = self.state.index(idx)
         hsub = None if self.history is None else self.history.index(idx)
         out = predict_and_step(loop.predictor, loop.integrator, sub, hsub, self.config,
@@ -130,9 +133,11 @@ class _Collection:
             rows = torch.nonzero(ok).squeeze(1)
             self.accept(idx[rows], sub.index(rows), out.state.index(rows), None if hsub is None else hsub.index(rows),
                         out.dt.detach()[rows], out.rel_dE[rows])
-        self.settle(self.collective.round(out.losses, out.rel_dE, self.config, loop.predictor))
+        outcome = self.collective.round(out.losses, out.rel_dE, self.config, loop.predictor,
+                                        collecting=bool(self.active().numel()))
+        self.settle(outcome)
         if bool(ok.all()):
-            return
+            return outcome
         rows = torch.nonzero(~ok).squeeze(1)
         failing = idx[rows]
         loss = out.losses[rows].mean()
@@ -148,6 +153,7 @@ class _Collection:
         if bool(over.any()):
             self.retrain_limit(failing[over], sub.index(rows[over]), None if hsub is None else hsub.index(rows[over]),
                                out.rel_dE[rows[over]])
+        return outcome
 
     def settle(self, outcome: Round) -> None:
         """Take the round's optimizer step when some system failed (a retrain) or, with every system
@@ -244,14 +250,15 @@ def collect_trajectory(loop: LoopContext, state: NBodyState, *, buffer: ReplayBu
         history = History.empty(state, K)
     run = _Collection(loop, state, buffer, history if K else None, epoch, stop_time)
     stopped = False
-    while True:
-        idx = run.active()
-        if not loop.collective.any(idx.numel() > 0):
-            break
+    idx = run.active()
+    collecting = loop.collective.any(idx.numel() > 0)
+    while collecting:
         if loop.stop_requested():
             stopped = True
             break
-        run.iterate(idx)
+        outcome = run.iterate(idx)
+        idx = run.active()
+        collecting = outcome.collecting if loop.collective.world_size > 1 else idx.numel() > 0
     return CollectResult(state=run.state, history=run.history, buffer=buffer, accepted=run.accepted, rejected=run.rejected,
                          recorded=run.recorded, retrains=run.retrains, fallbacks=run.fallbacks, dt_sum=run.dt_sum,
                          stopped=stopped)

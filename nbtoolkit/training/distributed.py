@@ -20,10 +20,11 @@ one ``all_reduce``; every rank then clips and steps the same gradient with the s
 so the parameters stay bit-identical. A rank with nothing to evaluate adds ``0 * sum(params)``
 to its objective: it contributes zero gradient and still joins every collective.
 
-Decisions are collective: Part 1 runs rounds while any rank has a collecting system, a
-round retrains when any rank has a failing system; Part 2 stops when the minibatch passes on
-every rank (same ``replay_steps`` cap), and is skipped when the global buffer is shorter than
-``min_replay_size``.
+Decisions are collective: Part 1 runs rounds while any rank has a collecting system (the
+round's ``all_gather`` also carries whether each rank still collects after it, so a round costs
+that one exchange and the gradient ``all_reduce``), a round retrains when any rank has a failing
+system; Part 2 stops when the minibatch passes on every rank (same ``replay_steps`` cap), and is
+skipped when the global buffer is shorter than ``min_replay_size``.
 
 Faults. A collective that fails because another rank exited, was killed or cannot be reached
 raises :class:`~nbtoolkit.errors.DistributedError` on this rank.
@@ -53,12 +54,14 @@ class Round:
     ``objective``: this rank's scalar on the graph of the predictor; ``any_failed``: a sample
     failed the gate on some rank; ``value``: the global objective (a float, equal on every rank;
     > 0 means an optimizer step is due); ``metrics``: the Part 2 metrics dict made global (or
-    None when none was given)."""
+    None when none was given); ``collecting``: the ``collecting`` flag of :meth:`Collective.round`
+    was true on some rank."""
 
     objective: Tensor
     any_failed: bool
     value: float
     metrics: dict[str, Any] | None
+    collecting: bool = False
 
 
 class _SilentHook:
@@ -108,13 +111,14 @@ class Collective:
         """Sum the gradients of ``params`` over the ranks (in place)."""
 
     def round(self, losses: Tensor | None, rel_dE: Tensor | None, config: TrainConfig, predictor: torch.nn.Module,
-              metrics: dict[str, Any] | None = None) -> Round:
+              metrics: dict[str, Any] | None = None, collecting: bool = False) -> Round:
         """The objective of one evaluated batch: ``losses`` and ``rel_dE`` (k,) of this rank's samples
-        (None: this rank evaluated nothing), ``metrics`` the batch's Part 2 metrics to make global."""
+        (None: this rank evaluated nothing), ``metrics`` the batch's Part 2 metrics to make global,
+        ``collecting`` this rank's flag (Part 1: it still has systems to collect from) to make global."""
         assert losses is not None and rel_dE is not None
         objective = batch_objective(losses, rel_dE, config)
         any_failed = not bool((rel_dE <= config.energy_threshold).all())
-        return Round(objective, any_failed, float(objective.detach()), metrics)
+        return Round(objective, any_failed, float(objective.detach()), metrics, collecting)
 
 
 #: the single process
@@ -197,16 +201,16 @@ class DataParallel(Collective):
             start += n
 
     def round(self, losses: Tensor | None, rel_dE: Tensor | None, config: TrainConfig, predictor: torch.nn.Module,
-              metrics: dict[str, Any] | None = None) -> Round:
+              metrics: dict[str, Any] | None = None, collecting: bool = False) -> Round:
         objective = torch.stack([p.sum() for p in predictor.parameters()]).sum() * 0.0  # on every parameter's graph
-        row = [0.0] * 8
+        row = [0.0] * 8 + [float(collecting)]
         if losses is not None and rel_dE is not None and rel_dE.numel():
             passed = rel_dE <= config.energy_threshold
             row[:4] = [float((~passed).sum()), float(passed.sum()), float(losses.detach()[~passed].sum()),
                        float(losses.detach()[passed].sum())]
         if metrics is not None and metrics["batch_size"]:
             k = metrics["batch_size"]
-            row[4:] = [k, metrics["mean_rel_dE"] * k, metrics["max_rel_dE"], metrics["mean_dt"] * k]
+            row[4:8] = [k, metrics["mean_rel_dE"] * k, metrics["max_rel_dE"], metrics["mean_dt"] * k]
         rows = self._gather_rows(row)
         n_fail, n_pass, fail_sum, pass_sum = (float(v) for v in rows[:, :4].sum(0))
         value = 0.0
@@ -224,7 +228,7 @@ class DataParallel(Collective):
             merged = {**metrics, "pass_count": int(n_pass), "fail_count": int(n_fail), "batch_size": int(k),
                       "mean_rel_dE": float(rows[:, 5].sum()) / k if k else 0.0,
                       "max_rel_dE": float(rows[:, 6].max()), "mean_dt": float(rows[:, 7].sum()) / k if k else 0.0}
-        return Round(objective, n_fail > 0, value, merged)
+        return Round(objective, n_fail > 0, value, merged, bool(rows[:, 8].sum() > 0))
 
 
 def from_environment(device: str = "cpu") -> Collective:
