@@ -1,5 +1,5 @@
-"""Data-parallel training with local gloo processes: against one process, and when a process or the
-launcher is killed."""
+"""Data-parallel training with local gloo processes: against one process, across a change of the
+number of processes, and when a process or the launcher is killed."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import torch
 import torch.multiprocessing as mp
 
 from nbtoolkit.simulate import simulate
-from nbtoolkit.training import load_predictor, read_checkpoint
+from nbtoolkit.training import Trainer, load_predictor, read_checkpoint
+from nbtoolkit.training.distributed import shard_bounds
 from nbtoolkit.training.launch import killed_message, root_failure, worker_argv
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_worker import run_rank, train  # noqa: E402
+from distributed_worker import CONFIG, SYSTEM, resume_rank, run_rank, train  # noqa: E402
 
 #: metrics equal by construction: every round of Part 1 evaluates the same global systems, and a
 #: minibatch larger than the buffer covers the whole buffer on every rank
@@ -30,21 +31,69 @@ EQUAL_KEYS = ("accepted_steps", "retrains", "replay_iterations", "replay_converg
 EXIT_WITHIN_S = 20
 
 
-def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path: Path) -> None:
-    mp.start_processes(run_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    single = train()
-    assert single.total_retrains > 0  # the comparison covers Part 1 retraining
+def _assert_same_training(ranks: list[dict], single: Trainer) -> None:
+    """``ranks`` (what each rank saved) trained as ``single`` did in one process."""
     for key, value in ranks[0]["params"].items():
-        assert torch.equal(value, ranks[1]["params"][key]), key  # bit-identical across ranks
+        for rank in ranks[1:]:
+            assert torch.equal(value, rank["params"][key]), key  # bit-identical across ranks
         assert torch.allclose(value, single.predictor.state_dict()[key], rtol=1e-9, atol=1e-12), key
     for rank in ranks:
         assert rank["total_retrains"] == single.total_retrains
         assert rank["total_accepted"] == single.total_accepted
-        for mine, theirs in zip(rank["metrics"], single.result.epoch_metrics, strict=True):
+        for mine, theirs in zip(rank["metrics"], single.result.epoch_metrics, strict=True):  # type: ignore[attr-defined]
             assert {k: mine[k] for k in EQUAL_KEYS} == {k: theirs[k] for k in EQUAL_KEYS}
             assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-6)  # the sums run in another order
             assert mine["mean_dt"] == pytest.approx(theirs["mean_dt"], rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with what each of two ranks trained (``rank<r>.pt``) and their checkpoint ``two.pt``."""
+    folder = tmp_path_factory.mktemp("two_ranks")
+    mp.start_processes(run_rank, args=(2, str(folder / "init"), str(folder), str(folder / "two.pt")), nprocs=2,
+                       start_method="spawn")
+    return folder
+
+
+def test_two_ranks_agree_with_each_other_and_with_one_process(two_ranks: Path) -> None:
+    ranks = [torch.load(two_ranks / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    single = train()
+    assert single.total_retrains > 0  # the comparison covers Part 1 retraining
+    _assert_same_training(ranks, single)
+
+
+def test_three_processes_resume_two_and_reshard_the_systems(two_ranks: Path, tmp_path: Path) -> None:
+    saved = read_checkpoint(two_ranks / "two.pt")
+    assert saved["world_size"] == 2
+    epochs = CONFIG["epochs"] + 1
+    mp.start_processes(resume_rank, args=(3, str(tmp_path / "init"), str(tmp_path), str(two_ranks / "two.pt"), epochs),
+                       nprocs=3, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"resumed{r}.pt", weights_only=False) for r in range(3)]
+    n = SYSTEM["num_orbits"]
+    for r, rank in enumerate(ranks):  # every rank holds its block of the systems, their history windows ...
+        got = rank["restored"]
+        lo, hi = shard_bounds(n, r, 3)
+        assert got["offset"] == lo
+        assert torch.equal(got["state"], saved["state"]["position"][lo:hi])
+        for mine, key in zip(got["history"], ("position", "velocity", "mask"), strict=True):
+            assert torch.equal(mine, saved["history"][key][lo:hi]), key
+        systems = got["buffer"]["system"]  # ... the saved replay samples of those systems, oldest first ...
+        assert systems.numel() and bool(((systems >= lo) & (systems < hi)).all())
+        assert bool((got["buffer"]["order"].diff() > 0).all())
+        assert torch.equal(got["rng_state"], torch.Generator().manual_seed(CONFIG["seed"] + r).get_state())
+    assert set(ranks[1]["restored"]["buffer"]["system"].tolist()) == {2, 3}  # one system from each old rank
+    samples = saved["buffer"]["data"]  # ... and every saved sample is on exactly one rank
+    held = {key: torch.cat([rank["restored"]["buffer"][key] for rank in ranks]) for key in samples}
+    assert held["order"].numel() == samples["order"].numel()
+    for key, value in samples.items():
+        assert torch.equal(held[key][held["order"].argsort()], value[samples["order"].argsort()]), key
+
+    single = Trainer.from_checkpoint(two_ranks / "two.pt", epochs=epochs)  # the same epoch in one process
+    single.result = single.fit()  # type: ignore[attr-defined]
+    _assert_same_training(ranks, single)
+    resumed = read_checkpoint(tmp_path / "resumed.pt")
+    assert resumed["epoch"] == epochs and resumed["world_size"] == 3 and len(resumed["shards"]) == 3
+    load_predictor(tmp_path / "resumed.pt")
 
 
 def _nbtoolkit(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
