@@ -200,7 +200,7 @@ def numpy_matches_torch(state: NBodyState, steps: int = 20) -> float:
 def rebound_rate(rebound: Any, state: NBodyState, systems: int, seconds: float) -> float:
     """System-steps per second of REBOUND's leapfrog (drift-kick-drift), one simulation per system."""
     sims: list[Any] = []
-    data = state.numpy()
+    data = state.to_dict()
     for i in range(systems):
         sim = rebound.Simulation()
         sim.G = state.G

@@ -47,8 +47,9 @@ class ConfigError(NBToolkitError, ValueError):
 
 
 class InvalidStateFileError(StateFileError, InvalidStateError):
-    """A state file that is well formed but holds an invalid state (non-finite values,
-    non-positive masses, coincident bodies, G <= 0, ...). Catchable as either parent."""
+    """A state file whose arrays are readable but do not form a valid state (shapes that do not fit
+    together, non-finite values, non-positive masses, coincident bodies, G <= 0, ...). Catchable as
+    either parent."""
 
 
 class ReferenceMismatchError(StateFileError):

@@ -32,8 +32,10 @@ PathLike = str | os.PathLike[str]
 
 #: keys every state file must hold
 REQUIRED_KEYS = ("mass", "position", "velocity")
-#: optional scalar keys and their defaults
-SCALAR_DEFAULTS = {"G": 1.0, "softening": 0.0}
+#: the array keys of a state file (``time`` optional)
+ARRAY_KEYS = (*REQUIRED_KEYS, "time")
+#: the optional scalar keys of a state file
+SCALAR_KEYS = ("G", "softening")
 
 _ZIP_MAGIC = b"PK"  # local file header (PK\x03\x04) or empty archive (PK\x05\x06)
 _NPY_MAGIC = b"\x93NUMPY"
@@ -64,19 +66,12 @@ def save_npz_atomic(path: PathLike, **arrays: Any) -> Path:
 def save_state(path: PathLike, state: NBodyState) -> Path:
     """Save ``state`` to ``path`` (atomically, see :func:`save_npz_atomic`).
 
-    Keys: mass (B, N), position and velocity (B, N, D), time (B,), G and softening (scalars).
-    The acceleration cache is not stored. Returns the path written.
+    Keys: mass (B, N), position and velocity (B, N, D), time (B,), G and softening (scalars), from
+    :meth:`NBodyState.to_dict`. Neither the acceleration cache nor an external field is stored.
+    Returns the path written.
     """
-    data = state.numpy()
-    return save_npz_atomic(
-        path,
-        mass=data["mass"],
-        position=data["position"],
-        velocity=data["velocity"],
-        time=data["time"],
-        G=np.float64(state.G),
-        softening=np.float64(state.softening),
-    )
+    data = state.to_dict()
+    return save_npz_atomic(path, **{key: data[key] for key in (*ARRAY_KEYS, *SCALAR_KEYS)})
 
 
 def _allowed_dtype(dtype: np.dtype) -> bool:
@@ -106,7 +101,7 @@ def _preflight(path: Path) -> None:
     shapes: dict[str, tuple[int, ...]] = {}
     with zf:
         members = {info.filename: info for info in zf.infolist()}
-        for key in (*REQUIRED_KEYS, "time", *SCALAR_DEFAULTS):
+        for key in (*ARRAY_KEYS, *SCALAR_KEYS):
             info = members.get(f"{key}.npy")
             if info is None:
                 if key in members:
@@ -166,8 +161,6 @@ def _numeric(archive: Any, path: Path, key: str) -> np.ndarray:
 
 
 def _scalar(archive: Any, path: Path, key: str) -> float:
-    if key not in archive.files:
-        return SCALAR_DEFAULTS[key]
     value = _numeric(archive, path, key)
     if value.size != 1:
         raise StateFileError(f"{path}: key '{key}' must be a scalar; got shape {value.shape}")
@@ -177,12 +170,14 @@ def _scalar(archive: Any, path: Path, key: str) -> float:
 def load_state(path: PathLike, dtype: torch.dtype = DEFAULT_DTYPE) -> NBodyState:
     """Load a state written by :func:`save_state` (or by hand, see the module docstring).
 
-    A file without the batch dimension (mass (N,), position (N, D)) gives B = 1; missing
-    ``time``/``G``/``softening`` default to 0/1/0. The state is validated with the path as the
-    location. Pickle is never used. Raises :class:`StateFileError` naming the path and the key
-    for a missing file, a file that is not an ``.npz`` archive, a missing key or a wrong shape,
-    and :class:`InvalidStateFileError` (a :class:`StateFileError` and an
-    :class:`~nbtoolkit.errors.InvalidStateError`) for a well-formed file holding an invalid state.
+    The arrays are read here and the state is built and validated by
+    :meth:`NBodyState.from_dict` with the path as the location: a file without the batch
+    dimension (mass (N,), position (N, D)) gives B = 1; missing ``time``/``G``/``softening``
+    default to 0/1/0. Pickle is never used. Raises :class:`StateFileError` naming the path and the
+    key for a missing file, a file that is not an ``.npz`` archive, a missing key or one that does
+    not hold real numbers (a scalar for ``G`` and ``softening``), and :class:`InvalidStateFileError`
+    (a :class:`StateFileError` and an :class:`~nbtoolkit.errors.InvalidStateError`) for arrays that
+    do not form a valid state: shapes that do not fit together, non-finite values, masses <= 0, ...
     """
     path = Path(path)
     if not path.is_file():
@@ -208,39 +203,10 @@ def load_state(path: PathLike, dtype: torch.dtype = DEFAULT_DTYPE) -> NBodyState
                     f"{path}: missing key '{key}' (found: {', '.join(archive.files) or 'none'}); "
                     f"a state file needs {', '.join(REQUIRED_KEYS)}"
                 )
-        mass = _numeric(archive, path, "mass")
-        position = _numeric(archive, path, "position")
-        velocity = _numeric(archive, path, "velocity")
-        time = _numeric(archive, path, "time") if "time" in archive.files else None
-        G = _scalar(archive, path, "G")
-        softening = _scalar(archive, path, "softening")
-
-    if mass.ndim == 1 and position.ndim == 2:  # one system without the batch dimension
-        mass, position = mass[None], position[None]
-        if velocity.ndim == 2:
-            velocity = velocity[None]
-    if mass.ndim != 2:
-        raise StateFileError(f"{path}: key 'mass' must have shape (B, N) or (N,); got {mass.shape}")
-    B, N = mass.shape
-    if position.ndim != 3 or position.shape[:2] != (B, N) or position.shape[2] not in (2, 3):
-        raise StateFileError(
-            f"{path}: key 'position' must have shape (B, N, D) = ({B}, {N}, 2 or 3) to match mass {mass.shape}; "
-            f"got {position.shape}"
-        )
-    if velocity.shape != position.shape:
-        raise StateFileError(f"{path}: key 'velocity' has shape {velocity.shape}; expected {position.shape} like position")
-    if time is None:
-        time = np.zeros(B)
-    elif time.ndim == 0:
-        time = np.full(B, float(time))
-    elif time.shape != (B,):
-        raise StateFileError(f"{path}: key 'time' must have shape ({B},) or be a scalar; got {time.shape}")
-
-    state = NBodyState.from_arrays(
-        mass, position, velocity, time, G=G, softening=softening, dtype=dtype, validate=False
-    )
+        data: dict[str, Any] = {key: _numeric(archive, path, key) for key in ARRAY_KEYS if key in archive.files}
+        data.update((key, _scalar(archive, path, key)) for key in SCALAR_KEYS if key in archive.files)
     try:
-        return state.validate(where=str(path))
+        return NBodyState.from_dict(data, where=str(path), dtype=dtype)
     except InvalidStateError as exc:
         raise InvalidStateFileError(str(exc)) from exc
 

@@ -57,7 +57,7 @@ class Reference:
     def check_matches(self, state: NBodyState) -> None:
         """Raise :class:`ReferenceMismatchError` unless this reference starts from ``state``."""
         where = f"reference {self.path}"
-        data = state.numpy()
+        data = {name: getattr(state, name).detach().cpu().numpy() for name in ("mass", "time", "position", "velocity")}
         B, N, D = state.position.shape
         if self.position.shape[1:] != (B, N, D):
             raise ReferenceMismatchError(

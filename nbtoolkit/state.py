@@ -30,7 +30,7 @@ derivations, and is not part of equality.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,17 +97,19 @@ class NBodyState:
         dtype: torch.dtype = DEFAULT_DTYPE,
         device: torch.device | str | None = None,
         validate: bool = True,
+        where: str = "state",
     ) -> NBodyState:
         """Build a state from numpy arrays, lists or tensors.
 
         A single system may be given without the batch dimension (mass (N,), position (N, D));
-        it becomes B = 1. ``time`` defaults to zeros; a scalar is broadcast to (B,).
+        it becomes B = 1. ``time`` defaults to zeros; a scalar is broadcast to (B,). Errors
+        (:class:`InvalidStateError`) start with ``where``.
         """
         def field_tensor(name: str, value: ArrayLike) -> Tensor:
             try:
                 return as_tensor(value, dtype, device)
             except InvalidStateError as exc:
-                raise InvalidStateError(f"state: {name}: {exc}") from None
+                raise InvalidStateError(f"{where}: '{name}': {exc}") from None
 
         m = field_tensor("mass", mass)
         x = field_tensor("position", position)
@@ -123,15 +125,73 @@ class NBodyState:
         scalars = {}
         for name, value in (("G", G), ("softening", softening)):
             if isinstance(value, (complex, np.complexfloating)) or (isinstance(value, Tensor) and value.is_complex()):
-                raise InvalidStateError(f"state: {name} must be a real number; got {value!r}")
+                raise InvalidStateError(f"{where}: '{name}' must be a real number; got {value!r}")
             try:
                 scalars[name] = float(value)
             except (TypeError, ValueError):
-                raise InvalidStateError(f"state: {name} must be a real number; got {value!r}") from None
+                raise InvalidStateError(f"{where}: '{name}' must be a real number; got {value!r}") from None
         state = cls(m, x, v, t, scalars["G"], scalars["softening"])
         if validate:
-            state.validate()
+            state.validate(where)
         return state
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        where: str = "state",
+        allow_padding: bool = False,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> NBodyState:
+        """The state stored as :meth:`to_dict` gives it, validated (:meth:`validate` with ``where``
+        and ``allow_padding``).
+
+        The arrays may be tensors, numpy arrays or lists: ``mass`` (B, N), ``position`` and
+        ``velocity`` (B, N, D), or (N,) and (N, D) for a single system; the other keys are optional:
+        ``time`` (B,) or a scalar (default 0), ``G`` (default 1), ``softening`` (default 0) and the
+        ``acceleration`` cache (B, N, D) or None. Other keys are ignored. ``dtype`` None keeps the
+        dtype of a floating-point ``position`` (tensor or numpy array), else float64. The state has
+        no external field (see :meth:`to_dict`). Raises :class:`InvalidStateError` starting with
+        ``where`` and naming the key.
+        """
+        missing = [key for key in ("mass", "position", "velocity") if key not in data]
+        if missing:
+            raise InvalidStateError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)}")
+        if dtype is None:
+            dtype = _stored_dtype(data["position"])
+        state = cls.from_arrays(
+            data["mass"], data["position"], data["velocity"], data.get("time"), G=data.get("G", 1.0),
+            softening=data.get("softening", 0.0), dtype=dtype, device=device, validate=False, where=where,
+        )
+        acceleration = data.get("acceleration")
+        if acceleration is not None:
+            try:
+                acceleration = as_tensor(acceleration, dtype, device)
+            except InvalidStateError as exc:
+                raise InvalidStateError(f"{where}: 'acceleration': {exc}") from None
+        state = dataclasses.replace(state, acceleration=acceleration)
+        return state.validate(where, allow_padding=allow_padding)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state as detached CPU tensors and plain numbers, the layout :meth:`from_dict` reads:
+        ``mass`` (B, N), ``position`` and ``velocity`` (B, N, D), ``time`` (B,), ``G`` and
+        ``softening`` (floats), ``acceleration`` (B, N, D) or None.
+
+        The tensors share memory with the state when it is already on the CPU. The external field
+        is not included: it is a plugin object, not data (a checkpoint records it by registry name
+        and options in its configuration); attach it again with ``replace(field=...)`` (which drops
+        the acceleration cache).
+        """
+        def cpu(value: Tensor) -> Tensor:
+            return value.detach().cpu()
+
+        return {
+            "mass": cpu(self.mass), "position": cpu(self.position), "velocity": cpu(self.velocity),
+            "time": cpu(self.time), "G": self.G, "softening": self.softening,
+            "acceleration": None if self.acceleration is None else cpu(self.acceleration),
+        }
 
     # ------------------------------------------------------------------ shape info
     @property
@@ -170,24 +230,26 @@ class NBodyState:
         """
         m, x, v, t = self.mass, self.position, self.velocity, self.time
         if m.dim() != 2:
-            raise InvalidStateError(f"{where}: mass must have shape (B, N); got {tuple(m.shape)}")
+            raise InvalidStateError(f"{where}: 'mass' must have shape (B, N); got {tuple(m.shape)}")
         B, N = m.shape
         if N < 1 or B < 1:
-            raise InvalidStateError(f"{where}: need at least one system and one body; got mass shape {tuple(m.shape)}")
+            raise InvalidStateError(f"{where}: need at least one system and one body; got 'mass' of shape {tuple(m.shape)}")
         if x.dim() != 3 or x.shape[:2] != (B, N) or x.shape[2] not in (2, 3):
             raise InvalidStateError(
-                f"{where}: position must have shape (B, N, D) = ({B}, {N}, 2 or 3) "
-                f"to match mass {tuple(m.shape)}; got {tuple(x.shape)}"
+                f"{where}: 'position' must have shape (B, N, D) = ({B}, {N}, 2 or 3) "
+                f"to match 'mass' {tuple(m.shape)}; got {tuple(x.shape)}"
             )
         if v.shape != x.shape:
-            raise InvalidStateError(f"{where}: velocity shape {tuple(v.shape)} does not match position shape {tuple(x.shape)}")
+            raise InvalidStateError(
+                f"{where}: 'velocity' shape {tuple(v.shape)} does not match 'position' shape {tuple(x.shape)}"
+            )
         if t.shape != (B,):
-            raise InvalidStateError(f"{where}: time must have shape (B,) = ({B},); got {tuple(t.shape)}")
+            raise InvalidStateError(f"{where}: 'time' must have shape (B,) = ({B},); got {tuple(t.shape)}")
         for name, value in (("mass", m), ("position", x), ("velocity", v), ("time", t)):
             bad = ~torch.isfinite(value)
             if bool(bad.any()):
                 idx = tuple(int(i) for i in torch.nonzero(bad)[0])
-                raise InvalidStateError(f"{where}: {name} has a non-finite value ({value[idx].item()}) at index {idx}")
+                raise InvalidStateError(f"{where}: '{name}' has a non-finite value ({value[idx].item()}) at index {idx}")
         nonpos = m < 0 if allow_padding else m <= 0
         if allow_padding:
             real = (m > 0).sum(-1)
@@ -196,11 +258,11 @@ class NBodyState:
                 raise InvalidStateError(f"{where}: system {b} has {int(real[b])} bodies of mass > 0; it needs at least 2")
         if bool(nonpos.any()):
             b, i = (int(k) for k in torch.nonzero(nonpos)[0])
-            raise InvalidStateError(f"{where}: mass must be > 0; system {b}, body {i} has mass {m[b, i].item()}")
+            raise InvalidStateError(f"{where}: 'mass' must be > 0; system {b}, body {i} has mass {m[b, i].item()}")
         if not (np.isfinite(self.G) and self.G > 0):
-            raise InvalidStateError(f"{where}: G must be finite and > 0; got {self.G}")
+            raise InvalidStateError(f"{where}: 'G' must be finite and > 0; got {self.G}")
         if not (np.isfinite(self.softening) and self.softening >= 0):
-            raise InvalidStateError(f"{where}: softening must be finite and >= 0; got {self.softening}")
+            raise InvalidStateError(f"{where}: 'softening' must be finite and >= 0; got {self.softening}")
         from .validate import check_state_memory
 
         check_state_memory(B, N, x.shape[2], where)
@@ -307,13 +369,12 @@ class NBodyState:
             first.G, first.softening, acc, first.field,
         )
 
-    def numpy(self) -> dict[str, Any]:
-        """Plain numpy arrays (detached copies), keyed by field name."""
-        return {
-            "mass": self.mass.detach().cpu().numpy(),
-            "position": self.position.detach().cpu().numpy(),
-            "velocity": self.velocity.detach().cpu().numpy(),
-            "time": self.time.detach().cpu().numpy(),
-            "G": self.G,
-            "softening": self.softening,
-        }
+
+def _stored_dtype(value: Any) -> torch.dtype:
+    """The dtype :meth:`NBodyState.from_dict` keeps: that of a floating-point tensor or numpy array of
+    at most 64 bits, else :data:`DEFAULT_DTYPE`."""
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.dtype
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return {2: torch.float16, 4: torch.float32, 8: torch.float64}.get(value.dtype.itemsize, DEFAULT_DTYPE)
+    return DEFAULT_DTYPE

@@ -98,7 +98,7 @@ def test_malformed_and_non_finite_state_files_are_named(tmp_path, capsys):
     nan_file = tmp_path / "nan.npz"
     np.savez(nan_file, mass=[1.0, 1.0], position=[[0.0, 0.0], [np.nan, 0.0]], velocity=[[0.0, 0.0], [0.0, 0.0]])
     code, _, err = run_cli(capsys, "simulate", "--state", str(nan_file), "--steps", "2")
-    assert code == 2 and "position has a non-finite value" in err and "nan.npz" in err
+    assert code == 2 and "'position' has a non-finite value" in err and "nan.npz" in err
 
 
 def test_debug_shows_the_traceback(capsys):

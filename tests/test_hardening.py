@@ -116,7 +116,7 @@ def test_complex_and_non_numeric_arrays_are_refused():
         NBodyState.from_arrays([1.0, 1.0], np.array([[0, 0], [1, 0]], dtype=complex), [[0, 0], [0, 1.0]])
     with pytest.raises(InvalidStateError, match="mass.*complex"):
         NBodyState.from_arrays(torch.tensor([1 + 1j, 1.0]), [[0, 0], [1, 0.0]], [[0, 0], [0, 1.0]])
-    with pytest.raises(InvalidStateError, match="G must be a real number"):
+    with pytest.raises(InvalidStateError, match="'G' must be a real number"):
         NBodyState.from_arrays([1.0, 1.0], [[0, 0], [1, 0.0]], [[0, 0], [0, 1.0]], G=1 + 2j)
     with pytest.raises(InvalidStateError, match="velocity"):
         NBodyState.from_arrays([1.0, 1.0], [[0, 0], [1, 0.0]], [["a", "b"], ["c", "d"]])

@@ -123,10 +123,10 @@ def test_energy_is_differentiable_without_nans_and_gradient_matches_finite_diffe
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("position", float("nan"), "position has a non-finite"),
-        ("velocity", float("inf"), "velocity has a non-finite"),
-        ("mass", 0.0, "mass must be > 0"),
-        ("mass", -1.0, "mass must be > 0"),
+        ("position", float("nan"), "'position' has a non-finite"),
+        ("velocity", float("inf"), "'velocity' has a non-finite"),
+        ("mass", 0.0, "'mass' must be > 0"),
+        ("mass", -1.0, "'mass' must be > 0"),
     ],
 )
 def test_invalid_states_are_rejected_naming_the_field(field, value, message):
@@ -138,21 +138,14 @@ def test_invalid_states_are_rejected_naming_the_field(field, value, message):
 
 
 def test_shape_mismatch_and_coincident_bodies_are_rejected():
-    with pytest.raises(InvalidStateError, match="velocity shape"):
+    with pytest.raises(InvalidStateError, match="'velocity' shape"):
         NBodyState.from_arrays([1.0, 1.0], [[0, 0], [1, 0]], [[0, 0]])
-    with pytest.raises(InvalidStateError, match="position must have shape"):
+    with pytest.raises(InvalidStateError, match="'position' must have shape"):
         NBodyState.from_arrays([1.0, 1.0], [[0, 0, 0, 0], [1, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]])
     with pytest.raises(InvalidStateError, match="bodies 0 and 2 of system 0 coincide"):
         NBodyState.from_arrays([1.0, 1.0, 1.0], [[0, 0], [1, 0], [0, 0]], [[0, 0]] * 3)
     softened = NBodyState.from_arrays([1.0, 1.0], [[0, 0], [0, 0]], [[0, 0], [0, 1]], softening=0.1)
     assert torch.isfinite(accelerations(softened.mass, softened.position, softening=0.1)).all()
-
-
-def test_numpy_round_trip_of_a_state():
-    state = random_cluster(2, 3)
-    arrays = state.numpy()
-    again = NBodyState.from_arrays(arrays["mass"], arrays["position"], arrays["velocity"], arrays["time"])
-    assert torch.equal(again.position, state.position) and again.dtype == torch.float64
 
 
 def test_scatter_replaces_the_given_systems_and_leaves_the_original_alone():

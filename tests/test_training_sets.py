@@ -155,7 +155,7 @@ def test_padding_bodies_change_no_energy_and_are_only_allowed_when_asked_for():
         alone = total_energy(d.mass, d.position, d.velocity)
         assert torch.allclose(state_energy(padded)[b], alone, rtol=1e-14)
     assert float(angular_momentum(padded.mass, padded.position, padded.velocity)[0].norm()) > 0
-    with pytest.raises(InvalidStateError, match="mass must be > 0"):
+    with pytest.raises(InvalidStateError, match="'mass' must be > 0"):
         NBodyState(padded.mass, padded.position, padded.velocity, padded.time).validate()
     lone = padded.mass.clone()
     lone[0, 1] = 0

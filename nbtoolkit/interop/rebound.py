@@ -142,12 +142,11 @@ def to_simulation(state: NBodyState, index: int = 0) -> Any:
     rebound = require_rebound()
     if not isinstance(index, int) or not -state.batch_size <= index < state.batch_size:
         raise ConfigError(f"index {index!r} is out of range for a batch of {state.batch_size} systems")
-    data = state.numpy()
-    mass, x, v = data["mass"][index], data["position"][index], data["velocity"][index]
+    mass, x, v = (value.detach().cpu().numpy()[index] for value in (state.mass, state.position, state.velocity))
     sim = rebound.Simulation()
     sim.G = float(state.G)
     sim.softening = float(state.softening)
-    sim.t = float(data["time"][index])
+    sim.t = float(state.time[index])
     sim.integrator = "ias15"
     for i in range(state.n_bodies):
         if mass[i] == 0:  # a padding body of a mixed training batch (nbtoolkit.state): not a particle

@@ -43,7 +43,6 @@ from ..atomic import atomic_write
 from ..errors import CheckpointError, UnknownNameError
 from ..plugin_manager import PluginHost, get_host
 from ..predictor import DtPredictor, History
-from ..state import NBodyState
 
 FORMAT = "nbtoolkit-checkpoint"
 FORMAT_VERSION = 1
@@ -276,23 +275,6 @@ def plugin_info(host: PluginHost, registry_name: str, name: str) -> dict[str, st
     """The name, providing plugin and source of a registry entry, for the checkpoint record."""
     entry = getattr(host, registry_name).get(name)
     return {"name": name, "plugin": entry.plugin, "source": entry.source}
-
-
-def state_to_dict(state: NBodyState) -> dict[str, Any]:
-    """A state as plain tensors and numbers (acceleration cache included when present)."""
-    return {"mass": state.mass.detach().cpu(), "position": state.position.detach().cpu(),
-            "velocity": state.velocity.detach().cpu(), "time": state.time.detach().cpu(), "G": state.G,
-            "softening": state.softening,
-            "acceleration": None if state.acceleration is None else state.acceleration.detach().cpu()}
-
-
-def state_from_dict(d: dict[str, Any], where: str) -> NBodyState:
-    try:
-        state = NBodyState(d["mass"], d["position"], d["velocity"], d["time"], float(d["G"]), float(d["softening"]),
-                           d.get("acceleration"))
-        return state.validate(where, allow_padding=True)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
 
 
 def history_to_dict(history: History | None) -> dict[str, Any] | None:

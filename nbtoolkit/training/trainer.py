@@ -40,8 +40,6 @@ from .checkpoint import (
     load_predictor_state,
     plugin_info,
     read_checkpoint,
-    state_from_dict,
-    state_to_dict,
     write_checkpoint,
 )
 from .collect import CollectResult, collect_trajectory
@@ -320,8 +318,8 @@ class Trainer:
             "epoch": self.epoch,
             "totals": {"accepted": self.total_accepted, "retrains": self.total_retrains},
             "rng_state": self.generator.get_state(),
-            "state": state_to_dict(self.state),
-            "initial_state": state_to_dict(self.initial_state),
+            "state": self.state.to_dict(),
+            "initial_state": self.initial_state.to_dict(),
             "history": history_to_dict(self.history),
             "stop_time": None if self.stop_time is None else self.stop_time.cpu(),
             "period": None if self.period is None else self.period.cpu(),
@@ -364,7 +362,7 @@ class Trainer:
             raise CheckpointError(
                 f"{where} holds dt predictor '{saved_predictor}'; cannot resume it as '{config.predictor}'"
             )
-        restored_state = state_from_dict(data["state"], f"{where}: state")
+        restored_state = NBodyState.from_dict(data["state"], where=f"{where}: state", allow_padding=True)
         new_systems = state is not None
         if state is None:
             state = restored_state
@@ -390,8 +388,8 @@ class Trainer:
         trainer.total_accepted = int(data["totals"]["accepted"])
         trainer.total_retrains = int(data["totals"]["retrains"])
         if not new_systems:
-            trainer.initial_state = state_from_dict(data["initial_state"], f"{where}: initial_state").to(
-                device=trainer.device).replace(field=trainer.field)
+            initial = NBodyState.from_dict(data["initial_state"], where=f"{where}: initial_state", allow_padding=True)
+            trainer.initial_state = initial.to(device=trainer.device).replace(field=trainer.field)
             history = history_from_dict(data["history"])
             if (history is None) != (config.history_len == 0):
                 raise CheckpointError(f"{where}: its history window does not match history_len = {config.history_len}")
