@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nbtoolkit import NBodyState, get_host
+from nbtoolkit import NBodyState, System, get_host
 from nbtoolkit.evaluate import ScaledPredictor, tune_scale
 from nbtoolkit.families import draw_family
 from nbtoolkit.gate import Gate
@@ -62,8 +62,8 @@ MEASURE_CHUNK = 2048
 
 
 @dataclass(frozen=True)
-class System:
-    """A benchmark system: its state (B = 1), the time unit its run is measured in and the span."""
+class Problem:
+    """A benchmark problem: its system's state (B = 1), the time unit its run is measured in and the span."""
 
     name: str
     state: NBodyState
@@ -94,24 +94,24 @@ def kepler_period(total_mass: float, dx: torch.Tensor, dv: torch.Tensor, G: floa
     return 2 * math.pi * math.sqrt(a**3 / (G * total_mass))
 
 
-def planets_system(inner_orbits: float) -> System:
+def planets_system(inner_orbits: float) -> Problem:
     draw = draw_family("planets", 1, torch.Generator().manual_seed(4), planets=4, eccentricity=[0.0, 0.1],
                        mass_ratio=[1e-5, 1e-2])[0]
     state = to_center_of_mass_frame(NBodyState.from_arrays(draw.mass, draw.position, draw.velocity))
     m, x, v = state.mass[0], state.position[0], state.velocity[0]
     k = 1 + int((x[1:] - x[:1]).norm(dim=-1).argmin())  # the innermost planet
-    return System("planets", state, kepler_period(float(m[0] + m[k]), x[k] - x[0], v[k] - v[0], state.G), inner_orbits,
-                  "inner periods")
+    return Problem("planets", state, kepler_period(float(m[0] + m[k]), x[k] - x[0], v[k] - v[0], state.G), inner_orbits,
+                   "inner periods")
 
 
-def triple_system(outer_orbits: float) -> System:
+def triple_system(outer_orbits: float) -> Problem:
     draw = draw_family("triple", 1, torch.Generator().manual_seed(1), inner_eccentricity=0.05, inner_mass_ratio=0.0123,
                        outer_mass_ratio=1000.0, outer_eccentricity=0.0167, period_ratio=3.0, scale=1.0, dim=3)[0]
     state = NBodyState.from_arrays(draw.mass, draw.position, draw.velocity)
     m, x, v = state.mass[0], state.position[0], state.velocity[0]
     w = (m[:2] / m[:2].sum()).unsqueeze(-1)  # the outer orbit: the star about the inner pair's centre of mass
     period = kepler_period(float(m.sum()), x[2] - (w * x[:2]).sum(0), v[2] - (w * v[:2]).sum(0), state.G)
-    return System("triple", state, period, outer_orbits, "outer periods")
+    return Problem("triple", state, period, outer_orbits, "outer periods")
 
 
 def gate_errors(gate: Gate, traj: Trajectory) -> np.ndarray:
@@ -143,7 +143,7 @@ def orbit_error(final: NBodyState, exact: NBodyState) -> float:
     return float(((e - e_exact).abs() / e_exact.abs())[bound].max())
 
 
-def judge(system: System, method: str, gate: str, setting: str, traj: Trajectory, reference: Reference,
+def judge(system: Problem, method: str, gate: str, setting: str, traj: Trajectory, reference: Reference,
           gates: dict[str, Gate], wall: float) -> Row:
     final = system.state.replace(position=torch.as_tensor(traj.position[-1]),
                                  velocity=torch.as_tensor(traj.velocity[-1]), time=torch.as_tensor(traj.time[-1]))
@@ -156,12 +156,13 @@ def judge(system: System, method: str, gate: str, setting: str, traj: Trajectory
                float(abs(e1 - e0) / abs(e0)), orbit_error(final, exact), dx, wall)
 
 
-def run_system(system: System, host: Any, log: Any) -> tuple[list[Row], dict[str, Any]]:
+def run_system(system: Problem, host: Any, log: Any) -> tuple[list[Row], dict[str, Any]]:
     from nbtoolkit.interop.rebound import integrate_reference
 
     leapfrog = host.integrators.create("leapfrog")
     gates = {name: host.gates.create(name) for name in GATES}
     period = torch.tensor([system.unit], dtype=torch.float64)
+    timed = System(system.state, period)
     end = float(system.state.time[0]) + system.span * system.unit
     start = time.perf_counter()
     ias = integrate_reference(system.state, [end])
@@ -172,7 +173,7 @@ def run_system(system: System, host: Any, log: Any) -> tuple[list[Row], dict[str
     for gate in GATES:
         for rule in ("freefall", "aarseth"):
             t = time.perf_counter()
-            eta = tune_scale(system.state, period, leapfrog, host.predictors.create(rule, eta=1.0), orbits=system.span,
+            eta = tune_scale(timed, leapfrog, host.predictors.create(rule, eta=1.0), orbits=system.span,
                              threshold=THRESHOLD, gate=gates[gate])
             traj = simulate(system.state, leapfrog, host.predictors.create(rule, eta=eta), orbits=system.span,
                             period=period)
@@ -186,7 +187,7 @@ def run_system(system: System, host: Any, log: Any) -> tuple[list[Row], dict[str
         rows.append(judge(system, "learned (guarded)", gate, f"{int(traj.guarded.sum())} guarded", traj, reference,
                           gates, time.perf_counter() - t))
         t = time.perf_counter()
-        factor = tune_scale(system.state, period, leapfrog, learned, orbits=system.span, threshold=THRESHOLD,
+        factor = tune_scale(timed, leapfrog, learned, orbits=system.span, threshold=THRESHOLD,
                             high=4.0, gate=gates[gate])
         scaled = ScaledPredictor(learned, torch.tensor([factor], dtype=torch.float64))
         traj = simulate(system.state, leapfrog, scaled, orbits=system.span, period=period)

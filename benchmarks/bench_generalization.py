@@ -52,7 +52,7 @@ from nbtoolkit.integrator import Integrator
 from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.presets import make_preset
 from nbtoolkit.simulate import simulate
-from nbtoolkit.state import NBodyState
+from nbtoolkit.state import NBodyState, System
 
 THRESHOLD = 2e-4
 #: the search for the best constant dt gives up past this many steps (e = 0.99 would need millions)
@@ -61,11 +61,10 @@ CONSTANT_MAX_STEPS = 100_000
 
 @dataclass
 class Case:
-    """One evaluation system: its state (B = 1) and how long to run it (period (1,) x orbits)."""
+    """One evaluation system: its state (B = 1) and period (1,), and how long to run it (period x orbits)."""
 
     name: str
-    state: NBodyState
-    period: torch.Tensor
+    system: System
     orbits: float
 
 
@@ -92,26 +91,25 @@ def cases() -> list[Case]:
     for masses, tag in (((1.0, 1.0), "q=1"), ((1.0, 0.01), "q=0.01")):
         for e in (0.1, 0.55, 0.9, 0.99):
             system = make_preset("kepler", eccentricity=e, masses=masses)
-            out.append(Case(f"kepler e={e} {tag}", system.state, system.period, 3.0))
-    eight = make_preset("figure-eight")
-    out.append(Case("figure-eight", eight.state, eight.period, 3.0))
-    triple = hierarchical_triple()
-    outer_period = 2 * math.pi * math.sqrt(7.0**3 / 1.8)
-    out.append(Case("hierarchical triple", triple, torch.tensor([outer_period], dtype=torch.float64), 1.0))
-    out.append(Case("plummer-32 t=1", make_preset("plummer", n=32, seed=1).state, torch.ones(1, dtype=torch.float64), 1.0))
+            out.append(Case(f"kepler e={e} {tag}", system, 3.0))
+    out.append(Case("figure-eight", make_preset("figure-eight"), 3.0))
+    outer_period = torch.tensor([2 * math.pi * math.sqrt(7.0**3 / 1.8)], dtype=torch.float64)
+    out.append(Case("hierarchical triple", System(hierarchical_triple(), outer_period), 1.0))
+    plummer = make_preset("plummer", n=32, seed=1).state
+    out.append(Case("plummer-32 t=1", System(plummer, torch.ones(1, dtype=torch.float64)), 1.0))
     return out
 
 
 def tuned_rule(host: Any, case: Case, integrator: Integrator, rule: str) -> dict[str, Any]:
     """The rule with its parameter tuned for this system so that every step passes, and its report."""
-    tuned = tune_rule(host, rule, case.state, case.period, integrator, orbits=case.orbits, threshold=THRESHOLD,
+    tuned = tune_rule(host, rule, case.system, integrator, orbits=case.orbits, threshold=THRESHOLD,
                       max_steps=CONSTANT_MAX_STEPS if rule == "constant" else 2_000_000)
-    return evaluate_predictor(case.state, case.period, integrator, tuned.predictor, orbits=case.orbits,
+    return evaluate_predictor(case.system, integrator, tuned.predictor, orbits=case.orbits,
                               threshold=THRESHOLD, label=tuned.label(rule))[0].as_dict()
 
 
 def guarded(case: Case, integrator: Integrator, predictor: DtPredictor, label: str) -> dict[str, Any]:
-    traj = simulate(case.state, integrator, predictor, orbits=case.orbits, period=case.period,
+    traj = simulate(case.system.state, integrator, predictor, orbits=case.orbits, period=case.system.period,
                     guard_threshold=THRESHOLD, predictor_name=label)
     s = traj.summary()
     return {"label": label, "steps": s["steps"], "force_evals": s["force_evals"], "pass_fraction": 1.0,
@@ -134,7 +132,7 @@ def run(checkpoint: Path | None, quick: bool, integrator_name: str = "leapfrog")
     results: dict[str, Any] = {"integrator": integrator_name, "model": str(checkpoint or "learned"), "systems": []}
     for case in cases():
         start = time.perf_counter()
-        rows = [evaluate_predictor(case.state, case.period, integrator, learned, orbits=case.orbits,
+        rows = [evaluate_predictor(case.system, integrator, learned, orbits=case.orbits,
                                    threshold=THRESHOLD, label="learned")[0].as_dict()]
         rows.append(guarded(case, integrator, learned, "learned + guard"))
         rules = ["freefall", "aarseth"] if integrator_name == "leapfrog" or not quick else ["freefall"]
@@ -144,7 +142,7 @@ def run(checkpoint: Path | None, quick: bool, integrator_name: str = "leapfrog")
                 rows.append(tuned_rule(host, case, integrator, "constant"))
             except NBToolkitError as exc:  # e = 0.99 needs millions of constant steps: say so, do not wait
                 print(f"  best constant dt not found: {exc}", flush=True)
-            oracle = greedy_oracle(case.state, case.period, integrator, orbits=case.orbits, threshold=THRESHOLD)
+            oracle = greedy_oracle(case.system, integrator, orbits=case.orbits, threshold=THRESHOLD)
             rows.append({**oracle, "label": "greedy oracle"})
         best_rule = min(r["steps"] for r in rows if "tuned" in r["label"] and not r["label"].startswith("constant"))
         entry = {"system": case.name, "rows": rows, "learned_steps": rows[0]["steps"],
@@ -154,7 +152,7 @@ def run(checkpoint: Path | None, quick: bool, integrator_name: str = "leapfrog")
             entry["oracle_steps"] = rows[-1]["steps"]
             entry["ratio_to_oracle"] = rows[0]["steps"] / rows[-1]["steps"]
         results["systems"].append(entry)
-        print(f"\n{case.name} ({case.orbits:g} x {float(case.period):.4g} time units, {integrator_name}, "
+        print(f"\n{case.name} ({case.orbits:g} x {float(case.system.period):.4g} time units, {integrator_name}, "
               f"{time.perf_counter() - start:.0f} s)", flush=True)
         print(format_gate_table(rows), flush=True)
     systems = results["systems"]

@@ -59,7 +59,7 @@ from nbtoolkit import NBToolkitError, get_host, state_energy
 from nbtoolkit.evaluate import ScaledPredictor, tune_scale
 from nbtoolkit.presets import FIGURE_EIGHT_PERIOD, make_preset
 from nbtoolkit.simulate import iter_steps, simulate, time_remaining
-from nbtoolkit.state import NBodyState
+from nbtoolkit.state import NBodyState, System
 
 ROOT = Path(__file__).resolve().parents[1]
 GATE = 2e-4
@@ -283,7 +283,8 @@ def run_problem(name: str, state: NBodyState, period: float, end: float, whole_p
         print(f"  {name:<12} {run.label:<22} {run.force_evals:>9,d} force evals  final |dE/E| {run.final_energy_error:.3e}"
               f"  ({run.wall:.0f} s)", file=sys.stderr, flush=True)
 
-    eta_t = tune_scale(state, per, leapfrog, host.predictors.create("freefall", eta=1.0), orbits=1, threshold=GATE)
+    eta_t = tune_scale(System(state, per), leapfrog, host.predictors.create("freefall", eta=1.0), orbits=1,
+                       threshold=GATE)
     plain = run_predictor("free-fall (tuned)", f"eta = {eta_t:.4g}", state, host.predictors.create("freefall", eta=eta_t),
                           end, samples, phase_factory(), leapfrog)
     log(plain)

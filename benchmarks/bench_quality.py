@@ -131,16 +131,15 @@ def held_out_rows(e: float, integrator: Integrator, learned: DtPredictor, orbits
     """Gate reports of the learned predictor, the tuned rules and the oracle on the orbit e."""
     host = get_host()
     system = make_preset("kepler", eccentricity=e)
-    state, period = system.state, system.period
     with torch.no_grad():
-        rows = [evaluate_predictor(state, period, integrator, learned, orbits=orbits, threshold=THRESHOLD,
+        rows = [evaluate_predictor(system, integrator, learned, orbits=orbits, threshold=THRESHOLD,
                                    label="learned mlp")[0].as_dict()]
     for rule in ("aarseth", "freefall", "constant"):
-        tuned = tune_rule(host, rule, state, period, integrator, orbits=orbits, threshold=THRESHOLD)
+        tuned = tune_rule(host, rule, system, integrator, orbits=orbits, threshold=THRESHOLD)
         label = tuned.label(rule) if rule != "constant" else f"best constant (dt={tuned.value:.4g})"
-        rows.append(evaluate_predictor(state, period, integrator, tuned.predictor, orbits=orbits, threshold=THRESHOLD,
+        rows.append(evaluate_predictor(system, integrator, tuned.predictor, orbits=orbits, threshold=THRESHOLD,
                                        label=label)[0].as_dict())
-    rows.append(greedy_oracle(state, period, integrator, orbits=orbits, threshold=THRESHOLD))
+    rows.append(greedy_oracle(system, integrator, orbits=orbits, threshold=THRESHOLD))
     return rows
 
 

@@ -142,8 +142,7 @@ class TrainingRun:
         config = TrainConfig(epochs=100_000)
         window.plots.reset(MODE_TRAIN, n_systems=system.state.batch_size, energy_threshold=config.energy_threshold,
                            band=(config.E_lower, config.E_upper), reference_name="freefall")
-        job = TrainingJob(config, system.state, period=system.period,
-                          reference=window.host.predictors.create("freefall"))
+        job = TrainingJob(config, system, reference=window.host.predictors.create("freefall"))
         self.session.start(MODE_TRAIN, job)
 
     def alive(self) -> bool:

@@ -39,18 +39,15 @@ def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdo
           f"{trainer.total_retrains} retrains", file=out)
 
     held_out = make_preset("kepler", eccentricity=HELD_OUT_ECCENTRICITY)
-    period = held_out.period
-    assert period is not None  # a Kepler preset always has one
     integrator = host.integrators.create(config.integrator)
     learned = trainer.predictor.eval()
-    rows = evaluate_predictor(held_out.state, period, integrator, learned, orbits=ORBITS,
-                              threshold=config.energy_threshold, label="just trained (mlp)")
-    rows += evaluate_predictor(held_out.state, period, integrator, host.predictors.create("learned"),
-                               orbits=ORBITS, threshold=config.energy_threshold, label="pretrained 'learned'")
-    tuned = tune_rule(host, "freefall", held_out.state, period, integrator, orbits=ORBITS,
-                      threshold=config.energy_threshold)
-    rows += evaluate_predictor(held_out.state, period, integrator, tuned.predictor, orbits=ORBITS,
-                               threshold=config.energy_threshold, label=tuned.label("freefall"))
+    rows = evaluate_predictor(held_out, integrator, learned, orbits=ORBITS, threshold=config.energy_threshold,
+                              label="just trained (mlp)")
+    rows += evaluate_predictor(held_out, integrator, host.predictors.create("learned"), orbits=ORBITS,
+                               threshold=config.energy_threshold, label="pretrained 'learned'")
+    tuned = tune_rule(host, "freefall", held_out, integrator, orbits=ORBITS, threshold=config.energy_threshold)
+    rows += evaluate_predictor(held_out, integrator, tuned.predictor, orbits=ORBITS, threshold=config.energy_threshold,
+                               label=tuned.label("freefall"))
     print(f"\nheld-out Kepler orbit e = {HELD_OUT_ECCENTRICITY}, {ORBITS} periods, gate |dE/E| <= "
           f"{config.energy_threshold:g}, no guard:", file=out)
     print(format_gate_table([r.as_dict() for r in rows]), file=out)

@@ -23,7 +23,7 @@ from nbtoolkit.events import EpochEnd, FitEnd, FitStart, ReplayIteration, StepAc
 from nbtoolkit.physics import relative_energy_error, state_energy
 from nbtoolkit.plugin_manager import PluginHost
 from nbtoolkit.predictor import DtPredictor
-from nbtoolkit.state import NBodyState
+from nbtoolkit.state import NBodyState, System
 
 from .control import WorkerControl
 
@@ -124,16 +124,20 @@ class EventRelay:
 class TrainingJob:
     """Builds a ``Trainer`` and runs ``fit()``; the trainer stays for checkpoints after the run.
 
-    ``config``: a ``TrainConfig``; ``state``: the initial state (B, N, D); ``period`` (B,): the
-    orbital periods, if known (needed by ``stop_at_period``); ``reference``: classical dt rule
-    sent with every accepted step (None = none).
+    ``config``: a ``TrainConfig``; ``system``: the initial state (B, N, D) and its orbital periods (B,),
+    if known (needed by ``stop_at_period``); ``reference``: classical dt rule sent with every accepted
+    step (None = none).
     """
 
     config: Any
-    state: NBodyState
-    period: torch.Tensor | None = None
+    system: System
     reference: DtPredictor | None = None
     trainer: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def state(self) -> NBodyState:
+        """The initial state (B, N, D), as :class:`PlaybackJob` has it."""
+        return self.system.state
 
     def run(self, host: PluginHost, control: WorkerControl, send: Send) -> Any:
         from nbtoolkit.training import Trainer
@@ -141,7 +145,7 @@ class TrainingJob:
         relay = EventRelay(send, self.reference, G=self.state.G, softening=self.state.softening)
         host.register_plugin(relay, name=relay.plugin_name, source="nbtoolkit viewer")
         try:
-            self.trainer = Trainer(self.config, self.state, host=host, control=control, period=self.period)
+            self.trainer = Trainer(self.config, self.state, host=host, control=control, period=self.system.period)
             return self.trainer.fit()
         finally:
             host.unregister_plugin(relay.plugin_name)

@@ -238,7 +238,7 @@ class MainWindow(QMainWindow):
             system = self.controls.build_system()
             reference_name = self.controls.reference_name()
             reference = self.host.predictors.create(reference_name) if reference_name else None
-            job = TrainingJob(config, system.state, period=system.period, reference=reference)
+            job = TrainingJob(config, system, reference=reference)
         except SETUP_ERRORS as exc:
             self.show_error("Cannot start training", str(exc))
             return False

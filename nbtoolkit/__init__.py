@@ -32,14 +32,15 @@ from .physics import (
 )
 from .plugin_manager import DEFAULT_PLUGINS, PluginHost, get_host, reset_host
 from .predictor import DtPredictor, History
-from .state import NBodyState
+from .state import NBodyState, System
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "DEFAULT_PLUGINS", "DtPredictor", "DuplicateNameError", "ExternalField", "Gate", "History", "Integrator",
-    "InvalidStateError", "InvalidTimestepError", "NBToolkitError", "NBodyState", "PluginError", "PluginHost",
-    "RunControl", "RunStopped", "StateFileError", "UnknownNameError", "accelerations", "accelerations_at", "angular_momentum",
-    "center_of_mass", "get_host", "hookimpl", "kinetic_energy", "linear_momentum", "potential_energy",
-    "relative_energy_error", "reset_host", "state_energy", "to_center_of_mass_frame", "total_energy",
+    "ConfigError", "DEFAULT_PLUGINS", "DtPredictor", "DuplicateNameError", "ExternalField", "Gate", "History",
+    "Integrator", "InvalidStateError", "InvalidTimestepError", "NBToolkitError", "NBodyState", "PluginError",
+    "PluginHost", "RunControl", "RunStopped", "StateFileError", "System", "UnknownNameError", "accelerations",
+    "accelerations_at", "angular_momentum", "center_of_mass", "get_host", "hookimpl", "kinetic_energy",
+    "linear_momentum", "potential_energy", "relative_energy_error", "reset_host", "state_energy",
+    "to_center_of_mass_frame", "total_energy",
 ]

@@ -105,8 +105,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     host = get_host()
     validate.writable_file(args.out, "--out")
-    state, period = load_system(args)
-    state = with_field(host, state, args)
+    system = with_field(host, load_system(args), args)
     if args.checkpoint is not None and args.predictor_option:
         raise ConfigError("--predictor-option does not apply to --checkpoint: the trained predictor keeps the "
                           "options it was trained with")
@@ -121,8 +120,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     gate = host.gates.create(args.gate)
     progress = _ProgressPrinter(enabled=not args.quiet)
     traj = simulate(
-        state, integrator, predictor, steps=args.steps, t_end=args.t_end, orbits=args.orbits, period=period,
-        guard_threshold=guard, max_halvings=args.max_halvings, max_steps=args.max_steps,
+        system.state, integrator, predictor, steps=args.steps, t_end=args.t_end, orbits=args.orbits,
+        period=system.period, guard_threshold=guard, max_halvings=args.max_halvings, max_steps=args.max_steps,
         predictor_name=predictor_name, progress=progress, gate=gate, gate_name=args.gate,
     )
     progress.close()
@@ -224,16 +223,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from .evaluate import evaluate_predictor, greedy_oracle, tune_rule, tuned_option
+    from .state import System
 
     host = get_host()
-    state, period = load_system(args, default_preset="kepler")
-    state = with_field(host, state, args)
+    system = with_field(host, load_system(args, default_preset="kepler"), args)
+    state = system.state
     if args.t_end is not None:
         span = args.t_end - state.time
         if not bool((span > 0).all()):
             raise ConfigError(f"--t-end {args.t_end:g} must lie after the start time of every system")
-        period, orbits = span, 1.0  # one "orbit" of length t_end - t0
-    elif period is None:
+        system, orbits = System(state, span), 1.0  # one "orbit" of length t_end - t0
+    elif system.period is None:
         raise ConfigError("this system has no orbital period: give --t-end T (the end time of each run)")
     else:
         orbits = args.orbits
@@ -253,23 +253,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reference = load_reference(args.reference, state)
     rows: list[Any] = []
     for b in range(state.batch_size):
-        one, p = state.index(b), period[b : b + 1]
+        one = system.index(b)
         run = dict(orbits=orbits, threshold=args.threshold, gate=gate, gate_name=args.gate)
         ref = None if reference is None else reference.system(b)
         if learned is not None:
-            rows += evaluate_predictor(one, p, integrator, learned, **run,
-                                       label=f"system {b}: learned", reference=ref)
+            rows += evaluate_predictor(one, integrator, learned, **run, label=f"system {b}: learned", reference=ref)
         for name in args.predictor:
-            rows += evaluate_predictor(one, p, integrator, host.predictors.create(name), **run,
+            rows += evaluate_predictor(one, integrator, host.predictors.create(name), **run,
                                        label=f"system {b}: {name}", reference=ref)
         for rule in args.rules:
-            tuned = tune_rule(host, rule, one, p, integrator, orbits=orbits, threshold=args.threshold, gate=gate,
+            tuned = tune_rule(host, rule, one, integrator, orbits=orbits, threshold=args.threshold, gate=gate,
                               options=extra)
-            rows += evaluate_predictor(one, p, integrator, tuned.predictor, **run,
+            rows += evaluate_predictor(one, integrator, tuned.predictor, **run,
                                        label=f"system {b}: {rule} ({tuned.option}={tuned.value:.4g})", reference=ref)
         if args.oracle:
-            oracle = greedy_oracle(one, p, integrator, orbits=orbits, threshold=args.threshold, reference=ref,
-                                   gate=gate)
+            oracle = greedy_oracle(one, integrator, orbits=orbits, threshold=args.threshold, reference=ref, gate=gate)
             rows.append(oracle | {"label": f"system {b}: greedy oracle"})
     table = [r if isinstance(r, dict) else r.as_dict() for r in rows]
     print(json.dumps(table, indent=1) if args.json else format_gate_table(table, gate.label))

@@ -7,11 +7,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import validate
 from .errors import ConfigError
 from .plugin_manager import PluginHost
+from .state import System
 
 
 def add_system_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,26 +55,25 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def load_system(args: argparse.Namespace, default_preset: str | None = None) -> tuple[Any, torch.Tensor | None]:
-    """The initial state and its period (B,) or None, from ``--state`` or ``--preset`` and its flags."""
+def load_system(args: argparse.Namespace, default_preset: str | None = None) -> System:
+    """The system to run, from ``--state`` (no period) or ``--preset`` and its flags."""
     from .io import load_state
     from .presets import make_preset
 
     if args.state is not None:
-        return load_state(args.state), None
+        return System(load_state(args.state))
     name = args.preset or default_preset
     if name is None:
         raise ConfigError("give --preset NAME or --state FILE")
-    system = make_preset(name, **preset_flag_values(args, name))
-    return system.state, system.period
+    return make_preset(name, **preset_flag_values(args, name))
 
 
-def with_field(host: PluginHost, state: Any, args: argparse.Namespace) -> Any:
-    """``state`` in the external field of ``--field NAME`` (built with its ``--field-option``s), or
+def with_field(host: PluginHost, system: System, args: argparse.Namespace) -> System:
+    """``system`` in the external field of ``--field NAME`` (built with its ``--field-option``s), or
     unchanged without ``--field``."""
     options = validate.option_dict(args.field_option, "--field-option")
     if args.field is None:
         if options:
             raise ConfigError("--field-option needs --field NAME (see `nbtoolkit plugins` for the external fields)")
-        return state
-    return state.replace(field=host.fields.create(args.field, **options))
+        return system
+    return System(system.state.replace(field=host.fields.create(args.field, **options)), system.period)

@@ -28,7 +28,7 @@ from .integrator import Integrator
 from .physics import relative_energy_error, state_energy
 from .predictor import DtPredictor, History
 from .simulate import iter_steps, simulate, time_remaining
-from .state import NBodyState
+from .state import NBodyState, System
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,7 @@ class GateReport:
 
 
 def evaluate_predictor(
-    state: NBodyState,
-    period: Tensor,
+    system: System,
     integrator: Integrator,
     predictor: DtPredictor,
     *,
@@ -64,12 +63,14 @@ def evaluate_predictor(
     gate: Gate | None = None,
     gate_name: str | None = None,
 ) -> list[GateReport]:
-    """Run ``orbits`` periods of every system with ``predictor`` (no guard); one report per system.
+    """Run ``orbits`` periods of every system of ``system`` with ``predictor`` (no guard); one report per
+    system.
 
     ``gate`` judges the steps (default: the energy gate). With a ``reference``
     (:class:`nbtoolkit.reference.Reference` of the same systems) the reports also hold the
     position and velocity errors against it at the end time."""
     validate.run_span(orbits=orbits, threshold=threshold)
+    state, period = system.state, _period(system, "evaluate_predictor")
     traj = simulate(state, integrator, predictor, orbits=orbits, period=period, max_steps=max_steps, predictor_name=label,
                     gate=gate, gate_name=gate_name)
     active = traj.dt > 0
@@ -86,6 +87,14 @@ def evaluate_predictor(
             final_rel_dE=float(abs(e1 - e0) / abs(e0)), wall_time=traj.wall_time, max_step_error=worst, **errors[b],
         ))
     return reports
+
+
+def _period(system: System, caller: str) -> Tensor:
+    """The period (B,) of ``system``; a :class:`ConfigError` naming ``caller`` if it has none."""
+    if system.period is None:
+        raise ConfigError(f"{caller} runs a number of orbits and needs the period of each system; this system has "
+                          "none (give it one: System(state, period))")
+    return system.period
 
 
 def _reference_errors(reference: Any, state: NBodyState, traj: Any) -> list[dict[str, float | None]]:
@@ -141,8 +150,7 @@ def _all_steps_pass(
 
 
 def tune_scale(
-    state: NBodyState,
-    period: Tensor,
+    system: System,
     integrator: Integrator,
     predictor: DtPredictor,
     *,
@@ -161,8 +169,9 @@ def tune_scale(
     Searches a log grid of ``grid`` factors in [high/span, high], moving the bracket down while no
     candidate passes, then refines between the largest passing factor and the next one up
     (``rounds`` times). For a rule with parameter eta the best eta is ``s * eta``; for the
-    ``constant`` rule with dt = 1 it is the best constant dt. ``state`` must hold one system.
+    ``constant`` rule with dt = 1 it is the best constant dt. ``system`` must hold one system.
     """
+    state, period = system.state, _period(system, "tune_scale")
     if state.batch_size != 1:
         raise ConfigError(f"tune_scale takes one system; got a batch of {state.batch_size}")
     validate.run_span(orbits=orbits, threshold=threshold)
@@ -216,23 +225,22 @@ def tuned_option(host: Any, rule: str, options: dict[str, Any] | None = None) ->
     )
 
 
-def tune_rule(host: Any, rule: str, state: NBodyState, period: Tensor, integrator: Integrator, *, orbits: float,
+def tune_rule(host: Any, rule: str, system: System, integrator: Integrator, *, orbits: float,
               threshold: float = 2e-4, gate: Gate | None = None, options: dict[str, Any] | None = None,
               max_steps: int = 2_000_000) -> TunedRule:
     """The registered rule ``rule`` (with ``options``) with its ``eta`` — or ``dt`` — tuned by
-    :func:`tune_scale` so that every step of ``orbits`` periods of ``state`` passes the gate."""
+    :func:`tune_scale` so that every step of ``orbits`` periods of ``system`` (one system) passes the gate."""
     option = tuned_option(host, rule, options)
     extra = dict(options or {})
     base = host.predictors.create(rule, **extra, **{option: 1.0})
-    high = 1.0 if option == "eta" else float(period.reshape(-1)[0]) * orbits / 20
-    value = tune_scale(state, period, integrator, base, orbits=orbits, threshold=threshold, high=high, gate=gate,
+    high = 1.0 if option == "eta" else float(_period(system, "tune_rule").reshape(-1)[0]) * orbits / 20
+    value = tune_scale(system, integrator, base, orbits=orbits, threshold=threshold, high=high, gate=gate,
                        max_steps=max_steps)
     return TunedRule(host.predictors.create(rule, **extra, **{option: value}), option, value)
 
 
 def greedy_oracle(
-    state: NBodyState,
-    period: Tensor,
+    system: System,
     integrator: Integrator,
     *,
     orbits: float,
@@ -244,8 +252,8 @@ def greedy_oracle(
     reference: Any = None,
     gate: Gate | None = None,
 ) -> dict[str, Any]:
-    """Step one system with, at every step, the largest dt found that passes ``gate`` (default: the
-    energy gate).
+    """Step ``system`` (one system) with, at every step, the largest dt found that passes ``gate``
+    (default: the energy gate).
 
     Each step tries ``candidates`` dts spanning a factor 8 either side of the previous dt as one
     batch, takes the largest passing one, then refines between it and the next candidate up.
@@ -253,6 +261,7 @@ def greedy_oracle(
     Returns steps, force evaluations (those of the accepted steps) and max per-step |dE/E| (and,
     with a gate other than the energy gate, its largest accepted error ``max_step_error``).
     """
+    state, period = system.state, _period(system, "greedy_oracle")
     if state.batch_size != 1:
         raise ConfigError(f"greedy_oracle takes one system; got a batch of {state.batch_size}")
     validate.run_span(orbits=orbits, threshold=threshold)

@@ -10,8 +10,9 @@ parameter says otherwise), in the centre-of-mass frame (centre of mass at rest a
 * :func:`plummer` — an N-body realisation of a Plummer sphere in Hénon units.
 
 The preset table :data:`PRESETS` and :func:`make_preset` give the same systems by name, with
-parameters that command-line flags and GUI widgets can set; :class:`PresetSystem` carries the
-state and, where the system is periodic, its period (one per system, shape (B,)).
+parameters that command-line flags and GUI widgets can set; :class:`PresetSystem` is the
+:class:`~nbtoolkit.state.System` they build: the state and, where the system is periodic, its period
+(one per system, shape (B,)).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from .errors import ConfigError, UnknownNameError
 from .physics import kinetic_energy, to_center_of_mass_frame
-from .state import DEFAULT_DTYPE, NBodyState
+from .state import DEFAULT_DTYPE, NBodyState, System
 
 #: period of the figure-eight orbit in G = 1, unit-mass units (Chenciner & Montgomery 2000; Simó 2002)
 FIGURE_EIGHT_PERIOD = 6.32591398
@@ -307,14 +308,13 @@ class PresetSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class PresetSystem:
-    """A built preset: ``state`` (B, N, D), ``period`` (B,) in the state's time unit or None for
-    non-periodic systems, and the full parameter set used (defaults filled in)."""
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PresetSystem(System):
+    """A built preset: a :class:`~nbtoolkit.state.System` (``state`` (B, N, D), ``period`` (B,) in the
+    state's time unit or None for non-periodic systems) with the preset's ``name`` and the full
+    parameter set used (``params``, defaults filled in)."""
 
     name: str
-    state: NBodyState
-    period: Tensor | None
     params: dict[str, Any]
 
 

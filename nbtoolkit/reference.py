@@ -176,14 +176,15 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
     require_rebound()
     validate.writable_file(args.out, "--out")
-    state, period = load_system(args)
+    system = load_system(args)
+    state = system.state
     t0 = state.time.detach().numpy()
     if args.orbits is not None:
-        if period is None:
+        if system.period is None:
             raise ConfigError("--orbits needs a preset with a known period; give --t-end instead")
         if not args.orbits > 0:
             raise ConfigError(f"--orbits must be > 0; got {args.orbits}")
-        ends = t0 + args.orbits * period.detach().numpy()
+        ends = t0 + args.orbits * system.period.detach().numpy()
         if not np.allclose(ends, ends[0], rtol=1e-15, atol=0):
             raise ConfigError("--orbits gives a different end time per system; give --t-end instead")
         end = float(ends[0])

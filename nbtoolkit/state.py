@@ -25,6 +25,10 @@ field it holds the total acceleration (the bodies' gravity plus the field's) at 
 that every force and energy computed from the state includes; None (the default) is an isolated
 system. It is carried along by :meth:`NBodyState.replace`, :meth:`NBodyState.index` and the other
 derivations, and is not part of equality.
+
+:meth:`NBodyState.to_dict` and :meth:`NBodyState.from_dict` are the state's one serialisation (state
+files, checkpoints). :class:`System` is a state with the orbital period of each of its systems, (B,) or
+None: what presets build and what runs measured in orbits take.
 """
 
 from __future__ import annotations
@@ -312,8 +316,7 @@ class NBodyState:
 
     def index(self, idx: int | slice | Sequence[int] | Tensor) -> NBodyState:
         """Select systems along the batch dimension; an int keeps the batch dimension (B = 1)."""
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1 if idx != -1 else None)
+        idx = _batch_index(idx)
         acc = None if self.acceleration is None else self.acceleration[idx]
         return dataclasses.replace(
             self, mass=self.mass[idx], position=self.position[idx], velocity=self.velocity[idx],
@@ -368,6 +371,49 @@ class NBodyState:
             torch.cat([s.velocity for s in states]), torch.cat([s.time for s in states]),
             first.G, first.softening, acc, first.field,
         )
+
+
+@dataclass(frozen=True, eq=False)
+class System:
+    """A batch of systems to run, with the orbital period of each when it is known.
+
+    ``state``: the :class:`NBodyState` (B systems); ``period``: (B,) tensor in the state's time unit,
+    or None for systems without a known period (a Plummer sphere, a state file). Runs measured in
+    orbits (``evaluate``, ``stop_at_period`` training) need the period. Presets return one
+    (:class:`~nbtoolkit.presets.PresetSystem`, which adds the preset's name and parameters).
+    """
+
+    state: NBodyState
+    period: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        period = self.period
+        if period is None:
+            return
+        B = self.state.batch_size
+        if not isinstance(period, Tensor) or tuple(period.shape) != (B,):
+            shown = tuple(period.shape) if isinstance(period, Tensor) else type(period).__name__
+            raise InvalidStateError(f"system: the period must be a tensor of shape (B,) = ({B},); got {shown}")
+        bad = ~(torch.isfinite(period) & (period > 0))
+        if bool(bad.any()):
+            b = int(torch.nonzero(bad)[0, 0])
+            raise InvalidStateError(f"system: the period must be finite and > 0; system {b} has {period[b].item()}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.state.batch_size
+
+    def index(self, idx: int | slice | Sequence[int] | Tensor) -> System:
+        """The systems ``idx`` with their periods (see :meth:`NBodyState.index`); a plain :class:`System`."""
+        period = None if self.period is None else self.period[_batch_index(idx)]
+        return System(self.state.index(idx), period)
+
+
+def _batch_index(idx: int | slice | Sequence[int] | Tensor) -> slice | Sequence[int] | Tensor:
+    """``idx`` as an index that keeps the batch dimension: an int ``b`` becomes the slice of system ``b``."""
+    if isinstance(idx, int):
+        return slice(idx, idx + 1 if idx != -1 else None)
+    return idx
 
 
 def _stored_dtype(value: Any) -> torch.dtype:

@@ -7,26 +7,31 @@ from systems import two_body_orbit
 
 from nbtoolkit.cli import main
 from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_scale
+from nbtoolkit.state import System
+
+
+def orbit(e: float) -> System:
+    """The two-body orbit of :func:`two_body_orbit` with its period."""
+    state, period = two_body_orbit(e=e)
+    return System(state, torch.tensor([period], dtype=torch.float64))
 
 
 def test_tuned_eta_passes_every_step_and_a_larger_one_does_not(host):
-    state, period = two_body_orbit(e=0.7)
-    period = torch.tensor([period], dtype=torch.float64)
+    system = orbit(e=0.7)
     leapfrog = host.integrators.create("leapfrog")
-    eta = tune_scale(state, period, leapfrog, host.predictors.create("freefall", eta=1.0), orbits=1, rounds=2)
-    (tuned,) = evaluate_predictor(state, period, leapfrog, host.predictors.create("freefall", eta=eta), orbits=1)
-    (looser,) = evaluate_predictor(state, period, leapfrog, host.predictors.create("freefall", eta=1.3 * eta), orbits=1)
+    eta = tune_scale(system, leapfrog, host.predictors.create("freefall", eta=1.0), orbits=1, rounds=2)
+    (tuned,) = evaluate_predictor(system, leapfrog, host.predictors.create("freefall", eta=eta), orbits=1)
+    (looser,) = evaluate_predictor(system, leapfrog, host.predictors.create("freefall", eta=1.3 * eta), orbits=1)
     assert tuned.pass_fraction == 1.0 and tuned.max_step_rel_dE <= 2e-4
     assert looser.pass_fraction < 1.0 and looser.steps < tuned.steps
 
 
 def test_greedy_oracle_passes_the_gate_with_fewer_steps_than_a_tuned_rule(host):
-    state, period = two_body_orbit(e=0.8)
-    period = torch.tensor([period], dtype=torch.float64)
+    system = orbit(e=0.8)
     leapfrog = host.integrators.create("leapfrog")
-    oracle = greedy_oracle(state, period, leapfrog, orbits=1)
-    eta = tune_scale(state, period, leapfrog, host.predictors.create("aarseth", eta=1.0), orbits=1, rounds=2)
-    (rule,) = evaluate_predictor(state, period, leapfrog, host.predictors.create("aarseth", eta=eta), orbits=1)
+    oracle = greedy_oracle(system, leapfrog, orbits=1)
+    eta = tune_scale(system, leapfrog, host.predictors.create("aarseth", eta=1.0), orbits=1, rounds=2)
+    (rule,) = evaluate_predictor(system, leapfrog, host.predictors.create("aarseth", eta=eta), orbits=1)
     assert oracle["max_step_rel_dE"] <= 2e-4
     assert oracle["steps"] < rule.steps
     assert oracle["max_step_rel_dE"] > 0.5 * 2e-4  # it really pushes each step up to the gate
@@ -36,7 +41,7 @@ def test_gate_report_counts_failures_per_system(host):
     s1, p1 = two_body_orbit(e=0.1)
     s2, p2 = two_body_orbit(e=0.9)
     period = torch.tensor([p1, p2], dtype=torch.float64)
-    reports = evaluate_predictor(s1.cat([s1, s2]), period, host.integrators.create("leapfrog"),
+    reports = evaluate_predictor(System(s1.cat([s1, s2]), period), host.integrators.create("leapfrog"),
                                  host.predictors.create("constant", dt=0.02), orbits=1)
     assert reports[0].pass_fraction == 1.0 and reports[1].pass_fraction < 1.0
     assert reports[0].steps == round(p1 / 0.02 + 0.5)
@@ -53,13 +58,12 @@ def test_evaluate_command_prints_a_table(capsys):
 def test_tune_rule_tunes_eta_of_a_rule_and_dt_of_the_constant_rule(host):
     from nbtoolkit.evaluate import tune_rule
 
-    state, period = two_body_orbit(e=0.5)
-    T = torch.tensor([period], dtype=torch.float64)
+    system = orbit(e=0.5)
     integrator = host.integrators.create("leapfrog")
     for rule, option in (("freefall", "eta"), ("constant", "dt")):
-        tuned = tune_rule(host, rule, state, T, integrator, orbits=1)
+        tuned = tune_rule(host, rule, system, integrator, orbits=1)
         assert tuned.option == option and tuned.label(rule).startswith(f"{rule} ({option}=")
-        report = evaluate_predictor(state, T, integrator, tuned.predictor, orbits=1, label=rule)[0]
+        report = evaluate_predictor(system, integrator, tuned.predictor, orbits=1, label=rule)[0]
         assert report.pass_fraction == 1.0
         larger = host.predictors.create(rule, **{option: 1.25 * tuned.value})
-        assert evaluate_predictor(state, T, integrator, larger, orbits=1, label=rule)[0].pass_fraction < 1.0
+        assert evaluate_predictor(system, integrator, larger, orbits=1, label=rule)[0].pass_fraction < 1.0

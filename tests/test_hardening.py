@@ -84,9 +84,9 @@ def test_evaluation_functions_validate_threshold_and_orbits(host):
     system = make_preset("kepler")
     integrator, base = host.integrators.create("leapfrog"), host.predictors.create("freefall", eta=1.0)
     with pytest.raises(ConfigError, match="threshold"):
-        tune_scale(system.state, system.period, integrator, base, orbits=1, threshold=math.nan)
+        tune_scale(system, integrator, base, orbits=1, threshold=math.nan)
     with pytest.raises(ConfigError, match="orbits"):
-        greedy_oracle(system.state, system.period, integrator, orbits=math.inf)
+        greedy_oracle(system, integrator, orbits=math.inf)
 
 
 def test_a_constant_dt_that_would_exceed_the_step_cap_is_refused_up_front(capsys):

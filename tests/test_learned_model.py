@@ -42,7 +42,7 @@ def test_learned_is_registered_and_carries_its_calibrated_safety_factor(host):
 def test_learned_flies_systems_unguarded_through_the_gate(host, preset, params, orbits):
     system = make_preset(preset, **params)
     integrator = host.integrators.create("leapfrog")
-    report = evaluate_predictor(system.state, system.period, integrator, host.predictors.create("learned"),
+    report = evaluate_predictor(system, integrator, host.predictors.create("learned"),
                                 orbits=orbits, threshold=2e-4)[0]
     assert report.pass_fraction >= 0.99
     # and it is not timid: far fewer steps than the constant dt that passes at pericentre would need

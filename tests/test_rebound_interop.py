@@ -224,10 +224,10 @@ def test_evaluate_reference_api_fills_the_report(tmp_path, capsys):
     ref = load_reference(_simulated_reference(tmp_path, capsys, "--preset", "kepler", "--eccentricity", "0.5"),
                          system.state)
     host = get_host()
-    (report,) = evaluate_predictor(system.state, system.period, host.integrators.create("leapfrog"),
+    (report,) = evaluate_predictor(system, host.integrators.create("leapfrog"),
                                    host.predictors.create("freefall", eta=0.02), orbits=1, reference=ref)
     assert 0 < report.position_error < 0.1 and 0 < report.velocity_error < 0.1
-    (plain,) = evaluate_predictor(system.state, system.period, host.integrators.create("leapfrog"),
+    (plain,) = evaluate_predictor(system, host.integrators.create("leapfrog"),
                                   host.predictors.create("freefall", eta=0.02), orbits=1)
     assert plain.position_error is None and plain.as_dict()["velocity_error"] is None
 

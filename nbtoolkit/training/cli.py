@@ -40,7 +40,7 @@ from ..cli_system import add_system_arguments, preset_flag_values
 from ..control import RunControl
 from ..errors import ConfigError
 from ..plugin_manager import get_host
-from ..state import NBodyState
+from ..state import System
 from .config import TrainConfig, read_toml
 from .distributed import LOCAL, Collective, from_environment, report_once, shutdown
 from .trainer import Trainer
@@ -170,28 +170,27 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _system(args: argparse.Namespace, table: dict[str, Any] | None) -> tuple[NBodyState | None, torch.Tensor | None]:
-    """The initial state and period from --state / --preset (+ flags) / the [system] table, or (None, None)."""
+def _system(args: argparse.Namespace, table: dict[str, Any] | None) -> System | None:
+    """The system to train on from --state / --preset (+ flags) / the [system] table, or None."""
     from ..io import load_state
     from ..presets import PRESETS, make_preset
 
     if getattr(args, "state", None) is not None:
-        return load_state(args.state), None
+        return System(load_state(args.state))
     table = dict(table or {})
     table_preset = table.pop("preset", None)
     name = getattr(args, "preset", None) or table_preset
     if name != table_preset:
         table = {}  # the [system] table describes another preset than --preset
     if name is None:
-        return None, None
+        return None
     if name not in PRESETS:
         raise ConfigError(f"[system] preset: unknown preset '{name}'; known: {', '.join(sorted(PRESETS))}")
     accepted = PRESETS[name].params
     given = preset_flag_values(args, name, exclude=("seed",))  # --seed also seeds training, so it is never "unused"
     if "seed" in accepted and getattr(args, "seed", None) is not None:
         given["seed"] = args.seed
-    system = make_preset(name, **{**table, **given})
-    return system.state, system.period
+    return make_preset(name, **{**table, **given})
 
 
 def _training_set(args: argparse.Namespace, systems: Any, validation: Any = None) -> Any:
@@ -279,20 +278,21 @@ def _train(args: argparse.Namespace, collective: Collective) -> int:
         systems, validation_tables = overrides.pop("systems", None), overrides.pop("validation", None)
     overrides.update(_flag_overrides(args))
     overrides.setdefault("progress", sys.stderr.isatty())
-    state, period = _system(args, table)
+    system = _system(args, table)
     validation = None
-    if state is not None and (getattr(args, "training_set", None) is not None or systems is not None):
+    if system is not None and (getattr(args, "training_set", None) is not None or systems is not None):
         raise ConfigError("give either a system (--preset, --state, [system]) or a training set "
                           "(--training-set, [[systems]]), not both")
-    if state is None and (args.resume is None or getattr(args, "training_set", None) is not None or systems is not None):
+    if system is None and (args.resume is None or getattr(args, "training_set", None) is not None or systems is not None):
         tset = _training_set(args, systems, validation_tables)
         overrides = {**tset.settings, **overrides}  # the set's [train] settings, under the user's own
         seed = int(overrides.get("seed", TrainConfig.seed))
-        state, validation = tset.build(seed), pad_systems(tset.validation_draws(seed))
+        system, validation = System(tset.build(seed)), pad_systems(tset.validation_draws(seed))
         if collective.is_main:
             print(f"{tset.summary()}; validation systems: the same set drawn with seeds {seed + 1} and {seed + 2}",
                   file=sys.stderr)
     control = RunControl()
+    state, period = (None, None) if system is None else (system.state, system.period)  # Trainer takes them apart
     if args.resume is not None:
         overrides.setdefault("checkpoint_path", str(args.resume))
         trainer = Trainer.from_checkpoint(args.resume, state, host=host, control=control, period=period,
