@@ -25,6 +25,23 @@ def host():
     return get_host()
 
 
+@pytest.fixture
+def register_plugin(host):
+    """``register_plugin(plugin, name, source=None)``: register a fake plugin object on the host for the
+    rest of the test and return its name. Afterwards each is unregistered again, and nothing it
+    registered may be left in the registries."""
+    names: list[str] = []
+
+    def _register(plugin, name: str, source: str | None = None) -> str:
+        names.append(host.register_plugin(plugin, name=name, source=source))
+        return names[-1]
+
+    yield _register
+    for name in reversed(names):
+        host.unregister_plugin(name)
+        assert not [e.name for r in host.registries() for e in r.entries() if e.plugin == name]
+
+
 class EventRecorder:
     """Records every observer event, in order.
 
@@ -77,9 +94,8 @@ class EventRecorder:
 
 
 @pytest.fixture
-def events(host):
+def events(register_plugin):
     """An :class:`EventRecorder` registered on the host for the duration of the test."""
     recorder = EventRecorder()
-    name = host.register_plugin(recorder, name="test-events")
-    yield recorder
-    host.unregister_plugin(name)
+    register_plugin(recorder, "test-events")
+    return recorder

@@ -183,12 +183,10 @@ class FakeFieldPlugin:
 
 
 @pytest.fixture
-def fake_field(host):
+def fake_field(host, register_plugin):
     """The process-wide host (the command line's) with a fake field plugin, unregistered afterwards."""
-    name = host.register_plugin(FakeFieldPlugin(), name="test-field-plugin")
-    yield host
-    host.unregister_plugin(name)
-    assert "test-uniform" not in host.fields
+    register_plugin(FakeFieldPlugin(), "test-field-plugin")
+    return host
 
 
 def test_a_fake_field_plugin_registers_moves_the_system_and_unregisters(fake_field, capsys):

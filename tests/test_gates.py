@@ -74,12 +74,10 @@ class FakeGatePlugin:
 
 
 @pytest.fixture
-def fake_gate(host):
+def fake_gate(host, register_plugin):
     """The process-wide host (the command line's) with a fake gate plugin, unregistered afterwards."""
-    name = host.register_plugin(FakeGatePlugin(), name="test-gate-plugin")
-    yield host
-    host.unregister_plugin(name)
-    assert "test-strict" not in host.gates
+    register_plugin(FakeGatePlugin(), "test-gate-plugin")
+    return host
 
 
 def test_a_fake_gate_plugin_registers_judges_and_unregisters(fake_gate, capsys):
@@ -104,18 +102,15 @@ def test_a_fake_gate_plugin_registers_judges_and_unregisters(fake_gate, capsys):
         line.split() for line in capsys.readouterr().out.splitlines()]
 
 
-def test_a_second_plugin_registering_a_gate_name_is_reported_and_the_first_kept(host):
+def test_a_second_plugin_registering_a_gate_name_is_reported_and_the_first_kept(host, register_plugin):
     class Clash:
         @hookimpl
         def nbtoolkit_register_gates(self, register):
             register("energy", ScaledEnergyGate)
 
     with pytest.warns(RuntimeWarning, match="gate 'energy' is registered twice: by plugin 'plugins.gates' and by plugin 'clash'"):
-        host.register_plugin(Clash(), name="clash")
-    try:
-        assert host.gates.get("energy").factory is EnergyGate
-    finally:
-        host.unregister_plugin("clash")
+        register_plugin(Clash(), "clash")
+    assert host.gates.get("energy").factory is EnergyGate
 
 
 # ----------------------------------------------------------------------------- contract
@@ -147,22 +142,19 @@ class BrokenGatePlugin:
     ("negative", "returned -0.001 for system 0"),
     ("raise", "raised ValueError in error\\(\\): no idea"),
 ])
-def test_a_gate_breaking_its_contract_is_refused_naming_its_plugin(host, answer, message):
-    name = host.register_plugin(BrokenGatePlugin(), name="test-broken-plugin")
-    try:
-        state = random_cluster(3, 4)
-        new = step(host, state, 1e-3)
-        gate = host.gates.create("test-broken", answer=answer)
-        origin = "gate 'test-broken' \\(plugin 'test-broken-plugin' from object test-broken-plugin\\)"
-        with pytest.raises(PluginError, match=f"{origin} .*{message}"):
-            checked_error(gate, state, new)
-        with pytest.raises(PluginError, match=origin):  # training and simulate check it the same way
-            check_energy_threshold(state, new, 2e-4, gate=gate)
-        with pytest.raises(PluginError, match=origin):
-            simulate(state, host.integrators.create("leapfrog"), host.predictors.create("constant", dt=1e-3), steps=2,
-                     gate=gate)
-    finally:
-        host.unregister_plugin(name)
+def test_a_gate_breaking_its_contract_is_refused_naming_its_plugin(host, register_plugin, answer, message):
+    register_plugin(BrokenGatePlugin(), "test-broken-plugin")
+    state = random_cluster(3, 4)
+    new = step(host, state, 1e-3)
+    gate = host.gates.create("test-broken", answer=answer)
+    origin = "gate 'test-broken' \\(plugin 'test-broken-plugin' from object test-broken-plugin\\)"
+    with pytest.raises(PluginError, match=f"{origin} .*{message}"):
+        checked_error(gate, state, new)
+    with pytest.raises(PluginError, match=origin):  # training and simulate check it the same way
+        check_energy_threshold(state, new, 2e-4, gate=gate)
+    with pytest.raises(PluginError, match=origin):
+        simulate(state, host.integrators.create("leapfrog"), host.predictors.create("constant", dt=1e-3), steps=2,
+                 gate=gate)
 
 
 def test_the_energy_gate_is_the_relative_energy_error_bit_for_bit(host):

@@ -273,11 +273,10 @@ class FaultyRuntimePlugin:
 
 
 @pytest.fixture
-def faulty(host):
+def faulty(host, register_plugin):
     """The process-wide host with the run-time faulty plugin registered (removed afterwards)."""
-    name = host.register_plugin(FaultyRuntimePlugin(), name="faulty-runtime")
-    yield host
-    host.unregister_plugin(name)
+    register_plugin(FaultyRuntimePlugin(), "faulty-runtime")
+    return host
 
 
 RUNTIME_FAULTS = {

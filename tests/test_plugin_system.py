@@ -36,10 +36,8 @@ class FakeIntegratorPlugin:
 
 
 @pytest.fixture
-def fake_plugin(host):
-    name = host.register_plugin(FakeIntegratorPlugin(), name="fake-euler-plugin")
-    yield name
-    host.unregister_plugin(name)
+def fake_plugin(register_plugin):
+    return register_plugin(FakeIntegratorPlugin(), "fake-euler-plugin")
 
 
 def test_defaults_are_registered_by_module_path(host):
@@ -97,34 +95,28 @@ def test_a_plugin_reusing_a_name_is_reported_and_the_original_kept(host):
     assert host.failures == []
 
 
-def test_a_plugin_that_raises_while_registering_does_not_take_others_down(host):
+def test_a_plugin_that_raises_while_registering_does_not_take_others_down(host, register_plugin):
     class Broken:
         @hookimpl
         def nbtoolkit_register_dt_predictors(self, register):
             raise RuntimeError("boom")
 
     with pytest.warns(RuntimeWarning, match="boom"):
-        host.register_plugin(Broken(), name="broken")
-    try:
-        assert any(f.plugin == "broken" and "RuntimeError: boom" in f.reason for f in host.failures)
-        assert {"constant", "aarseth", "freefall"} <= set(host.predictors.names())
-    finally:
-        host.unregister_plugin("broken")
+        register_plugin(Broken(), "broken")
+    assert any(f.plugin == "broken" and "RuntimeError: boom" in f.reason for f in host.failures)
+    assert {"constant", "aarseth", "freefall"} <= set(host.predictors.names())
 
 
-def test_a_non_callable_factory_is_rejected_naming_the_plugin(host):
+def test_a_non_callable_factory_is_rejected_naming_the_plugin(host, register_plugin):
     class NotCallable:
         @hookimpl
         def nbtoolkit_register_integrators(self, register):
             register("bad", 42)
 
     with pytest.warns(RuntimeWarning, match="not callable"):
-        host.register_plugin(NotCallable(), name="not-callable")
-    try:
-        assert "bad" not in host.integrators
-        assert any(f.plugin == "not-callable" for f in host.failures)
-    finally:
-        host.unregister_plugin("not-callable")
+        register_plugin(NotCallable(), "not-callable")
+    assert "bad" not in host.integrators
+    assert any(f.plugin == "not-callable" for f in host.failures)
 
 
 def test_a_default_plugin_that_fails_to_import_is_reported_by_name():
