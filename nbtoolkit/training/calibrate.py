@@ -172,17 +172,29 @@ def raise_within_budget(s_star: Tensor, classes: Tensor, start: Tensor, scales: 
     return torch.where(steps_in > 0, scales.to(start)[level], start)  # classes without steps keep their start
 
 
+def reset_safety(predictor: DtPredictor) -> None:
+    """Set the predictor's safety factors (its ``log_safety`` buffer, if it has one) back to 1."""
+    log_safety = getattr(predictor, "log_safety", None)
+    if isinstance(log_safety, Tensor):
+        with torch.no_grad():
+            log_safety.zero_()
+
+
 def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBodyState, *, threshold: float,
                      target_pass_rate: float = 0.995, steps: int = 256, rounds: int = 3,
-                     span: float = 4.0, grid: int = 65, gate: Gate | None = None) -> CalibrationResult:
+                     span: float = 4.0, grid: int = 65, gate: Gate | None = None,
+                     reset: bool = False) -> CalibrationResult:
     """Set ``predictor.log_safety`` so each validation system in ``state`` passes ``target_pass_rate``
     of its unguarded steps under ``gate`` (default: the energy gate; see module docstring).
-    ``state`` may hold padding bodies."""
+    ``state`` may hold padding bodies. The factors found multiply those the predictor has; with
+    ``reset`` they start from 1 (:func:`reset_safety`), a calibration from scratch."""
     log_safety = getattr(predictor, "log_safety", None)
     if not isinstance(log_safety, Tensor) or not hasattr(predictor, "predict_with_class"):
         raise ConfigError(f"dt predictor {type(predictor).__name__} has no 'log_safety' factors to calibrate")
     if not 0 < target_pass_rate < 1:
         raise ConfigError(f"target_pass_rate must be in (0, 1); got {target_pass_rate}")
+    if reset:
+        reset_safety(predictor)
     scales = torch.logspace(-math.log10(span), math.log10(span), grid, dtype=state.dtype)
     groups = padding_groups(state) or [(torch.arange(state.batch_size), state.n_bodies)]
     n_classes = int(log_safety.numel())

@@ -47,10 +47,8 @@ def recalibrate_model(source: str | os.PathLike[str], out: str | os.PathLike[str
         raise ConfigError(f"the dt predictor in '{source}' has no safety factors to calibrate")
     validation = load_training_set(training_set)
     state = pad_systems(validation.validation_draws(seed))
-    with torch.no_grad():
-        log_safety.zero_()
     result = calibrate_safety(predictor, host.integrators.create(integrator), state, threshold=threshold,
-                              target_pass_rate=pass_rate, steps=steps, gate=host.gates.create(gate))
+                              target_pass_rate=pass_rate, steps=steps, gate=host.gates.create(gate), reset=True)
     calibration: dict[str, Any] = {
         **result.as_dict(), "integrator": integrator, "gate": gate, "threshold": threshold,
         "target_pass_rate": pass_rate, "training_set": training_set, "seed": seed, "steps": steps,

@@ -33,7 +33,7 @@ from ..plugin_manager import PluginHost, get_host
 from ..predictor import DtPredictor, History
 from ..state import NBodyState
 from .buffer import ReplayBuffer
-from .calibrate import CalibrationResult, calibrate_safety
+from .calibrate import CalibrationResult, calibrate_safety, reset_safety
 from .checkpoint import (
     history_from_dict,
     history_to_dict,
@@ -229,10 +229,7 @@ class Trainer:
     def _prepare_fit(self) -> None:
         """Check that the checkpoint can be written, and train without the safety factor (reset to 1)."""
         validate.writable_file(self.config.checkpoint_path, "configuration key 'checkpoint_path'")
-        safety = getattr(self.predictor, "log_safety", None)
-        if isinstance(safety, torch.Tensor):
-            with torch.no_grad():
-                safety.zero_()
+        reset_safety(self.predictor)
 
     def _fit_start(self, hook: Any) -> None:
         """Fire FitStart with every rank's systems."""
