@@ -27,10 +27,10 @@ def learned_predictor(model: str | None = None) -> DtPredictor:
     """The shipped ``general`` model (or the model file / checkpoint ``model``), ready to fly."""
     from nbtoolkit.training.checkpoint import load_predictor
 
-    path = Path(model) if model else MODEL_FILE
-    predictor = load_predictor(path)
-    cast(Any, predictor).model_file = path  # what nbtoolkit calibrate --model learned recalibrates
-    return predictor
+    return load_predictor(Path(model) if model else MODEL_FILE)
+
+
+cast(Any, learned_predictor).model_file = MODEL_FILE  # what nbtoolkit calibrate --model learned recalibrates
 
 
 @hookimpl

@@ -10,9 +10,11 @@ import torch
 from nbtoolkit.cli import main
 from nbtoolkit.errors import ConfigError
 from nbtoolkit.physics import relative_energy_error, state_energy
+from nbtoolkit.training import checkpoint
 from nbtoolkit.training.checkpoint import read_model
 from nbtoolkit.training.recalibrate import model_source, recalibrate_model
 from nbtoolkit.training.trainset import load_training_set, pad_systems
+from plugins.learned_predictor import MODEL_FILE
 
 SMALL_SET = """
 name = "small"
@@ -62,11 +64,14 @@ def test_recalibration_follows_the_threshold_and_integrator_and_the_file_records
     assert all(torch.equal(v, predictor.state_dict()[k]) for k, v in weights.items())
 
 
-def test_calibrate_command_writes_a_model_that_simulate_flies(small_set, tmp_path, capsys):
+def test_calibrate_command_writes_a_model_that_simulate_flies(small_set, tmp_path, capsys, monkeypatch):
     out = tmp_path / "recal.pt"
+    read = []
+    monkeypatch.setattr(checkpoint, "read_model", lambda path: read.append(path) or read_model(path))
     assert main(["calibrate", "--model", "learned", "--out", str(out), "--training-set", str(small_set),
                  "--steps", "16"]) == 0
     assert "safety factors" in capsys.readouterr().out
+    assert read == [MODEL_FILE]  # the shipped model is read once
     traj = tmp_path / "t.npz"
     assert main(["simulate", "--preset", "kepler", "--eccentricity", "0.3", "--orbits", "1", "--predictor", "learned",
                  "--predictor-option", f"model={out}", "--out", str(traj)]) == 0

@@ -79,13 +79,13 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
 
 def model_source(model: str, host: PluginHost | None = None) -> Path:
     """The file behind ``--model``: a path, or the name of a registered dt predictor that loads a model
-    file (its ``model_file`` attribute, as ``learned`` has)."""
+    file (its factory's ``model_file`` attribute, as ``learned`` has; the file is not read here)."""
     path = Path(model)
     if path.exists():
         return path
     host = host or get_host()
-    if model in host.predictors.names():
-        source = getattr(host.predictors.create(model), "model_file", None)
+    if model in host.predictors:
+        source = getattr(host.predictors.get(model).factory, "model_file", None)
         if source is None:
             raise ConfigError(f"dt predictor '{model}' is not loaded from a model file; give the path of one")
         return Path(source)
