@@ -58,7 +58,7 @@ def _rank(rank: int, world: int, init: str, out: str, orbits: int, epochs: int) 
         _timed("generalize_on_trajectory", times)
         system = make_preset("kepler-batch", num_orbits=orbits, e_min=0.5, e_max=0.95, seed=1)
         config = TrainConfig(epochs=1 + epochs, steps_per_epoch=32, seed=1, calibrate_pass_rate=0.0, replay_steps=50)
-        trainer = Trainer(config, system.state, period=system.period, collective=DataParallel())
+        trainer = Trainer(config, system, collective=DataParallel())
         trainer.fit()
         if rank == 0:
             collect = times["collect_trajectory"][1:]

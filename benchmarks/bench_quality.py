@@ -68,7 +68,7 @@ from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_rule
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.presets import make_preset
-from nbtoolkit.state import NBodyState
+from nbtoolkit.state import NBodyState, System
 from nbtoolkit.training import TrainConfig, Trainer
 
 THRESHOLD = 2e-4
@@ -115,7 +115,7 @@ def train(seed: int, epochs: int, checkpoint: str | None, overrides: dict[str, A
     print("settings: " + ", ".join(f"{k}={v}" for k, v in {"seed": seed, "epochs": epochs, **settings}.items())
           + f" (others default: hidden {config.hidden_layers}x"
           f"{config.hidden_width} {config.activation}, sampler {config.sampler})")
-    trainer = Trainer(config, state, period=period)
+    trainer = Trainer(config, System(state, period))
     start = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - start

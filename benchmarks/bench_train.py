@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     missing: set[str] = set()
     for name in ("kepler-batch", "plummer-32"):
         system, config = workload(name, args)
-        trainer = Trainer(config, system.state, period=system.period)
+        trainer = Trainer(config, system)
         run_epoch(trainer, "current")  # warm-up: fills the replay buffer, loads everything
         best: dict[str, dict[str, Any]] = {}
         for _ in range(args.repeats):

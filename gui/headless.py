@@ -33,7 +33,7 @@ def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdo
     config = TrainConfig(epochs=epochs, seed=seed, progress=sys.stderr.isatty(), **TRAINING)
     print(f"training '{config.predictor}' on {system.state.batch_size} Kepler orbits, e in "
           f"[{TRAIN_PRESET['e_min']}, {TRAIN_PRESET['e_max']}], {epochs} epochs ...", file=out, flush=True)
-    trainer = Trainer(config, system.state, host=host, period=system.period)
+    trainer = Trainer(config, system, host=host)
     result = trainer.fit()
     print(f"trained: {result.epochs_completed} epochs, {trainer.total_accepted} accepted steps, "
           f"{trainer.total_retrains} retrains", file=out)

@@ -145,7 +145,7 @@ class TrainingJob:
         relay = EventRelay(send, self.reference, G=self.state.G, softening=self.state.softening)
         host.register_plugin(relay, name=relay.plugin_name, source="nbtoolkit viewer")
         try:
-            self.trainer = Trainer(self.config, self.state, host=host, control=control, period=self.system.period)
+            self.trainer = Trainer(self.config, self.system, host=host, control=control)
             return self.trainer.fit()
         finally:
             host.unregister_plugin(relay.plugin_name)

@@ -22,8 +22,7 @@ CONFIG: dict[str, Any] = {"epochs": 2, "steps_per_epoch": 6, "seed": 5, "energy_
 def train(collective: Any = None, **overrides: Any) -> Trainer:
     """A trainer on :data:`SYSTEM` with :data:`CONFIG`, fitted."""
     system = make_preset("kepler-batch", **SYSTEM)
-    trainer = Trainer(TrainConfig.from_dict({**CONFIG, **overrides}), system.state, period=system.period,
-                      collective=collective)
+    trainer = Trainer(TrainConfig.from_dict({**CONFIG, **overrides}), system, collective=collective)
     trainer.result = trainer.fit()  # type: ignore[attr-defined]
     return trainer
 

@@ -239,8 +239,7 @@ def test_the_torch_floor_excludes_versions_with_the_weights_only_bypass():
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     system = make_preset("kepler-batch", num_orbits=2)
-    trainer = Trainer(TrainConfig(epochs=1, integrator="rk4", history_len=1, **SMALL), system.state,
-                      period=system.period)
+    trainer = Trainer(TrainConfig(epochs=1, integrator="rk4", history_len=1, **SMALL), system)
     trainer.fit()
     trainer.save_checkpoint(path)
     return path

@@ -10,7 +10,7 @@ import pytest
 import torch
 from systems import two_body_orbit
 
-from nbtoolkit import NBodyState, hookimpl
+from nbtoolkit import NBodyState, System, hookimpl
 from nbtoolkit.control import RunControl
 from nbtoolkit.errors import ConfigError
 from nbtoolkit.presets import make_preset
@@ -145,7 +145,7 @@ def test_stop_at_period_needs_a_period_and_stops_there():
     with pytest.raises(ConfigError, match="stop_at_period"):
         Trainer(TrainConfig(stop_at_period=True, **SMALL), system.state)
     cfg = TrainConfig(epochs=50, stop_at_period=True, **{**SMALL, "steps_per_epoch": 64})
-    trainer = Trainer(cfg, system.state, period=system.period / 40)
+    trainer = Trainer(cfg, System(system.state, system.period / 40))
     trainer.fit()
     assert float(trainer.state.time[0]) >= float(system.period[0]) / 40
     assert trainer.total_accepted < 50 * 64
@@ -264,7 +264,7 @@ def test_from_checkpoint_with_new_systems_keeps_model_and_compatible_buffer(tmp_
     trainer.fit()
     path = trainer.save_checkpoint(tmp_path / "m.pt")
     fresh = make_preset("kepler", eccentricity=0.3)
-    moved = Trainer.from_checkpoint(path, fresh.state, period=fresh.period, epochs=2)
+    moved = Trainer.from_checkpoint(path, fresh, epochs=2)
     assert same_weights(moved.predictor, trainer.predictor) and len(moved.buffer) == 12
     assert torch.equal(moved.state.position, fresh.state.position)
     three_body = make_preset("figure-eight")

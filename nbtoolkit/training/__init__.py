@@ -6,7 +6,7 @@ Quick start::
     from nbtoolkit.training import TrainConfig, Trainer, load_predictor
 
     system = make_preset("kepler-batch", num_orbits=8, e_min=0.5, e_max=0.95)
-    trainer = Trainer(TrainConfig(epochs=20, checkpoint_path="model.pt"), system.state, period=system.period)
+    trainer = Trainer(TrainConfig(epochs=20, checkpoint_path="model.pt"), system)
     result = trainer.fit()
     predictor = load_predictor("model.pt")  # a DtPredictor for nbtoolkit.simulate
 

@@ -292,15 +292,14 @@ def _train(args: argparse.Namespace, collective: Collective) -> int:
             print(f"{tset.summary()}; validation systems: the same set drawn with seeds {seed + 1} and {seed + 2}",
                   file=sys.stderr)
     control = RunControl()
-    state, period = (None, None) if system is None else (system.state, system.period)  # Trainer takes them apart
     if args.resume is not None:
         overrides.setdefault("checkpoint_path", str(args.resume))
-        trainer = Trainer.from_checkpoint(args.resume, state, host=host, control=control, period=period,
-                                          collective=collective, **overrides)
+        trainer = Trainer.from_checkpoint(args.resume, system, host=host, control=control, collective=collective,
+                                          **overrides)
         trainer.validation_state = validation
     else:
-        assert state is not None  # no --resume: a system or a training set was built above
-        trainer = Trainer(TrainConfig.from_dict(overrides), state, host=host, control=control, period=period,
+        assert system is not None  # no --resume: a system or a training set was built above
+        trainer = Trainer(TrainConfig.from_dict(overrides), system, host=host, control=control,
                           validation_state=validation, collective=collective)
     if getattr(args, "export_model", None) is not None:  # checked before training, not after it
         if not trainer.config.checkpoint_path:

@@ -31,7 +31,7 @@ from ..events import EpochEnd, FitEnd, FitStart
 from ..field import ExternalField
 from ..plugin_manager import PluginHost, get_host
 from ..predictor import DtPredictor, History
-from ..state import NBodyState
+from ..state import NBodyState, System
 from .buffer import ReplayBuffer
 from .calibrate import CalibrationResult, calibrate_safety, reset_safety
 from .checkpoint import (
@@ -79,23 +79,24 @@ def _same_layout(a: NBodyState, b: NBodyState) -> bool:
 
 
 class Trainer:
-    """Trains a dt predictor on ``state`` (B systems) with the generalization loop.
+    """Trains a dt predictor on ``system`` (B systems) with the generalization loop.
 
-    ``host``: plugin host (default :func:`nbtoolkit.get_host`); ``control``: pause/stop
+    ``system``: a :class:`~nbtoolkit.state.System` (a preset's, for instance), whose orbital
+    periods ``stop_at_period`` needs, or a bare :class:`NBodyState` for systems without a known
+    period. ``host``: plugin host (default :func:`nbtoolkit.get_host`); ``control``: pause/stop
     (checked between Part 1 attempts and Part 2 iterations); ``predictor``: a ready
     predictor instead of building ``config.predictor`` from the registry (it must match
     ``config.predictor`` and the architecture keys for checkpoints to load back);
-    ``period`` (B,): the systems' orbital periods, needed by ``stop_at_period``;
     ``validation_state``: systems not trained on, for the safety calibration at the end of
     :meth:`fit` (default: the training systems from their initial state); ``collective``:
-    data-parallel training (:mod:`.distributed`; default one process): ``state`` and ``period``
-    are then the global ones and this rank trains on its shard of them.
+    data-parallel training (:mod:`.distributed`; default one process): ``system`` is then the
+    global one and this rank trains on its shard of it.
     """
 
-    def __init__(self, config: TrainConfig, state: NBodyState, *, host: PluginHost | None = None,
+    def __init__(self, config: TrainConfig, system: System | NBodyState, *, host: PluginHost | None = None,
                  control: RunControl | None = None, predictor: DtPredictor | None = None,
-                 period: Tensor | None = None, validation_state: NBodyState | None = None,
-                 collective: Collective | None = None) -> None:
+                 validation_state: NBodyState | None = None, collective: Collective | None = None) -> None:
+        state, period = (system.state, system.period) if isinstance(system, System) else (system, None)
         self.config = config
         self.collective = LOCAL if collective is None else collective
         self.host = host or get_host()
@@ -111,16 +112,14 @@ class Trainer:
         self.validation_state = None if validation_state is None else \
             validation_state.detach().to(device=self.device).validate("validation state", allow_padding=True)
         self.calibration: CalibrationResult | None = None
-        self.period = None if period is None else torch.as_tensor(period, dtype=self.state.dtype).to(self.device)
-        if self.period is not None and self.period.shape != (self.state.batch_size,):
-            raise ConfigError(f"period must have shape ({self.state.batch_size},); got {tuple(self.period.shape)}")
+        self.period = None if period is None else period.to(device=self.device, dtype=self.state.dtype)
         self.n_systems = self.state.batch_size
         self.state, self.period = self.collective.shard_systems(self.state, self.period)
         self.stop_time: Tensor | None = None
         if config.stop_at_period:
             if self.period is None:
                 raise ConfigError("configuration key 'stop_at_period' needs the orbital period of every system; "
-                                  "this state has none (use a periodic preset or pass period=...)")
+                                  "this state has none (use a periodic preset or pass a System(state, period))")
             self.stop_time = self.state.time + self.period
 
         self.integrator = self.host.integrators.create(config.integrator, **config.integrator_options)
@@ -331,15 +330,15 @@ class Trainer:
         return write_checkpoint(payload, path) if self.collective.is_main else Path(path)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], state: NBodyState | None = None, *,
+    def from_checkpoint(cls, path: str | os.PathLike[str], system: System | NBodyState | None = None, *,
                         host: PluginHost | None = None, control: RunControl | None = None,
-                        period: Tensor | None = None, collective: Collective | None = None,
-                        **config_overrides: Any) -> Trainer:
+                        collective: Collective | None = None, **config_overrides: Any) -> Trainer:
         """Resume training from a checkpoint.
 
-        Without ``state`` the run continues exactly where it stopped (same systems, history,
-        replay buffer, optimizer and RNG state). With ``state`` the trained model, optimizer
-        and epoch count carry over to new systems (``period`` for them, if needed); the replay
+        Without ``system`` the run continues exactly where it stopped (same systems, history,
+        replay buffer, optimizer and RNG state). With ``system`` (a :class:`~nbtoolkit.state.System`,
+        or a bare state as for :class:`Trainer`) the trained model, optimizer and epoch count carry
+        over to new systems; the replay
         buffer is kept when the new systems have the same N, D, G and softening, else it starts
         empty. ``config_overrides`` change configuration keys (e.g. ``epochs`` to train
         longer). Run keys (checkpoint_path, checkpoint_every, metrics_log, progress, device) are
@@ -360,16 +359,15 @@ class Trainer:
                 f"{where} holds dt predictor '{saved_predictor}'; cannot resume it as '{config.predictor}'"
             )
         restored_state = NBodyState.from_dict(data["state"], where=f"{where}: state", allow_padding=True)
-        new_systems = state is not None
-        if state is None:
-            state = restored_state
-            period = None if data["period"] is None else data["period"]
+        new_systems = system is not None
+        if system is None:
+            system = System(restored_state, data["period"])
         if config.predictor not in host.predictors:
             raise CheckpointError(
                 f"{where} was trained with dt predictor '{config.predictor}', which is not registered now "
                 f"(known: {', '.join(host.predictors.names())}); install or enable the plugin that provides it"
             )
-        trainer = cls(config, state, host=host, control=control, period=period, collective=collective)
+        trainer = cls(config, system, host=host, control=control, collective=collective)
         load_predictor_state(trainer.predictor, data["predictor_state"], config.predictor, where)
         try:
             trainer.optimizer.load_state_dict(data["optimizer_state"])
@@ -393,7 +391,7 @@ class Trainer:
             trainer.history = None if history is None else History(*(t.to(trainer.device) for t in history))
             if config.stop_at_period and data["stop_time"] is not None:
                 trainer.stop_time = data["stop_time"].to(trainer.device)
-        if not new_systems or _same_layout(state, restored_state):
+        if not new_systems or _same_layout(trainer.initial_state, restored_state):
             try:
                 trainer.buffer.load_state_dict(data["buffer"])
             except (ValueError, KeyError) as exc:
