@@ -13,7 +13,7 @@ kept). Figures:
 * Part 1 (collection): accepted steps per second;
 * Part 2 (replay): replayed samples per second (samples evaluated by minibatch evaluations);
 * inclusive wall time in: pair features of the predictor, the force kernel (forward), the
-  energies (forward), autograd backward passes (all of them, including the kernel's backward),
+  energies the gate measures (forward), autograd backward passes (all of them, including the kernel's backward),
   the optimizer update, as fractions of the epoch.
 
 The previous kernel is the (B, N, N, D) formulation the chunked kernel replaced, swapped in
@@ -56,8 +56,8 @@ def previous_potential(mass: torch.Tensor, position: torch.Tensor, G: float = 1.
 
 
 #: (module, attribute) through which nbtoolkit reaches the force kernel and the potential
-KERNEL_SITES = [("nbtoolkit.physics", "accelerations"), ("plugins.integrators", "accelerations"),
-                ("nbtoolkit.contracts", "accelerations"), ("nbtoolkit_pefrl.integrator", "accelerations")]
+KERNEL_SITES = [("nbtoolkit.physics", "accelerations"), ("nbtoolkit.contracts", "accelerations"),
+                ("nbtoolkit_pefrl.integrator", "accelerations")]
 POTENTIAL_SITES = [("nbtoolkit.physics", "potential_energy")]
 #: timed categories: (label, [(module, attribute), ...])
 CATEGORIES = [
@@ -65,7 +65,7 @@ CATEGORIES = [
     ("Part 2", [("nbtoolkit.training.trainer", "generalize_on_trajectory")]),
     ("features", [("plugins.mlp_predictor", "pair_features"), ("plugins.mlp_predictor", "history_features")]),
     ("force kernel", KERNEL_SITES),
-    ("energies", [("nbtoolkit.training.steps", "state_energy"), ("nbtoolkit.training.collect", "state_energy")]),
+    ("energies", [("nbtoolkit.gate", "state_energy")]),
     ("autograd", [("torch.autograd", "backward")]),
 ]
 
