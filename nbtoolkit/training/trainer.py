@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .. import __version__, validate
+from .. import validate
 from ..control import RunControl, RunStopped
 from ..errors import CheckpointError, ConfigError
 from ..events import EpochEnd, FitEnd, FitStart
@@ -34,21 +34,14 @@ from ..predictor import DtPredictor, History
 from ..state import NBodyState, System
 from .buffer import ReplayBuffer
 from .calibrate import CalibrationResult, calibrate_safety, reset_safety
-from .checkpoint import (
-    history_from_dict,
-    history_to_dict,
-    load_predictor_state,
-    plugin_info,
-    read_checkpoint,
-    write_checkpoint,
-)
+from .checkpoint import read_checkpoint, write_checkpoint
 from .collect import CollectResult, collect_trajectory
 from .config import RUNTIME_KEYS, TrainConfig
 from .context import LoopContext
 from .distributed import LOCAL, Collective
 from .replay import ReplayOutcome, generalize_on_trajectory
 from .restart import restart_dispersed
-from .shards import merge_payload, restore_shard
+from .trainer_state import restore_trainer, trainer_payload
 
 
 @dataclass
@@ -72,10 +65,6 @@ class _Part1(NamedTuple):
     dt_sum: float
     fallbacks: int
     restarted: int
-
-
-def _same_layout(a: NBodyState, b: NBodyState) -> bool:
-    return a.position.shape[1:] == b.position.shape[1:] and a.G == b.G and a.softening == b.softening
 
 
 class Trainer:
@@ -296,32 +285,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_payload(self) -> dict[str, Any]:
-        """Everything :meth:`from_checkpoint` needs to continue exactly (tensors and plain values); in
-        data-parallel training the whole run's, gathered from every rank (see :mod:`.shards`)."""
-        cfg = self.config
-        return merge_payload(self.collective, {
-            "versions": {"nbtoolkit": str(__version__), "torch": str(torch.__version__)},
-            "config": cfg.to_dict(),
-            "plugins": {
-                "integrator": plugin_info(self.host, "integrators", cfg.integrator),
-                "predictor": plugin_info(self.host, "predictors", cfg.predictor),
-                "sampler": plugin_info(self.host, "samplers", cfg.sampler),
-                "gate": plugin_info(self.host, "gates", cfg.gate),
-            },
-            "predictor_options": dict(self.predictor_options),
-            "predictor_state": {k: v.detach().cpu() for k, v in self.predictor.state_dict().items()},
-            "optimizer_state": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "totals": {"accepted": self.total_accepted, "retrains": self.total_retrains},
-            "rng_state": self.generator.get_state(),
-            "state": self.state.to_dict(),
-            "initial_state": self.initial_state.to_dict(),
-            "history": history_to_dict(self.history),
-            "stop_time": None if self.stop_time is None else self.stop_time.cpu(),
-            "period": None if self.period is None else self.period.cpu(),
-            "buffer": {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in self.buffer.state_dict().items()},
-            "calibration": None if self.calibration is None else self.calibration.as_dict(),
-        })
+        """Everything :meth:`from_checkpoint` needs to continue exactly (see :mod:`.trainer_state`)."""
+        return trainer_payload(self)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Write a checkpoint atomically (see :mod:`nbtoolkit.training.checkpoint`). In data-parallel
@@ -368,34 +333,5 @@ class Trainer:
                 f"(known: {', '.join(host.predictors.names())}); install or enable the plugin that provides it"
             )
         trainer = cls(config, system, host=host, control=control, collective=collective)
-        load_predictor_state(trainer.predictor, data["predictor_state"], config.predictor, where)
-        try:
-            trainer.optimizer.load_state_dict(data["optimizer_state"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"{where}: optimizer state does not fit the predictor ({exc})") from None
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = config.learning_rate
-        try:
-            trainer.generator.set_state(data["rng_state"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{where} is malformed: key 'rng_state' is not a generator state ({exc})") from None
-        trainer.epoch = int(data["epoch"])
-        trainer.total_accepted = int(data["totals"]["accepted"])
-        trainer.total_retrains = int(data["totals"]["retrains"])
-        if not new_systems:
-            initial = NBodyState.from_dict(data["initial_state"], where=f"{where}: initial_state", allow_padding=True)
-            trainer.initial_state = initial.to(device=trainer.device).replace(field=trainer.field)
-            history = history_from_dict(data["history"])
-            if (history is None) != (config.history_len == 0):
-                raise CheckpointError(f"{where}: its history window does not match history_len = {config.history_len}")
-            trainer.history = None if history is None else History(*(t.to(trainer.device) for t in history))
-            if config.stop_at_period and data["stop_time"] is not None:
-                trainer.stop_time = data["stop_time"].to(trainer.device)
-        if not new_systems or _same_layout(trainer.initial_state, restored_state):
-            try:
-                trainer.buffer.load_state_dict(data["buffer"])
-            except (ValueError, KeyError) as exc:
-                raise CheckpointError(f"{where}: replay buffer does not fit this configuration ({exc})") from None
-        if trainer.collective.world_size > 1:
-            restore_shard(trainer, data, new_systems)
+        restore_trainer(trainer, data, where, restored_state, new_systems=new_systems)
         return trainer
