@@ -3,19 +3,19 @@ status bar with the run's counters, and an error banner for failures.
 
 Runs (training or simulation playback) belong to the window's :class:`~gui.session.RunSession`
 and execute in their own process; their data reach the window only as signals of the session's
-bridge, whose slots append to buffers. A single QTimer pulls the buffered data into the views:
-the orbit view at most :data:`FRAME_RATE` times per second, the plots and the status bar at most
-:data:`PLOT_RATE` times per second, so redraws are throttled however fast the run produces data.
+bridge, whose slots append to buffers. A single timer (:class:`~gui.redraw.RedrawTimer`) pulls
+the buffered data into the views: the orbit view at most :data:`FRAME_RATE` times per second, the
+plots and the status bar at most :data:`PLOT_RATE` times per second, so redraws are throttled
+however fast the run produces data.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
-from PyQt6.QtCore import Qt, QTimer, pyqtSignal
+from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtGui import QCloseEvent, QShowEvent
 from PyQt6.QtWidgets import QFileDialog, QLabel, QMainWindow, QSplitter, QStatusBar, QVBoxLayout, QWidget
 
@@ -31,19 +31,13 @@ from .jobs import PlaybackFrame, PlaybackJob, RunOutcome, TrainingJob
 from .modes import MODE_SIMULATE, MODE_TRAIN
 from .orbit_view import OrbitView
 from .plots import LivePlots
+from .redraw import FRAME_RATE, PLOT_RATE, RedrawTimer
 from .session import RunSession, RunState
 from .status import FIELDS as STATUS_FIELDS
 from .status import RunCounters
 
 log = logging.getLogger(__name__)
 
-#: orbit-view redraws per second at most
-FRAME_RATE = 60.0
-#: plot and status-bar redraws per second at most (their axes are costly to redraw)
-PLOT_RATE = 10.0
-#: the frame timer ticks this often (ms) and redraws what is due; a short tick keeps the frame
-#: rate close to FRAME_RATE when a tick comes late because the event loop was busy
-TICK_MS = 5
 #: errors a user can cause while setting up a run (shown in the banner, never raised)
 SETUP_ERRORS = (NBToolkitError, ValueError, TypeError, KeyError, OSError)
 
@@ -68,8 +62,6 @@ class MainWindow(QMainWindow):
         """``frame_rate`` and ``plot_rate``: most redraws per second of the orbit view and of the plots;
         ``isolation``: where runs execute, "process" or "thread" (see :class:`~gui.worker.RunWorker`)."""
         super().__init__(parent)
-        if not (frame_rate > 0 and plot_rate > 0):
-            raise ValueError(f"frame_rate and plot_rate must be > 0; got {frame_rate}, {plot_rate}")
         self.host = host if host is not None else get_host()
         self.setWindowTitle("nbtoolkit viewer")
         self.controls = ControlPanel(self.host)
@@ -85,13 +77,8 @@ class MainWindow(QMainWindow):
         self._latest_time = np.zeros(1)  # (B,)
         self._connect()
 
-        self._frame_period = 1.0 / frame_rate
-        self._plot_period = 1.0 / plot_rate
-        self._next_frame = self._next_plot = 0.0
-        self.frame_timer = QTimer(self)
-        self.frame_timer.setTimerType(Qt.TimerType.PreciseTimer)
-        self.frame_timer.setInterval(TICK_MS)
-        self.frame_timer.timeout.connect(self._on_tick)
+        self.frame_timer = RedrawTimer(self.orbit.refresh, self._refresh_plots, frame_rate=frame_rate,
+                                       plot_rate=plot_rate, parent=self)
         self.frame_timer.start()
 
         self.resize(1400, 860)
@@ -370,28 +357,13 @@ class MainWindow(QMainWindow):
         self.shutdown()
         super().closeEvent(event)
 
-    # ------------------------------------------------------------------ frame timer
-    def _on_tick(self) -> None:
-        """Frame timer: redraw the orbit view or, less often, the plots, when due.
-
-        At most one of the two per tick, the more overdue one (relative to its period), so they
-        are repainted in separate passes and the event loop is never held by both at once.
-        Deadlines advance from the due time, not from now, so late ticks do not lower the rate.
-        """
-        now = time.monotonic()
-        frame_late = (now - self._next_frame) / self._frame_period
-        plot_late = (now - self._next_plot) / self._plot_period
-        if frame_late >= 0 and frame_late >= plot_late:
-            self._next_frame = max(self._next_frame + self._frame_period, now - self._frame_period)
-            self.orbit.refresh()
-        elif plot_late >= 0:
-            self._next_plot = max(self._next_plot + self._plot_period, now - self._plot_period)
-            self.plots.refresh()
-            self._refresh_status()
-
+    # ------------------------------------------------------------------ redraws
     def refresh(self) -> None:
         """Pull all buffered data into the views now."""
         self.orbit.refresh()
+        self._refresh_plots()
+
+    def _refresh_plots(self) -> None:
         self.plots.refresh()
         self._refresh_status()
 
