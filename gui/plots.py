@@ -11,14 +11,14 @@ Per accepted step (x = step number 1, 2, ... of the shown system, counted across
 
 Per epoch: Part 2 (replay) iterations, the pass rate and the loss of the last minibatch.
 
-Incoming events only append to numpy buffers (:class:`Columns`); the curve items are created
+Incoming events only append to numpy buffers (:class:`~gui.columns.Columns`); the curve items are created
 once and :meth:`LivePlots.refresh`, called by the window's frame timer, pushes the buffers to
 them with ``setData`` when something changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import pyqtgraph as pg
@@ -27,97 +27,15 @@ from PyQt6.QtWidgets import QVBoxLayout, QWidget
 
 from nbtoolkit.events import EpochEnd, StepAccepted, StepRejected
 
+from .columns import Columns
 from .jobs import PlaybackFrame
 from .modes import MODE_SIMULATE, MODE_TRAIN, check_mode
+from .plot_axes import REL_DE_DISPLAY_RANGE, DecadeAxis, clip_rel, decades, nice_ceiling
 
-#: |dE/E| values are drawn clipped to this range (a blown-up attempt has rel_dE = inf)
-REL_DE_DISPLAY_RANGE = (1e-16, 1e2)
 #: curves of |dE/E| values, drawn clipped to REL_DE_DISPLAY_RANGE
 CLIPPED_CURVES = ("rel_dE", "rejected_rel_dE", "drift")
 #: the step axis starts at [0, STEP_AXIS_MIN]
 STEP_AXIS_MIN = 20.0
-
-
-class Columns:
-    """An append-only table of named float64 columns with amortised O(1) appends."""
-
-    def __init__(self, names: Sequence[str], capacity: int = 1024) -> None:
-        self.names = tuple(names)
-        self._data = {name: np.empty(capacity, dtype=np.float64) for name in self.names}
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def append(self, **columns: np.ndarray | float) -> None:
-        """Append rows; every column is given, as arrays of one common length or scalars."""
-        if set(columns) != set(self.names):
-            raise KeyError(f"expected columns {self.names}; got {tuple(columns)}")
-        arrays = {k: np.atleast_1d(np.asarray(v, dtype=np.float64)) for k, v in columns.items()}
-        n = max(len(a) for a in arrays.values())
-        needed = self._size + n
-        capacity = len(self._data[self.names[0]])
-        if needed > capacity:
-            capacity = max(needed, 2 * capacity)
-            for name in self.names:
-                grown = np.empty(capacity, dtype=np.float64)
-                grown[: self._size] = self._data[name][: self._size]
-                self._data[name] = grown
-        for name, values in arrays.items():
-            self._data[name][self._size: needed] = values
-        self._size = needed
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        """The filled part of a column (a view; do not keep it across appends)."""
-        return self._data[name][: self._size]
-
-    def where(self, column: str, value: float) -> dict[str, np.ndarray]:
-        """Copies of all columns restricted to the rows where ``column == value``."""
-        mask = self[column] == value
-        return {name: self[name][mask] for name in self.names}
-
-    def clear(self) -> None:
-        self._size = 0
-
-
-def _decades(values: np.ndarray) -> tuple[float, float] | None:
-    """The whole decades [log10 lo, log10 hi] spanning the positive finite ``values`` (a log axis
-    range), or None if there are none."""
-    positive = values[np.isfinite(values) & (values > 0)]
-    if positive.size == 0:
-        return None
-    lo, hi = np.floor(np.log10(positive.min())), np.ceil(np.log10(positive.max()))
-    return float(lo), float(max(hi, lo + 1))
-
-
-def _nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 5, 10, 20, 50, ... that is >= ``value``."""
-    if value <= 1:
-        return 1.0
-    magnitude = 10 ** np.floor(np.log10(value))
-    return float(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= value))
-
-
-def _clip_rel(values: np.ndarray) -> np.ndarray:
-    lo, hi = REL_DE_DISPLAY_RANGE
-    return np.clip(np.nan_to_num(values, nan=hi, posinf=hi, neginf=lo), lo, hi)
-
-
-class DecadeAxis(pg.AxisItem):
-    """A log axis that labels whole decades only (1e-06, 0.01, 1, ...): on a short plot the labels of
-    the minor ticks within a decade ran into each other ("0.010.009..."). The ticks themselves stay."""
-
-    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
-        if not self.logMode:
-            return super().tickStrings(values, scale, spacing)
-        labels = []
-        for value in values:  # log10 of the data value
-            if abs(value - round(value)) > 1e-9:
-                labels.append("")
-            else:
-                exponent = int(round(value))
-                labels.append(f"{10.0 ** exponent:g}" if -3 <= exponent <= 3 else f"1e{exponent}")
-        return labels
 
 
 class LivePlots(QWidget):
@@ -385,13 +303,13 @@ class LivePlots(QWidget):
                 if self._drawn.get(name) == key:
                     continue
                 self._drawn[name] = key
-                self.curves[name].setData(x, _clip_rel(y) if name in CLIPPED_CURVES else y)
+                self.curves[name].setData(x, clip_rel(y) if name in CLIPPED_CURVES else y)
             self._grow_step_axis(float(data["step"][-1]) if len(data["step"]) else 0.0)
-            err = np.concatenate([_clip_rel(data["rel_dE"]), _clip_rel(data["rejected_rel_dE"]),
-                                  _clip_rel(data["drift"]), self._threshold])
-            self._fit_y(self.err_plot, _decades(err))
-            self._fit_y(self.dt_plot, _decades(np.concatenate([data["dt"], data["rejected_dt"], data["reference_dt"]])))
-            self._fit_y(self.retrain_plot, (0.0, _nice_ceiling(float(data["retrains"].max(initial=0.0)))))
+            err = np.concatenate([clip_rel(data["rel_dE"]), clip_rel(data["rejected_rel_dE"]),
+                                  clip_rel(data["drift"]), self._threshold])
+            self._fit_y(self.err_plot, decades(err))
+            self._fit_y(self.dt_plot, decades(np.concatenate([data["dt"], data["rejected_dt"], data["reference_dt"]])))
+            self._fit_y(self.retrain_plot, (0.0, nice_ceiling(float(data["retrains"].max(initial=0.0)))))
             redrew = True
         if self._epochs_dirty:
             self._epochs_dirty = False
@@ -403,3 +321,6 @@ class LivePlots(QWidget):
         if redrew:
             self.redraws += 1
         return redrew
+
+
+__all__ = ["REL_DE_DISPLAY_RANGE", "DecadeAxis", "LivePlots"]  # the axis helpers live in .plot_axes
