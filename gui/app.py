@@ -61,7 +61,7 @@ def create_window(args: argparse.Namespace) -> MainWindow:
         if args.config is not None:
             window.controls.load_config(args.config)
         if args.preset is not None:
-            window.controls.set_preset(args.preset)
+            window.controls.system_form.set_preset(args.preset)
         if args.checkpoint is not None:
             if not args.checkpoint.is_file():
                 raise ConfigError(f"checkpoint file '{args.checkpoint}' does not exist")

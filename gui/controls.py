@@ -1,11 +1,10 @@
-"""The control panel: system preset and its parameters, plugin choices, training and simulation
-settings, and the run buttons.
+"""The control panel: system preset and its parameters (:class:`~gui.system_form.SystemForm`),
+plugin choices, training and simulation settings, and the run buttons.
 
 The integrator, dt-predictor, replay-sampler, gate and external-field drop-downs are filled from
 the plugin host's registries (:meth:`ControlPanel.refresh_plugins`), so a plugin installed by a third party shows
-up with no change here. Preset parameters come from ``nbtoolkit.presets.PRESETS[name].params``
-and the training defaults from ``TrainConfig``; values typed by the user are validated by those
-same objects, whose :class:`~nbtoolkit.errors.ConfigError` messages name the offending key.
+up with no change here. The training defaults come from ``TrainConfig``; values typed by the user
+are validated by it, whose :class:`~nbtoolkit.errors.ConfigError` messages name the offending key.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from PyQt6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSlider,
-    QSpinBox,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -35,12 +33,12 @@ from PyQt6.QtWidgets import (
 
 from nbtoolkit.errors import ConfigError
 from nbtoolkit.plugin_manager import PluginHost
-from nbtoolkit.presets import PRESETS, PresetSystem, make_preset
 from nbtoolkit.training import TrainConfig
 from nbtoolkit.training.config import read_toml
 
 from .inputs import (
     DEFAULT_SPEED,
+    MAX_INT,
     SPEED_SLIDER_STEPS,
     SimulationSettings,
     float_edit,
@@ -53,6 +51,7 @@ from .inputs import (
     speed_from_slider,
 )
 from .modes import MODE_SIMULATE, MODE_TRAIN, check_mode
+from .system_form import SystemForm
 
 NO_REFERENCE = "(none)"
 NO_FIELD = "none"
@@ -60,7 +59,6 @@ PREFERRED = {"integrator": "leapfrog", "predictor": "mlp", "sampler": "uniform",
              "reference": "freefall", "field": NO_FIELD}
 MODEL_TRAINED = "model just trained"
 MODEL_CHECKPOINT = "checkpoint file"
-MAX_INT = 2**31 - 1
 
 
 class ControlPanel(QWidget):
@@ -76,22 +74,10 @@ class ControlPanel(QWidget):
         super().__init__(parent)
         self.host = host
         self._base_config: dict[str, Any] = TrainConfig().to_dict()
-        self._param_widgets: dict[str, QWidget] = {}
         defaults = TrainConfig()
 
         # ---- system
-        self.preset_combo = QComboBox()
-        self.preset_combo.addItems(list(PRESETS))
-        self.preset_combo.setToolTip("Initial condition to train on or simulate")
-        self.preset_description = QLabel()
-        self.preset_description.setWordWrap(True)
-        self.preset_description.setStyleSheet("color: gray;")
-        self.params_form = QFormLayout()
-        system_box = QGroupBox("System")
-        system_layout = QVBoxLayout(system_box)
-        system_layout.addWidget(self.preset_combo)
-        system_layout.addWidget(self.preset_description)
-        system_layout.addLayout(self.params_form)
+        self.system_form = SystemForm()
 
         # ---- plugins
         self.integrator_combo = QComboBox()
@@ -201,7 +187,7 @@ class ControlPanel(QWidget):
 
         settings = QWidget()
         settings_layout = QVBoxLayout(settings)
-        settings_layout.addWidget(system_box)
+        settings_layout.addWidget(self.system_form)
         settings_layout.addWidget(plugin_box)
         settings_layout.addWidget(self.mode_tabs)
         settings_layout.addStretch(1)
@@ -217,8 +203,6 @@ class ControlPanel(QWidget):
         layout.addWidget(self.save_button)
         self.setMinimumWidth(340)
 
-        self.preset_combo.currentTextChanged.connect(self._build_param_widgets)
-        self._build_param_widgets(self.preset_combo.currentText())
         self.refresh_plugins()
         self._on_speed_slider(self.speed_slider.value())
         self._update_start_text()
@@ -272,75 +256,6 @@ class ControlPanel(QWidget):
             return name, options
         self.host.fields.create(name, **options)
         return name, options
-
-    # ------------------------------------------------------------------ system
-    def set_preset(self, name: str, params: dict[str, Any] | None = None) -> None:
-        """Choose preset ``name`` and set some of its parameters (others keep their defaults)."""
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESETS))}")
-        self.preset_combo.setCurrentText(name)
-        self._build_param_widgets(name)
-        for raw_key, value in (params or {}).items():
-            key = raw_key.replace("-", "_")
-            widget = self._param_widgets.get(key)
-            if widget is None:
-                raise ConfigError(f"preset '{name}' does not take parameter '{raw_key}'; "
-                                  f"it takes: {', '.join(self._param_widgets) or '(none)'}")
-            self._set_param_widget(widget, value)
-
-    def _build_param_widgets(self, name: str) -> None:
-        while self.params_form.rowCount():
-            self.params_form.removeRow(0)
-        self._param_widgets = {}
-        spec = PRESETS[name]
-        self.preset_description.setText(spec.description)
-        for key, default in spec.params.items():
-            widget: QWidget
-            if isinstance(default, bool):
-                widget = QCheckBox()
-            elif isinstance(default, int):
-                widget = QSpinBox()
-                widget.setRange(-MAX_INT, MAX_INT)
-                widget.setKeyboardTracking(False)
-            else:
-                widget = QLineEdit()
-            self._set_param_widget(widget, default)
-            widget.setToolTip(f"{name}: {key} (default {default!r})")
-            self.params_form.addRow(key.replace("_", " "), widget)
-            self._param_widgets[key] = widget
-
-    @staticmethod
-    def _set_param_widget(widget: QWidget, value: Any) -> None:
-        if isinstance(widget, QCheckBox):
-            widget.setChecked(bool(value))
-        elif isinstance(widget, QSpinBox):
-            widget.setValue(int(value))
-        elif isinstance(widget, QLineEdit):
-            if isinstance(value, (tuple, list)):
-                widget.setText(", ".join(format_float(v) if isinstance(v, float) else str(v) for v in value))
-            elif isinstance(value, float):
-                widget.setText(format_float(value))
-            else:
-                widget.setText(str(value))
-
-    def preset_name(self) -> str:
-        return self.preset_combo.currentText()
-
-    def preset_params(self) -> dict[str, Any]:
-        """The parameter values shown (text fields as typed; ``make_preset`` converts them)."""
-        params: dict[str, Any] = {}
-        for key, widget in self._param_widgets.items():
-            if isinstance(widget, QCheckBox):
-                params[key] = widget.isChecked()
-            elif isinstance(widget, QSpinBox):
-                params[key] = widget.value()
-            elif isinstance(widget, QLineEdit):
-                params[key] = widget.text().strip()
-        return params
-
-    def build_system(self) -> PresetSystem:
-        """Build the chosen preset with the shown parameters (raises ConfigError naming a bad one)."""
-        return make_preset(self.preset_name(), **self.preset_params())
 
     # ------------------------------------------------------------------ training settings
     def train_config(self) -> TrainConfig:
@@ -398,7 +313,7 @@ class ControlPanel(QWidget):
             preset = system.pop("preset", None)
             if preset is None:
                 raise ConfigError(f"{path}: the [system] table needs a 'preset' key in the viewer")
-            self.set_preset(str(preset), system)
+            self.system_form.set_preset(str(preset), system)
 
     # ------------------------------------------------------------------ simulation settings
     @property
@@ -450,12 +365,13 @@ class ControlPanel(QWidget):
     def set_run_state(self, running: str | None, *, paused: bool, can_save: bool) -> None:
         """Enable the widgets that make sense: ``running`` is the active mode or None when idle."""
         idle = running is None
+        self.system_form.set_editable(idle)
         settings = (
-            self.preset_combo, self.integrator_combo, self.predictor_combo, self.sampler_combo, self.gate_combo,
+            self.integrator_combo, self.predictor_combo, self.sampler_combo, self.gate_combo,
             self.field_combo, self.field_options_edit, self.reference_combo,
             self.reload_button, self._tab_bar, self.start_button, self.threshold_edit, self.epochs_spin,
             self.steps_spin, self.batch_spin, self.lr_edit, self.seed_spin, self.model_combo, self.checkpoint_edit,
-            self.browse_button, self.sim_steps_spin, self.guard_check, *self._param_widgets.values(),
+            self.browse_button, self.sim_steps_spin, self.guard_check,
         )
         for widget in settings:
             widget.setEnabled(idle)

@@ -20,6 +20,8 @@ from nbtoolkit.errors import ConfigError
 SPEED_RANGE = (1.0, 5000.0)
 SPEED_SLIDER_STEPS = 100
 DEFAULT_SPEED = 120.0
+#: the largest value of an integer input
+MAX_INT = 2**31 - 1
 
 
 @dataclass(frozen=True)

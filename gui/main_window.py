@@ -119,7 +119,7 @@ class MainWindow(QMainWindow):
         self.controls.stop_clicked.connect(self.stop)
         self.controls.save_clicked.connect(self._ask_save_checkpoint)
         self.controls.speed_changed.connect(self.session.set_speed)
-        self.controls.preset_combo.currentTextChanged.connect(lambda _: self.preview_system())
+        self.controls.system_form.preset_combo.currentTextChanged.connect(lambda _: self.preview_system())
         self.orbit.system_changed.connect(self._show_orbit_system)
         bridge = self.session.bridge
         bridge.fit_started.connect(self.counters.fit_started)
@@ -189,7 +189,7 @@ class MainWindow(QMainWindow):
         if self.is_running:
             return
         try:
-            state = self.controls.build_system().state
+            state = self.controls.system_form.build_system().state
         except SETUP_ERRORS as exc:
             self._status.showMessage(f"preset: {exc}", 8000)
             return
@@ -222,7 +222,7 @@ class MainWindow(QMainWindow):
             return False
         try:
             config = self.controls.train_config()
-            system = self.controls.build_system()
+            system = self.controls.system_form.build_system()
             reference_name = self.controls.reference_name()
             reference = self.host.predictors.create(reference_name) if reference_name else None
             job = TrainingJob(config, system, reference=reference)
@@ -248,7 +248,7 @@ class MainWindow(QMainWindow):
             else:
                 raise NBToolkitError("no trained model yet: train one first, or choose a checkpoint file")
             reference_name = self.controls.reference_name()
-            job = PlaybackJob(self.controls.build_system().state, predictor,
+            job = PlaybackJob(self.controls.system_form.build_system().state, predictor,
                               self.controls.integrator_combo.currentText(), steps=settings.steps,
                               speed=settings.speed, guard_threshold=settings.guard_threshold,
                               reference=self.host.predictors.create(reference_name) if reference_name else None,

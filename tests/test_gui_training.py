@@ -50,7 +50,7 @@ def window(qtbot, host):
 
 def configure(window: MainWindow, **overrides) -> None:
     window.controls.set_config(TrainConfig(**{**TINY, **overrides}))
-    window.controls.set_preset("kepler", {"eccentricity": 0.5})
+    window.controls.system_form.set_preset("kepler", {"eccentricity": 0.5})
 
 
 def wait_finished(qtbot, window: MainWindow):
@@ -243,7 +243,7 @@ def test_simulate_mode_with_a_checkpoint_animates_frames(qtbot, host, checkpoint
     judged = []
     original = PairEnergyGate.error
     monkeypatch.setattr(PairEnergyGate, "error", lambda self, *a: judged.append(1) or original(self, *a))
-    window.controls.set_preset("kepler", {"eccentricity": 0.5})
+    window.controls.system_form.set_preset("kepler", {"eccentricity": 0.5})
     window.controls.set_mode("simulate")
     window.controls.set_checkpoint(checkpoint)
     window.controls.sim_steps_spin.setValue(60)
@@ -300,7 +300,7 @@ def test_simulation_flies_in_the_chosen_field_and_its_energy_includes_the_potent
     from nbtoolkit.simulate import iter_steps
 
     steps = 40
-    window.controls.set_preset("kepler", {"eccentricity": 0.5})
+    window.controls.system_form.set_preset("kepler", {"eccentricity": 0.5})
     window.controls.set_mode("simulate")
     window.controls.set_checkpoint(checkpoint)
     window.controls.sim_steps_spin.setValue(steps)

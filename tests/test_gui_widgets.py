@@ -348,7 +348,7 @@ def test_dropdowns_list_the_registries_including_a_plugin_registered_at_run_time
 def test_controls_build_the_config_and_the_preset_from_the_widgets(qtbot, host):
     panel = ControlPanel(host)
     qtbot.addWidget(panel)
-    panel.set_preset("kepler", {"eccentricity": 0.7, "masses": (1.0, 0.5)})
+    panel.system_form.set_preset("kepler", {"eccentricity": 0.7, "masses": (1.0, 0.5)})
     panel.threshold_edit.setText("5e-4")
     panel.epochs_spin.setValue(3)
     panel.steps_spin.setValue(11)
@@ -363,18 +363,18 @@ def test_controls_build_the_config_and_the_preset_from_the_widgets(qtbot, host):
     panel.guard_check.setChecked(True)
     assert panel.train_config().gate == "pair-energy"
     assert (panel.simulation_settings().gate, panel.simulation_settings().guard_threshold) == ("pair-energy", 5e-4)
-    system = panel.build_system()
+    system = panel.system_form.build_system()
     assert system.params["eccentricity"] == 0.7 and system.params["masses"] == (1.0, 0.5)
-    assert set(panel.preset_params()) == set(PRESETS["kepler"].params)
+    assert set(panel.system_form.preset_params()) == set(PRESETS["kepler"].params)
 
-    panel._param_widgets["eccentricity"].setText("1.5")
+    panel.system_form.param_widgets["eccentricity"].setText("1.5")
     with pytest.raises(ConfigError, match="eccentricity"):
-        panel.build_system()
+        panel.system_form.build_system()
     panel.lr_edit.setText("fast")
     with pytest.raises(ConfigError, match="learning rate"):
         panel.train_config()
     with pytest.raises(ConfigError, match="does not take parameter 'nope'"):
-        panel.set_preset("kepler", {"nope": 1})
+        panel.system_form.set_preset("kepler", {"nope": 1})
 
 
 def test_field_choice_reaches_the_config_and_the_simulation_settings(qtbot, host):
@@ -422,7 +422,7 @@ def test_controls_load_a_toml_config_with_its_system_table(qtbot, host, tmp_path
     panel = ControlPanel(host)
     qtbot.addWidget(panel)
     panel.load_config(path)
-    assert panel.preset_name() == "plummer" and panel.preset_params()["n"] == 12
+    assert panel.system_form.preset_name() == "plummer" and panel.system_form.preset_params()["n"] == 12
     config = panel.train_config()
     assert (config.epochs, config.replay_steps, config.energy_threshold) == (4, 17, 1e-3)
     assert panel.gate_combo.currentText() == config.gate == "pair-energy"
@@ -445,7 +445,7 @@ def test_window_redraws_on_its_frame_timer_not_per_event(qtbot, host):
     window = MainWindow(host)
     qtbot.addWidget(window)
     window.frame_timer.stop()
-    window.controls.set_preset("kepler")
+    window.controls.system_form.set_preset("kepler")
     window.plots.reset("train", n_systems=1, energy_threshold=2e-4)
     drawn = window.orbit.frames_drawn, window.plots.redraws
     for k in range(300):
@@ -462,12 +462,12 @@ def test_window_redraws_on_its_frame_timer_not_per_event(qtbot, host):
 def test_setup_errors_show_in_the_window_and_leave_it_usable(qtbot, host):
     window = MainWindow(host)
     qtbot.addWidget(window)
-    window.controls.set_preset("kepler")
-    window.controls._param_widgets["eccentricity"].setText("2")
+    window.controls.system_form.set_preset("kepler")
+    window.controls.system_form.param_widgets["eccentricity"].setText("2")
     assert window.start_training() is False
     assert "eccentricity" in window.error_text() and not window.is_running
     window.controls.set_mode("simulate")
-    window.controls._param_widgets["eccentricity"].setText("0.5")
+    window.controls.system_form.param_widgets["eccentricity"].setText("0.5")
     assert window.start() is False  # no model trained yet and no checkpoint chosen
     assert "no trained model" in window.error_text()
     assert window.controls.start_button.isEnabled()
@@ -491,13 +491,13 @@ def test_create_window_preloads_options_and_reports_bad_ones(qtbot, tmp_path):
     args = build_parser().parse_args(["--config", str(config), "--checkpoint", str(tmp_path / "missing.pt")])
     window = create_window(args)
     qtbot.addWidget(window)
-    assert window.controls.preset_name() == "figure-eight"
+    assert window.controls.system_form.preset_name() == "figure-eight"
     assert window.controls.epochs_spin.value() == 2
     assert "missing.pt" in window.error_text()
     args = build_parser().parse_args(["--preset", "pythagorean"])
     other = create_window(args)
     qtbot.addWidget(other)
-    assert other.controls.preset_name() == "pythagorean" and other.error_text() == ""
+    assert other.controls.system_form.preset_name() == "pythagorean" and other.error_text() == ""
     assert other.orbit.n_frames == 1  # the initial state is shown before any run
 
 
