@@ -183,7 +183,7 @@ def run_system(system: Problem, host: Any, log: Any) -> tuple[list[Row], dict[st
         learned = host.predictors.create("learned")
         t = time.perf_counter()
         traj = simulate(system.state, leapfrog, learned, orbits=system.span, period=period, guard_threshold=THRESHOLD,
-                        gate=gates[gate], gate_name=gate)
+                        gate=gates[gate])
         rows.append(judge(system, "learned (guarded)", gate, f"{int(traj.guarded.sum())} guarded", traj, reference,
                           gates, time.perf_counter() - t))
         t = time.perf_counter()

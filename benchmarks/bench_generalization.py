@@ -110,7 +110,7 @@ def tuned_rule(host: Any, case: Case, integrator: Integrator, rule: str) -> dict
 
 def guarded(case: Case, integrator: Integrator, predictor: DtPredictor, label: str) -> dict[str, Any]:
     traj = simulate(case.system.state, integrator, predictor, orbits=case.orbits, period=case.system.period,
-                    guard_threshold=THRESHOLD, predictor_name=label)
+                    guard_threshold=THRESHOLD)
     s = traj.summary()
     return {"label": label, "steps": s["steps"], "force_evals": s["force_evals"], "pass_fraction": 1.0,
             "max_step_rel_dE": s["max_step_rel_dE"], "final_rel_dE": s["final_rel_dE"], "wall_time": s["wall_time"],

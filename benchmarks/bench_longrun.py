@@ -179,8 +179,7 @@ def run_predictor(label: str, setting: str, state: NBodyState, predictor: Any, e
     """Step with ``predictor`` to ``end`` (the last step lands on it), recording at the first step past each sample."""
     e0 = float(state_energy(state)[0])
     end_t = torch.tensor([end], dtype=state.dtype)
-    stepper = iter_steps(state, integrator, predictor, predictor_name=label,
-                         dt_limit=lambda s: time_remaining(end_t, s.time))
+    stepper = iter_steps(state, integrator, predictor, dt_limit=lambda s: time_remaining(end_t, s.time))
     times, energy, phases = [], [], []
     evals, steps, k = 0.0, 0, 0
     start = time.perf_counter()

@@ -244,9 +244,8 @@ class PlaybackJob:
         state = self.state.detach()
         if self.field_name:
             state = state.replace(field=host.fields.create(self.field_name, **self.field_options))
-        stepper = iter_steps(state, integrator, predictor, predictor_name="viewer model",
-                             guard_threshold=self.guard_threshold, control=control,
-                             gate=host.gates.create(self.gate), gate_name=self.gate)
+        stepper = iter_steps(state, integrator, predictor, guard_threshold=self.guard_threshold, control=control,
+                             gate=host.gates.create(self.gate))
         energy0 = state_energy(state)
         evals_per_step = max(1, int(integrator.force_evals_per_step))
         force_evals = np.zeros(state.batch_size, dtype=np.int64)

@@ -111,7 +111,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                           "options it was trained with")
     integrator, trained = _integrator_and_checkpoint(host, args)
     if trained is not None:
-        predictor, predictor_name = trained, f"checkpoint {args.checkpoint}"
+        predictor = trained
     else:
         predictor_name = args.predictor or "freefall"
         predictor = create_predictor(host, predictor_name, {"dt": args.dt, "eta": args.eta,
@@ -122,7 +122,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     traj = simulate(
         system.state, integrator, predictor, steps=args.steps, t_end=args.t_end, orbits=args.orbits,
         period=system.period, guard_threshold=guard, max_halvings=args.max_halvings, max_steps=args.max_steps,
-        predictor_name=predictor_name, progress=progress, gate=gate, gate_name=args.gate,
+        progress=progress, gate=gate,
     )
     progress.close()
     if args.out is not None:
@@ -254,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows: list[Any] = []
     for b in range(state.batch_size):
         one = system.index(b)
-        run = dict(orbits=orbits, threshold=args.threshold, gate=gate, gate_name=args.gate)
+        run = dict(orbits=orbits, threshold=args.threshold, gate=gate)
         ref = None if reference is None else reference.system(b)
         if learned is not None:
             rows += evaluate_predictor(one, integrator, learned, **run, label=f"system {b}: learned", reference=ref)

@@ -22,7 +22,9 @@ blow-up it is.
 
 Any other exception raised by ``step`` (a plugin bug such as a shape error) is re-raised as a
 :class:`~nbtoolkit.errors.PluginError` naming the integrator, its plugin and where it came from
-(nbtoolkit's own errors and out-of-memory errors pass unchanged).
+(nbtoolkit's own errors and out-of-memory errors pass unchanged). The integrator is named by the
+identity its registry stamped on it (:func:`nbtoolkit.registry.describe`), or by its class when
+it was built outside the registries.
 
 Gates are checked the same way: :func:`checked_error` runs a gate and refuses an answer that is
 not one floating-point error >= 0 per system (NaN included), naming the gate and its plugin.
@@ -30,14 +32,12 @@ not one floating-point error >= 0 per system (NaN included), naming the gate and
 Usage::
 
     from nbtoolkit.contracts import checked_step
-    new_state = checked_step(integrator, state, dt)               # instead of integrator.step(state, dt)
-    new_state = checked_step(integrator, state, dt, name="pefrl", host=host)  # when the name is known
+    new_state = checked_step(integrator, state, dt)  # instead of integrator.step(state, dt)
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -47,10 +47,8 @@ from .field import advance
 from .gate import Gate
 from .integrator import Integrator
 from .physics import accelerations
+from .registry import describe
 from .state import NBodyState
-
-if TYPE_CHECKING:
-    from .plugin_manager import PluginHost
 
 #: tolerance on the new time, in units of finfo(dtype).eps * (|t| + |dt|)
 TIME_TOLERANCE_EPS = 1000.0
@@ -60,32 +58,22 @@ _RESOURCE_ERRORS: tuple[type[BaseException], ...] = (MemoryError, getattr(torch,
 _PASS_THROUGH: tuple[type[BaseException], ...] = (NBToolkitError, *_RESOURCE_ERRORS)
 
 
-def checked_step(
-    integrator: Integrator,
-    state: NBodyState,
-    dt: Tensor,
-    *,
-    name: str | None = None,
-    host: PluginHost | None = None,
-) -> NBodyState:
+def checked_step(integrator: Integrator, state: NBodyState, dt: Tensor) -> NBodyState:
     """Advance ``state`` by ``dt`` (B,) with ``integrator`` and check the result (see the module doc).
 
-    Returns the new state unchanged. Raises :class:`PluginError` naming the integrator (by
-    ``name`` when given, else by looking its class up in the registry of ``host``, by default the
-    process-wide host), the plugin that registered it and its module or distribution, and what was
-    wrong. Keeps the autograd graph: the checks only read values.
+    Returns the new state unchanged. Raises :class:`PluginError` naming the integrator, the plugin
+    that registered it and its module or distribution (:func:`~nbtoolkit.registry.describe`), and
+    what was wrong. Keeps the autograd graph: the checks only read values.
     """
     try:
         result = advance(integrator, state, dt)
     except _PASS_THROUGH:
         raise
     except Exception as exc:
-        raise PluginError(
-            f"{integrator_origin(integrator, name=name, host=host)} raised {type(exc).__name__} in step(): {exc}"
-        ) from exc
+        raise PluginError(f"{describe(integrator, 'integrator')} raised {type(exc).__name__} in step(): {exc}") from exc
     problem = step_problem(state, dt, result)
     if problem is not None:
-        raise PluginError(f"{integrator_origin(integrator, name=name, host=host)} broke the integrator contract: {problem}")
+        raise PluginError(f"{describe(integrator, 'integrator')} broke the integrator contract: {problem}")
     return result
 
 
@@ -166,41 +154,7 @@ def _finiteness_problem(state: NBodyState, dt: Tensor, result: NBodyState) -> st
             f"{h[b].item()!r}, a step whose scale cannot overflow")
 
 
-def integrator_origin(integrator: Integrator, *, name: str | None = None, host: PluginHost | None = None) -> str:
-    """Describe an integrator for messages: ``integrator 'pefrl' (plugin 'pefrl' from nbtoolkit-pefrl 0.1.0)``.
-
-    The registry entry is found by ``name`` when given, else by the entry whose factory is the
-    integrator's class (or, for factory functions, lives in the class's module). An integrator
-    that no registered plugin provides is described by its class and module.
-    """
-    return _origin("integrators", "integrator", integrator, name, host)
-
-
-def predictor_origin(predictor: object | None, *, name: str | None = None, host: PluginHost | None = None) -> str:
-    """Describe a dt predictor for messages, like :func:`integrator_origin`:
-    ``dt predictor 'flyby' (plugin 'pefrl' from nbtoolkit-pefrl 0.1.0)``."""
-    return _origin("predictors", "dt predictor", predictor, name, host)
-
-
-def sampler_origin(sampler: object | None, *, name: str | None = None, host: PluginHost | None = None) -> str:
-    """Describe a replay sampler for messages, like :func:`integrator_origin`."""
-    return _origin("samplers", "replay sampler", sampler, name, host)
-
-
-def gate_origin(gate: object | None, *, name: str | None = None, host: PluginHost | None = None) -> str:
-    """Describe a gate for messages, like :func:`integrator_origin`: ``gate 'pair-energy' (plugin ...)``."""
-    return _origin("gates", "gate", gate, name, host)
-
-
-def checked_error(
-    gate: Gate,
-    before: NBodyState,
-    after: NBodyState,
-    reference: Tensor | None = None,
-    *,
-    name: str | None = None,
-    host: PluginHost | None = None,
-) -> Tensor:
+def checked_error(gate: Gate, before: NBodyState, after: NBodyState, reference: Tensor | None = None) -> Tensor:
     """The gate's error (B,) of the step from ``before`` to ``after``, checked like a step.
 
     Raises :class:`PluginError` naming the gate, its plugin and its module or distribution when
@@ -213,10 +167,10 @@ def checked_error(
     except _PASS_THROUGH:
         raise
     except Exception as exc:
-        raise PluginError(f"{gate_origin(gate, name=name, host=host)} raised {type(exc).__name__} in error(): {exc}") from exc
+        raise PluginError(f"{describe(gate, 'gate')} raised {type(exc).__name__} in error(): {exc}") from exc
     problem = error_problem(before.batch_size, error)
     if problem is not None:
-        raise PluginError(f"{gate_origin(gate, name=name, host=host)} broke the gate contract: {problem}")
+        raise PluginError(f"{describe(gate, 'gate')} broke the gate contract: {problem}")
     return error
 
 
@@ -234,37 +188,3 @@ def error_problem(batch: int, error: object) -> str | None:
         return (f"error() returned {error[b].item()} for system {b}; errors must be >= 0, "
                 "and +inf (not NaN) for a step that blew up")
     return None
-
-
-def _origin(registry_name: str, kind: str, obj: object | None, name: str | None, host: PluginHost | None) -> str:
-    if host is None:
-        from .plugin_manager import get_host
-
-        host = get_host()
-    registry = getattr(host, registry_name)
-    cls = type(obj)
-    if name is not None and name in registry:
-        entries = [registry.get(name)]
-    elif obj is not None:
-        entries = [e for e in registry.entries() if _made_by(e.factory, cls)]
-    else:
-        entries = []
-    if not entries:
-        label = f"'{name}'" if name is not None else cls.__qualname__
-        if obj is None:
-            return f"{kind} {label}"
-        return f"{kind} {label} (class {cls.__module__}.{cls.__qualname__}, from no registered plugin)"
-    names = " or ".join(f"'{e.name}'" for e in entries)
-    if name is not None and name not in registry and name != "predictor":
-        names += f" of {name}"  # e.g. "of checkpoint model.pt"
-    plugins = sorted({(e.plugin, e.source) for e in entries})
-    return f"{kind} {names} (" + ", ".join(f"plugin '{p}' from {s}" for p, s in plugins) + ")"
-
-
-def _made_by(factory: object, cls: type) -> bool:
-    """Whether a registry factory builds instances of ``cls``: it is the class, or a factory
-    function (or partial of one) defined in the class's module."""
-    target = getattr(factory, "func", factory)
-    if isinstance(target, type):
-        return target is cls
-    return getattr(target, "__module__", None) == cls.__module__

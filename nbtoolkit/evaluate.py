@@ -27,6 +27,7 @@ from .gate import Gate, is_energy_gate
 from .integrator import Integrator
 from .physics import relative_energy_error, state_energy
 from .predictor import DtPredictor, History
+from .registry import identity_of, stamp
 from .simulate import iter_steps, simulate, time_remaining
 from .state import NBodyState, System
 
@@ -61,7 +62,6 @@ def evaluate_predictor(
     max_steps: int = 1_000_000,
     reference: Any = None,
     gate: Gate | None = None,
-    gate_name: str | None = None,
 ) -> list[GateReport]:
     """Run ``orbits`` periods of every system of ``system`` with ``predictor`` (no guard); one report per
     system.
@@ -71,8 +71,7 @@ def evaluate_predictor(
     position and velocity errors against it at the end time."""
     validate.run_span(orbits=orbits, threshold=threshold)
     state, period = system.state, _period(system, "evaluate_predictor")
-    traj = simulate(state, integrator, predictor, orbits=orbits, period=period, max_steps=max_steps, predictor_name=label,
-                    gate=gate, gate_name=gate_name)
+    traj = simulate(state, integrator, predictor, orbits=orbits, period=period, max_steps=max_steps, gate=gate)
     active = traj.dt > 0
     reports = []
     errors = _reference_errors(reference, state, traj)
@@ -106,13 +105,17 @@ def _reference_errors(reference: Any, state: NBodyState, traj: Any) -> list[dict
 
 
 class ScaledPredictor(DtPredictor):
-    """``scale (B,) * base(state)``: runs one rule with a different eta (or constant dt) per system."""
+    """``scale (B,) * base(state)``: runs one rule with a different eta (or constant dt) per system.
+    Errors about its dt name the base rule (it carries the base's registry identity)."""
 
     def __init__(self, base: DtPredictor, scale: Tensor) -> None:
         super().__init__()
         self.base = base
         self.register_buffer("scale", scale)
         self.history_len = int(getattr(base, "history_len", 0))
+        identity = identity_of(base)
+        if identity is not None:
+            stamp(self, identity)
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
         scaled = getattr(self.base, "scaled_forward", None)  # a rule the scale must enter inside (symmetric)

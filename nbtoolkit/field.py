@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .errors import NBToolkitError, PluginError
+from .registry import describe
 from .state import NBodyState
 
 if TYPE_CHECKING:
@@ -116,13 +117,13 @@ def _checked(field: ExternalField, method: str, state: NBodyState, shape: tuple[
     except (NBToolkitError, MemoryError):
         raise
     except Exception as exc:
-        raise PluginError(f"{field_origin(field)} raised {type(exc).__name__} in {method}(): {exc}") from exc
+        raise PluginError(f"{describe(field, 'external field')} raised {type(exc).__name__} in {method}(): {exc}") from exc
     if not isinstance(value, Tensor) or not value.is_floating_point():
         what = f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
-        raise PluginError(f"{field_origin(field)} broke the field contract: {method}() returned {what}; "
+        raise PluginError(f"{describe(field, 'external field')} broke the field contract: {method}() returned {what}; "
                           f"expected a floating-point tensor of shape {shape}")
     if tuple(value.shape) != shape:
-        raise PluginError(f"{field_origin(field)} broke the field contract: {method}() returned shape "
+        raise PluginError(f"{describe(field, 'external field')} broke the field contract: {method}() returned shape "
                           f"{tuple(value.shape)}; expected {shape}")
     if not bool(torch.isfinite(value.detach()).all()):
         x = state.position.detach()
@@ -131,13 +132,6 @@ def _checked(field: ExternalField, method: str, state: NBodyState, shape: tuple[
         bad = ~torch.isfinite(value.detach()).reshape(state.batch_size, -1).all(-1) & sane
         if bool(bad.any()):
             b = int(torch.nonzero(bad)[0, 0])
-            raise PluginError(f"{field_origin(field)} broke the field contract: {method}() returned a non-finite "
+            raise PluginError(f"{describe(field, 'external field')} broke the field contract: {method}() returned a non-finite "
                               f"value for system {b}, whose state is finite")
     return value
-
-
-def field_origin(field: object) -> str:
-    """Describe a field for messages: ``external field 'plummer-host' (plugin 'plugins.fields' from ...)``."""
-    from .contracts import _origin
-
-    return _origin("fields", "external field", field, None, None)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .errors import InvalidTimestepError
+from .registry import describe
 from .state import NBodyState
 
 
@@ -64,35 +65,25 @@ class DtPredictor(torch.nn.Module):
         return state_dict
 
 
-def checked_dt(dt: Tensor, state: NBodyState, predictor_name: str | None, predictor: object | None = None) -> Tensor:
-    """Return ``dt`` if it has shape (B,) and is finite and > 0; else raise naming the predictor,
-    the plugin that registered it and its distribution (looked up by ``predictor_name`` when it is
-    a registered name, else by the class of ``predictor``)."""
+def checked_dt(dt: Tensor, state: NBodyState, predictor: object) -> Tensor:
+    """Return ``dt``, what ``predictor`` answered for ``state``, if it has shape (B,) and is finite
+    and > 0; else raise :class:`~nbtoolkit.errors.InvalidTimestepError` naming the predictor, the
+    plugin that registered it and its distribution (:func:`~nbtoolkit.registry.describe`)."""
     B = state.batch_size
     if not isinstance(dt, Tensor):
-        raise InvalidTimestepError(f"{_describe(predictor_name, predictor)} returned {type(dt).__name__}, not a tensor")
+        raise InvalidTimestepError(f"{describe(predictor, 'dt predictor')} returned {type(dt).__name__}, not a tensor")
     if dt.shape != (B,):
         raise InvalidTimestepError(
-            f"{_describe(predictor_name, predictor)} returned dt of shape {tuple(dt.shape)}; expected ({B},)"
+            f"{describe(predictor, 'dt predictor')} returned dt of shape {tuple(dt.shape)}; expected ({B},)"
         )
     bad = ~(torch.isfinite(dt) & (dt > 0))
     if bool(bad.any()):
         b = int(torch.nonzero(bad)[0, 0])
         raise InvalidTimestepError(
-            f"{_describe(predictor_name, predictor)} returned dt = {dt[b].item()} for system {b}; "
+            f"{describe(predictor, 'dt predictor')} returned dt = {dt[b].item()} for system {b}; "
             "dt must be finite and > 0"
         )
     return dt
-
-
-def _describe(name: str | None, predictor: object | None) -> str:
-    """``dt predictor 'NAME' (plugin 'P' from SOURCE)`` where the registry knows it, else the given name."""
-    from .contracts import predictor_origin
-
-    try:
-        return predictor_origin(predictor, name=name)
-    except Exception:  # describing must never hide the real error
-        return f"dt predictor '{name}'"
 
 
 # ----------------------------------------------------------------------------- predictors that take trial steps

@@ -1,5 +1,13 @@
 """Named registries of plugin-provided factories (integrators, dt predictors, replay samplers, gates,
-external fields)."""
+external fields), and the identity they stamp on what they build.
+
+:meth:`Registry.create` sets ``obj.registry_identity`` to a :class:`RegistryIdentity` (the kind,
+the name it was built by, the plugin that registered that name and where the plugin came from),
+so that an error about the object names its plugin wherever the object travels: through the
+command line, the Python API, training or the viewer. :func:`describe` turns an object into that
+description, and describes an object built outside the registries (a user's own ``nn.Module``
+passed directly) by its class.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,62 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import DuplicateNameError, PluginError, UnknownNameError
+
+#: the attribute that :meth:`Registry.create` sets on the objects it builds
+IDENTITY_ATTRIBUTE = "registry_identity"
+
+
+@dataclass(frozen=True)
+class RegistryIdentity:
+    """Where a built object came from: the registry's ``kind`` ("integrator", "dt predictor", ...),
+    the ``name`` it was built by, the ``plugin`` that registered that name and the plugin's
+    ``source`` (``module plugins.integrators``, or a distribution such as ``nbtoolkit-pefrl 0.1.0``)."""
+
+    kind: str
+    name: str
+    plugin: str
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} '{self.name}' (plugin '{self.plugin}' from {self.source})"
+
+
+def identity_of(obj: object) -> RegistryIdentity | None:
+    """The identity :meth:`Registry.create` stamped on ``obj``, or None (built outside the registries,
+    or an object that takes no attributes)."""
+    try:
+        identity = getattr(obj, IDENTITY_ATTRIBUTE, None)
+    except Exception:  # an odd __getattr__ must not hide the error being reported
+        return None
+    return identity if isinstance(identity, RegistryIdentity) else None
+
+
+def describe(obj: object, kind: str) -> str:
+    """``obj`` for messages: ``dt predictor 'mlp' (plugin 'plugins.mlp_predictor' from module
+    plugins.mlp_predictor)`` for an object built by a registry; for any other object, ``kind`` and
+    its class (``dt predictor MyRule (class my_module.MyRule, not built by a plugin registry)``), or
+    for a plain function the function itself."""
+    identity = identity_of(obj)
+    if identity is not None:
+        return str(identity)
+    what, named = ("function", obj) if inspect.isroutine(obj) else ("class", type(obj))
+    name = getattr(named, "__qualname__", type(obj).__qualname__)
+    return f"{kind} {name} ({what} {getattr(named, '__module__', '?')}.{name}, not built by a plugin registry)"
+
+
+def stamp(obj: object, identity: RegistryIdentity) -> None:
+    """Set ``obj.registry_identity = identity``, where ``obj`` takes attributes.
+
+    The attribute is set with ``object.__setattr__``: an ``nn.Module`` keeps it as a plain
+    attribute (not a parameter, buffer or state-dict entry), and a frozen dataclass takes it
+    without its fields, equality or hash changing. Objects without an instance ``__dict__`` (a
+    class with ``__slots__``, a bound method, a built-in function) cannot carry it; they are
+    returned unstamped and described by their class.
+    """
+    try:
+        object.__setattr__(obj, IDENTITY_ATTRIBUTE, identity)
+    except (AttributeError, TypeError):
+        pass
 
 
 @dataclass(frozen=True)
@@ -65,10 +129,12 @@ class Registry:
             raise UnknownNameError(f"unknown {self.kind} '{name}'; known: {known}{self.unknown_hint(name)}") from None
 
     def create(self, name: str, **options: Any) -> Any:
-        """Build the named object, passing ``options`` to its factory.
+        """Build the named object, passing ``options`` to its factory, and stamp its
+        :class:`RegistryIdentity` on it (``obj.registry_identity``; see :func:`stamp`).
 
         An option the factory does not accept is an error naming it; a factory that raises is
-        reported with the plugin that provided it.
+        reported with the plugin that provided it. A factory that returns the same object for
+        several names (or under several registries) leaves it with the identity of the last build.
         """
         entry = self.get(name)
         accepted = entry.accepted_options()
@@ -80,7 +146,7 @@ class Registry:
                     f"{', '.join(unknown)}; it takes: {', '.join(sorted(accepted)) or '(none)'}"
                 )
         try:
-            return entry.factory(**options)
+            built = entry.factory(**options)
         except (PluginError, UnknownNameError):
             raise
         except Exception as exc:
@@ -88,6 +154,8 @@ class Registry:
                 f"{self.kind} '{name}' from plugin '{entry.plugin}' failed to build: {type(exc).__name__}: {exc} "
                 f"(plugin '{entry.plugin}' comes from {entry.source})"
             ) from exc
+        stamp(built, RegistryIdentity(self.kind, entry.name, entry.plugin, entry.source))
+        return built
 
     def names(self) -> list[str]:
         return sorted(self._entries)

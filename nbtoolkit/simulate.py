@@ -57,26 +57,25 @@ def iter_steps(
     integrator: Integrator,
     predictor: DtPredictor,
     *,
-    predictor_name: str | None = None,
     guard_threshold: float | None = None,
     max_halvings: int = 20,
     control: RunControl | None = None,
     dt_limit: Callable[[NBodyState], Tensor] | None = None,
     gate: Gate | None = None,
-    gate_name: str | None = None,
 ) -> Iterator[StepResult]:
     """Yield one :class:`StepResult` per step, forever (the caller decides when to stop).
 
     ``gate`` judges every step (default: the energy gate) and, with ``guard_threshold``, decides
-    which steps the guard retries; its answer goes through :func:`nbtoolkit.contracts.checked_error`
-    (``gate_name`` names it in errors).
+    which steps the guard retries; its answer goes through :func:`nbtoolkit.contracts.checked_error`.
 
     ``dt_limit(state)`` (B,) caps dt (``simulate`` uses it to land on an end time; a limit of 0
     freezes a system). The predictor sees the last ``predictor.history_len`` states. No gradients
     are recorded. Every integrator step goes through :func:`nbtoolkit.contracts.checked_step`, so
     an integrator that breaks its contract (wrong shapes, time not advanced, NaN out of a finite
-    state) raises :class:`~nbtoolkit.errors.PluginError` naming it and its plugin. A system with
-    zero total energy is refused (|dE/E| would be undefined; see
+    state) raises :class:`~nbtoolkit.errors.PluginError` naming it and its plugin; every dt goes
+    through :func:`nbtoolkit.predictor.checked_dt`. Plugins are named by the identity their registry
+    stamped on them (:func:`nbtoolkit.registry.describe`), other objects by their class. A system
+    with zero total energy is refused (|dE/E| would be undefined; see
     :func:`nbtoolkit.validate.energy_normalisable`).
     """
     validate.run_span(guard_threshold=guard_threshold, max_halvings=max_halvings)
@@ -86,7 +85,7 @@ def iter_steps(
     history_len = int(getattr(predictor, "history_len", 0))
     history = History.empty(state, history_len) if history_len else None
     energy = state_energy(state)
-    judge = _Judge(gate, gate_name)
+    judge = _Judge(gate)
     evals_per_step = integrator.force_evals_per_step
     bind_integrator(predictor, integrator)  # predictors that take trial steps use the run's integrator
     pop_force_evals(predictor, state.batch_size)  # and count from zero
@@ -94,7 +93,7 @@ def iter_steps(
         if control is not None:
             control.checkpoint()
         with torch.no_grad():  # not held across the yield: grad mode is thread-global
-            proposed = checked_dt(predictor(state, history), state, predictor_name, predictor)
+            proposed = checked_dt(predictor(state, history), state, predictor)
             limit = None if dt_limit is None else dt_limit(state)
             dt = proposed if limit is None else torch.minimum(proposed, limit)
             new = checked_step(integrator, state, dt)
@@ -122,8 +121,8 @@ class _Judge:
     """The gate of a run. The energy gate's error is the |dE/E| that every step computes anyway,
     so it is taken from there instead of being computed twice; other gates are asked, checked."""
 
-    def __init__(self, gate: Gate | None, name: str | None) -> None:
-        self.gate, self.name = gate, name
+    def __init__(self, gate: Gate | None) -> None:
+        self.gate = gate
         self.energy = is_energy_gate(gate)
 
     def reference(self, state: NBodyState) -> Tensor | None:
@@ -132,7 +131,7 @@ class _Judge:
     def error(self, before: NBodyState, after: NBodyState, rel: Tensor, reference: Tensor | None) -> Tensor:
         if self.energy:
             return rel
-        return checked_error(self.gate, before, after, reference, name=self.name)  # type: ignore[arg-type]
+        return checked_error(self.gate, before, after, reference)  # type: ignore[arg-type]
 
 
 def _guard(
@@ -259,17 +258,16 @@ def simulate(
     guard_threshold: float | None = None,
     max_halvings: int = 20,
     max_steps: int = DEFAULT_MAX_STEPS,
-    predictor_name: str | None = None,
     control: RunControl | None = None,
     progress: Callable[[int, float], None] | None = None,
     gate: Gate | None = None,
-    gate_name: str | None = None,
 ) -> Trajectory:
     """Run a simulation and record every step.
 
-    ``gate`` judges every step and decides the guard's retries (default: the energy gate);
-    ``gate_name`` names it in errors. A gate other than the energy gate adds its per-step errors
-    to the trajectory (``gate_error``).
+    ``gate`` judges every step and decides the guard's retries (default: the energy gate). A gate
+    other than the energy gate adds its per-step errors to the trajectory (``gate_error``). Errors
+    about the integrator, the predictor or the gate name each by its registry identity
+    (``nbtoolkit.registry.describe``), as in :func:`iter_steps`.
 
     Give exactly one of ``steps`` (fixed count), ``t_end`` (end time, scalar or (B,)) or
     ``orbits`` together with ``period`` (B,). With an end time the last step is shortened to
@@ -321,8 +319,8 @@ def simulate(
     evals = np.zeros(state.batch_size, dtype=np.int64)
     start = _time.perf_counter()
     stepper = iter_steps(
-        state, integrator, predictor, predictor_name=predictor_name, guard_threshold=guard_threshold,
-        max_halvings=max_halvings, control=control, dt_limit=dt_limit, gate=gate, gate_name=gate_name,
+        state, integrator, predictor, guard_threshold=guard_threshold, max_halvings=max_halvings, control=control,
+        dt_limit=dt_limit, gate=gate,
     )
     for k, result in enumerate(stepper, start=1):
         active = (result.dt > 0).numpy()

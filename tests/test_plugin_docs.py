@@ -267,7 +267,7 @@ def test_the_documented_sampler_registers_and_samples():
     buffer.add(state, torch.full((6,), 0.01, dtype=torch.float64), rel)
     assert sampler(buffer, 3, torch.Generator().manual_seed(0)).tolist() == [1, 4, 2]
     assert sorted(sampler(buffer, 100, None).tolist()) == list(range(6))  # capped at the buffer size
-    batch = training.sample_minibatch(buffer, 2, torch.Generator(), sampler, sampler_name="worst-first")
+    batch = training.sample_minibatch(buffer, 2, torch.Generator(), sampler)
     assert batch.indices.tolist() == [1, 4]
 
 
@@ -288,7 +288,7 @@ def test_the_documented_gate_registers_and_judges():
     energy = host.gates.create("energy")
     for name, spin_at_least, spin_below in (("leapfrog", 0.0, 1e-13), ("rk4", 1e-3, 1.0)):
         new = host.integrators.create(name).step(state, dt)
-        error = checked_error(gate, state, new, name="energy-and-spin", host=host)
+        error = checked_error(gate, state, new)
         l0, l1 = (float(angular_momentum(s.mass, s.position, s.velocity).detach()) for s in (state, new))
         spin = abs(l1 - l0) / abs(l0)
         assert spin_at_least <= spin < spin_below  # leapfrog keeps L to round-off, rk4 does not
@@ -297,7 +297,7 @@ def test_the_documented_gate_registers_and_judges():
     (grad,) = torch.autograd.grad(error.sum(), dt)
     assert torch.isfinite(grad).all()
     blown = state.replace(position=state.position * float("inf"))
-    assert checked_error(gate, state, blown, host=host).item() == float("inf")
+    assert checked_error(gate, state, blown).item() == float("inf")
     # the guard of simulate takes it: every step passes it
     traj = simulate(state, host.integrators.create("rk4"), host.predictors.create("constant", dt=period / 20),
                     orbits=1, period=torch.tensor([period]), guard_threshold=1e-4, gate=gate)

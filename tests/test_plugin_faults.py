@@ -21,9 +21,10 @@ from systems import random_cluster, two_body_orbit
 import nbtoolkit.plugin_manager as plugin_manager
 from nbtoolkit import Integrator, NBodyState, PluginHost, hookimpl
 from nbtoolkit.cli import main
-from nbtoolkit.contracts import checked_step, integrator_origin
+from nbtoolkit.contracts import checked_step
 from nbtoolkit.errors import PluginError
 from nbtoolkit.physics import state_accelerations
+from nbtoolkit.registry import describe
 from nbtoolkit.simulate import simulate
 
 #: a healthy plugin module shipped in the same distribution as the broken ones
@@ -340,11 +341,11 @@ def test_huge_but_finite_results_of_a_too_large_dt_pass(host):
     assert bool(torch.isfinite(out.position).all())
 
 
-def test_the_origin_of_an_integrator_is_found_by_name_class_or_factory_module(host):
-    assert integrator_origin(host.integrators.create("yoshida4")) == (
+def test_an_integrator_is_named_by_the_identity_its_registry_stamped_on_it(host):
+    assert describe(host.integrators.create("yoshida4"), "integrator") == (
         "integrator 'yoshida4' (plugin 'plugins.integrators' from module plugins.integrators)")
-    assert integrator_origin(Raises(), name="my-name") == (
-        f"integrator 'my-name' (class {__name__}.Raises, from no registered plugin)")
+    assert describe(Raises(), "integrator") == (
+        f"integrator Raises (class {__name__}.Raises, not built by a plugin registry)")
 
     class FactoryPlugin:
         @hookimpl
@@ -353,8 +354,11 @@ def test_the_origin_of_an_integrator_is_found_by_name_class_or_factory_module(ho
 
     local = PluginHost((), load_entry_points=False)
     local.register_plugin(FactoryPlugin(), name="function-factory")
-    assert integrator_origin(DropsABody(), host=local) == (
-        "integrator 'made-by-function' (plugin 'function-factory' from object function-factory)")
+    built = local.integrators.create("made-by-function")  # no name travels with it but its identity
+    state = random_cluster(2, 3)
+    with pytest.raises(PluginError, match=r"^integrator 'made-by-function' \(plugin 'function-factory' from object "
+                                          r"function-factory\) broke the integrator contract"):
+        checked_step(built, state, torch.full((2,), 1e-3, dtype=torch.float64))
 
 
 def make_drops_a_body() -> Integrator:

@@ -70,10 +70,18 @@ def test_minibatch_is_random_and_reproducible_under_a_seed(host):
 
 def test_a_sampler_breaking_its_contract_is_reported_by_name(host):
     buf = collected(host, steps=5)
-    with pytest.raises(PluginError, match="'twice'.*duplicate"):
-        sample_minibatch(buf, 4, None, lambda b, k, g: torch.tensor([0, 0, 1]), sampler_name="twice")
-    with pytest.raises(PluginError, match="'wide'.*outside"):
-        sample_minibatch(buf, 4, None, lambda b, k, g: torch.tensor([0, 99]), sampler_name="wide")
+
+    def twice(buffer, k, generator):
+        return torch.tensor([0, 0, 1])
+
+    def wide(buffer, k, generator):
+        return torch.tensor([0, 99])
+
+    with pytest.raises(PluginError, match=r"replay sampler \S*twice \(function .*not built by a plugin registry\) "
+                                          "returned duplicate"):
+        sample_minibatch(buf, 4, None, twice)
+    with pytest.raises(PluginError, match="wide.*outside"):
+        sample_minibatch(buf, 4, None, wide)
 
 
 # ----------------------------------------------------------------------------- evaluation

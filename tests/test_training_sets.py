@@ -10,6 +10,7 @@ import torch
 from nbtoolkit import NBodyState
 from nbtoolkit.errors import ConfigError, InvalidStateError
 from nbtoolkit.families import FAMILIES, draw_family, kepler_relative
+from nbtoolkit.gate import EnergyGate
 from nbtoolkit.physics import angular_momentum, linear_momentum, state_energy, total_energy
 from nbtoolkit.training import TrainConfig
 from nbtoolkit.training.calibrate import calibrate_safety, max_passing_scale
@@ -183,7 +184,7 @@ def test_grouped_step_of_a_padded_batch_equals_the_padded_computation(host):
     assert sorted(torch.cat([idx for idx, _ in groups]).tolist()) == list(range(state.batch_size))
     cfg = TrainConfig()
     grouped = predict_and_step(pred, integrator, state, None, cfg)
-    whole = _predict_and_step(pred, integrator, state, None, cfg, None, "mlp")
+    whole = _predict_and_step(pred, integrator, state, None, cfg, None, EnergyGate())
     real = state.body_mask
     assert torch.allclose(grouped.dt, whole.dt, rtol=1e-12)
     assert torch.allclose(grouped.state.position[real], whole.state.position[real], rtol=1e-12, atol=1e-14)

@@ -126,8 +126,7 @@ class _Collection:
         sub = self.state.index(idx)
         hsub = None if self.history is None else self.history.index(idx)
         out = predict_and_step(loop.predictor, loop.integrator, sub, hsub, self.config,
-                               reference=None if self.reference is None else self.reference[idx],
-                               predictor_name=loop.predictor_name, gate=loop.gate, gate_name=loop.gate_name)
+                               reference=None if self.reference is None else self.reference[idx], gate=loop.gate)
         ok = out.passed
         if bool(ok.any()):
             rows = torch.nonzero(ok).squeeze(1)
@@ -202,12 +201,11 @@ class _Collection:
             raise RetrainLimitError(first + self.collective.offset, float(rel[0]), cfg.energy_threshold,
                                     int(self.attempts[first]), self.epoch, int(self.accepted[first]))
         with torch.no_grad():
-            dt = checked_dt(loop.fallback(sub, hist), sub, f"fallback {cfg.fallback_predictor}")
+            dt = checked_dt(loop.fallback(sub, hist), sub, loop.fallback)
             e0 = None if self.reference is None else self.reference[idx]
             for _ in range(FALLBACK_HALVINGS + 1):
                 after = attempt_single_step(loop.integrator, sub, dt, cfg.n_steps)
-                passed, rel = check_energy_threshold(sub, after, cfg.energy_threshold, energy0=e0, gate=loop.gate,
-                                                     gate_name=loop.gate_name)
+                passed, rel = check_energy_threshold(sub, after, cfg.energy_threshold, energy0=e0, gate=loop.gate)
                 if bool(passed.all()):
                     break
                 dt = torch.where(passed, dt, dt / 2)

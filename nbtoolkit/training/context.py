@@ -41,8 +41,8 @@ class LoopContext:
     ``fallback`` is the classical predictor that takes a step when ``config.on_retrain_limit ==
     "fallback"``. ``sampler`` picks Part 2's minibatches (None: uniform without replacement)
     with ``generator``, the replay RNG. ``collective`` makes the rounds data-parallel
-    (:mod:`.distributed`; default one process). ``predictor_name``, ``gate_name`` and
-    ``sampler_name`` are the registry names that error messages give.
+    (:mod:`.distributed`; default one process). Error messages name each part by the identity
+    its registry stamped on it (:func:`nbtoolkit.registry.describe`), or by its class.
     """
 
     predictor: DtPredictor
@@ -56,9 +56,6 @@ class LoopContext:
     sampler: Sampler | None = None
     generator: torch.Generator | None = None
     collective: Collective = LOCAL
-    predictor_name: str = "predictor"
-    gate_name: str | None = None
-    sampler_name: str = "uniform"
 
     def stop_requested(self) -> bool:
         """Wait while ``control`` is paused; True when it asks the run to stop (False without one)."""

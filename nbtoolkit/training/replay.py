@@ -26,6 +26,7 @@ from ..events import ReplayIteration
 from ..gate import Gate
 from ..integrator import Integrator
 from ..predictor import DtPredictor, History
+from ..registry import describe
 from ..state import NBodyState
 from .buffer import ReplayBuffer
 from .config import TrainConfig
@@ -58,7 +59,7 @@ class Minibatch:
 
 
 def sample_minibatch(buffer: ReplayBuffer, batch_size: int, generator: torch.Generator | None = None,
-                     sampler: Sampler | None = None, *, sampler_name: str = "uniform") -> Minibatch:
+                     sampler: Sampler | None = None) -> Minibatch:
     """Draw a minibatch of at most ``batch_size`` distinct samples (capped at the buffer size).
 
     ``sampler`` picks the indices (default: uniform without replacement, the seed's rule);
@@ -76,23 +77,14 @@ def sample_minibatch(buffer: ReplayBuffer, batch_size: int, generator: torch.Gen
         except (NBToolkitError, MemoryError):
             raise
         except Exception as exc:
-            raise PluginError(f"{_describe(sampler_name, sampler)} raised {type(exc).__name__}: {exc}") from exc
-        _check_indices(idx, n, k, _describe(sampler_name, sampler))
+            raise PluginError(f"{describe(sampler, 'replay sampler')} raised {type(exc).__name__}: {exc}") from exc
+        _check_indices(idx, n, k, sampler)
     state, history = buffer.gather(idx)
     return Minibatch(indices=idx, state=state, history=history, dt=buffer.dt[idx].clone())
 
 
-def _describe(name: str, sampler: Any) -> str:
-    """``replay sampler 'NAME' (plugin 'P' from SOURCE)`` where the registry knows it."""
-    from ..contracts import sampler_origin
-
-    try:
-        return sampler_origin(sampler, name=name)
-    except Exception:  # describing must never hide the real error
-        return f"replay sampler '{name}'"
-
-
-def _check_indices(idx: Any, n: int, k: int, label: str) -> None:
+def _check_indices(idx: Any, n: int, k: int, sampler: Any) -> None:
+    label = describe(sampler, "replay sampler")
     if not isinstance(idx, Tensor) or idx.dim() != 1 or idx.dtype != torch.long:
         shape = tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__
         raise PluginError(f"{label} must return a 1-D LongTensor of indices; got {shape}")
@@ -105,8 +97,7 @@ def _check_indices(idx: Any, n: int, k: int, label: str) -> None:
 
 
 def evaluate_minibatch(predictor: DtPredictor, integrator: Integrator, minibatch: Minibatch, config: TrainConfig,
-                       *, predictor_name: str = "predictor", gate: Gate | None = None,
-                       gate_name: str | None = None) -> tuple[bool, Tensor, Tensor, dict[str, Any]]:
+                       *, gate: Gate | None = None) -> tuple[bool, Tensor, Tensor, dict[str, Any]]:
     """Replay every sample of ``minibatch`` with one predicted step, as one batched computation.
 
     Returns ``(all_pass, losses, rel_dE_list, metrics)``: ``losses`` (k,) per-sample band loss
@@ -115,8 +106,7 @@ def evaluate_minibatch(predictor: DtPredictor, integrator: Integrator, minibatch
     ``fail_count``, ``mean_rel_dE``, ``max_rel_dE``, ``batch_size`` and ``mean_dt`` (Python
     numbers). The minibatch is not modified.
     """
-    out = predict_and_step(predictor, integrator, minibatch.state, minibatch.history, config,
-                           predictor_name=predictor_name, gate=gate, gate_name=gate_name)
+    out = predict_and_step(predictor, integrator, minibatch.state, minibatch.history, config, gate=gate)
     passed = out.passed
     rel = out.rel_dE
     metrics: dict[str, Any] = {
@@ -196,11 +186,8 @@ def generalize_on_trajectory(loop: LoopContext, buffer: ReplayBuffer, *, epoch: 
         rel: Tensor | None = None
         evaluated = _no_samples()
         if len(buffer):  # always in one process; a data-parallel rank with an empty buffer joins with nothing
-            batch = sample_minibatch(buffer, cfg.replay_batch_size, loop.generator, loop.sampler,
-                                     sampler_name=loop.sampler_name)
-            _, losses, rel, evaluated = evaluate_minibatch(loop.predictor, loop.integrator, batch, cfg,
-                                                           predictor_name=loop.predictor_name, gate=loop.gate,
-                                                           gate_name=loop.gate_name)
+            batch = sample_minibatch(buffer, cfg.replay_batch_size, loop.generator, loop.sampler)
+            _, losses, rel, evaluated = evaluate_minibatch(loop.predictor, loop.integrator, batch, cfg, gate=loop.gate)
             buffer.update_rel_dE(batch.indices, rel)
         outcome = collective.round(losses, rel, cfg, loop.predictor, evaluated)
         assert outcome.metrics is not None

@@ -48,17 +48,16 @@ def attempt_single_step(integrator: Integrator, state: NBodyState, dt: Tensor, n
 
 
 def check_energy_threshold(state0: NBodyState, state1: NBodyState, threshold: float, *,
-                           energy0: Tensor | None = None, gate: Gate | None = None,
-                           gate_name: str | None = None) -> tuple[Tensor, Tensor]:
+                           energy0: Tensor | None = None, gate: Gate | None = None) -> tuple[Tensor, Tensor]:
     """Judge a step from ``state0`` to ``state1`` with ``gate`` (default: the energy gate).
 
     Returns ``(passed, rel_dE)``: ``rel_dE`` (B,) the gate's error, for the energy gate
     |E1 - E0| / |E0| (inf where not finite), on the graph of state1; ``passed`` (B,) bool, True
     where ``rel_dE <= threshold``. ``energy0`` may be given to skip recomputing what the gate
     measures on state0: ``gate.reference(state0)``, for the energy gate E0 (B,). The answer is
-    checked (:func:`nbtoolkit.contracts.checked_error`; ``gate_name`` names the gate in errors).
+    checked (:func:`nbtoolkit.contracts.checked_error`).
     """
-    rel = checked_error(EnergyGate() if gate is None else gate, state0, state1, energy0, name=gate_name)
+    rel = checked_error(EnergyGate() if gate is None else gate, state0, state1, energy0)
     return rel.detach() <= threshold, rel
 
 
@@ -109,9 +108,7 @@ def padding_groups(state: NBodyState) -> list[tuple[Tensor, int]] | None:
 
 
 def predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBodyState, history: History | None,
-                     config: TrainConfig, *, reference: Tensor | None = None,
-                     predictor_name: str = "predictor", gate: Gate | None = None,
-                     gate_name: str | None = None) -> StepOutcome:
+                     config: TrainConfig, *, reference: Tensor | None = None, gate: Gate | None = None) -> StepOutcome:
     """Predict dt for every system, step, measure the gate's error (default gate: |dE/E|) and the
     per-sample loss, all batched. ``reference`` is ``gate.reference(state)`` if already known.
 
@@ -124,16 +121,14 @@ def predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBod
     gate = EnergyGate() if gate is None else gate
     groups = padding_groups(state)
     if groups is None or len(groups) == 1 and groups[0][1] == state.n_bodies:
-        return _predict_and_step(predictor, integrator, state, history, config, reference, predictor_name, gate,
-                                 gate_name)
+        return _predict_and_step(predictor, integrator, state, history, config, reference, gate)
     ref = gate.reference(state) if reference is None else reference
     outs = []
     for idx, n in groups:
         sub = state.index(idx).trim_bodies(n)
         hsub = None if history is None else History(history.position[idx, :, :n], history.velocity[idx, :, :n],
                                                     history.mask[idx])
-        outs.append(_predict_and_step(predictor, integrator, sub, hsub, config, None if ref is None else ref[idx],
-                                      predictor_name, gate, gate_name))
+        outs.append(_predict_and_step(predictor, integrator, sub, hsub, config, None if ref is None else ref[idx], gate))
     order = torch.cat([idx for idx, _ in groups])
     inverse = torch.argsort(order)
     position, velocity = state.position.detach().clone(), state.velocity.detach().clone()
@@ -150,25 +145,22 @@ def predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBod
 
 
 def _predict_and_step(predictor: DtPredictor, integrator: Integrator, state: NBodyState, history: History | None,
-                      config: TrainConfig, reference: Tensor | None, predictor_name: str, gate: Gate | None = None,
-                      gate_name: str | None = None) -> StepOutcome:
+                      config: TrainConfig, reference: Tensor | None, gate: Gate) -> StepOutcome:
     """:func:`predict_and_step` on one batch without padding groups.
 
     Systems whose step is not finite are stepped again with their dt detached, so their
     (penalty) loss reaches the predictor only through :func:`compute_single_step_loss`'s dt
     term. The returned state is detached (it is only ever accepted, not trained through).
     """
-    gate = EnergyGate() if gate is None else gate
-    dt = checked_dt(predictor(state, history), state, predictor_name, predictor)
+    dt = checked_dt(predictor(state, history), state, predictor)
     ref = gate.reference(state) if reference is None else reference
     new = attempt_single_step(integrator, state, dt, config.n_steps)
-    passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=ref, gate=gate, gate_name=gate_name)
+    passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=ref, gate=gate)
     finite = torch.isfinite(rel)
     if dt.requires_grad and not bool(finite.all()):
         safe_dt = torch.where(finite, dt, dt.detach())
         new = attempt_single_step(integrator, state, safe_dt, config.n_steps)
-        passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=ref, gate=gate,
-                                             gate_name=gate_name)
+        passed, rel = check_energy_threshold(state, new, config.energy_threshold, energy0=ref, gate=gate)
     losses = compute_single_step_loss(rel, config, dt)
     return StepOutcome(dt=dt, state=new.detach(), rel_dE=rel.detach(), passed=passed, losses=losses)
 

@@ -211,8 +211,7 @@ class Trainer:
         cfg = self.config
         return LoopContext(self.predictor, self.integrator, cfg, self.optimizer, gate=self.gate,
                            hook=self.collective.observers(self.host.hook), control=self.control, fallback=self.fallback,
-                           sampler=self.sampler, generator=self.generator, collective=self.collective,
-                           predictor_name=cfg.predictor, gate_name=cfg.gate, sampler_name=cfg.sampler)
+                           sampler=self.sampler, generator=self.generator, collective=self.collective)
 
     def _prepare_fit(self) -> None:
         """Check that the checkpoint can be written, and train without the safety factor (reset to 1)."""
