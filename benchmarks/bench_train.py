@@ -56,7 +56,7 @@ def previous_potential(mass: torch.Tensor, position: torch.Tensor, G: float = 1.
 
 
 #: (module, attribute) through which nbtoolkit reaches the force kernel and the potential
-KERNEL_SITES = [("nbtoolkit.physics", "accelerations"), ("nbtoolkit.contracts", "accelerations"),
+KERNEL_SITES = [("nbtoolkit.physics", "accelerations"), ("nbtoolkit.contracts.integrator", "accelerations"),
                 ("nbtoolkit_pefrl.integrator", "accelerations")]
 POTENTIAL_SITES = [("nbtoolkit.physics", "potential_energy")]
 #: timed categories: (label, [(module, attribute), ...])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# imported first: the contracts import nbtoolkit.field, which imports nbtoolkit.contracts.field; the
+# package must be loading already when nbtoolkit.field starts (it does, as nbtoolkit's first import)
+from .contracts import DtPredictor, ExternalField, Gate, History, Integrator
 from .control import RunControl, RunStopped
 from .errors import (
     ConfigError,
@@ -13,10 +16,7 @@ from .errors import (
     StateFileError,
     UnknownNameError,
 )
-from .field import ExternalField
-from .gate import Gate
 from .hookspecs import hookimpl
-from .integrator import Integrator
 from .physics import (
     accelerations,
     accelerations_at,
@@ -31,7 +31,6 @@ from .physics import (
     total_energy,
 )
 from .plugin_manager import DEFAULT_PLUGINS, PluginHost, get_host, reset_host
-from .predictor import DtPredictor, History
 from .state import NBodyState, System
 
 __version__ = "0.1.0"

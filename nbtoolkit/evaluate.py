@@ -20,13 +20,10 @@ import torch
 from torch import Tensor
 
 from . import validate
-from .contracts import checked_error
+from .contracts import DtPredictor, Gate, History, Integrator, checked_error, checked_step
 from .errors import ConfigError, NBToolkitError
-from .field import advance
-from .gate import Gate, is_energy_gate
-from .integrator import Integrator
+from .gate import is_energy_gate
 from .physics import relative_energy_error, state_energy
-from .predictor import DtPredictor, History
 from .registry import identity_of, stamp
 from .simulate import iter_steps, simulate, time_remaining
 from .state import NBodyState, System
@@ -318,7 +315,7 @@ def _try_dts(state: NBodyState, energy: Tensor, integrator: Integrator, dts: Ten
     """Step copies of one system with each dt in ``dts`` (K,); return rel_dE (K,), the gate's
     errors (K,) and the K new states."""
     batch = NBodyState.cat([state] * dts.shape[0])
-    new = advance(integrator, batch, dts)
+    new = checked_step(integrator, batch, dts)
     rel = relative_energy_error(energy.expand(dts.shape[0]), state_energy(new))
     if is_energy_gate(gate):
         return rel, rel, new

@@ -1,55 +1,20 @@
-"""The acceptance-gate contract that plugins implement, and the whole-system energy gate.
+"""The whole-system energy gate, the default and the seed's gate.
 
-A gate judges one step: it maps the state a step started from and the state it reached to an
-error per system, a tensor of shape (B,), dimensionless, >= 0 and +inf where the step blew up.
-A step passes when its error is at most the threshold (``energy_threshold`` in training, the
-guard threshold of ``simulate``, ``--threshold`` of ``evaluate``). Training learns dt against
-the same error (the band loss of :mod:`nbtoolkit.training.steps`), so a gate must be
-differentiable with respect to the state after the step.
-
-The default, :class:`EnergyGate` (registered as ``energy``), is the seed's gate: the relative
-change of the total energy of each system, |E1 - E0| / |E0|.
+The gate contract (:class:`Gate`) and its run-time check live in :mod:`nbtoolkit.contracts.gate`
+beside the other extension points' contracts; ``from nbtoolkit.gate import Gate`` keeps working.
+:class:`EnergyGate` (registered as ``energy``) measures the relative change of the total energy
+of each system, |E1 - E0| / |E0|.
 """
 
 from __future__ import annotations
 
-import abc
-
 from torch import Tensor
 
+from .contracts.gate import Gate
 from .physics import relative_energy_error, state_energy
 from .state import NBodyState
 
-
-class Gate(abc.ABC):
-    """Base class of gate plugins. Subclasses implement :meth:`error`, and may set :attr:`label`
-    and :meth:`reference`."""
-
-    #: what the error measures, for table headers, plot axes and messages
-    label: str = "error"
-
-    def reference(self, state: NBodyState) -> Tensor | None:
-        """Quantities of ``state`` that :meth:`error` needs for any step starting from it, computed
-        once, so that callers judging several steps from the same state (retries, a grid of trial
-        dts) or carrying them from step to step do not recompute them.
-
-        A tensor whose first dimension is the batch (B, ...) holding per-system values only (no
-        per-body axis: callers index it by system and trim padding bodies off the states), or
-        None (the default: nothing to reuse).
-        """
-        return None
-
-    @abc.abstractmethod
-    def error(self, before: NBodyState, after: NBodyState, reference: Tensor | None = None) -> Tensor:
-        """The error of the step from ``before`` to ``after`` (same B, N, D), shape (B,).
-
-        ``reference`` is ``self.reference(before)`` or None (then compute what is needed from
-        ``before``). Dimensionless, >= 0, +inf where not finite (never NaN), and differentiable
-        with respect to ``after``.
-        """
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+__all__ = ["EnergyGate", "Gate", "is_energy_gate"]
 
 
 class EnergyGate(Gate):

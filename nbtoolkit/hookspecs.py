@@ -4,8 +4,9 @@ Plugins implement these with the :data:`hookimpl` marker (``from nbtoolkit impor
 Hooks are always called with keyword arguments.
 
 Registration hooks receive a ``register(name, factory)`` callback. ``factory(**options)``
-builds the object; options are keyword arguments chosen by the user (for example ``eta`` or
-``dt``), so factories should accept only the options they understand.
+builds the object, of its extension point's contract (:mod:`nbtoolkit.contracts`); options are
+keyword arguments chosen by the user (for example ``eta`` or ``dt``), so factories should accept
+only the options they understand.
 
 Observer hooks receive one event dataclass from :mod:`nbtoolkit.events` (plain numbers and
 numpy arrays, no tensors attached to a graph) and return nothing.
@@ -32,33 +33,34 @@ Register = Callable[[str, Callable[..., Any]], None]
 @hookspec
 def nbtoolkit_register_integrators(register: Register) -> None:
     """Register integrators: ``register(name, factory)``; ``factory(**options)`` returns an
-    :class:`nbtoolkit.integrator.Integrator` (advances a batched state by dt (B,), differentiable
+    :class:`nbtoolkit.contracts.Integrator` (advances a batched state by dt (B,), differentiable
     in dt, with ``order`` and ``force_evals_per_step``)."""
 
 
 @hookspec
 def nbtoolkit_register_dt_predictors(register: Register) -> None:
     """Register dt predictors: ``register(name, factory)``; ``factory(**options)`` returns an
-    :class:`nbtoolkit.predictor.DtPredictor` mapping ``(state, history)`` to dt (B,) > 0."""
+    :class:`nbtoolkit.contracts.DtPredictor` mapping ``(state, history)`` to dt (B,) > 0."""
 
 
 @hookspec
 def nbtoolkit_register_replay_samplers(register: Register) -> None:
-    """Register replay samplers: ``register(name, factory)``; ``factory(**options)`` returns a
-    callable ``sampler(buffer, batch_size, generator) -> LongTensor`` of distinct buffer indices."""
+    """Register replay samplers: ``register(name, factory)``; ``factory(**options)`` returns an
+    :class:`nbtoolkit.contracts.Sampler`, a callable ``sampler(buffer, batch_size, generator) ->
+    LongTensor`` of distinct buffer indices."""
 
 
 @hookspec
 def nbtoolkit_register_gates(register: Register) -> None:
     """Register acceptance gates: ``register(name, factory)``; ``factory(**options)`` returns a
-    :class:`nbtoolkit.gate.Gate` mapping (state before, state after) a step to an error (B,) >= 0,
+    :class:`nbtoolkit.contracts.Gate` mapping (state before, state after) a step to an error (B,) >= 0,
     compared with the threshold for pass/fail and differentiable for training."""
 
 
 @hookspec
 def nbtoolkit_register_external_fields(register: Register) -> None:
     """Register external fields: ``register(name, factory)``; ``factory(**options)`` returns an
-    :class:`nbtoolkit.field.ExternalField` giving accelerations (B, N, D) and a potential energy (B,)
+    :class:`nbtoolkit.contracts.ExternalField` giving accelerations (B, N, D) and a potential energy (B,)
     of a batched state (optionally time-dependent, with a frame term making the conserved energy)."""
 
 

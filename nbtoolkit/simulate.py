@@ -22,13 +22,21 @@ import torch
 from torch import Tensor
 
 from . import validate
-from .contracts import checked_error, checked_step
+from .contracts import (
+    DtPredictor,
+    Gate,
+    History,
+    Integrator,
+    bind_integrator,
+    checked_dt,
+    checked_error,
+    checked_step,
+    pop_force_evals,
+)
 from .control import RunControl
 from .errors import ConfigError, NBToolkitError
-from .gate import Gate, is_energy_gate
-from .integrator import Integrator
+from .gate import is_energy_gate
 from .physics import relative_energy_error, state_energy
-from .predictor import DtPredictor, History, bind_integrator, checked_dt, pop_force_evals
 from .state import NBodyState
 
 DEFAULT_MAX_STEPS = 1_000_000

@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from nbtoolkit import hookimpl
+from nbtoolkit.contracts import checked_step
 from nbtoolkit.errors import ConfigError
-from nbtoolkit.field import advance
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.predictor import DtPredictor, History
 
@@ -116,7 +116,7 @@ class SymmetricDt(DtPredictor):
         next_history = history.push(state) if history is not None else None
         dt, dt_prev, residual_prev = tau0, None, None
         for _ in range(self.iterations):
-            trial = advance(integrator, state, dt)
+            trial = checked_step(integrator, state, dt)
             tau1 = tau(trial, next_history)
             ok = torch.isfinite(tau1) & (tau1 > 0)  # a trial step that blew up falls back to tau(x_n)
             mapped = 0.5 * (tau0 + torch.where(ok, tau1, tau0))

@@ -19,7 +19,7 @@ import torch
 from systems import random_cluster, two_body_orbit
 
 import nbtoolkit.plugin_manager as plugin_manager
-from nbtoolkit import Integrator, NBodyState, PluginHost, hookimpl
+from nbtoolkit import Integrator, NBodyState, PluginHost, System, hookimpl
 from nbtoolkit.cli import main
 from nbtoolkit.contracts import checked_step
 from nbtoolkit.errors import PluginError
@@ -359,6 +359,19 @@ def test_an_integrator_is_named_by_the_identity_its_registry_stamped_on_it(host)
     with pytest.raises(PluginError, match=r"^integrator 'made-by-function' \(plugin 'function-factory' from object "
                                           r"function-factory\) broke the integrator contract"):
         checked_step(built, state, torch.full((2,), 1e-3, dtype=torch.float64))
+
+
+def test_the_oracle_and_the_calibration_step_through_the_check_too(host):
+    """Every loop that steps states checks the integrator, not only simulate and training."""
+    from nbtoolkit.evaluate import greedy_oracle
+    from nbtoolkit.training.calibrate import max_passing_scale
+
+    state, period = two_body_orbit(e=0.5)
+    with pytest.raises(PluginError, match="integrator ChangesMass .*changed the masses"):
+        greedy_oracle(System(state, torch.tensor([period])), ChangesMass(), orbits=0.1)
+    with pytest.raises(PluginError, match="integrator ChangesMass .*changed the masses"):
+        max_passing_scale(ChangesMass(), state, torch.tensor([1e-3], dtype=torch.float64),
+                          torch.tensor([0.5, 1.0], dtype=torch.float64), 2e-4)
 
 
 def make_drops_a_body() -> Integrator:

@@ -82,6 +82,8 @@ def test_a_sampler_breaking_its_contract_is_reported_by_name(host):
         sample_minibatch(buf, 4, None, twice)
     with pytest.raises(PluginError, match="wide.*outside"):
         sample_minibatch(buf, 4, None, wide)
+    with pytest.raises(PluginError, match="<lambda>.*raised ZeroDivisionError when called: division by zero"):
+        sample_minibatch(buf, 4, None, lambda buffer, k, generator: 1 / 0)
 
 
 # ----------------------------------------------------------------------------- evaluation

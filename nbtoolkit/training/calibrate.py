@@ -43,9 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..contracts import checked_error
+from ..contracts import checked_error, checked_step
 from ..errors import ConfigError
-from ..field import advance
 from ..gate import EnergyGate, Gate
 from ..integrator import Integrator
 from ..predictor import DtPredictor
@@ -81,7 +80,7 @@ def max_passing_scale(integrator: Integrator, state: NBodyState, dt: Tensor, sca
     B, K = state.batch_size, scales.shape[0]
     batch = NBodyState.cat([state] * K)  # system b, scale k at index k * B + b
     trial_dt = (scales.unsqueeze(1) * dt.unsqueeze(0)).reshape(K * B)
-    new = advance(integrator, batch, trial_dt)
+    new = checked_step(integrator, batch, trial_dt)
     rel = checked_error(EnergyGate() if gate is None else gate, batch, new).reshape(K, B)
     ok_prefix = torch.cumprod((rel <= threshold).to(torch.int64), dim=0).bool()  # passes at every scale so far
     best = torch.where(ok_prefix, scales.unsqueeze(1).to(dt.dtype), torch.zeros_like(rel)).amax(0)
@@ -101,7 +100,7 @@ def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBody
         found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold, gate),
                                found[k - 1])
         classes[k] = torch.where(alive, state_classes, classes[k - 1])
-        new = advance(integrator, current, dt)
+        new = checked_step(integrator, current, dt)
         alive &= torch.isfinite(new.position).flatten(1).all(-1) & torch.isfinite(new.velocity).flatten(1).all(-1)
         if not bool(alive.any()):
             found[k + 1:], classes[k + 1:] = found[k], classes[k]

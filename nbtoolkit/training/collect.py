@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..contracts import History, checked_dt
 from ..errors import RetrainLimitError
 from ..events import StepAccepted, StepRejected
 from ..physics import state_accelerations
-from ..predictor import History, checked_dt
 from ..state import NBodyState
 from .buffer import ReplayBuffer
 from .context import LoopContext

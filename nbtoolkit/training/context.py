@@ -14,19 +14,15 @@ drives the two parts itself builds one by hand::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from ..contracts import DtPredictor, Gate, Integrator, Sampler
 from ..control import RunControl, RunStopped
-from ..gate import EnergyGate, Gate
-from ..integrator import Integrator
-from ..predictor import DtPredictor
+from ..gate import EnergyGate
 from .config import TrainConfig
 from .distributed import LOCAL, Collective
-
-if TYPE_CHECKING:
-    from .replay import Sampler
 
 
 @dataclass(frozen=True)

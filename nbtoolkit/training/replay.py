@@ -14,27 +14,22 @@ Buffer states are never modified; only their last measured |dE/E| is updated (fo
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..errors import NBToolkitError, PluginError
+from ..contracts import DtPredictor, Gate, History, Integrator, Sampler, checked_sample
 from ..events import ReplayIteration
-from ..gate import Gate
-from ..integrator import Integrator
-from ..predictor import DtPredictor, History
-from ..registry import describe
 from ..state import NBodyState
 from .buffer import ReplayBuffer
 from .config import TrainConfig
 from .context import LoopContext
 from .steps import optimizer_step, predict_and_step
 
-#: ``sampler(buffer, batch_size, generator) -> LongTensor`` of distinct indices into the buffer
-Sampler = Callable[[ReplayBuffer, int, torch.Generator | None], Tensor]
+__all__ = ["Minibatch", "ReplayOutcome", "Sampler", "evaluate_minibatch", "generalize_on_trajectory", "sample_minibatch",
+           "uniform_indices"]
 
 
 def uniform_indices(buffer: ReplayBuffer, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
@@ -63,7 +58,8 @@ def sample_minibatch(buffer: ReplayBuffer, batch_size: int, generator: torch.Gen
     """Draw a minibatch of at most ``batch_size`` distinct samples (capped at the buffer size).
 
     ``sampler`` picks the indices (default: uniform without replacement, the seed's rule);
-    its answer is checked: a 1-D tensor of distinct in-range indices, no more than asked for.
+    its answer is checked (:func:`nbtoolkit.contracts.sampler.checked_sample`): a 1-D tensor of
+    distinct in-range indices, no more than asked for.
     """
     n = len(buffer)
     k = min(int(batch_size), n)
@@ -72,28 +68,9 @@ def sample_minibatch(buffer: ReplayBuffer, batch_size: int, generator: torch.Gen
     elif sampler is None:
         idx = uniform_indices(buffer, k, generator)
     else:
-        try:
-            idx = sampler(buffer, k, generator)
-        except (NBToolkitError, MemoryError):
-            raise
-        except Exception as exc:
-            raise PluginError(f"{describe(sampler, 'replay sampler')} raised {type(exc).__name__}: {exc}") from exc
-        _check_indices(idx, n, k, sampler)
+        idx = checked_sample(sampler, buffer, k, generator)
     state, history = buffer.gather(idx)
     return Minibatch(indices=idx, state=state, history=history, dt=buffer.dt[idx].clone())
-
-
-def _check_indices(idx: Any, n: int, k: int, sampler: Any) -> None:
-    label = describe(sampler, "replay sampler")
-    if not isinstance(idx, Tensor) or idx.dim() != 1 or idx.dtype != torch.long:
-        shape = tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__
-        raise PluginError(f"{label} must return a 1-D LongTensor of indices; got {shape}")
-    if idx.numel() == 0 or idx.numel() > k:
-        raise PluginError(f"{label} returned {idx.numel()} indices; expected 1 to {k}")
-    if int(idx.min()) < 0 or int(idx.max()) >= n:
-        raise PluginError(f"{label} returned an index outside [0, {n})")
-    if torch.unique(idx).numel() != idx.numel():
-        raise PluginError(f"{label} returned duplicate indices")
 
 
 def evaluate_minibatch(predictor: DtPredictor, integrator: Integrator, minibatch: Minibatch, config: TrainConfig,

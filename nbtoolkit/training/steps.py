@@ -25,10 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..contracts import checked_error, checked_step
-from ..gate import EnergyGate, Gate
-from ..integrator import Integrator
-from ..predictor import DtPredictor, History, checked_dt
+from ..contracts import DtPredictor, Gate, History, Integrator, checked_dt, checked_error, checked_step
+from ..gate import EnergyGate
 from ..state import NBodyState
 from .config import REL_DE_FLOOR, TrainConfig
 

@@ -1,4 +1,15 @@
-"""Run-time checks of the integrator and gate contracts, so that a faulty plugin is named where it fails.
+"""The integrator contract that plugins implement, and its run-time check.
+
+An integrator advances every system of a batched :class:`~nbtoolkit.state.NBodyState` by its
+own timestep ``dt`` (shape (B,), > 0) and returns a new state whose ``time`` is ``time + dt``.
+It must not modify its input, must be differentiable with respect to ``dt`` and the state,
+and declares its convergence ``order`` and ``force_evals_per_step`` (force evaluations per step
+in steady state, i.e. counting a reused acceleration cache as free).
+
+An integrator that takes every acceleration from :func:`nbtoolkit.physics.accelerations_at` (at
+each stage's positions and time) or :func:`nbtoolkit.physics.state_accelerations` sees an external
+field at full order and declares ``field_aware = True``; nbtoolkit steps any other integrator
+through a splitting around the field (:func:`nbtoolkit.field.advance`), so it works unchanged.
 
 Loops that step states with a plugin's integrator call :func:`checked_step` instead of
 ``integrator.step``. It runs the step and checks the result:
@@ -26,9 +37,6 @@ Any other exception raised by ``step`` (a plugin bug such as a shape error) is r
 identity its registry stamped on it (:func:`nbtoolkit.registry.describe`), or by its class when
 it was built outside the registries.
 
-Gates are checked the same way: :func:`checked_error` runs a gate and refuses an answer that is
-not one floating-point error >= 0 per system (NaN included), naming the gate and its plugin.
-
 Usage::
 
     from nbtoolkit.contracts import checked_step
@@ -37,25 +45,42 @@ Usage::
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
 from torch import Tensor
 
-from .errors import NBToolkitError, PluginError
-from .field import advance
-from .gate import Gate
-from .integrator import Integrator
-from .physics import accelerations
-from .registry import describe
-from .state import NBodyState
+from ..errors import PluginError
+from ..field import advance
+from ..physics import accelerations
+from ..registry import describe
+from ..state import NBodyState
+from .calls import call_plugin
 
 #: tolerance on the new time, in units of finfo(dtype).eps * (|t| + |dt|)
 TIME_TOLERANCE_EPS = 1000.0
-#: exceptions from step() that are the machine's, not the plugin's: passed on unchanged
-_RESOURCE_ERRORS: tuple[type[BaseException], ...] = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
-#: exceptions a contract check lets through unchanged: the user's own and the machine's
-_PASS_THROUGH: tuple[type[BaseException], ...] = (NBToolkitError, *_RESOURCE_ERRORS)
+
+
+class Integrator(abc.ABC):
+    """Base class of integrator plugins. Subclasses set the class attributes and :meth:`step`."""
+
+    #: global order of accuracy p: the error after a fixed time span scales as dt**p
+    order: int = 0
+    #: force (acceleration) evaluations per step in steady state
+    force_evals_per_step: int = 1
+    #: whether the map is symplectic at fixed dt
+    symplectic: bool = False
+    #: whether step() evaluates forces with accelerations_at / state_accelerations, so that an
+    #: external field on the state is part of every stage (else nbtoolkit splits the step around it)
+    field_aware: bool = False
+
+    @abc.abstractmethod
+    def step(self, state: NBodyState, dt: Tensor) -> NBodyState:
+        """Advance ``state`` by ``dt`` (B,) and return the new state."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(order={self.order}, force_evals_per_step={self.force_evals_per_step})"
 
 
 def checked_step(integrator: Integrator, state: NBodyState, dt: Tensor) -> NBodyState:
@@ -65,12 +90,7 @@ def checked_step(integrator: Integrator, state: NBodyState, dt: Tensor) -> NBody
     that registered it and its module or distribution (:func:`~nbtoolkit.registry.describe`), and
     what was wrong. Keeps the autograd graph: the checks only read values.
     """
-    try:
-        result = advance(integrator, state, dt)
-    except _PASS_THROUGH:
-        raise
-    except Exception as exc:
-        raise PluginError(f"{describe(integrator, 'integrator')} raised {type(exc).__name__} in step(): {exc}") from exc
+    result = call_plugin(integrator, "integrator", "in step()", lambda: advance(integrator, state, dt))
     problem = step_problem(state, dt, result)
     if problem is not None:
         raise PluginError(f"{describe(integrator, 'integrator')} broke the integrator contract: {problem}")
@@ -152,39 +172,3 @@ def _finiteness_problem(state: NBodyState, dt: Tensor, result: NBodyState) -> st
     first_bad = sample[~torch.isfinite(sample)][0].item()
     return (f"returned a non-finite {field} ({first_bad}) for system {b} from a finite state with dt = "
             f"{h[b].item()!r}, a step whose scale cannot overflow")
-
-
-def checked_error(gate: Gate, before: NBodyState, after: NBodyState, reference: Tensor | None = None) -> Tensor:
-    """The gate's error (B,) of the step from ``before`` to ``after``, checked like a step.
-
-    Raises :class:`PluginError` naming the gate, its plugin and its module or distribution when
-    :meth:`~nbtoolkit.gate.Gate.error` raises, or returns something other than a floating-point
-    tensor of shape (B,), or a NaN or negative error (a blown-up step must give +inf). Keeps the
-    autograd graph: the checks only read values.
-    """
-    try:
-        error = gate.error(before, after, reference)
-    except _PASS_THROUGH:
-        raise
-    except Exception as exc:
-        raise PluginError(f"{describe(gate, 'gate')} raised {type(exc).__name__} in error(): {exc}") from exc
-    problem = error_problem(before.batch_size, error)
-    if problem is not None:
-        raise PluginError(f"{describe(gate, 'gate')} broke the gate contract: {problem}")
-    return error
-
-
-def error_problem(batch: int, error: object) -> str | None:
-    """What is wrong with ``error`` as a gate's answer for ``batch`` systems, or None if nothing."""
-    if not isinstance(error, Tensor):
-        return f"error() returned {type(error).__name__}, not a tensor"
-    if error.shape != (batch,):
-        return f"error() returned shape {tuple(error.shape)}; expected ({batch},), one error per system"
-    if not error.is_floating_point():
-        return f"error() returned dtype {error.dtype}; expected a floating-point tensor"
-    bad = torch.isnan(error.detach()) | (error.detach() < 0)
-    if bool(bad.any()):
-        b = int(torch.nonzero(bad)[0, 0])
-        return (f"error() returned {error[b].item()} for system {b}; errors must be >= 0, "
-                "and +inf (not NaN) for a step that blew up")
-    return None

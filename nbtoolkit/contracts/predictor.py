@@ -1,0 +1,119 @@
+"""The dt-predictor contract that plugins implement, and its run-time check.
+
+A predictor is a :class:`torch.nn.Module` mapping a state (and, optionally, a window of the
+last K accepted states, a :class:`History`) to a timestep per system, ``dt`` of shape (B,),
+finite and > 0, in the time unit of the state. Classical rules have no parameters; learned ones
+do. Every dt a predictor answers goes through :func:`checked_dt`. A predictor that takes trial
+steps to choose dt implements two optional methods, reached through :func:`bind_integrator` and
+:func:`pop_force_evals` (see below).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..errors import InvalidTimestepError
+from ..registry import describe
+from ..state import NBodyState
+
+
+class History(NamedTuple):
+    """The last K accepted states of each system, newest last, zero-padded where missing.
+
+    position, velocity: (B, K, N, D); mask: (B, K) bool, True where the entry is real.
+    """
+
+    position: Tensor
+    velocity: Tensor
+    mask: Tensor
+
+    @staticmethod
+    def empty(state: NBodyState, length: int) -> History:
+        B, N, D = state.position.shape
+        z = torch.zeros(B, length, N, D, dtype=state.dtype, device=state.device)
+        return History(z, z.clone(), torch.zeros(B, length, dtype=torch.bool, device=state.device))
+
+    def push(self, state: NBodyState) -> History:
+        """Append ``state`` as the newest entry, dropping the oldest (returns a new History)."""
+        if self.position.shape[1] == 0:
+            return self
+        pos = torch.cat([self.position[:, 1:], state.position.detach().unsqueeze(1)], 1)
+        vel = torch.cat([self.velocity[:, 1:], state.velocity.detach().unsqueeze(1)], 1)
+        ones = torch.ones(self.mask.shape[0], 1, dtype=torch.bool, device=self.mask.device)
+        return History(pos, vel, torch.cat([self.mask[:, 1:], ones], 1))
+
+    def index(self, idx: Tensor | slice) -> History:  # type: ignore[override]  # rows, like NBodyState.index
+        """The rows ``idx`` of the batch (not tuple.index: a History is indexed like a state)."""
+        return History(self.position[idx], self.velocity[idx], self.mask[idx])
+
+
+class DtPredictor(torch.nn.Module):
+    """Base class of dt predictors. ``history_len`` is K, the number of past states it reads."""
+
+    history_len: int = 0
+
+    def forward(self, state: NBodyState, history: History | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def upgrade_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Weights read from a file, in today's layout: a predictor whose buffers or parameters
+        changed shape between versions converts older files here (the default keeps them as they are)."""
+        return state_dict
+
+
+def checked_dt(dt: Tensor, state: NBodyState, predictor: object) -> Tensor:
+    """Return ``dt``, what ``predictor`` answered for ``state``, if it has shape (B,) and is finite
+    and > 0; else raise :class:`~nbtoolkit.errors.InvalidTimestepError` naming the predictor, the
+    plugin that registered it and its distribution (:func:`~nbtoolkit.registry.describe`)."""
+    B = state.batch_size
+    if not isinstance(dt, Tensor):
+        raise InvalidTimestepError(f"{describe(predictor, 'dt predictor')} returned {type(dt).__name__}, not a tensor")
+    if dt.shape != (B,):
+        raise InvalidTimestepError(
+            f"{describe(predictor, 'dt predictor')} returned dt of shape {tuple(dt.shape)}; expected ({B},)"
+        )
+    bad = ~(torch.isfinite(dt) & (dt > 0))
+    if bool(bad.any()):
+        b = int(torch.nonzero(bad)[0, 0])
+        raise InvalidTimestepError(
+            f"{describe(predictor, 'dt predictor')} returned dt = {dt[b].item()} for system {b}; "
+            "dt must be finite and > 0"
+        )
+    return dt
+
+
+# ----------------------------------------------------------------------------- predictors that take trial steps
+# A predictor may step the state itself to choose dt (the ``symmetric`` wrapper does: it evaluates
+# its base rule at a trial end point). Two optional methods, on the predictor or any of its
+# sub-modules, connect it to the run: ``bind_integrator(integrator)`` is told which integrator the
+# run steps with, and ``pop_force_evals()`` returns the force evaluations (B,) its last call spent
+# (or None) and resets the count, so that simulate's and evaluate's figures include them.
+def bind_integrator(predictor: object, integrator: object) -> None:
+    """Tell every part of ``predictor`` that takes trial steps which integrator the run uses."""
+    parts = predictor.modules() if isinstance(predictor, torch.nn.Module) else [predictor]
+    for part in parts:
+        bind = getattr(part, "bind_integrator", None)
+        if callable(bind):
+            bind(integrator)
+
+
+def pop_force_evals(predictor: object, batch_size: int) -> Tensor | None:
+    """Force evaluations (B,) spent inside ``predictor``'s last call (all its parts), or None if none."""
+    parts = predictor.modules() if isinstance(predictor, torch.nn.Module) else [predictor]
+    total: Tensor | None = None
+    for part in parts:
+        pop = getattr(part, "pop_force_evals", None)
+        if not callable(pop):
+            continue
+        count = pop()
+        if count is not None:
+            count = torch.as_tensor(count, dtype=torch.float64).expand(batch_size)
+            total = count if total is None else total + count
+    return total
