@@ -1,14 +1,16 @@
 """The plugin host: loads default and third-party plugins and builds the named registries.
 
-Loading order: the default plugins by module path (:data:`DEFAULT_PLUGINS`), then the
-entry points of group ``nbtoolkit``, then ``check_pending()``. A plugin that fails to import,
+Loading order: the default plugins by module path or ``module:object`` (:data:`DEFAULT_PLUGINS`),
+then the entry points of group ``nbtoolkit``, then ``check_pending()``. A plugin that fails to import,
 register or honour its contract is recorded in :attr:`PluginHost.failures` (and warned about)
 with its name and the cause; the other plugins keep working.
 
 Environment variables:
 
-* ``NBTOOLKIT_BLOCK_PLUGINS``: comma-separated plugin names (module paths or entry-point names) not to load.
-* ``NBTOOLKIT_ONLY_PLUGINS``: if set, load only these plugin names (defaults included).
+* ``NBTOOLKIT_BLOCK_PLUGINS``: comma-separated plugin names (default entries or entry-point names) not
+  to load; a module path also names the ``module:object`` defaults of that module.
+* ``NBTOOLKIT_ONLY_PLUGINS``: if set, load only these plugin names (defaults included; a module
+  path again stands for its ``module:object`` defaults).
 * ``NBTOOLKIT_TRACE_HOOKS``: if set to a non-empty value other than ``0``, trace hook calls to stderr,
   with the plugins that answered each call.
 
@@ -43,7 +45,9 @@ from .registry import Registry
 
 ENTRY_POINT_GROUP = "nbtoolkit"
 
-#: default plugins, registered by module path exactly like third-party ones
+#: default plugins, registered exactly like third-party ones: a module path registers the module's
+#: hookimpl functions, ``"module:object"`` the object (one with hookimpl methods, such as an observer
+#: instance); the entry is the plugin's name
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.integrators",
     "plugins.classical_predictors",
@@ -53,7 +57,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.samplers",
     "plugins.gates",
     "plugins.fields",
-    "plugins.observers",
+    "plugins.observers:progress_bar",
+    "plugins.observers:metrics_log",
 )
 
 #: registry attribute -> (hook name, kind used in messages)
@@ -91,7 +96,7 @@ def _warn_once(seen: set[str], message: str, plugin: Any = None, entry_point: st
     if message in seen:
         return
     seen.add(message)
-    module = sys.modules.get(plugin) if isinstance(plugin, str) else plugin
+    module = sys.modules.get(plugin.partition(":")[0]) if isinstance(plugin, str) else plugin
     filename = getattr(module, "__file__", None) or entry_point or (plugin if isinstance(plugin, str) else "<plugin>")
     warnings.warn_explicit(message, RuntimeWarning, filename=str(filename), lineno=0,
                            module=getattr(module, "__name__", None) or "nbtoolkit.plugins")
@@ -106,7 +111,13 @@ def _env_names(var: str) -> set[str] | None:
 
 class PluginHost:
     """Owns the pluggy manager, the plugin sources and the five registries (integrators, predictors,
-    samplers, gates, external fields)."""
+    samplers, gates, external fields).
+
+    ``default_plugins`` are loaded first, each a module path or a ``"module:object"`` entry (see
+    :data:`DEFAULT_PLUGINS`); then, with ``load_entry_points``, the installed entry points.
+    ``blocked`` adds to the environment's block list, ``only`` replaces its only list; ``trace``
+    (default: ``NBTOOLKIT_TRACE_HOOKS``) traces hook calls to stderr.
+    """
 
     def __init__(
         self,
@@ -141,10 +152,10 @@ class PluginHost:
         self.fields = Registry("external field")
 
         self._known_names: list[str] = []
-        for module_path in default_plugins:
-            self._known_names.append(module_path)
-            if self._wanted(module_path):
-                self._load_module(module_path)
+        for entry in default_plugins:
+            self._known_names += [entry, entry.partition(":")[0]]
+            if self._wanted(entry):
+                self._load_default(entry)
         if load_entry_points:
             self._load_entry_points()
         self._check_filter_names()
@@ -153,10 +164,12 @@ class PluginHost:
 
     # ------------------------------------------------------------------ loading
     def _wanted(self, name: str) -> bool:
-        if name in self.blocked:
+        """Whether to load the plugin ``name``; a ``module:object`` default is also named by its module."""
+        names = {name, name.partition(":")[0]}
+        if names & self.blocked:
             self.skipped[name] = "blocked by NBTOOLKIT_BLOCK_PLUGINS"
             return False
-        if self.only is not None and name not in self.only:
+        if self.only is not None and not names & self.only:
             self.skipped[name] = "not listed in NBTOOLKIT_ONLY_PLUGINS"
             return False
         return True
@@ -186,13 +199,18 @@ class PluginHost:
         return "; not loaded, and may provide it: " + ", ".join(
             f"plugin '{n}' ({why})" for n, why in sorted(self.skipped.items()))
 
-    def _load_module(self, module_path: str) -> None:
+    def _load_default(self, entry: str) -> None:
+        """Import and register a default plugin: a module path, or ``module:object`` (a dotted
+        attribute path in the module), under the name ``entry``."""
+        module_path, _, attribute = entry.partition(":")
         try:
-            module = importlib.import_module(module_path)
+            plugin = importlib.import_module(module_path)
+            for part in attribute.split(".") if attribute else ():
+                plugin = getattr(plugin, part)
         except Exception as exc:
-            self._fail(module_path, "import", exc)
+            self._fail(entry, "import", exc)
             return
-        self._register(module, module_path, f"module {module_path}")
+        self._register(plugin, entry, f"module {module_path}")
 
     def _load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):

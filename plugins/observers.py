@@ -1,10 +1,13 @@
 """Default training observers: a terminal progress bar and a JSONL metrics log.
 
-Both listen to the observer hooks like any third-party plugin would. As default plugins they
-switch on per run from the configuration sent with FitStart: the progress bar when
-``progress`` is true (the CLI sets it), the metrics log when ``metrics_log`` names a file.
-:class:`ProgressBar` and :class:`MetricsLog` can also be registered as plugin objects of their
-own (``host.register_plugin(MetricsLog("run.jsonl"), name="my-log")``) to log always.
+Both listen to the observer hooks like any third-party plugin would. The instances
+:data:`progress_bar` and :data:`metrics_log` are default plugins of their own (registered as
+objects, ``plugins.observers:progress_bar`` and ``plugins.observers:metrics_log``, so the host
+calls each one's hooks and isolates each one's faults); they switch on per run from the
+configuration sent with FitStart: the progress bar when ``progress`` is true (the CLI sets it),
+the metrics log when ``metrics_log`` names a file. :class:`ProgressBar` and :class:`MetricsLog`
+can also be registered as further plugin objects
+(``host.register_plugin(MetricsLog("run.jsonl"), name="my-log")``) to log always.
 
 The default instances serve one training run at a time per process (as the CLI and the viewer do).
 """
@@ -165,43 +168,7 @@ class MetricsLog:
             self._fh = None
 
 
-#: the instances behind this module's hooks (switched on by the run's configuration)
+#: the instances registered as default plugins (``plugins.observers:progress_bar`` and
+#: ``plugins.observers:metrics_log`` in ``DEFAULT_PLUGINS``), switched on by the run's configuration
 progress_bar = ProgressBar()
 metrics_log = MetricsLog()
-_DEFAULTS = (progress_bar, metrics_log)
-
-
-@hookimpl
-def nbtoolkit_fit_start(event: FitStart) -> None:
-    for observer in _DEFAULTS:
-        observer.nbtoolkit_fit_start(event=event)
-
-
-@hookimpl
-def nbtoolkit_step_accepted(event: StepAccepted) -> None:
-    for observer in _DEFAULTS:
-        observer.nbtoolkit_step_accepted(event=event)
-
-
-@hookimpl
-def nbtoolkit_step_rejected(event: StepRejected) -> None:
-    for observer in _DEFAULTS:
-        observer.nbtoolkit_step_rejected(event=event)
-
-
-@hookimpl
-def nbtoolkit_replay_iteration(event: ReplayIteration) -> None:
-    for observer in _DEFAULTS:
-        observer.nbtoolkit_replay_iteration(event=event)
-
-
-@hookimpl
-def nbtoolkit_epoch_end(event: EpochEnd) -> None:
-    for observer in _DEFAULTS:
-        observer.nbtoolkit_epoch_end(event=event)
-
-
-@hookimpl
-def nbtoolkit_fit_end(event: FitEnd) -> None:
-    for observer in _DEFAULTS:
-        observer.nbtoolkit_fit_end(event=event)

@@ -462,7 +462,8 @@ def test_plugins_json(capsys):
     assert code == 0
     assert {"kind": "integrator", "name": "leapfrog", "plugin": "plugins.integrators",
             "source": "module plugins.integrators", "options": []} in data["entries"]
-    assert any(p["name"] == "plugins.observers" and "nbtoolkit_epoch_end" in p["hooks"] for p in data["plugins"])
+    assert any(p["name"] == "plugins.observers:metrics_log" and p["source"] == "module plugins.observers"
+               and "nbtoolkit_epoch_end" in p["hooks"] for p in data["plugins"])
     assert data["failures"] == [] or all("plugin" in f for f in data["failures"])
 
 

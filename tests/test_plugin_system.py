@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,3 +201,49 @@ def test_integrator_from_a_plugin_steps_a_state(host, fake_plugin):
     state, _ = two_body_orbit()
     out = host.integrators.create("fake-euler").step(state, torch.tensor([0.1], dtype=torch.float64))
     assert out.time.item() == pytest.approx(0.1)
+
+
+def test_a_module_object_default_registers_the_object_under_its_entry():
+    from plugins import observers
+
+    host = PluginHost(("plugins.integrators", "plugins.observers:metrics_log"), load_entry_points=False)
+    assert host.pm.get_plugin("plugins.observers:metrics_log") is observers.metrics_log
+    assert host.sources["plugins.observers:metrics_log"] == "module plugins.observers"
+    assert "nbtoolkit_epoch_end" in host.plugin_hooks("plugins.observers:metrics_log")
+    assert host.pm.get_plugin("plugins.observers") is None  # the module itself is no plugin: no fan-out
+    with pytest.warns(RuntimeWarning, match="plugin 'plugins.observers:nothing' failed at import: AttributeError"):
+        host = PluginHost(("plugins.observers:nothing",), load_entry_points=False)
+    assert [f.plugin for f in host.failures] == ["plugins.observers:nothing"]
+
+
+def test_a_module_path_in_the_block_and_only_lists_names_its_object_defaults(monkeypatch):
+    monkeypatch.setenv("NBTOOLKIT_BLOCK_PLUGINS", "plugins.observers")
+    host = PluginHost(load_entry_points=False)
+    assert not {p for p in host.sources if p.startswith("plugins.observers")}
+    assert set(host.skipped) == {"plugins.observers:progress_bar", "plugins.observers:metrics_log"}
+    monkeypatch.delenv("NBTOOLKIT_BLOCK_PLUGINS")
+    monkeypatch.setenv("NBTOOLKIT_ONLY_PLUGINS", "plugins.integrators,plugins.observers:metrics_log")
+    host = PluginHost(load_entry_points=False)
+    assert sorted(host.sources) == ["plugins.integrators", "plugins.observers:metrics_log"]
+
+
+def test_the_default_observers_are_isolated_from_each_other(host, monkeypatch, tmp_path):
+    """The progress bar raising disables it alone: the metrics log, a plugin of its own, keeps logging."""
+    from nbtoolkit.events import FitEnd, FitStart
+    from plugins import observers
+
+    @hookimpl
+    def broken(self, event):
+        raise RuntimeError("bar broke")
+
+    log = tmp_path / "run.jsonl"
+    monkeypatch.setattr(observers.ProgressBar, "nbtoolkit_fit_start", broken)
+    local = PluginHost(load_entry_points=False)
+    start = FitStart(epochs=1, start_epoch=0, n_systems=1, n_bodies=2, dim=2, energy_threshold=2e-4,
+                     mass=np.ones((1, 2)), position=np.zeros((1, 2, 2)), config={"metrics_log": str(log)})
+    with pytest.warns(RuntimeWarning, match="observer plugin 'plugins.observers:progress_bar'.*bar broke"):
+        local.hook.nbtoolkit_fit_start(event=start)
+    local.hook.nbtoolkit_fit_end(event=FitEnd(epochs_completed=1, total_accepted=0, total_retrains=0, wall_time=0.0,
+                                              stopped=False, error=None))
+    assert local.disabled_observers == {"plugins.observers:progress_bar"}
+    assert [json.loads(line)["event"] for line in log.read_text().splitlines()] == ["FitStart", "FitEnd"]
