@@ -111,11 +111,12 @@ def train(seed: int, epochs: int, checkpoint: str | None, overrides: dict[str, A
     state, period, eccentricities = training_orbits(seed)
     settings = {**TRAINING, **overrides}
     config = TrainConfig.from_dict({"seed": seed, "epochs": epochs, "checkpoint_path": checkpoint or "", **settings})
+    trainer = Trainer(config, System(state, period))
+    model = trainer.predictor_options
     print(f"training: {TRAINING_ORBITS} Kepler orbits, e = {', '.join(f'{e:.3f}' for e in eccentricities.tolist())}")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in {"seed": seed, "epochs": epochs, **settings}.items())
-          + f" (others default: hidden {config.hidden_layers}x"
-          f"{config.hidden_width} {config.activation}, sampler {config.sampler})")
-    trainer = Trainer(config, System(state, period))
+          + f" (others default: hidden {model['hidden_layers']}x"
+          f"{model['hidden_width']} {model['activation']}, sampler {config.sampler})")
     start = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - start

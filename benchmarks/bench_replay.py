@@ -111,7 +111,8 @@ def main() -> None:
     integrator = host.integrators.create(config.integrator)
     predictor = host.predictors.create("mlp", seed=0, init_factor=0.05)
     print(f"Part 2 minibatch evaluation + backward, batch {args.batch}, leapfrog, mlp "
-          f"(width {config.hidden_width}, {config.hidden_layers} layers), {args.threads} thread(s), "
+          f"(width {predictor.options['hidden_width']}, {predictor.options['hidden_layers']} layers), "
+          f"{args.threads} thread(s), "
           f"best of {args.repeats}")
     print(f"{'system':<14} {'loop samples/s':>15} {'batched samples/s':>18} {'speed-up':>9} {'max |rel diff|':>15}")
     speedups = {}

@@ -46,6 +46,11 @@ class ConfigError(NBToolkitError, ValueError):
     """A configuration value or file is invalid (the message names the key)."""
 
 
+class OptionError(ConfigError, PluginError):
+    """A plugin's option has a value that the plugin's declaration of it refuses (the message names
+    the plugin and the option). Catchable as either parent."""
+
+
 class InvalidStateFileError(StateFileError, InvalidStateError):
     """A state file whose arrays are readable but do not form a valid state (shapes that do not fit
     together, non-finite values, non-positive masses, coincident bodies, G <= 0, ...). Catchable as

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import DuplicateNameError, PluginError, UnknownNameError
+from .options import Setting, check_options, declared_options
 
 #: the attribute that :meth:`Registry.create` sets on the objects it builds
 IDENTITY_ATTRIBUTE = "registry_identity"
@@ -94,6 +95,10 @@ class RegistryEntry:
             return None
         return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
+    def options(self) -> tuple[Setting, ...]:
+        """The options the factory declares (see :mod:`nbtoolkit.options`): type, default, help and check."""
+        return declared_options(self.factory)
+
 
 class Registry:
     """Maps names to :class:`RegistryEntry`; ``kind`` ("integrator", ...) is used in messages."""
@@ -132,8 +137,10 @@ class Registry:
         """Build the named object, passing ``options`` to its factory, and stamp its
         :class:`RegistryIdentity` on it (``obj.registry_identity``; see :func:`stamp`).
 
-        An option the factory does not accept is an error naming it; a factory that raises is
-        reported with the plugin that provided it. A factory that returns the same object for
+        An option the factory does not accept is an error naming it; a value that the factory's
+        declaration of an option refuses (see :mod:`nbtoolkit.options`) is an ``OptionError`` naming
+        the entry, its plugin and the option; a factory that raises is reported with the plugin that
+        provided it. A factory that returns the same object for
         several names (or under several registries) leaves it with the identity of the last build.
         """
         entry = self.get(name)
@@ -145,6 +152,7 @@ class Registry:
                     f"{self.kind} '{name}' (plugin '{entry.plugin}' from {entry.source}) does not take option(s) "
                     f"{', '.join(unknown)}; it takes: {', '.join(sorted(accepted)) or '(none)'}"
                 )
+        options = check_options(entry.options(), options, f"{self.kind} '{name}' (plugin '{entry.plugin}')")
         try:
             built = entry.factory(**options)
         except (PluginError, UnknownNameError):

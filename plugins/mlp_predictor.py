@@ -52,13 +52,14 @@ pooling, so a system predicts the same dt alone and padded inside a mixed-N batc
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from nbtoolkit import hookimpl
 from nbtoolkit.errors import ConfigError
+from nbtoolkit.options import Option, integer, number, one_of
 from nbtoolkit.physics import state_accelerations, state_energy
 from nbtoolkit.predictor import DtPredictor, History
 from nbtoolkit.state import NBodyState
@@ -242,13 +243,11 @@ def _mlp(sizes: list[int], activation: type[nn.Module], dtype: torch.dtype, fina
 class MLPDtPredictor(DtPredictor):
     """dt = safety x min over pairs of a learned factor x the pair's timescale (see module docstring).
 
-    Options: ``hidden_width`` and ``hidden_layers`` (of both the pair network and the head),
-    ``activation`` (tanh, silu, relu, gelu, softplus), ``fourier_features`` (number of random
-    frequencies, 0 = off) and ``fourier_scale`` (their standard deviation), ``history_len`` K,
-    ``init_factor`` (dt / tau of the untrained network), ``max_pairs`` (closest pairs fed
-    to the network, 0 = all), ``timescale`` (``freefall`` or ``crossing``, the pair timescale
-    tau the factors multiply; see :func:`pair_scales`), ``seed`` (initial weights and Fourier frequencies; None uses the
-    global RNG). The calibrated ``safety`` factor is a buffer, saved with the weights.
+    The options are declared on the parameters below (type, default, help and check), which is
+    what the registry checks and what ``nbtoolkit train --help`` and ``docs/settings.md`` list;
+    ``timescale`` is described at :func:`pair_scales`. ``seed`` (initial weights and Fourier
+    frequencies; None uses the global RNG) is set by the training loop from its own seed. The
+    calibrated ``safety`` factor is a buffer, saved with the weights.
     """
 
     fourier: Tensor  #: (PAIR_FEATURES, F) random frequencies of the Fourier features (a buffer)
@@ -256,23 +255,24 @@ class MLPDtPredictor(DtPredictor):
     log_safety: Tensor  #: (SAFETY_CLASSES,) log of the calibrated factor per safety class (a buffer)
     options: dict[str, Any]
 
-    def __init__(self, hidden_width: int = 64, hidden_layers: int = 2, activation: str = "tanh",
-                 fourier_features: int = 0, fourier_scale: float = 1.0, history_len: int = 0,
-                 init_factor: float = 0.02, max_pairs: int = 16, timescale: str = "freefall",
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        hidden_width: Annotated[int, Option("width of the hidden layers of the pair network and the head",
+                                            integer(1))] = 64,
+        hidden_layers: Annotated[int, Option("number of hidden layers of each", integer(1))] = 2,
+        activation: Annotated[str, Option("activation of the hidden layers", one_of(*_ACTIVATIONS))] = "tanh",
+        fourier_features: Annotated[int, Option("random Fourier features of the pair inputs (0 = off)",
+                                                integer(0))] = 0,
+        fourier_scale: Annotated[float, Option("standard deviation of the Fourier frequencies", number(0.0))] = 1.0,
+        history_len: Annotated[int, Option("K, the number of past accepted states the network reads",
+                                           integer(0, 1024))] = 0,
+        init_factor: Annotated[float, Option("dt / tau of the untrained network", number(0.0))] = 0.02,
+        max_pairs: Annotated[int, Option("closest pairs fed to the network (0 = all)", integer(0))] = 16,
+        timescale: Annotated[str, Option("the pair timescale tau that the learned factors multiply",
+                                         one_of(*TIMESCALES))] = "freefall",
+        seed: int | None = None,
+    ) -> None:
         super().__init__()
-        for name, value, low in (("hidden_width", hidden_width, 1), ("hidden_layers", hidden_layers, 1),
-                                 ("fourier_features", fourier_features, 0), ("history_len", history_len, 0),
-                                 ("max_pairs", max_pairs, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"mlp predictor: {name} must be an integer >= {low}; got {value!r}")
-        if timescale not in TIMESCALES:
-            raise ConfigError(f"mlp predictor: timescale must be one of {', '.join(TIMESCALES)}; got {timescale!r}")
-        if activation not in _ACTIVATIONS:
-            raise ConfigError(f"mlp predictor: activation must be one of {', '.join(_ACTIVATIONS)}; got {activation!r}")
-        for name, real in (("fourier_scale", fourier_scale), ("init_factor", init_factor)):
-            if not (isinstance(real, (int, float)) and math.isfinite(real) and real > 0):
-                raise ConfigError(f"mlp predictor: {name} must be finite and > 0; got {real!r}")
         self.history_len = history_len
         self.safety_group_size = SAFETY_GROUP_SIZE
         self.options = dict(hidden_width=hidden_width, hidden_layers=hidden_layers, activation=activation,

@@ -48,7 +48,8 @@ def test_train_on_a_training_set_file_calibrates_and_exports_a_model_file(tmp_pa
     assert "training set 'tiny': 4 systems (3 kepler, 1 plummer)" in err and "seeds 5 and 6" in err
     assert "safety factors" in out and "model file" in out
     data = read_checkpoint(ckpt)
-    assert data["config"]["steps_per_epoch"] == 3 and data["config"]["hidden_width"] == 8  # the [train] table
+    assert data["config"]["steps_per_epoch"] == 3  # the [train] table
+    assert data["config"]["predictor_options"]["hidden_width"] == 8
     assert tuple(data["state"]["mass"].shape) == (4, 5)  # padded to the largest system
     saved = torch.load(model, weights_only=True)
     assert saved["format"] == MODEL_FORMAT and "buffer" not in saved

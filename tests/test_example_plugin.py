@@ -100,7 +100,7 @@ def test_a_short_training_run_uses_the_plugin_integrator(host):
 
     system = make_preset("kepler-batch", num_orbits=2, e_min=0.3, e_max=0.5, seed=0)
     config = TrainConfig(integrator="pefrl", epochs=1, steps_per_epoch=4, replay_steps=5, replay_batch_size=8,
-                         hidden_width=8, seed=0)
+                         predictor_options={"hidden_width": 8}, seed=0)
     name = host.register_plugin(Recorder(), name="pefrl-training-recorder")
     try:
         trainer = Trainer(config, system.state, host=host)

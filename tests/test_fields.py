@@ -247,7 +247,8 @@ def test_simulate_and_evaluate_judge_steps_by_the_conserved_energy(host, capsys)
 
 def test_training_in_a_field_gates_on_the_field_energy(host):
     config = TrainConfig(epochs=1, steps_per_epoch=4, replay_batch_size=8, replay_steps=3, calibrate_pass_rate=0.0,
-                         field="point-mass-host", field_options={"mass": 1000.0, "distance": 50.0}, hidden_width=8)
+                         field="point-mass-host", field_options={"mass": 1000.0, "distance": 50.0},
+                         predictor_options={"hidden_width": 8})
     trainer = Trainer(config, binary(None))
     assert isinstance(trainer.state.field, PointMassHost)
     trainer.fit()

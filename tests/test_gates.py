@@ -253,7 +253,8 @@ def test_training_accepts_only_what_its_gate_passes_and_records_it(host, tmp_pat
     draws = draw_family("planets", 2, torch.Generator().manual_seed(4), planets=2)
     state = pad_systems(draws)
     config = TrainConfig(gate="pair-energy", epochs=1, steps_per_epoch=4, replay_steps=2, replay_batch_size=8,
-                         hidden_width=8, seed=0, calibrate_steps=8, checkpoint_path=str(tmp_path / "m.pt"))
+                         predictor_options={"hidden_width": 8}, seed=0, calibrate_steps=8,
+                         checkpoint_path=str(tmp_path / "m.pt"))
     trainer = Trainer(config, state, host=host)
     calls = []
     original = PairEnergyGate.error

@@ -32,7 +32,8 @@ from nbtoolkit.training.checkpoint import payload_digest
 from nbtoolkit.training.config import read_toml
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(hidden_width=8, hidden_layers=1, steps_per_epoch=4, replay_batch_size=8, replay_steps=10)
+SMALL = dict(predictor_options={"hidden_width": 8, "hidden_layers": 1}, steps_per_epoch=4, replay_batch_size=8,
+             replay_steps=10)
 
 
 def run_cli(capsys, *argv):
@@ -239,7 +240,7 @@ def test_the_torch_floor_excludes_versions_with_the_weights_only_bypass():
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     system = make_preset("kepler-batch", num_orbits=2)
-    trainer = Trainer(TrainConfig(epochs=1, integrator="rk4", history_len=1, **SMALL), system)
+    trainer = Trainer(TrainConfig.from_dict({"epochs": 1, "integrator": "rk4", "history_len": 1, **SMALL}), system)
     trainer.fit()
     trainer.save_checkpoint(path)
     return path

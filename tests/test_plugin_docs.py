@@ -30,6 +30,7 @@ import nbtoolkit.hookspecs as hookspecs
 import nbtoolkit.plugin_manager as plugin_manager
 from nbtoolkit import NBodyState, PluginHost
 from nbtoolkit.cli import main
+from nbtoolkit.errors import OptionError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "plugins.md").read_text()
@@ -239,6 +240,11 @@ def test_the_documented_predictor_registers_and_trains():
     assert torch.allclose(predictor(scaled(state, L, M)), dt * math.sqrt(L**3 / M), rtol=1e-12)
     (grad,) = torch.autograd.grad(dt.sum(), predictor.log_eta)
     assert grad.item() == pytest.approx(dt.sum().item())  # d(exp(s) t)/ds = dt
+    with pytest.raises(OptionError, match="option 'eta' of dt predictor 'scaled-freefall' \\(plugin 'doc-predictor'\\) "
+                                          "must be finite and > 0; got 0.0"):
+        host.predictors.create("scaled-freefall", eta=0)
+    [declared] = host.predictors.get("scaled-freefall").options()
+    assert (declared.name, declared.type, declared.default) == ("eta", float, 0.05)
 
     if TRAINING:
         from nbtoolkit.presets import make_preset
@@ -248,6 +254,11 @@ def test_the_documented_predictor_registers_and_trains():
         config = TrainConfig(predictor="scaled-freefall", predictor_options={"eta": 0.5}, epochs=1, steps_per_epoch=3,
                              replay_steps=3, replay_batch_size=4, learning_rate=0.05, seed=0)
         trainer = Trainer(config, system.state, host=host)
+        assert trainer.predictor_options == {"eta": 0.5}  # what the checkpoint records
+        from nbtoolkit.training.cli import plugin_options_help
+
+        listed = plugin_options_help(host)
+        assert "scaled-freefall (plugin doc-predictor):\n    eta = 0.05: dt over the free-fall time" in listed
         before = trainer.predictor.log_eta.item()
         result = trainer.fit()
         assert result.epochs_completed == 1 and trainer.total_retrains > 0
@@ -374,7 +385,8 @@ def test_the_documented_observer_receives_every_event():
         stream.seek(0)
         stream.truncate()
         system = make_preset("kepler-batch", num_orbits=2, e_min=0.3, e_max=0.5, seed=0)
-        config = TrainConfig(epochs=1, steps_per_epoch=3, replay_steps=3, replay_batch_size=4, hidden_width=8, seed=0)
+        config = TrainConfig(epochs=1, steps_per_epoch=3, replay_steps=3, replay_batch_size=4,
+                             predictor_options={"hidden_width": 8}, seed=0)
         Trainer(config, system.state, host=host).fit()
         lines = stream.getvalue().splitlines()
         assert lines[0] == "training 2 systems from epoch 0 to 1"

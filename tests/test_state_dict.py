@@ -114,7 +114,8 @@ def test_checkpoints_keep_the_state_layout_and_restore_it(tmp_path):
     from nbtoolkit.training import TrainConfig, Trainer
 
     state = make_preset("kepler-batch", num_orbits=2).state
-    trainer = Trainer(TrainConfig(epochs=1, hidden_width=4, hidden_layers=1, calibrate_pass_rate=0), state)
+    config = TrainConfig(epochs=1, predictor_options={"hidden_width": 4, "hidden_layers": 1}, calibrate_pass_rate=0)
+    trainer = Trainer(config, state)
     path = trainer.save_checkpoint(tmp_path / "m.pt")
     data = torch.load(path, weights_only=True)
     for key in ("state", "initial_state"):

@@ -169,7 +169,7 @@ def test_warmup_steps_are_not_recorded_with_history(host):
     leap = host.integrators.create("leapfrog")
     K = 3
     pred = mlp(host, history_len=K, init_factor=0.02)
-    cfg = TrainConfig(steps_per_epoch=10, history_len=K)
+    cfg = TrainConfig(steps_per_epoch=10)
     res = collect_trajectory(loop(pred, leap, cfg, adam(pred)), orbits(0.4, 0.7))
     assert res.accepted.tolist() == [10, 10]
     assert len(res.buffer) == 2 * (10 - K)  # the first K accepted steps of each system are warmup

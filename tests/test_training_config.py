@@ -1,12 +1,22 @@
-"""TrainConfig: the seed's defaults, validation naming the key, TOML round trip."""
+"""TrainConfig: the seed's defaults, validation naming the key, TOML round trip, settings declared once."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
-from nbtoolkit.errors import ConfigError
-from nbtoolkit.training import TrainConfig
-from nbtoolkit.training.config import read_toml
+from nbtoolkit.errors import ConfigError, OptionError, PluginError
+from nbtoolkit.presets import make_preset
+from nbtoolkit.training import TrainConfig, Trainer
+from nbtoolkit.training.config import (
+    SETTINGS,
+    TOP_LEVEL_OPTIONS,
+    merge_sources,
+    read_toml,
+    saved_config,
+)
 
 
 def test_seed_defaults():
@@ -14,17 +24,18 @@ def test_seed_defaults():
     assert cfg.energy_threshold == 2e-4
     assert cfg.replay_batch_size == 512 and cfg.replay_steps == 1000 and cfg.min_replay_size == 2
     assert cfg.E_lower == 1e-6 and cfg.E_upper == 1e-4
-    assert cfg.history_len == 0 and cfg.n_steps == 1
+    assert cfg.n_steps == 1 and cfg.predictor_options == {}
     assert (cfg.integrator, cfg.predictor, cfg.sampler) == ("leapfrog", "mlp", "uniform")
 
 
 @pytest.mark.parametrize("key, value", [
     ("energy_threshold", 0.0), ("energy_threshold", float("nan")), ("E_lower", -1.0), ("epochs", 0),
     ("steps_per_epoch", 2.5), ("replay_batch_size", 0), ("replay_steps", -3), ("max_retrain_steps", 0),
-    ("learning_rate", float("inf")), ("history_len", -1), ("hidden_width", 0), ("activation", "swish"),
-    ("on_retrain_limit", "ignore"), ("replay_scope", "forever"), ("buffer_capacity", 0), ("n_steps", True),
-    ("seed", -1), ("predictor", ""), ("progress", "yes"), ("predictor_options", {"a": [1, 2]}), ("device", "gpu9"),
-    ("efficiency_weight", -0.5), ("fourier_scale", 0.0), ("lr_decay", 0.0), ("lr_decay", 1.5),
+    ("learning_rate", float("inf")), ("on_retrain_limit", "ignore"), ("replay_scope", "forever"),
+    ("buffer_capacity", 0), ("n_steps", True),
+    ("seed", -1), ("predictor", ""), ("progress", "yes"), ("predictor_options", {"a": [1, 2]}),
+    ("device", "gpu9"),
+    ("efficiency_weight", -0.5), ("lr_decay", 0.0), ("lr_decay", 1.5),
 ])
 def test_out_of_range_values_name_the_key(key, value):
     with pytest.raises(ConfigError, match=f"'{key}'"):
@@ -92,3 +103,57 @@ def test_toml_errors_name_the_file_and_key(tmp_path):
         TrainConfig.from_toml(broken)
     with pytest.raises(ConfigError, match="does not exist"):
         TrainConfig.from_toml(tmp_path / "missing.toml")
+
+
+# ----------------------------------------------------------------------------- declared once
+def test_every_key_is_declared_once_with_help_and_a_check():
+    assert [s.name for s in SETTINGS] == [f.name for f in dataclasses.fields(TrainConfig)]
+    for s in SETTINGS:
+        assert s.help and s.check is not None, s.name
+        # the default is printed from the declaration, never written into the help by hand
+        assert not re.search(r"\bdefault\b", s.help), s.name
+        assert s.validate(s.default, s.name) == s.default  # every default passes its own check
+
+
+@pytest.mark.parametrize("key, value", [("history_len", -1), ("hidden_width", 0), ("activation", "swish"),
+                                        ("fourier_scale", 0.0)])
+def test_the_mlp_keys_are_the_plugins_options_and_checked_by_its_declaration(key, value):
+    cfg = TrainConfig.from_dict({key: value})  # the top-level spelling moves into predictor_options
+    assert cfg.predictor_options == {key: value} and key in TOP_LEVEL_OPTIONS["predictor_options"]
+    with pytest.raises(OptionError, match=f"option '{key}' of dt predictor 'mlp' \\(plugin 'plugins.mlp_predictor'\\)"):
+        Trainer(cfg, make_preset("kepler").state)
+    assert issubclass(OptionError, ConfigError) and issubclass(OptionError, PluginError)
+
+
+def test_top_level_predictor_options_fold_into_the_table_of_their_source():
+    cfg = TrainConfig.from_dict({"hidden_width": 8, "predictor_options": {"hidden_width": 16, "init_factor": 0.1}})
+    assert cfg.predictor_options == {"hidden_width": 16, "init_factor": 0.1}  # within one source the table wins
+    assert cfg.replace(hidden_layers=1).predictor_options == {"hidden_width": 16, "init_factor": 0.1, "hidden_layers": 1}
+    assert cfg.replace(predictor_options={"max_pairs": 4}).predictor_options == {"max_pairs": 4}
+    assert "hidden_width" not in cfg.to_dict() and TrainConfig.from_dict(cfg.to_dict()) == cfg
+    # later sources win option by option, whichever spelling each uses
+    merged = merge_sources({"hidden_width": 8, "epochs": 3}, {"predictor_options": {"hidden_width": 16, "max_pairs": 4}},
+                           {"hidden_width": 32, "epochs": 5})
+    assert merged == {"epochs": 5, "predictor_options": {"hidden_width": 32, "max_pairs": 4}}
+    with pytest.raises(ConfigError, match="unknown configuration key 'hidden_widht'; did you mean 'hidden_width'"):
+        TrainConfig.from_dict({"hidden_widht": 8})
+
+
+def test_a_checkpoint_config_from_before_declared_options_keeps_what_its_predictor_took():
+    old = {**TrainConfig().to_dict(), "hidden_width": 16, "history_len": 1, "activation": "silu", "hidden_layers": 2,
+           "fourier_features": 0, "fourier_scale": 1.0, "predictor_options": {"init_factor": 0.1}, "metrics_log": "x"}
+    taken = saved_config(old, {"hidden_width", "history_len", "activation", "init_factor", "seed"})
+    assert taken["predictor_options"] == {"hidden_width": 16, "history_len": 1, "activation": "silu", "init_factor": 0.1}
+    assert "metrics_log" not in taken and "hidden_layers" not in taken
+    assert saved_config(old, None)["predictor_options"] == {"init_factor": 0.1}  # **kwargs factories took none
+
+
+def test_the_settings_reference_lists_every_key_and_option():
+    from nbtoolkit.training.settings_doc import SETTINGS_DOC, settings_reference
+
+    assert SETTINGS_DOC.read_text() == settings_reference(), \
+        "docs/settings.md is out of date: python -m nbtoolkit.training.settings_doc > docs/settings.md"
+    text = SETTINGS_DOC.read_text()
+    for s in SETTINGS:
+        assert f"| `{s.name}` |" in text
+    assert "| `hidden_width` | `64` |" in text and "| `init_factor` | `0.02` |" in text

@@ -56,7 +56,7 @@ class BreakAfterTwoEpochs:
 
 def small_config(tmp_path, **changes):
     base = dict(integrator="flaky", epochs=6, steps_per_epoch=4, checkpoint_path=str(tmp_path / "model.pt"),
-                checkpoint_every=1, replay_batch_size=8, hidden_width=8, seed=3, calibrate_pass_rate=0)
+                checkpoint_every=1, replay_batch_size=8, predictor_options={"hidden_width": 8}, seed=3, calibrate_pass_rate=0)
     return TrainConfig(**{**base, **changes})
 
 

@@ -36,7 +36,7 @@ def collected(host, history_len: int = 0, steps: int = 30) -> ReplayBuffer:
     leap = host.integrators.create("leapfrog")
     pred = mlp(host, history_len=history_len, init_factor=0.03)
     state = NBodyState.cat([two_body_orbit(e=e)[0] for e in (0.3, 0.6, 0.9)])
-    cfg = TrainConfig(steps_per_epoch=steps, history_len=history_len, efficiency_weight=0.0)
+    cfg = TrainConfig(steps_per_epoch=steps, efficiency_weight=0.0)
     return collect_trajectory(LoopContext(pred, leap, cfg, torch.optim.Adam(pred.parameters())), state).buffer
 
 

@@ -17,8 +17,14 @@ from nbtoolkit.presets import make_preset
 from nbtoolkit.training import CheckpointError, FitResult, RetrainLimitError, TrainConfig, Trainer, load_predictor
 from nbtoolkit.training.cli import add_train_arguments, run_train
 
-SMALL = dict(hidden_width=8, hidden_layers=1, steps_per_epoch=6, replay_batch_size=16, replay_steps=50,
+MODEL = {"hidden_width": 8, "hidden_layers": 1}
+SMALL = dict(predictor_options=MODEL, steps_per_epoch=6, replay_batch_size=16, replay_steps=50,
              calibrate_pass_rate=0)  # calibration has its own tests
+
+
+def with_options(**options):
+    """:data:`SMALL` with more predictor options."""
+    return {**SMALL, "predictor_options": {**MODEL, **options}}
 
 
 def kepler_batch(n: int = 3):
@@ -32,7 +38,7 @@ def same_weights(a, b) -> bool:
 # ----------------------------------------------------------------------------- fit
 def test_fit_runs_epochs_and_fires_events_in_order(events):
     system = kepler_batch()
-    trainer = Trainer(TrainConfig(epochs=3, seed=1, predictor_options={"init_factor": 0.2}, **SMALL), system.state)
+    trainer = Trainer(TrainConfig(epochs=3, seed=1, **with_options(init_factor=0.2)), system.state)
     result = trainer.fit()
     assert isinstance(result, FitResult) and result.epochs_completed == 3 and not result.stopped
     assert len(result.epoch_metrics) == 3 and trainer.epoch == 3
@@ -62,7 +68,7 @@ def test_a_dispersing_system_restarts_from_its_initial_state_and_bound_ones_run_
     position = torch.cat([kepler.position, torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]], dtype=torch.float64)])
     velocity = torch.cat([kepler.velocity, torch.tensor([[[-20.0, 0.0], [20.0, 0.0]]], dtype=torch.float64)])
     state = NBodyState.from_arrays(torch.cat([kepler.mass, kepler.mass]), position, velocity)
-    trainer = Trainer(TrainConfig(epochs=12, seed=1, predictor_options={"init_factor": 0.5}, **SMALL), state)
+    trainer = Trainer(TrainConfig(epochs=12, seed=1, **with_options(init_factor=0.5)), state)
     result = trainer.fit()
     restarted = [m["restarted"] for m in result.epoch_metrics]
     assert sum(restarted) >= 2 and restarted[0] == 0 and max(restarted) == 1  # only the pair restarts
@@ -73,7 +79,7 @@ def test_a_dispersing_system_restarts_from_its_initial_state_and_bound_ones_run_
 
 
 def test_fit_accepted_states_all_pass_the_gate(events):
-    trainer = Trainer(TrainConfig(epochs=2, seed=2, predictor_options={"init_factor": 0.3}, **SMALL), kepler_batch().state)
+    trainer = Trainer(TrainConfig(epochs=2, seed=2, **with_options(init_factor=0.3)), kepler_batch().state)
     trainer.fit()
     accepted = events.of("StepAccepted")
     assert all(bool((e.rel_dE <= 2e-4).all()) for e in accepted)
@@ -132,7 +138,7 @@ def test_pause_blocks_until_resumed(host):
 
 def test_errors_fire_fit_end_with_the_message_and_are_reraised(events):
     cfg = TrainConfig(epochs=2, max_retrain_steps=2, learning_rate=1e-12, efficiency_weight=0.0,
-                      predictor_options={"init_factor": 2.0}, **SMALL)
+                      **with_options(init_factor=2.0))
     trainer = Trainer(cfg, kepler_batch(2).state)
     with pytest.raises(RetrainLimitError):
         trainer.fit()
@@ -159,15 +165,14 @@ def test_a_classical_predictor_cannot_be_trained():
 def test_history_len_must_match_the_predictor(host):
     pred = host.predictors.create("mlp", hidden_width=4, history_len=2)
     with pytest.raises(ConfigError, match="history_len"):
-        Trainer(TrainConfig(history_len=0), kepler_batch(1).state, predictor=pred)
+        Trainer(TrainConfig(predictor_options={"history_len": 0}), kepler_batch(1).state, predictor=pred)
 
 
 # ----------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("history_len, sampler", [(0, "uniform"), (2, "prioritized")])
 def test_resume_from_checkpoint_continues_exactly(tmp_path, history_len, sampler):
     state = kepler_batch(3).state
-    cfg = TrainConfig(epochs=4, seed=3, history_len=history_len, sampler=sampler,
-                      predictor_options={"init_factor": 0.15}, **SMALL)
+    cfg = TrainConfig(epochs=4, seed=3, sampler=sampler, **with_options(init_factor=0.15, history_len=history_len))
     straight = Trainer(cfg, state)
     straight_result = straight.fit()
     first = Trainer(cfg.replace(epochs=2, checkpoint_path=str(tmp_path / "half.pt")), state)
@@ -205,7 +210,7 @@ def test_checkpoint_every_k_epochs_and_at_the_end(tmp_path, events):
 
 
 def test_load_predictor_gives_the_trained_model_in_eval_mode(tmp_path):
-    trainer = Trainer(TrainConfig(epochs=1, history_len=1, **SMALL), kepler_batch(2).state)
+    trainer = Trainer(TrainConfig(epochs=1, **with_options(history_len=1)), kepler_batch(2).state)
     trainer.fit()
     trainer.save_checkpoint(tmp_path / "m.pt")
     pred = load_predictor(tmp_path / "m.pt")
@@ -295,7 +300,7 @@ def test_cli_train_preset_then_resume_from_config(tmp_path, capsys):
     rc = run_train(parse("--config", str(config), "--resume", str(model), "--no-progress"))
     data = torch.load(model, weights_only=True)
     assert rc == 0 and data["epoch"] == 3 and data["config"]["sampler"] == "recent"
-    assert data["config"]["seed"] == 1 and data["config"]["hidden_width"] == 8
+    assert data["config"]["seed"] == 1 and data["config"]["predictor_options"] == {"hidden_width": 8}
     assert data["config"]["sampler_options"] == {"half_life": 4.0}
 
 
@@ -321,7 +326,7 @@ def test_every_config_key_has_a_flag():
              "sampler_options": "--sampler-option=b=x", "fallback_options": "--fallback-option=eta=0.1",
              "integrator_options": "--integrator-option=c=2", "field_options": "--field-option=mass=2",
              "checkpoint_path": "--checkpoint=x.pt", "on_retrain_limit": "--on-retrain-limit=fallback",
-             "replay_scope": "--replay-scope=epoch", "activation": "--activation=silu", "seed": "--seed=4"}
+             "replay_scope": "--replay-scope=epoch", "seed": "--seed=4"}
     argv = []
     for f in dataclasses.fields(TrainConfig):
         if f.name in flags:
@@ -337,6 +342,56 @@ def test_every_config_key_has_a_flag():
     assert set(given) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert given["predictor_options"] == {"a": 1} and given["sampler_options"] == {"b": "x"}
     assert given["E_lower"] == 1e-7 and given["stop_at_period"] is True and given["seed"] == 4
+
+
+def test_the_mlp_flags_set_predictor_options_and_win_over_the_file_option_by_option(tmp_path):
+    from nbtoolkit.training.cli import _flag_overrides
+    from nbtoolkit.training.config import TOP_LEVEL_OPTIONS, merge_sources
+
+    args = parse("--hidden-width", "8", "--activation", "silu", "--fourier-scale", "2", "--predictor-option", "max_pairs=4")
+    given = _flag_overrides(args)
+    assert given == {"hidden_width": 8, "activation": "silu", "fourier_scale": 2.0, "predictor_options": {"max_pairs": 4}}
+    file = {"hidden_layers": 3, "predictor_options": {"hidden_width": 16, "init_factor": 0.1}}
+    assert TrainConfig.from_dict(merge_sources(file, given)).predictor_options == {
+        "hidden_layers": 3, "hidden_width": 8, "init_factor": 0.1, "activation": "silu", "fourier_scale": 2.0, "max_pairs": 4}
+    for key in TOP_LEVEL_OPTIONS["predictor_options"]:  # each has its flag, typed by the plugin's declaration
+        assert getattr(parse(f"--{key.replace('_', '-')}", "2" if key != "activation" else "gelu"), f"train_{key}") \
+            in (2, 2.0, "gelu")
+    with pytest.raises(SystemExit):
+        parse("--activation", "swish")  # the choices come from the plugin
+
+
+def test_a_bad_predictor_option_names_the_plugin_and_the_option(tmp_path):
+    with pytest.raises(ConfigError, match="option 'init_factor' of dt predictor 'mlp' \\(plugin 'plugins.mlp_predictor'\\) "
+                                          "must be finite and > 0; got -1.0"):
+        run_train(parse("--preset", "kepler", "--epochs", "1", "--predictor-option", "init_factor=-1", "--no-progress"))
+    config = tmp_path / "run.toml"
+    config.write_text("epochs = 1\n[predictor_options]\nhidden_width = 0\n[system]\npreset = \"kepler\"\n")
+    with pytest.raises(ConfigError, match="option 'hidden_width' of dt predictor 'mlp'.* must be >= 1; got 0"):
+        run_train(parse("--config", str(config), "--no-progress"))
+
+
+def test_a_checkpoint_with_the_mlp_keys_at_top_level_resumes_as_it_did(tmp_path):
+    from nbtoolkit.training.checkpoint import payload_digest
+
+    options = {"hidden_width": 8, "hidden_layers": 1, "history_len": 1}
+    trainer = Trainer(TrainConfig(epochs=1, **with_options(history_len=1)), kepler_batch(2).state)
+    trainer.fit()
+    new = trainer.save_checkpoint(tmp_path / "new.pt")
+    data = torch.load(new, weights_only=True)  # as written before the mlp predictor declared its options
+    data["config"] = {**data["config"], **options, "activation": "tanh", "fourier_features": 0, "fourier_scale": 1.0,
+                      "predictor_options": {}}
+    data["predictor_options"] = {**options, "activation": "tanh", "fourier_features": 0, "fourier_scale": 1.0, "seed": 0}
+    data["checksum"] = {"algorithm": "sha256", "digest": payload_digest(data)}
+    old = tmp_path / "old.pt"
+    torch.save(data, old)
+    assert same_weights(load_predictor(old), load_predictor(new))
+    resumed = [Trainer.from_checkpoint(path, epochs=2) for path in (old, new)]
+    assert resumed[0].config.predictor_options == {**options, "activation": "tanh", "fourier_features": 0,
+                                                   "fourier_scale": 1.0}
+    for t in resumed:
+        t.fit()
+    assert same_weights(resumed[0].predictor, resumed[1].predictor) and resumed[0].history is not None
 
 
 def test_cli_without_a_system_trains_on_the_general_set_and_names_bad_preset_flags(tmp_path, capsys):

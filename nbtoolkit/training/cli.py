@@ -1,10 +1,13 @@
 """``nbtoolkit train``: arguments and command.
 
 Precedence of configuration values, lowest first: defaults, the checkpoint given to
-``--resume`` (model keys only), the ``--config`` TOML file, command-line flags. Every
-configuration key has a flag (``--steps-per-epoch`` for ``steps_per_epoch``; option tables
+``--resume`` (model keys only), the ``--config`` TOML file, command-line flags
+(``predictor_options`` option by option). Every configuration key has a flag, made from its
+declaration in :mod:`.config` (``--steps-per-epoch`` for ``steps_per_epoch``; option tables
 take ``--predictor-option KEY=VALUE``, repeatable); ``--seed`` sets both the training seed and
-the seed of presets that take one.
+the seed of presets that take one. The ``mlp`` architecture keys keep flags of their own
+(``--hidden-width`` ...), which set predictor options, and the options that every registered dt
+predictor declares are listed at the end of ``--help``.
 
 The systems come from ``--preset``/``--state`` (with the preset flags), else from the
 ``[system]`` table of the TOML file (``preset = "..."`` plus parameters, which preset flags
@@ -25,10 +28,10 @@ resume from the last checkpoint, which a stopped or killed process never leaves 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,82 +42,61 @@ from .. import validate
 from ..cli_system import add_system_arguments, preset_flag_values
 from ..control import RunControl
 from ..errors import ConfigError
+from ..options import Option, Setting, format_default
 from ..plugin_manager import get_host
 from ..state import System
-from .config import TrainConfig, read_toml
+from .config import SETTINGS, TOP_LEVEL_OPTIONS, TrainConfig, merge_sources, read_toml
 from .distributed import LOCAL, Collective, from_environment, report_once, shutdown
 from .trainer import Trainer
 from .trainset import pad_systems
 
 EXIT_STOPPED = 130
 
-#: help text per configuration key
-KEY_HELP: dict[str, str] = {
-    "energy_threshold": "energy gate: a step passes when |dE/E| <= this (default 2e-4)",
-    "E_lower": "lower edge of the loss band on |dE/E| (default 1e-6)",
-    "E_upper": "upper edge of the loss band on |dE/E| (default 1e-4)",
-    "efficiency_weight": "weight of the band loss on passing steps, pushing dt up below E_lower (0 = off; default 1)",
-    "nonfinite_penalty": "loss of a step whose energy error is not finite (default 100)",
-    "epochs": "number of epochs (Part 1 + Part 2) in total, counting resumed ones (default 20)",
-    "steps_per_epoch": "accepted Part 1 steps per system and epoch (default 64)",
-    "n_steps": "integrator sub-steps with the predicted dt per step (default 1)",
-    "max_retrain_steps": "consecutive rejected attempts of one system before giving up (default 1000)",
-    "on_retrain_limit": "at max_retrain_steps: raise an error, or take the step with the fallback predictor",
-    "fallback_predictor": "classical predictor used by --on-retrain-limit fallback (default freefall)",
-    "stop_at_period": "stop collecting from a system once it completed its orbital period",
-    "replay_batch_size": "Part 2 minibatch size (default 512)",
-    "replay_steps": "cap on Part 2 iterations per epoch (default 1000)",
-    "min_replay_size": "skip Part 2 while the buffer holds fewer samples (default 2)",
-    "replay_scope": "keep the replay buffer across epochs (persistent) or clear it every epoch (epoch)",
-    "buffer_capacity": "most replay samples kept, oldest dropped first (default 100000)",
-    "learning_rate": "Adam learning rate (default 1e-3)",
-    "lr_decay": "the learning rate falls geometrically over the epochs to learning_rate * this (default 1 = constant)",
-    "grad_clip": "gradient norm clipping, 0 = off (default 10)",
-    "calibrate_pass_rate": ("after training, scale dt so each validation system passes this share of its steps "
-                            "(0 = off; default 0.995)"),
-    "calibrate_steps": "unguarded steps per validation system and calibration round (default 256)",
-    "integrator": "integrator name (default leapfrog; see `nbtoolkit plugins`)",
-    "predictor": "dt predictor to train (default mlp)",
-    "sampler": "replay sampler name: uniform, prioritized, recent, ... (default uniform)",
-    "gate": "gate that judges every step: energy (whole-system |dE/E|), pair-energy, ... (default energy)",
-    "predictor_options": "extra predictor factory option KEY=VALUE (repeatable), e.g. init_factor=0.01",
-    "sampler_options": "replay sampler option KEY=VALUE (repeatable), e.g. alpha=0.7",
-    "fallback_options": "fallback predictor option KEY=VALUE (repeatable), e.g. eta=0.02",
-    "integrator_options": "integrator factory option KEY=VALUE (repeatable)",
-    "field": "external field the systems move in: plummer-host, point-mass-host, ... (default: none)",
-    "field_options": "external field option KEY=VALUE (repeatable), e.g. mass=1000",
-    "history_len": "number of past accepted states the predictor sees (default 0)",
-    "hidden_width": "width of the predictor's hidden layers (default 64)",
-    "hidden_layers": "number of hidden layers (default 2)",
-    "activation": "hidden activation: tanh, silu, relu, gelu, softplus (default tanh)",
-    "fourier_features": "random Fourier features of the inputs, 0 = off (default 0)",
-    "fourier_scale": "standard deviation of the Fourier frequencies (default 1)",
-    "checkpoint_path": "write a checkpoint here at the end (and every --checkpoint-every epochs)",
-    "checkpoint_every": "also write the checkpoint every K epochs (0 = only at the end)",
-    "metrics_log": "append one JSON line per training event to this file",
-    "progress": "show the progress bar (default: when stderr is a terminal)",
-    "device": "torch device, e.g. cpu or cuda (default cpu)",
-}
-
-#: keys whose flag is not simply --key-with-dashes
-_FLAG_NAMES: dict[str, list[str]] = {
-    "checkpoint_path": ["--checkpoint", "--checkpoint-path"],
-    "E_lower": ["--E-lower", "--e-lower"],
-    "E_upper": ["--E-upper", "--e-upper"],
-    "predictor_options": ["--predictor-option"],
-    "sampler_options": ["--sampler-option"],
-    "fallback_options": ["--fallback-option"],
-    "integrator_options": ["--integrator-option"],
-    "field_options": ["--field-option"],
-}
+#: what the command line uses where a key is not given, when that differs from the key's default
+CLI_DEFAULTS = {"progress": "when stderr is a terminal"}
 
 
 def _dest(key: str) -> str:
     return f"train_{key}"
 
 
+def setting_flags(s: Setting) -> list[str]:
+    """The flags of a setting: its declared ones, else ``--key-with-dashes`` (plus the lower-case
+    spelling of ``--E-lower``); an option table ``x_options`` takes ``--x-option KEY=VALUE``."""
+    if s.option.flags:
+        return list(s.option.flags)
+    if s.type is dict:
+        return ["--" + s.name.removesuffix("_options").replace("_", "-") + "-option"]
+    flag = "--" + s.name.replace("_", "-")
+    return [flag] if flag == flag.lower() else [flag, flag.lower()]
+
+
+def _argument(s: Setting) -> dict[str, Any]:
+    """argparse keywords of a setting's flag: its type or choices, and its help with the default."""
+    text = s.help + (" (repeatable)" if s.type is dict else "")
+    shown = CLI_DEFAULTS.get(s.name) or ("" if s.default in ("", {}) else format_default(s.default))
+    kwargs: dict[str, Any] = {"default": None, "help": (text + (f" (default: {shown})" if shown else "")).replace("%", "%%")}
+    if s.type is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif s.type is dict:
+        kwargs.update(action="append", type=validate.option_pair, metavar="KEY=VALUE")
+    elif s.choices:
+        kwargs.update(type=str, choices=list(s.choices))
+    elif s.type in (int, float, str):
+        kwargs["type"] = s.type
+    else:
+        kwargs["type"] = _plain_value
+    return kwargs
+
+
+def _plain_value(text: str) -> Any:
+    """A flag value read as ``--predictor-option`` reads one (8 an int, 0.5 a float, tanh a string)."""
+    return validate.option_pair(f"value={text}")[1]
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the system, run and configuration flags of ``nbtoolkit train`` to ``parser``."""
+    """Add the system, run and configuration flags of ``nbtoolkit train`` to ``parser``, and list
+    the options that the registered dt predictors declare at the end of its help."""
 
     add_system_arguments(parser)
     run = parser.add_argument_group("run")
@@ -134,37 +116,51 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--export-model", type=Path, metavar="FILE",
                      help="also write a model file (weights, options and calibration only; see docs/models.md)")
     group = parser.add_argument_group("training configuration (flags override --config, which overrides --resume)")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "seed":
-            continue  # --seed of the system group
-        flags = _FLAG_NAMES.get(f.name, ["--" + f.name.replace("_", "-")])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
-        kwargs: dict[str, Any] = {"dest": _dest(f.name), "default": None, "help": KEY_HELP[f.name]}
-        if isinstance(default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, dict):
-            kwargs.update(action="append", type=validate.option_pair, metavar="KEY=VALUE")
-        elif f.name in ("on_retrain_limit", "replay_scope", "activation"):
-            kwargs.update(type=str, choices=_choices(f.name))
-        else:
-            kwargs["type"] = type(default)
-        group.add_argument(*flags, **kwargs)
+    for s in SETTINGS:
+        if s.name != "seed":  # set by --seed of the system flags, which also seeds the presets
+            group.add_argument(*setting_flags(s), dest=_dest(s.name), **_argument(s))
+    host = get_host()
+    default = TrainConfig.predictor
+    declared = {s.name: s for s in host.predictors.get(default).options()} if default in host.predictors else {}
+    _add_top_level(parser.add_argument_group(f"options of the '{default}' dt predictor (or --predictor-option "
+                                             "KEY=VALUE; every predictor's options are listed at the end)"),
+                   TOP_LEVEL_OPTIONS["predictor_options"], declared)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = plugin_options_help(host)
 
 
-def _choices(key: str) -> list[str]:
-    from .config import ACTIVATIONS
+def _add_top_level(group: Any, keys: tuple[str, ...], declared: dict[str, Setting]) -> None:
+    """Flags of their own for the plugin options that may be written at top level (see
+    :data:`~.config.TOP_LEVEL_OPTIONS`), typed and explained by the plugin's declaration."""
+    for key in keys:
+        s = declared.get(key) or Setting(key, object, "", Option(f"option {key}"))
+        group.add_argument("--" + key.replace("_", "-"), dest=_dest(key), **_argument(s))
 
-    return {"on_retrain_limit": ["raise", "fallback"], "replay_scope": ["persistent", "epoch"],
-            "activation": list(ACTIVATIONS)}[key]
+
+def plugin_options_help(host: Any) -> str:
+    """The options that the registered dt predictors declare, as the end of ``train --help``."""
+    def lines(s: Setting) -> list[str]:
+        return textwrap.wrap(f"{s.name} = {format_default(s.default)}: {s.help} ({s.rule})", 96,
+                             initial_indent="    ", subsequent_indent="      ")
+
+    out = []
+    for entry in host.predictors.entries():
+        if entry.options():
+            out += [f"  {entry.name} (plugin {entry.plugin}):", *(line for s in entry.options() for line in lines(s))]
+    if out:
+        out = ["options of the dt predictors (--predictor-option KEY=VALUE, or the [predictor_options] table of",
+               "--config), with their defaults:", *out]
+    return "\n".join(out)
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration keys given as flags (top-level plugin options among them)."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(args, _dest(f.name), None)
+    for key in (*(s.name for s in SETTINGS), *(key for keys in TOP_LEVEL_OPTIONS.values() for key in keys)):
+        value = getattr(args, _dest(key), None)
         if value is None:
             continue
-        out[f.name] = dict(value) if isinstance(value, list) else value
+        out[key] = dict(value) if isinstance(value, list) else value
     if getattr(args, "seed", None) is not None:
         out["seed"] = args.seed
     return out
@@ -276,8 +272,8 @@ def _train(args: argparse.Namespace, collective: Collective) -> int:
     if args.config is not None:
         overrides, table = read_toml(args.config)
         systems, validation_tables = overrides.pop("systems", None), overrides.pop("validation", None)
-    overrides.update(_flag_overrides(args))
-    overrides.setdefault("progress", sys.stderr.isatty())
+    overrides = merge_sources(overrides, _flag_overrides(args))
+    overrides.setdefault("progress", sys.stderr.isatty())  # see CLI_DEFAULTS
     system = _system(args, table)
     validation = None
     if system is not None and (getattr(args, "training_set", None) is not None or systems is not None):
@@ -285,7 +281,7 @@ def _train(args: argparse.Namespace, collective: Collective) -> int:
                           "(--training-set, [[systems]]), not both")
     if system is None and (args.resume is None or getattr(args, "training_set", None) is not None or systems is not None):
         tset = _training_set(args, systems, validation_tables)
-        overrides = {**tset.settings, **overrides}  # the set's [train] settings, under the user's own
+        overrides = merge_sources(tset.settings, overrides)  # the set's [train] settings, under the user's own
         seed = int(overrides.get("seed", TrainConfig.seed))
         system, validation = System(tset.build(seed)), pad_systems(tset.validation_draws(seed))
         if collective.is_main:

@@ -36,7 +36,7 @@ from .buffer import ReplayBuffer
 from .calibrate import CalibrationResult, calibrate_safety, reset_safety
 from .checkpoint import read_checkpoint, write_checkpoint
 from .collect import CollectResult, collect_trajectory
-from .config import RUNTIME_KEYS, TrainConfig
+from .config import TrainConfig, merge_sources, saved_config
 from .context import LoopContext
 from .distributed import LOCAL, Collective
 from .replay import ReplayOutcome, generalize_on_trajectory
@@ -112,18 +112,19 @@ class Trainer:
             self.stop_time = self.state.time + self.period
 
         self.integrator = self.host.integrators.create(config.integrator, **config.integrator_options)
-        accepted = self.host.predictors.get(config.predictor).accepted_options()
-        self.predictor_options = config.predictor_build_options(accepted)
+        entry = self.host.predictors.get(config.predictor)
+        self.predictor_options = config.predictor_build_options(entry.accepted_options(), entry.options())
         if predictor is None:
             predictor = self.host.predictors.create(config.predictor, **self.predictor_options)
         self.predictor = predictor.to(device=self.device, dtype=self.state.dtype)
         self.collective.broadcast_parameters(self.predictor)
         if not isinstance(self.predictor, DtPredictor) or not self.predictor.trainable:
             raise ConfigError(f"dt predictor '{config.predictor}' has no trainable parameters; choose a learned one (e.g. mlp)")
-        if int(getattr(self.predictor, "history_len", 0)) != config.history_len:
+        history_len = int(getattr(self.predictor, "history_len", 0))
+        if self.predictor_options.get("history_len", history_len) != history_len:
             raise ConfigError(
-                f"configuration key 'history_len' is {config.history_len} but dt predictor '{config.predictor}' "
-                f"reads {getattr(self.predictor, 'history_len', 0)} past states"
+                f"predictor option 'history_len' is {self.predictor_options['history_len']} but dt predictor "
+                f"'{config.predictor}' reads {history_len} past states"
             )
         self.sampler = self.host.samplers.create(config.sampler, **config.sampler_options)
         self.gate = self.host.gates.create(config.gate)
@@ -133,8 +134,8 @@ class Trainer:
             self.fallback = self.fallback.to(device=self.device, dtype=self.state.dtype)
         self.optimizer = torch.optim.Adam(self.predictor.parameters(), lr=config.learning_rate)
         self.generator = torch.Generator().manual_seed(config.seed + self.collective.rank)
-        self.history: History | None = History.empty(self.state, config.history_len) if config.history_len else None
-        self.buffer = ReplayBuffer.like(self.state, config.buffer_capacity, config.history_len)
+        self.history: History | None = History.empty(self.state, history_len) if history_len else None
+        self.buffer = ReplayBuffer.like(self.state, config.buffer_capacity, history_len)
         self.epoch = 0
         self.total_accepted = 0
         self.total_retrains = 0
@@ -305,19 +306,20 @@ class Trainer:
         over to new systems; the replay
         buffer is kept when the new systems have the same N, D, G and softening, else it starts
         empty. ``config_overrides`` change configuration keys (e.g. ``epochs`` to train
-        longer). Run keys (checkpoint_path, checkpoint_every, metrics_log, progress, device) are
-        not restored from the file: they come from the overrides or their defaults. With a
-        data-parallel ``collective`` every rank restores its shard (see :mod:`.shards`).
+        longer; ``predictor_options`` change option by option). Run keys (checkpoint_path,
+        checkpoint_every, metrics_log, progress, device) are not restored from the file: they come
+        from the overrides or their defaults. With a data-parallel ``collective`` every rank
+        restores its shard (see :mod:`.shards`).
         """
         data = read_checkpoint(path)
         where = f"checkpoint '{path}'"
-        saved = {k: v for k, v in dict(data["config"]).items() if k not in RUNTIME_KEYS}
-        try:
-            config = TrainConfig.from_dict({**saved, **config_overrides})
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
         host = host or get_host()
         saved_predictor = str(data["plugins"]["predictor"]["name"])
+        accepted = host.predictors.get(saved_predictor).accepted_options() if saved_predictor in host.predictors else None
+        try:
+            config = TrainConfig.from_dict(merge_sources(saved_config(dict(data["config"]), accepted), config_overrides))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         if config.predictor != saved_predictor:
             raise CheckpointError(
                 f"{where} holds dt predictor '{saved_predictor}'; cannot resume it as '{config.predictor}'"

@@ -84,8 +84,9 @@ def restore_trainer(trainer: Trainer, data: dict[str, Any], where: str, saved_st
         initial = NBodyState.from_dict(data["initial_state"], where=f"{where}: initial_state", allow_padding=True)
         trainer.initial_state = initial.to(device=trainer.device).replace(field=trainer.field)
         history = history_from_dict(data["history"])
-        if (history is None) != (config.history_len == 0):
-            raise CheckpointError(f"{where}: its history window does not match history_len = {config.history_len}")
+        history_len = int(getattr(trainer.predictor, "history_len", 0))
+        if (history is None) != (history_len == 0):
+            raise CheckpointError(f"{where}: its history window does not match history_len = {history_len}")
         trainer.history = None if history is None else History(*(t.to(trainer.device) for t in history))
         if config.stop_at_period and data["stop_time"] is not None:
             trainer.stop_time = data["stop_time"].to(trainer.device)

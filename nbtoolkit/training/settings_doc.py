@@ -1,0 +1,93 @@
+"""The settings reference, ``docs/settings.md``, made from the declarations.
+
+``python -m nbtoolkit.training.settings_doc > docs/settings.md`` writes it again; a test checks
+that the file is up to date. It lists every key of :class:`~nbtoolkit.training.TrainConfig` and
+the options that the default plugins declare on their factories (see :mod:`nbtoolkit.options`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..options import Setting, format_default
+from ..plugin_manager import PluginHost
+from .cli import CLI_DEFAULTS, setting_flags
+from .config import SETTINGS, TOP_LEVEL_OPTIONS
+
+#: where the reference lives in the source tree
+SETTINGS_DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+
+#: the configuration table that holds the options of each registry's plugins
+_TABLES = {"integrators": "integrator_options", "predictors": "predictor_options", "samplers": "sampler_options",
+           "fields": "field_options"}
+
+_HEAD = """# Training settings
+
+<!-- Made by `python -m nbtoolkit.training.settings_doc > docs/settings.md` from the declarations
+(nbtoolkit/training/config.py and the plugins' factories); edit those, not this file. -->
+
+Every key of the training configuration (`TrainConfig`): a top-level key of a `--config` TOML file, a
+keyword of `TrainConfig(...)` and a flag of `nbtoolkit train`. Flags override the file, which overrides
+the checkpoint given to `--resume`; run keys (marked *run*) are never restored from a checkpoint. A
+value outside what a key accepts is a `ConfigError` naming the key.
+"""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _default(s: Setting) -> str:
+    """The default as TOML writes it."""
+    toml = {"True": "true", "False": "false"}.get(str(s.default))
+    shown = f"`{toml or format_default(s.default)}`"
+    return shown + (f" ({CLI_DEFAULTS[s.name]} on the command line)" if s.name in CLI_DEFAULTS else "")
+
+
+def _flag_cell(s: Setting) -> str:
+    if s.type is dict:
+        return ", ".join(f"`{f} KEY=VALUE`" for f in setting_flags(s))
+    if s.type is bool:
+        return ", ".join(f"`{f}`, `--no-{f[2:]}`" for f in setting_flags(s))
+    return ", ".join(f"`{f}`" for f in setting_flags(s))
+
+
+def settings_reference() -> str:
+    """The text of ``docs/settings.md``."""
+    lines = [_HEAD, "| key | flag | default | accepts | meaning |", "|---|---|---|---|---|"]
+    for s in SETTINGS:
+        meaning = _cell(s.help) + (" (*run*)" if s.option.runtime else "")
+        lines.append(f"| `{s.name}` | {_flag_cell(s)} | {_default(s)} | {_cell(s.rule)} | {meaning} |")
+    host = PluginHost(load_entry_points=False)
+    for attr, table in _TABLES.items():
+        registry = getattr(host, attr)
+        declaring = [entry for entry in registry.entries() if entry.options()]
+        if not declaring:
+            continue
+        lines += ["", f"## Options of the {registry.kind}s", "",
+                  f"A {registry.kind} declares its options on its factory; set them in the `[{table}]` table of the "
+                  f"TOML file or with `--{table.removesuffix('_options').replace('_', '-')}-option KEY=VALUE`. A value "
+                  f"it refuses is an `OptionError` (a `ConfigError`) naming the {registry.kind}, its plugin and the "
+                  "option."]
+        if table in TOP_LEVEL_OPTIONS:
+            lines.append(_top_level(table))
+        for entry in declaring:
+            lines += ["", f"### `{entry.name}` (plugin `{entry.plugin}`)", *_table(entry.options())]
+    return "\n".join(lines) + "\n"
+
+
+def _top_level(table: str) -> str:
+    keys = TOP_LEVEL_OPTIONS[table]
+    flags = ", ".join("`--" + key.replace("_", "-") + "`" for key in keys)
+    return (f"The options {', '.join(f'`{key}`' for key in keys)} may also be written at top level and have flags "
+            f"of their own ({flags}), as before their plugin declared them.")
+
+
+def _table(settings: Iterable[Setting]) -> list[str]:
+    return ["", "| option | default | accepts | meaning |", "|---|---|---|---|",
+            *(f"| `{s.name}` | {_default(s)} | {_cell(s.rule)} | {_cell(s.help)} |" for s in settings)]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(settings_reference(), end="")
