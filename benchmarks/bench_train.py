@@ -154,7 +154,7 @@ def run_epoch(trainer: Trainer, kernel: str) -> dict[str, Any]:
 
 
 def workload(name: str, args: argparse.Namespace) -> tuple[Any, TrainConfig]:
-    common: dict[str, Any] = dict(seed=0, on_retrain_limit="fallback", max_retrain_steps=200, progress=False)
+    common: dict[str, Any] = dict(seed=0, on_retrain_limit="fallback", max_retrain_steps=200)
     if "calibrate_pass_rate" in {f.name for f in dataclasses.fields(TrainConfig)}:
         common["calibrate_pass_rate"] = 0.0  # the safety calibration after the last epoch is not part of an epoch
     if name == "kepler-batch":

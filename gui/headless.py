@@ -30,7 +30,8 @@ def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdo
     """Train, evaluate and print; returns 0. Progress goes to stderr when it is a terminal."""
     host = get_host()
     system = make_preset("kepler-batch", **TRAIN_PRESET)
-    config = TrainConfig(epochs=epochs, seed=seed, progress=sys.stderr.isatty(), **TRAINING)
+    progress = {"progress": sys.stderr.isatty()} if "progress" in host.observer_options else {}  # the bar may be blocked
+    config = TrainConfig(epochs=epochs, seed=seed, observer_options=progress, **TRAINING)
     print(f"training '{config.predictor}' on {system.state.batch_size} Kepler orbits, e in "
           f"[{TRAIN_PRESET['e_min']}, {TRAIN_PRESET['e_max']}], {epochs} epochs ...", file=out, flush=True)
     trainer = Trainer(config, system, host=host)

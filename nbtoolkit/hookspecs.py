@@ -9,7 +9,8 @@ keyword arguments chosen by the user (for example ``eta`` or ``dt``), so factori
 only the options they understand.
 
 Observer hooks receive one event dataclass from :mod:`nbtoolkit.events` (plain numbers and
-numpy arrays, no tensors attached to a graph) and return nothing.
+numpy arrays, no tensors attached to a graph) and return nothing. An observer declares the
+options it reads from the training configuration through ``nbtoolkit_register_observer_options``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .events import EpochEnd, FitEnd, FitStart, ReplayIteration, StepAccepted, StepRejected
+    from .options import Setting
 
 PROJECT = "nbtoolkit"
 
@@ -28,6 +30,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 Register = Callable[[str, Callable[..., Any]], None]
+RegisterOption = Callable[["Setting"], None]
 
 
 @hookspec
@@ -65,6 +68,14 @@ def nbtoolkit_register_external_fields(register: Register) -> None:
 
 
 # ----------------------------------------------------------------------------- observers
+@hookspec
+def nbtoolkit_register_observer_options(register: RegisterOption) -> None:
+    """Declare the options an observer reads from the training configuration: ``register(setting)``
+    with an :class:`nbtoolkit.options.Setting` (name, type, default, ``Option(help, check)``). A
+    run's values, checked by these declarations and with the declared defaults filled in, are the
+    ``observer_options`` of ``FitStart.config``."""
+
+
 @hookspec
 def nbtoolkit_fit_start(event: FitStart) -> None:
     """Training starts; ``event`` is a :class:`nbtoolkit.events.FitStart`."""

@@ -20,6 +20,7 @@ what it accepts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import inspect
 import math
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError, OptionError
+from .errors import ConfigError, DuplicateNameError, OptionError, PluginError
 
 
 def _fmt(bound: float) -> str:
@@ -274,6 +275,43 @@ def check_options(declared: Iterable[Setting], given: dict[str, Any], owner: str
             except ConfigError as exc:
                 raise OptionError(str(exc)) from None
     return out
+
+
+class DeclaredOptions(dict[str, tuple[Setting, str]]):
+    """Options that plugins declare through a hook (the observers' ``observer_options``), by name:
+    (the declaration, the plugin that declared it). ``kind`` ("observer") is used in messages."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def add(self, setting: Setting, plugin: str) -> None:
+        """The ``register`` callback of the declaring hook, with ``plugin`` bound. Declaring a name
+        that another plugin declared is an error, unless it is the same :class:`Setting` object."""
+        if not isinstance(setting, Setting):
+            raise PluginError(f"plugin '{plugin}' declared a {self.kind} option that is not an "
+                              f"nbtoolkit.options.Setting: {setting!r}")
+        if setting.name in self:
+            if self[setting.name][0] is setting:
+                return  # the same declaration again: a second instance of the same observer
+            raise DuplicateNameError(f"{self.kind} option '{setting.name}' is declared twice: by plugin "
+                                     f"'{self[setting.name][1]}' and by plugin '{plugin}'")
+        self[setting.name] = (setting, plugin)
+
+    def resolve(self, given: dict[str, Any], where: str) -> dict[str, Any]:
+        """``given`` (the table ``where``) checked by the declarations, with the declared defaults filled
+        in. An option no plugin declares is a ConfigError; a refused value an OptionError naming the
+        plugin and the option."""
+        unknown = [key for key in given if key not in self]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(self), n=1)
+            known = ", ".join(f"{key} (plugin {plugin})" for key, (_, plugin) in sorted(self.items())) or "none"
+            raise ConfigError(f"{where}: no {self.kind} declares option '{unknown[0]}' (declared: {known})"
+                              + (f"; did you mean '{close[0]}'?" if close else ""))
+        out = {}
+        for key, (s, plugin) in self.items():
+            out[key] = check_options((s,), given, f"{self.kind} plugin '{plugin}'")[key] if key in given else s.default
+        return out
 
 
 def format_default(value: Any) -> str:

@@ -41,6 +41,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
+from .observer_options import collect_observer_options
 from .registry import Registry
 
 ENTRY_POINT_GROUP = "nbtoolkit"
@@ -110,8 +111,8 @@ def _env_names(var: str) -> set[str] | None:
 
 
 class PluginHost:
-    """Owns the pluggy manager, the plugin sources and the five registries (integrators, predictors,
-    samplers, gates, external fields).
+    """Owns the pluggy manager, the plugin sources, the five registries (integrators, predictors,
+    samplers, gates, external fields) and the options the observers declare (``observer_options``).
 
     ``default_plugins`` are loaded first, each a module path or a ``"module:object"`` entry (see
     :data:`DEFAULT_PLUGINS`); then, with ``load_entry_points``, the installed entry points.
@@ -280,7 +281,7 @@ class PluginHost:
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild every registry by calling each plugin's registration hooks, one plugin at a time."""
+        """Rebuild every registry and the observers' options by calling each plugin's hooks, one plugin at a time."""
         self.failures = [f for f in self.failures if f.stage in ("import", "register")]
         for attr, (hook_name, kind) in REGISTRATION_HOOKS.items():
             registry = Registry(kind)
@@ -300,6 +301,7 @@ class PluginHost:
                     self._fail(name, hook_name, exc)
             registry.unknown_hint = self.unknown_name_hint
             setattr(self, attr, registry)
+        self.observer_options = collect_observer_options(self.pm, self._fail)
 
     def registries(self) -> tuple[Registry, ...]:
         """The named registries, in the order ``nbtoolkit plugins`` lists them."""

@@ -3,10 +3,11 @@
 Both listen to the observer hooks like any third-party plugin would. The instances
 :data:`progress_bar` and :data:`metrics_log` are default plugins of their own (registered as
 objects, ``plugins.observers:progress_bar`` and ``plugins.observers:metrics_log``, so the host
-calls each one's hooks and isolates each one's faults); they switch on per run from the
-configuration sent with FitStart: the progress bar when ``progress`` is true (the CLI sets it),
-the metrics log when ``metrics_log`` names a file. :class:`ProgressBar` and :class:`MetricsLog`
-can also be registered as further plugin objects
+calls each one's hooks and isolates each one's faults); each declares its option through its own
+``nbtoolkit_register_observer_options`` (:data:`PROGRESS`, :data:`METRICS_LOG`), and they switch
+on per run from the ``observer_options`` of the configuration sent with FitStart: the progress bar
+when ``progress`` is true (the CLI sets it), the metrics log when ``metrics_log`` names a file.
+:class:`ProgressBar` and :class:`MetricsLog` can also be registered as further plugin objects
 (``host.register_plugin(MetricsLog("run.jsonl"), name="my-log")``) to log always.
 
 The default instances serve one training run at a time per process (as the CLI and the viewer do).
@@ -23,9 +24,20 @@ from typing import IO, Any
 from nbtoolkit import hookimpl
 from nbtoolkit.errors import ConfigError
 from nbtoolkit.events import EpochEnd, FitEnd, FitStart, ReplayIteration, StepAccepted, StepRejected, event_to_dict
+from nbtoolkit.options import Option, Setting, text
 
 #: event fields left out of the metrics log (per-body arrays are data, not metrics)
 OMITTED_FIELDS = ("position", "velocity", "mass")
+#: the progress bar's option (in the ``observer_options`` of the training configuration)
+PROGRESS = Setting("progress", bool, False, Option("show the terminal progress bar"))
+#: the metrics log's option
+METRICS_LOG = Setting("metrics_log", str, "", Option("append one JSON line per training event to this file (\"\" = off)",
+                                                    text()))
+
+
+def _option(event: FitStart, option: Setting) -> Any:
+    """This run's value of ``option``."""
+    return event.config.get("observer_options", {}).get(option.name, option.default)
 
 
 class ProgressBar:
@@ -43,9 +55,13 @@ class ProgressBar:
         self._replay = ""
 
     @hookimpl
+    def nbtoolkit_register_observer_options(self, register: Any) -> None:
+        register(PROGRESS)
+
+    @hookimpl
     def nbtoolkit_fit_start(self, event: FitStart) -> None:
         self.close()
-        if not (self.always or event.config.get("progress")):
+        if not (self.always or _option(event, PROGRESS)):
             return
         from tqdm import tqdm
 
@@ -112,7 +128,7 @@ def _finite_or_none(value: Any) -> Any:
 class MetricsLog:
     """Appends one JSON object per event (its fields plus ``"event"``: the type name) to a file.
 
-    ``path`` None takes the file from the run's ``metrics_log`` setting (off when empty).
+    ``path`` None takes the file from the run's ``metrics_log`` option (off when empty).
     Per-body arrays (positions, velocities, masses) are left out; non-finite numbers (a
     blown-up step's |dE/E|) are written as null. Each line is flushed at once so the file can
     be followed while training runs.
@@ -130,15 +146,19 @@ class MetricsLog:
         self._fh.flush()
 
     @hookimpl
+    def nbtoolkit_register_observer_options(self, register: Any) -> None:
+        register(METRICS_LOG)
+
+    @hookimpl
     def nbtoolkit_fit_start(self, event: FitStart) -> None:
         self.close()
-        path = self.path or (Path(event.config["metrics_log"]) if event.config.get("metrics_log") else None)
+        path = self.path or (Path(_option(event, METRICS_LOG)) if _option(event, METRICS_LOG) else None)
         if path is None:
             return
         try:
             self._fh = path.open("a", encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"configuration key 'metrics_log': cannot open '{path}' for writing: {exc}") from None
+            raise ConfigError(f"observer option 'metrics_log': cannot open '{path}' for writing: {exc}") from None
         self._write(event)
 
     @hookimpl
@@ -169,6 +189,6 @@ class MetricsLog:
 
 
 #: the instances registered as default plugins (``plugins.observers:progress_bar`` and
-#: ``plugins.observers:metrics_log`` in ``DEFAULT_PLUGINS``), switched on by the run's configuration
+#: ``plugins.observers:metrics_log`` in ``DEFAULT_PLUGINS``), switched on by the run's observer options
 progress_bar = ProgressBar()
 metrics_log = MetricsLog()

@@ -49,7 +49,7 @@ def window(qtbot, host):
 
 
 def configure(window: MainWindow, **overrides) -> None:
-    window.controls.set_config(TrainConfig(**{**TINY, **overrides}))
+    window.controls.set_config(TrainConfig.from_dict({**TINY, **overrides}))
     window.controls.system_form.set_preset("kepler", {"eccentricity": 0.5})
 
 

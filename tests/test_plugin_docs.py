@@ -55,8 +55,8 @@ HOOK_TESTS: dict[str, tuple[str, ...]] = {
     ),
     **{
         hook: ("tests/test_plugin_docs.py::test_the_documented_observer_receives_every_event",)
-        for hook in ("nbtoolkit_fit_start", "nbtoolkit_step_accepted", "nbtoolkit_step_rejected",
-                     "nbtoolkit_replay_iteration", "nbtoolkit_epoch_end", "nbtoolkit_fit_end")
+        for hook in ("nbtoolkit_register_observer_options", "nbtoolkit_fit_start", "nbtoolkit_step_accepted",
+                     "nbtoolkit_step_rejected", "nbtoolkit_replay_iteration", "nbtoolkit_epoch_end", "nbtoolkit_fit_end")
     },
 }
 
@@ -367,9 +367,10 @@ def test_the_documented_observer_receives_every_event():
     stream = io.StringIO()
     host = isolated_host((module.RunSummary(stream), "doc-observer"))
     assert host.plugin_hooks("doc-observer") == [
-        "nbtoolkit_epoch_end", "nbtoolkit_fit_end", "nbtoolkit_fit_start", "nbtoolkit_replay_iteration",
-        "nbtoolkit_step_accepted", "nbtoolkit_step_rejected",
+        "nbtoolkit_epoch_end", "nbtoolkit_fit_end", "nbtoolkit_fit_start", "nbtoolkit_register_observer_options",
+        "nbtoolkit_replay_iteration", "nbtoolkit_step_accepted", "nbtoolkit_step_rejected",
     ]
+    assert host.observer_options["summary_every"] == (module.EVERY, "doc-observer")
     for hook, event in _events().items():
         getattr(host.hook, hook)(event=event)
     assert stream.getvalue().splitlines() == [
@@ -385,13 +386,15 @@ def test_the_documented_observer_receives_every_event():
         stream.seek(0)
         stream.truncate()
         system = make_preset("kepler-batch", num_orbits=2, e_min=0.3, e_max=0.5, seed=0)
-        config = TrainConfig(epochs=1, steps_per_epoch=3, replay_steps=3, replay_batch_size=4,
-                             predictor_options={"hidden_width": 8}, seed=0)
+        config = TrainConfig(epochs=2, steps_per_epoch=3, replay_steps=3, replay_batch_size=4,
+                             predictor_options={"hidden_width": 8}, observer_options={"summary_every": 2}, seed=0)
         Trainer(config, system.state, host=host).fit()
         lines = stream.getvalue().splitlines()
-        assert lines[0] == "training 2 systems from epoch 0 to 1"
-        assert lines[1].startswith("epoch 0: 6 accepted")
-        assert lines[2].startswith("done: 6 accepted")
+        assert lines[0] == "training 2 systems from epoch 0 to 2"
+        assert lines[1].startswith("epoch 1: 6 accepted") and len(lines) == 3  # every second epoch
+        assert lines[2].startswith("done: 12 accepted")
+        with pytest.raises(OptionError, match="option 'summary_every' of observer plugin 'doc-observer' must be >= 1"):
+            Trainer(config.replace(observer_options={"summary_every": 0}), system.state, host=host)
 
 
 def test_the_documented_acceleration_cache_is_reused_and_correct():

@@ -240,7 +240,8 @@ def test_the_default_observers_are_isolated_from_each_other(host, monkeypatch, t
     monkeypatch.setattr(observers.ProgressBar, "nbtoolkit_fit_start", broken)
     local = PluginHost(load_entry_points=False)
     start = FitStart(epochs=1, start_epoch=0, n_systems=1, n_bodies=2, dim=2, energy_threshold=2e-4,
-                     mass=np.ones((1, 2)), position=np.zeros((1, 2, 2)), config={"metrics_log": str(log)})
+                     mass=np.ones((1, 2)), position=np.zeros((1, 2, 2)),
+                     config={"observer_options": {"progress": False, "metrics_log": str(log)}})
     with pytest.warns(RuntimeWarning, match="observer plugin 'plugins.observers:progress_bar'.*bar broke"):
         local.hook.nbtoolkit_fit_start(event=start)
     local.hook.nbtoolkit_fit_end(event=FitEnd(epochs_completed=1, total_accepted=0, total_retrains=0, wall_time=0.0,

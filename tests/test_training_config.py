@@ -33,7 +33,7 @@ def test_seed_defaults():
     ("steps_per_epoch", 2.5), ("replay_batch_size", 0), ("replay_steps", -3), ("max_retrain_steps", 0),
     ("learning_rate", float("inf")), ("on_retrain_limit", "ignore"), ("replay_scope", "forever"),
     ("buffer_capacity", 0), ("n_steps", True),
-    ("seed", -1), ("predictor", ""), ("progress", "yes"), ("predictor_options", {"a": [1, 2]}),
+    ("seed", -1), ("predictor", ""), ("observer_options", {"progress": None}), ("predictor_options", {"a": [1, 2]}),
     ("device", "gpu9"),
     ("efficiency_weight", -0.5), ("lr_decay", 0.0), ("lr_decay", 1.5),
 ])
@@ -139,12 +139,48 @@ def test_top_level_predictor_options_fold_into_the_table_of_their_source():
         TrainConfig.from_dict({"hidden_widht": 8})
 
 
+def test_the_observer_switches_are_the_observers_options(host):
+    cfg = TrainConfig.from_dict({"progress": True, "metrics_log": "run.jsonl"})
+    assert cfg.observer_options == {"progress": True, "metrics_log": "run.jsonl"}
+    assert cfg.replace(progress=False).observer_options == {"progress": False, "metrics_log": "run.jsonl"}
+    declared = host.observer_options
+    assert {key: plugin for key, (_, plugin) in declared.items()} == {"progress": "plugins.observers:progress_bar",
+                                                                     "metrics_log": "plugins.observers:metrics_log"}
+    assert declared.resolve({"progress": True}, "t") == {"progress": True, "metrics_log": ""}  # defaults filled in
+    with pytest.raises(OptionError, match="option 'progress' of observer plugin 'plugins.observers:progress_bar' "
+                                          "must be true or false"):
+        declared.resolve({"progress": "yes"}, "t")
+    with pytest.raises(ConfigError, match="no observer declares option 'metrics_logg' .*; did you mean 'metrics_log'"):
+        Trainer(TrainConfig(observer_options={"metrics_logg": "x"}), make_preset("kepler").state)
+
+
+def test_an_observer_option_is_declared_by_one_plugin(host, register_plugin):
+    from nbtoolkit import hookimpl
+    from nbtoolkit.options import Option, Setting
+    from plugins.observers import METRICS_LOG, MetricsLog
+
+    register_plugin(MetricsLog("extra.jsonl"), name="second-log")  # the same declaration again: no conflict
+    assert host.observer_options["metrics_log"] == (METRICS_LOG, "plugins.observers:metrics_log")
+
+    class Rival:
+        @hookimpl
+        def nbtoolkit_register_observer_options(self, register):
+            register(Setting("progress", str, "", Option("a different progress option")))
+
+    with pytest.warns(RuntimeWarning, match="observer option 'progress' is declared twice: by plugin "
+                                            "'plugins.observers:progress_bar' and by plugin 'rival'"):
+        register_plugin(Rival(), name="rival")
+    assert host.observer_options["progress"][1] == "plugins.observers:progress_bar"  # the first declaration is kept
+    assert [f.stage for f in host.failures if f.plugin == "rival"] == ["nbtoolkit_register_observer_options"]
+
+
 def test_a_checkpoint_config_from_before_declared_options_keeps_what_its_predictor_took():
     old = {**TrainConfig().to_dict(), "hidden_width": 16, "history_len": 1, "activation": "silu", "hidden_layers": 2,
-           "fourier_features": 0, "fourier_scale": 1.0, "predictor_options": {"init_factor": 0.1}, "metrics_log": "x"}
+           "fourier_features": 0, "fourier_scale": 1.0, "predictor_options": {"init_factor": 0.1}, "metrics_log": "x",
+           "progress": True}
     taken = saved_config(old, {"hidden_width", "history_len", "activation", "init_factor", "seed"})
     assert taken["predictor_options"] == {"hidden_width": 16, "history_len": 1, "activation": "silu", "init_factor": 0.1}
-    assert "metrics_log" not in taken and "hidden_layers" not in taken
+    assert "metrics_log" not in taken and "progress" not in taken and "hidden_layers" not in taken
     assert saved_config(old, None)["predictor_options"] == {"init_factor": 0.1}  # **kwargs factories took none
 
 
@@ -157,3 +193,22 @@ def test_the_settings_reference_lists_every_key_and_option():
     for s in SETTINGS:
         assert f"| `{s.name}` |" in text
     assert "| `hidden_width` | `64` |" in text and "| `init_factor` | `0.02` |" in text
+
+
+def test_each_default_observer_declares_its_own_option(monkeypatch, tmp_path, capsys):
+    """The progress bar and the metrics log are plugins of their own and each declares its option
+    through its own hook implementation: blocking one leaves the other's, and `nbtoolkit train` runs."""
+    import plugins.observers
+    from nbtoolkit import PluginHost, plugin_manager
+    from nbtoolkit.cli import main
+
+    assert not hasattr(plugins.observers, "nbtoolkit_register_observer_options")  # no module-level fan-out
+    local = PluginHost(("plugins.observers:metrics_log",), load_entry_points=False)
+    assert {key: plugin for key, (_, plugin) in local.observer_options.items()} == {
+        "metrics_log": "plugins.observers:metrics_log"}
+    monkeypatch.setenv("NBTOOLKIT_BLOCK_PLUGINS", "plugins.observers:progress_bar")
+    monkeypatch.setattr(plugin_manager, "_HOST", PluginHost(load_entry_points=False))
+    code = main(["train", "--preset", "kepler", "--epochs", "1", "--steps-per-epoch", "2", "--replay-steps", "1",
+                 "--calibrate-pass-rate", "0", "--checkpoint", str(tmp_path / "c.pt")])
+    assert code == 0, capsys.readouterr().err
+    assert list(plugin_manager.get_host().observer_options) == ["metrics_log"]

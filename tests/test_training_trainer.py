@@ -322,7 +322,8 @@ def test_every_config_key_has_a_flag():
     import dataclasses
 
     flags = {"energy_threshold": "--energy-threshold=1e-3", "E_lower": "--E-lower=1e-7", "E_upper": "--e-upper=1e-5",
-             "stop_at_period": "--stop-at-period", "progress": "--progress", "predictor_options": "--predictor-option=a=1",
+             "stop_at_period": "--stop-at-period", "observer_options": "--observer-option=progress=true",
+             "predictor_options": "--predictor-option=a=1",
              "sampler_options": "--sampler-option=b=x", "fallback_options": "--fallback-option=eta=0.1",
              "integrator_options": "--integrator-option=c=2", "field_options": "--field-option=mass=2",
              "checkpoint_path": "--checkpoint=x.pt", "on_retrain_limit": "--on-retrain-limit=fallback",
@@ -341,6 +342,7 @@ def test_every_config_key_has_a_flag():
     given = _flag_overrides(args)
     assert set(given) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert given["predictor_options"] == {"a": 1} and given["sampler_options"] == {"b": "x"}
+    assert given["observer_options"] == {"progress": True}
     assert given["E_lower"] == 1e-7 and given["stop_at_period"] is True and given["seed"] == 4
 
 
@@ -359,6 +361,8 @@ def test_the_mlp_flags_set_predictor_options_and_win_over_the_file_option_by_opt
             in (2, 2.0, "gelu")
     with pytest.raises(SystemExit):
         parse("--activation", "swish")  # the choices come from the plugin
+    observers = _flag_overrides(parse("--no-progress", "--metrics-log", "m.jsonl", "--observer-option", "progress=true"))
+    assert TrainConfig.from_dict(merge_sources(observers)).observer_options == {"progress": True, "metrics_log": "m.jsonl"}
 
 
 def test_a_bad_predictor_option_names_the_plugin_and_the_option(tmp_path):

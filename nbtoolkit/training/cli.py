@@ -96,7 +96,7 @@ def _plain_value(text: str) -> Any:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the system, run and configuration flags of ``nbtoolkit train`` to ``parser``, and list
-    the options that the registered dt predictors declare at the end of its help."""
+    the options that the registered dt predictors and the observers declare at the end of its help."""
 
     add_system_arguments(parser)
     run = parser.add_argument_group("run")
@@ -125,6 +125,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add_top_level(parser.add_argument_group(f"options of the '{default}' dt predictor (or --predictor-option "
                                              "KEY=VALUE; every predictor's options are listed at the end)"),
                    TOP_LEVEL_OPTIONS["predictor_options"], declared)
+    _add_top_level(parser.add_argument_group("options of the observers (or --observer-option KEY=VALUE)"),
+                   TOP_LEVEL_OPTIONS["observer_options"], {key: s for key, (s, _) in host.observer_options.items()})
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = plugin_options_help(host)
 
@@ -138,7 +140,8 @@ def _add_top_level(group: Any, keys: tuple[str, ...], declared: dict[str, Settin
 
 
 def plugin_options_help(host: Any) -> str:
-    """The options that the registered dt predictors declare, as the end of ``train --help``."""
+    """The options that the registered dt predictors and the observers declare, as the end of
+    ``train --help``."""
     def lines(s: Setting) -> list[str]:
         return textwrap.wrap(f"{s.name} = {format_default(s.default)}: {s.help} ({s.rule})", 96,
                              initial_indent="    ", subsequent_indent="      ")
@@ -149,8 +152,14 @@ def plugin_options_help(host: Any) -> str:
             out += [f"  {entry.name} (plugin {entry.plugin}):", *(line for s in entry.options() for line in lines(s))]
     if out:
         out = ["options of the dt predictors (--predictor-option KEY=VALUE, or the [predictor_options] table of",
-               "--config), with their defaults:", *out]
-    return "\n".join(out)
+               "--config), with their defaults:", *out, ""]
+    if host.observer_options:
+        out += ["options of the observers (--observer-option KEY=VALUE, or the [observer_options] table of",
+                "--config), with their defaults:"]
+        for plugin in dict.fromkeys(plugin for _, plugin in host.observer_options.values()):  # declaration order
+            out += [f"  plugin {plugin}:",
+                    *(line for s, owner in host.observer_options.values() if owner == plugin for line in lines(s))]
+    return "\n".join(out).rstrip()
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -272,8 +281,9 @@ def _train(args: argparse.Namespace, collective: Collective) -> int:
     if args.config is not None:
         overrides, table = read_toml(args.config)
         systems, validation_tables = overrides.pop("systems", None), overrides.pop("validation", None)
-    overrides = merge_sources(overrides, _flag_overrides(args))
-    overrides.setdefault("progress", sys.stderr.isatty())  # see CLI_DEFAULTS
+    # CLI_DEFAULTS; the progress bar may be blocked, and its option with it
+    tty = {"progress": sys.stderr.isatty()} if "progress" in host.observer_options else {}
+    overrides = merge_sources(tty, overrides, _flag_overrides(args))
     system = _system(args, table)
     validation = None
     if system is not None and (getattr(args, "training_set", None) is not None or systems is not None):

@@ -6,11 +6,13 @@ settings reference ``docs/settings.md`` are all made from these declarations. Un
 out-of-range values raise :class:`~nbtoolkit.errors.ConfigError` naming the key. Energies are
 relative energy errors |dE/E| per step (dimensionless); dt is in the time unit of the state.
 
-The options of a plugin (the ``mlp`` predictor's ``hidden_width``, a sampler's ``alpha``) belong
-to the plugin, which declares them on its factory. Here they are tables (``predictor_options``,
-``sampler_options``, ...), checked against those declarations when the plugin is built. The
-``mlp`` architecture keys may still be written at top level (:data:`TOP_LEVEL_OPTIONS`): they
-are moved into ``predictor_options``.
+The options of a plugin (the ``mlp`` predictor's ``hidden_width``, a sampler's ``alpha``, the
+metrics log's file) belong to the plugin, which declares them: on its factory, or for an observer
+through ``nbtoolkit_register_observer_options``. Here they are tables (``predictor_options``,
+``sampler_options``, ``observer_options``, ...), checked against those declarations when the
+plugin is built or the run starts. The ``mlp`` architecture keys and the default observers'
+switches may still be written at top level (:data:`TOP_LEVEL_OPTIONS`): they are moved into
+their table.
 
 A TOML file holds the keys at top level. A ``[system]`` table (``preset = "kepler-batch"``
 plus that preset's parameters) is reserved for the command line, which builds the initial
@@ -46,11 +48,13 @@ from ..options import (
 #: below this |dE/E| a step's energy error is round-off, not signal; E_lower may not go lower
 REL_DE_FLOOR = 1e-15
 #: options that may also be written as top-level keys, by the table they belong to: the ``mlp``
-#: predictor's architecture (its flags ``--hidden-width`` ..., top-level TOML keys, and the
-#: configurations of checkpoints written before the plugin declared them)
+#: predictor's architecture and the default observers' switches (their flags ``--hidden-width``,
+#: ``--metrics-log`` ..., top-level TOML keys, and the configurations of checkpoints written before
+#: their plugins declared them)
 TOP_LEVEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "predictor_options": ("history_len", "hidden_width", "hidden_layers", "activation", "fourier_features",
                           "fourier_scale"),
+    "observer_options": ("progress", "metrics_log"),
 }
 #: largest buffer torch.multinomial (used by the non-uniform samplers) can draw from
 MAX_BUFFER_CAPACITY = 2**24
@@ -141,9 +145,9 @@ class TrainConfig:
                                    text(), flags=("--checkpoint", "--checkpoint-path"), runtime=True)
     checkpoint_every: int = setting(0, "also write the checkpoint every K epochs (0 = only at the end)", integer(0),
                                     runtime=True)
-    metrics_log: str = setting("", "append one JSON line per training event to this file (\"\" = off)", text(),
-                               runtime=True)
-    progress: bool = setting(False, "show the terminal progress bar", runtime=True)
+    observer_options: dict[str, Any] = setting({}, "options of the observers: progress (the terminal progress bar), "
+                                                   "metrics_log (a JSONL file of the events), ...", option_table(),
+                                               runtime=True)
     device: str = setting("cpu", "torch device, e.g. cpu or cuda", _Device(), runtime=True)
 
     def __post_init__(self) -> None:
@@ -242,12 +246,12 @@ def _fold(data: dict[str, Any], inherited: dict[str, dict[str, Any]]) -> dict[st
 
 
 def saved_config(config: dict[str, Any], accepted: set[str] | None) -> dict[str, Any]:
-    """The keys of a checkpoint's configuration to restore: not the run keys (:data:`RUNTIME_KEYS`).
-    Checkpoints written before the predictor declared its options list the architecture keys at
-    top level whatever the predictor; those its factory takes (``accepted``; None: ``**kwargs``,
-    which took none of them) go into ``predictor_options``, the others are dropped, as they were
-    when that checkpoint was trained."""
-    saved = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+    """The keys of a checkpoint's configuration to restore: not the run keys (:data:`RUNTIME_KEYS`,
+    the observers' switches among them). Checkpoints written before the predictor declared its
+    options list the architecture keys at top level whatever the predictor; those its factory
+    takes (``accepted``; None: ``**kwargs``, which took none of them) go into
+    ``predictor_options``, the others are dropped, as they were when that checkpoint was trained."""
+    saved = {k: v for k, v in config.items() if k not in RUNTIME_KEYS and k not in TOP_LEVEL_OPTIONS["observer_options"]}
     for key in TOP_LEVEL_OPTIONS["predictor_options"]:
         if key in saved and (accepted is None or key not in accepted):
             del saved[key]

@@ -1,8 +1,9 @@
 """The settings reference, ``docs/settings.md``, made from the declarations.
 
 ``python -m nbtoolkit.training.settings_doc > docs/settings.md`` writes it again; a test checks
-that the file is up to date. It lists every key of :class:`~nbtoolkit.training.TrainConfig` and
-the options that the default plugins declare on their factories (see :mod:`nbtoolkit.options`).
+that the file is up to date. It lists every key of :class:`~nbtoolkit.training.TrainConfig`, the
+options that the default plugins declare on their factories (see :mod:`nbtoolkit.options`) and
+those that the default observers declare.
 """
 
 from __future__ import annotations
@@ -74,6 +75,15 @@ def settings_reference() -> str:
             lines.append(_top_level(table))
         for entry in declaring:
             lines += ["", f"### `{entry.name}` (plugin `{entry.plugin}`)", *_table(entry.options())]
+    lines += ["", "## Options of the observers", "",
+              "An observer declares the options it reads through the hook `nbtoolkit_register_observer_options`; "
+              "set them in the `[observer_options]` table of the TOML file or with `--observer-option KEY=VALUE`. "
+              "They are run keys, checked when the run starts: an option no observer declares is a `ConfigError`, "
+              "a value its declaration refuses an `OptionError` naming the plugin and the option.",
+              _top_level("observer_options")]
+    for plugin in dict.fromkeys(plugin for _, plugin in host.observer_options.values()):  # declaration order
+        lines += ["", f"### plugin `{plugin}`",
+                  *_table(s for s, owner in host.observer_options.values() if owner == plugin)]
     return "\n".join(lines) + "\n"
 
 

@@ -127,6 +127,8 @@ class Trainer:
                 f"'{config.predictor}' reads {history_len} past states"
             )
         self.sampler = self.host.samplers.create(config.sampler, **config.sampler_options)
+        self.observer_options = self.host.observer_options.resolve(config.observer_options,
+                                                                   "configuration key 'observer_options'")
         self.gate = self.host.gates.create(config.gate)
         self.fallback: DtPredictor | None = None
         if config.on_retrain_limit == "fallback":
@@ -227,7 +229,7 @@ class Trainer:
         hook.nbtoolkit_fit_start(event=FitStart(
             epochs=cfg.epochs, start_epoch=self.epoch, n_systems=self.n_systems, n_bodies=self.state.n_bodies,
             dim=self.state.dim, energy_threshold=cfg.energy_threshold, mass=mass.copy(), position=position.copy(),
-            config=cfg.to_dict(),
+            config={**cfg.to_dict(), "observer_options": dict(self.observer_options)},
         ))
 
     def _fit_end(self, hook: Any, start: float, stopped: bool, error: str | None = None) -> None:
@@ -307,7 +309,7 @@ class Trainer:
         buffer is kept when the new systems have the same N, D, G and softening, else it starts
         empty. ``config_overrides`` change configuration keys (e.g. ``epochs`` to train
         longer; ``predictor_options`` change option by option). Run keys (checkpoint_path,
-        checkpoint_every, metrics_log, progress, device) are not restored from the file: they come
+        checkpoint_every, observer_options, device) are not restored from the file: they come
         from the overrides or their defaults. With a data-parallel ``collective`` every rank
         restores its shard (see :mod:`.shards`).
         """
