@@ -20,8 +20,7 @@ Optional ``[[validation]]`` tables, in the same form, name systems drawn only fo
 calibration after training (:mod:`nbtoolkit.training.calibrate`), never trained on: the
 validation systems are the ``[[systems]]`` drawn twice more (seeds + 1 and + 2) *and* the
 ``[[validation]]`` tables drawn with the same two seeds, so the calibrated factors also hold on
-kinds of systems the network never saw (``general`` validates on close encounters with an
-intruder this way).
+kinds of systems the network never saw.
 
 An optional ``[train]`` table holds the training settings the set is meant to be trained
 with (configuration keys of :class:`~nbtoolkit.training.TrainConfig`); ``nbtoolkit train``

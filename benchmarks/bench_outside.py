@@ -1,0 +1,251 @@
+"""Systems outside every list: is the learned dt safe, and how many steps does it take, where nobody tuned it?
+
+``bench_generalization.py`` measures the public evaluation set. This script flies a wider set of
+systems that are in neither that set nor the training families as drawn (other seeds, other N,
+other mass spectra, other kinds of motion), each once, unguarded, with ``leapfrog`` under the
+energy gate |dE/E| <= 2e-4, and compares the steps with the ``freefall`` rule tuned for that
+system so that every step passes (:func:`nbtoolkit.evaluate.tune_rule`, a tuning a user cannot
+do in advance). Printed per system: bodies, learned steps, the learned pass %, the tuned rule's
+steps and their ratio ('-' where no eta passes every step within 400,000 steps). The requirement
+for a general model is a pass rate of at least 99 % on every system; a ratio below 1 means fewer
+steps than the tuned rule.
+
+The systems, by kind:
+
+* two bodies: Kepler e = 0.3 and e = 0.97 (3 periods), e = 0.7 with mass ratio 1e-3
+* few bodies: Burrau's Pythagorean problem (t = 10), a 2+2 quadruple, the Lagrange triangle,
+  circular and perturbed, a circumbinary planet, the Sun with the four outer planets, the Sun,
+  Earth and Moon for one year; a planetary system, a hierarchical triple, a democratic triple and
+  a perturbed figure-eight drawn from the families with seeds the training set never uses
+* encounters: a binary met by a slower third body, by fast ones (5 and 15 times the binary's
+  circular speed) and by another binary
+* clusters: Plummer spheres of 8, 16, 64 and 100 equal masses, two with a heavy-tailed mass
+  spectrum (each mass u^-1.35, u uniform), two cold collapses of a uniform sphere, and three
+  softened Plummer spheres
+
+Run: ``python benchmarks/bench_outside.py [--model learned|FILE] [--only NAME,NAME] [--json out.json]``
+(about 20 minutes on one core; ``--only`` takes parts of system names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+
+import torch
+
+from nbtoolkit import get_host
+from nbtoolkit.errors import NBToolkitError
+from nbtoolkit.evaluate import evaluate_predictor, tune_rule
+from nbtoolkit.families import draw_family, kepler_relative
+from nbtoolkit.presets import make_preset, plummer, pythagorean
+from nbtoolkit.state import NBodyState, System
+from nbtoolkit.training.trainset import pad_systems
+
+THRESHOLD = 2e-4
+MAX_STEPS = 400_000
+#: seeds far from those the training set draws with (0, 1, 2)
+FAMILY_SEED = 1_000
+
+
+def _one(x: float) -> torch.Tensor:
+    return torch.tensor([x], dtype=torch.float64)
+
+
+def _com(mass: list[float] | torch.Tensor, position: torch.Tensor, velocity: torch.Tensor) -> NBodyState:
+    """One system (B = 1) at rest in its centre-of-mass frame."""
+    m = torch.as_tensor(mass, dtype=torch.float64)
+    position = position - (m[:, None] * position).sum(0) / m.sum()
+    velocity = velocity - (m[:, None] * velocity).sum(0) / m.sum()
+    return NBodyState.from_arrays(m, position, velocity)
+
+
+def _binary(a: float, e: float, anomaly: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative position and velocity (1, 3) of a bound orbit of total mass 1."""
+    return kepler_relative(_one(a), _one(e), _one(1.0), _one(anomaly))
+
+
+def _family(name: str) -> NBodyState:
+    return pad_systems(draw_family(name, 1, torch.Generator().manual_seed(FAMILY_SEED)))
+
+
+def quadruple() -> NBodyState:
+    """Two binaries (a = 0.1 and 0.12) on a mutual orbit of a = 1, e = 0.2; unit masses."""
+    xi, vi = kepler_relative(_one(0.1), _one(0.3), _one(2.0), _one(0.7))
+    xo, vo = kepler_relative(_one(1.0), _one(0.2), _one(4.0), _one(2.0))
+    xj, vj = kepler_relative(_one(0.12), _one(0.5), _one(2.0), _one(2.5))
+    pos = torch.cat([-0.5 * xo - 0.5 * xi, -0.5 * xo + 0.5 * xi, 0.5 * xo - 0.5 * xj, 0.5 * xo + 0.5 * xj])
+    vel = torch.cat([-0.5 * vo - 0.5 * vi, -0.5 * vo + 0.5 * vi, 0.5 * vo - 0.5 * vj, 0.5 * vo + 0.5 * vj])
+    return _com([1.0] * 4, pos, vel)
+
+
+def lagrange(slow_down: float) -> NBodyState:
+    """Three unit masses on an equilateral triangle of side sqrt(3), circular speed reduced by ``slow_down``."""
+    angle = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3], dtype=torch.float64)
+    zero = torch.zeros(3, dtype=torch.float64)
+    speed = math.sqrt(1.0 / math.sqrt(3.0)) * (1 - slow_down)
+    pos = torch.stack([angle.cos(), angle.sin(), zero], -1)
+    vel = torch.stack([-angle.sin(), angle.cos(), zero], -1) * speed
+    return _com([1.0, 1.0, 1.0], pos, vel)
+
+
+def circumbinary() -> NBodyState:
+    """A planet (1e-3) on a circular orbit of radius 1 around a binary (0.6 + 0.4, a = 0.2, e = 0.3)."""
+    xi, vi = _binary(0.2, 0.3, 0.4)
+    planet_x = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    planet_v = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)
+    return _com([0.6, 0.4, 1e-3], torch.cat([-0.4 * xi, 0.6 * xi, planet_x]), torch.cat([-0.4 * vi, 0.6 * vi, planet_v]))
+
+
+def outer_solar_system() -> NBodyState:
+    """The Sun, Jupiter, Saturn, Uranus and Neptune (solar masses, AU, G = 1), phases at random (seed 3)."""
+    masses = [1.0, 9.55e-4, 2.86e-4, 4.37e-5, 5.15e-5]
+    axes, eccs = [5.2, 9.58, 19.2, 30.1], [0.048, 0.056, 0.047, 0.009]
+    generator = torch.Generator().manual_seed(3)
+    xs, vs = [torch.zeros(1, 3, dtype=torch.float64)], [torch.zeros(1, 3, dtype=torch.float64)]
+    for k in range(4):
+        anomaly = 2 * math.pi * torch.rand(1, generator=generator, dtype=torch.float64)
+        x, v = kepler_relative(_one(axes[k]), _one(eccs[k]), _one(1.0 + masses[k + 1]), anomaly)
+        xs.append(x)
+        vs.append(v)
+    return _com(masses, torch.cat(xs), torch.cat(vs))
+
+
+def sun_earth_moon() -> NBodyState:
+    """The Sun, the Earth and the Moon (solar masses, AU, G = 1: a year is 2 pi)."""
+    earth_x, earth_v = kepler_relative(_one(1.0), _one(0.0167), _one(1.0 + 3.0e-6), _one(0.3))
+    moon_x, moon_v = kepler_relative(_one(0.00257), _one(0.0549), _one(3.0e-6 + 3.7e-8), _one(1.1))
+    f = 3.7e-8 / (3.0e-6 + 3.7e-8)
+    zero = torch.zeros(1, 3, dtype=torch.float64)
+    pos = torch.cat([zero, earth_x - f * moon_x, earth_x + (1 - f) * moon_x])
+    vel = torch.cat([zero, earth_v - f * moon_v, earth_v + (1 - f) * moon_v])
+    return _com([1.0, 3.0e-6, 3.7e-8], pos, vel)
+
+
+def flyby(speed: float, start: float) -> NBodyState:
+    """A binary (0.5 + 0.5, a = 1, e = 0.3) and a third body of 0.3 coming in at ``speed`` from x = -``start``."""
+    xi, vi = _binary(1.0, 0.3, 0.5)
+    pos = torch.cat([-0.5 * xi, 0.5 * xi, torch.tensor([[-start, 0.8, 0.0]], dtype=torch.float64)])
+    vel = torch.cat([-0.5 * vi, 0.5 * vi, torch.tensor([[speed, 0.0, 0.0]], dtype=torch.float64)])
+    return _com([0.5, 0.5, 0.3], pos, vel)
+
+
+def binary_binary() -> NBodyState:
+    """Two binaries of unit mass (a = 1, e = 0.2 and a = 0.7, e = 0.5) meeting at unit speed from 15 apart."""
+    xa, va = _binary(1.0, 0.2, 0.3)
+    xb, vb = _binary(0.7, 0.5, 2.0)
+    offset = torch.tensor([[-15.0, 1.5, 0.0]], dtype=torch.float64)
+    speed = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    pos = torch.cat([-0.5 * xa, 0.5 * xa, offset - 0.5 * xb, offset + 0.5 * xb])
+    vel = torch.cat([-0.5 * va, 0.5 * va, speed - 0.5 * vb, speed + 0.5 * vb])
+    return _com([0.5] * 4, pos, vel)
+
+
+def mass_spectrum(n: int, seed: int) -> NBodyState:
+    """A Plummer sphere whose masses follow a heavy tail (u^-1.35, u uniform), not virialised after."""
+    sphere = plummer(n=n, seed=seed)
+    u = torch.rand(n, generator=torch.Generator().manual_seed(seed + 100), dtype=torch.float64)
+    mass = u ** -1.35
+    return _com(mass / mass.sum(), sphere.position[0], sphere.velocity[0])
+
+
+def cold_collapse(n: int, seed: int) -> NBodyState:
+    """n equal masses uniform in the unit ball, nearly at rest (velocities 0.05 x a unit Gaussian)."""
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.randn(n, 3, generator=generator, dtype=torch.float64)
+    radius = torch.rand(n, 1, generator=generator, dtype=torch.float64) ** (1 / 3)
+    pos = direction / direction.norm(dim=-1, keepdim=True) * radius
+    vel = 0.05 * torch.randn(n, 3, generator=generator, dtype=torch.float64)
+    return _com([1.0 / n] * n, pos, vel)
+
+
+def kepler(e: float, mass_ratio: float = 1.0) -> System:
+    """Three periods of a Kepler orbit from apocentre."""
+    system = make_preset("kepler", eccentricity=e, masses=(1.0, mass_ratio))
+    return System(system.state, system.period * 3)
+
+
+def _span(state: NBodyState, t: float) -> System:
+    return System(state, _one(t))
+
+
+SYSTEMS: list[tuple[str, Callable[[], System]]] = [
+    ("kepler e=0.3", lambda: kepler(0.3)),
+    ("kepler e=0.97", lambda: kepler(0.97)),
+    ("kepler e=0.7 q=1e-3", lambda: kepler(0.7, 1e-3)),
+    ("pythagorean t=10", lambda: _span(pythagorean(), 10.0)),
+    ("quadruple 2+2 t=10", lambda: _span(quadruple(), 10.0)),
+    ("lagrange triangle t=10", lambda: _span(lagrange(0.0), 10.0)),
+    ("lagrange perturbed t=10", lambda: _span(lagrange(0.2), 10.0)),
+    ("circumbinary planet t=30", lambda: _span(circumbinary(), 30.0)),
+    ("outer solar system t=300", lambda: _span(outer_solar_system(), 300.0)),
+    ("sun earth moon, 1 year", lambda: _span(sun_earth_moon(), 2 * math.pi)),
+    ("planets t=30", lambda: _span(_family("planets"), 30.0)),
+    ("triple t=50", lambda: _span(_family("triple"), 50.0)),
+    ("democratic t=10", lambda: _span(_family("democratic"), 10.0)),
+    ("figure-eight t=20", lambda: _span(_family("figure-eight"), 20.0)),
+    ("flyby v=1 t=40", lambda: _span(flyby(1.0, 20.0), 40.0)),
+    ("flyby v=5 t=8", lambda: _span(flyby(5.0, 20.0), 8.0)),
+    ("flyby v=15 t=2.7", lambda: _span(flyby(15.0, 20.0), 2.7)),
+    ("binary-binary t=30", lambda: _span(binary_binary(), 30.0)),
+    ("plummer-8 t=2", lambda: _span(plummer(n=8, seed=4), 2.0)),
+    ("plummer-16 t=1", lambda: _span(plummer(n=16, seed=2), 1.0)),
+    ("plummer-64 t=0.5", lambda: _span(plummer(n=64, seed=3), 0.5)),
+    ("plummer-100 t=0.25", lambda: _span(plummer(n=100, seed=9), 0.25)),
+    ("mass spectrum 24 t=1", lambda: _span(mass_spectrum(24, 5), 1.0)),
+    ("mass spectrum 48 t=0.5", lambda: _span(mass_spectrum(48, 6), 0.5)),
+    ("cold collapse 16 t=2", lambda: _span(cold_collapse(16, 1), 2.0)),
+    ("cold collapse 32 t=1.5", lambda: _span(cold_collapse(32, 2), 1.5)),
+    ("plummer-32 softening 0.05 t=1", lambda: _span(plummer(n=32, seed=5, softening=0.05), 1.0)),
+    ("plummer-32 softening 0.01 t=1", lambda: _span(plummer(n=32, seed=1, softening=0.01), 1.0)),
+    ("plummer-16 softening 0.1 t=1", lambda: _span(plummer(n=16, seed=2, softening=0.1), 1.0)),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="learned", help="'learned' (the shipped model) or a model file or checkpoint")
+    parser.add_argument("--only", default="", help="comma-separated parts of system names to run")
+    parser.add_argument("--json", default=None, help="write the rows to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    host = get_host()
+    predictor = host.predictors.create("learned") if args.model == "learned" else \
+        host.predictors.create("learned", model=args.model)
+    leapfrog = host.integrators.create("leapfrog")
+    wanted = [w for w in args.only.split(",") if w]
+    rows = []
+    print(f"{'system':32s} {'N':>4s} {'learned':>8s} {'pass %':>7s} {'freefall':>9s} {'ratio':>6s}", flush=True)
+    for name, build in SYSTEMS:
+        if wanted and not any(w in name for w in wanted):
+            continue
+        system = build()
+        learned = evaluate_predictor(system, leapfrog, predictor, orbits=1.0, threshold=THRESHOLD, label="learned",
+                                     max_steps=MAX_STEPS)[0]
+        try:
+            rule = tune_rule(host, "freefall", system, leapfrog, orbits=1.0, max_steps=MAX_STEPS)
+            tuned: int | None = evaluate_predictor(system, leapfrog, rule.predictor, orbits=1.0, threshold=THRESHOLD,
+                                                   label="freefall", max_steps=MAX_STEPS)[0].steps
+        except NBToolkitError:  # no eta passes every step within MAX_STEPS
+            tuned = None
+        row = {"system": name, "n": system.state.n_bodies, "learned_steps": learned.steps,
+               "learned_pass": learned.pass_fraction, "freefall_steps": tuned,
+               "ratio": None if tuned is None else learned.steps / tuned}
+        rows.append(row)
+        rule_text = f"{tuned:9d} {learned.steps / tuned:6.2f}" if tuned is not None else f"{'-':>9s} {'-':>6s}"
+        print(f"{name:32s} {row['n']:4d} {learned.steps:8d} {100 * learned.pass_fraction:7.2f} {rule_text}", flush=True)
+    if rows:
+        worst = min(rows, key=lambda r: r["learned_pass"])
+        print(f"lowest pass rate {100 * worst['learned_pass']:.2f} % ({worst['system']}); requirement >= 99 %; "
+              f"systems below it: {sum(r['learned_pass'] < 0.99 for r in rows)} of {len(rows)}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
