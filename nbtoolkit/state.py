@@ -27,8 +27,8 @@ system. It is carried along by :meth:`NBodyState.replace`, :meth:`NBodyState.ind
 derivations, and is not part of equality.
 
 :meth:`NBodyState.to_dict` and :meth:`NBodyState.from_dict` are the state's one serialisation (state
-files, checkpoints). :class:`System` is a state with the orbital period of each of its systems, (B,) or
-None: what presets build and what runs measured in orbits take.
+files, checkpoints). :class:`System` (defined in :mod:`nbtoolkit.system`, re-exported here) is a state with
+the orbital period of each of its systems, (B,) or None: what presets build and what runs measured in orbits take.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from .errors import InvalidStateError
+from .system import System  # noqa: F401  (re-exported: System used to live here)
 
 if TYPE_CHECKING:
     from .field import ExternalField
@@ -371,42 +372,6 @@ class NBodyState:
             torch.cat([s.velocity for s in states]), torch.cat([s.time for s in states]),
             first.G, first.softening, acc, first.field,
         )
-
-
-@dataclass(frozen=True, eq=False)
-class System:
-    """A batch of systems to run, with the orbital period of each when it is known.
-
-    ``state``: the :class:`NBodyState` (B systems); ``period``: (B,) tensor in the state's time unit,
-    or None for systems without a known period (a Plummer sphere, a state file). Runs measured in
-    orbits (``evaluate``, ``stop_at_period`` training) need the period. Presets return one
-    (:class:`~nbtoolkit.presets.PresetSystem`, which adds the preset's name and parameters).
-    """
-
-    state: NBodyState
-    period: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        period = self.period
-        if period is None:
-            return
-        B = self.state.batch_size
-        if not isinstance(period, Tensor) or tuple(period.shape) != (B,):
-            shown = tuple(period.shape) if isinstance(period, Tensor) else type(period).__name__
-            raise InvalidStateError(f"system: the period must be a tensor of shape (B,) = ({B},); got {shown}")
-        bad = ~(torch.isfinite(period) & (period > 0))
-        if bool(bad.any()):
-            b = int(torch.nonzero(bad)[0, 0])
-            raise InvalidStateError(f"system: the period must be finite and > 0; system {b} has {period[b].item()}")
-
-    @property
-    def batch_size(self) -> int:
-        return self.state.batch_size
-
-    def index(self, idx: int | slice | Sequence[int] | Tensor) -> System:
-        """The systems ``idx`` with their periods (see :meth:`NBodyState.index`); a plain :class:`System`."""
-        period = None if self.period is None else self.period[_batch_index(idx)]
-        return System(self.state.index(idx), period)
 
 
 def _batch_index(idx: int | slice | Sequence[int] | Tensor) -> slice | Sequence[int] | Tensor:
