@@ -8,7 +8,8 @@ systems lie in the z = 0 plane (every learned feature is rotation invariant, so 
 embedded in 3-D is the same system); ``dim = 3`` systems get a random orientation.
 
 Parameters are either a number (fixed) or a two-element range ``[low, high]``. Ranges of
-scales (semi-major axes, masses, mass ratios) are sampled log-uniformly, the others uniformly.
+scales (semi-major axes, masses, mass ratios) are sampled log-uniformly, the others uniformly
+(:class:`Sampler` and the orbit and rotation helpers are in :mod:`nbtoolkit.family_sampling`).
 
 Families (:data:`FAMILIES`):
 
@@ -49,12 +50,16 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError
+from .family_sampling import (  # noqa: F401  (LOG_PARAMS re-exported: the sampling helpers used to live here)
+    LOG_PARAMS,
+    Sampler,
+    _orient,
+    _to_com,
+    kepler_relative,
+    planar_rotation,
+    random_rotation,
+)
 from .physics import kinetic_energy, potential_energy
-
-#: samples drawn log-uniformly when given as a range
-LOG_PARAMS = frozenset({"mass_ratio", "semi_major_axis", "total_mass", "inner_mass_ratio", "outer_mass_ratio",
-                        "period_ratio", "scale", "spacing", "binary_mass_ratio", "intruder_mass_ratio",
-                        "impact_parameter", "speed"})
 
 
 @dataclass(frozen=True)
@@ -69,106 +74,6 @@ class SystemDraw:
     @property
     def n_bodies(self) -> int:
         return int(self.mass.shape[0])
-
-
-# ----------------------------------------------------------------------------- sampling helpers
-class Sampler:
-    """Draws parameters of one family: numbers stay fixed, ``[low, high]`` ranges are sampled."""
-
-    def __init__(self, family: str, params: dict[str, Any], defaults: dict[str, Any], generator: torch.Generator):
-        self.family = family
-        self.params = {**defaults, **params}
-        self.generator = generator
-        for key, value in self.params.items():
-            self._check(key, value)
-
-    def _check(self, key: str, value: Any) -> None:
-        where = f"family '{self.family}': parameter {key}"
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if isinstance(value, (list, tuple)) and len(value) != 2:
-            raise ConfigError(f"{where} must be a number or a range [low, high]; got {value!r}")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"{where} must hold finite numbers; got {value!r}")
-        if isinstance(value, (list, tuple)) and value[0] > value[1]:
-            raise ConfigError(f"{where}: range [low, high] has low > high; got {value!r}")
-        if key in LOG_PARAMS and min(values) <= 0:
-            raise ConfigError(f"{where} must be > 0; got {value!r}")
-
-    def bounds(self, key: str) -> tuple[float, float]:
-        value = self.params[key]
-        lo, hi = (value if isinstance(value, (list, tuple)) else (value, value))
-        return float(lo), float(hi)
-
-    def draw(self, key: str, size: int) -> Tensor:
-        """``size`` samples of ``key`` (float64)."""
-        lo, hi = self.bounds(key)
-        u = torch.rand(size, generator=self.generator, dtype=torch.float64)
-        if key in LOG_PARAMS:
-            return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
-        return lo + (hi - lo) * u
-
-    def draw_int(self, key: str, size: int) -> Tensor:
-        """``size`` integers in [low, high], log-uniform (so small and large N are both common)."""
-        lo, hi = self.bounds(key)
-        if lo < 1 or not float(lo).is_integer() or not float(hi).is_integer():
-            raise ConfigError(f"family '{self.family}': parameter {key} must hold integers >= 1; got {self.params[key]!r}")
-        u = torch.rand(size, generator=self.generator, dtype=torch.float64)
-        return torch.exp(math.log(lo) + (math.log(hi + 1) - math.log(lo)) * u).floor().clamp(lo, hi).long()
-
-    def dims(self, size: int) -> Tensor:
-        lo, hi = self.bounds("dim")
-        if lo not in (2.0, 3.0) or hi not in (2.0, 3.0):
-            raise ConfigError(f"family '{self.family}': parameter dim must be 2, 3 or [2, 3]; got {self.params['dim']!r}")
-        return torch.where(torch.rand(size, generator=self.generator) < 0.5, int(lo), int(hi))
-
-
-def random_rotation(generator: torch.Generator) -> Tensor:
-    """A uniformly random 3-D rotation matrix (3, 3), from a random unit quaternion."""
-    q = torch.randn(4, generator=generator, dtype=torch.float64)
-    w, x, y, z = (q / q.norm()).tolist()
-    return torch.tensor([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ], dtype=torch.float64)
-
-
-def planar_rotation(generator: torch.Generator) -> Tensor:
-    """A uniformly random rotation about the z axis (3, 3)."""
-    phi = 2 * math.pi * float(torch.rand((), generator=generator, dtype=torch.float64))
-    c, s = math.cos(phi), math.sin(phi)
-    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-
-
-def kepler_relative(a: Tensor, e: Tensor, mu: Tensor, mean_anomaly: Tensor) -> tuple[Tensor, Tensor]:
-    """Relative position and velocity (B, 3) of bound Kepler orbits in the x-y plane, pericentre on +x.
-
-    a, e, mu = G (m1 + m2) and mean anomaly (radians), each (B,). Kepler's equation is solved by
-    Newton's method started at E = pi (which converges for every e < 1).
-    """
-    E = torch.full_like(a, math.pi)
-    M = torch.remainder(mean_anomaly, 2 * math.pi)
-    for _ in range(60):
-        E = E - (E - e * torch.sin(E) - M) / (1 - e * torch.cos(E))
-    cos_e, sin_e = torch.cos(E), torch.sin(E)
-    root = torch.sqrt(1 - e * e)
-    n = torch.sqrt(mu / a**3)
-    denom = 1 - e * cos_e
-    zero = torch.zeros_like(a)
-    pos = torch.stack([a * (cos_e - e), a * root * sin_e, zero], -1)
-    vel = torch.stack([-a * n * sin_e / denom, a * n * root * cos_e / denom, zero], -1)
-    return pos, vel
-
-
-def _to_com(mass: Tensor, position: Tensor, velocity: Tensor) -> tuple[Tensor, Tensor]:
-    w = (mass / mass.sum()).unsqueeze(-1)
-    return position - (w * position).sum(0), velocity - (w * velocity).sum(0)
-
-
-def _orient(position: Tensor, velocity: Tensor, dim: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    rot = random_rotation(generator) if dim == 3 else planar_rotation(generator)
-    return position @ rot.T, velocity @ rot.T
 
 
 def _finish(family: str, mass: Tensor, position: Tensor, velocity: Tensor, dim: int,
