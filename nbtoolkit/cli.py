@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, validate
+from .cli_gui import add_gui_arguments, cmd_gui  # noqa: F401  (cmd_gui re-exported: it used to live here)
 from .cli_system import (  # noqa: F401  (re-exported: the commands' shared system flags)
     PRESET_FLAGS,
     add_system_arguments,
@@ -275,56 +276,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser and entry point
-def cmd_gui(args: argparse.Namespace) -> int:
-    """Open the viewer; without a display (or with --headless) run the main job in the terminal."""
-    from gui.app import display_available
-
-    _check_gui_options(args)
-    if args.headless or not display_available():
-        from gui.headless import run_headless_demo
-
-        if not args.headless:
-            print("nbtoolkit gui: no display found; running the main job headless "
-                  "(set DISPLAY or WAYLAND_DISPLAY to open the window)", file=sys.stderr)
-        given = [f"--{k}" for k in ("config", "checkpoint", "preset") if getattr(args, k) is not None]
-        if given:
-            print(f"nbtoolkit gui: warning: the headless main job trains and evaluates its own built-in system; "
-                  f"{', '.join(given)} only preload the window and are not used here", file=sys.stderr)
-        return run_headless_demo(epochs=args.epochs)
-    from gui.app import main as gui_main
-
-    forwarded = [f"--{k}={v}" for k in ("config", "checkpoint", "preset") if (v := getattr(args, k)) is not None]
-    return gui_main(forwarded)
-
-
-def _check_gui_options(args: argparse.Namespace) -> None:
-    """Check ``--config``, ``--checkpoint`` and ``--preset`` of ``nbtoolkit gui`` up front, naming every bad one."""
-    from .presets import PRESETS
-
-    problems = []
-    if args.config is not None:
-        from .training.config import TrainConfig, read_toml
-
-        try:
-            keys, table = read_toml(args.config)
-            TrainConfig.from_dict(keys)
-            if table is not None and table.get("preset") is not None and table["preset"] not in PRESETS:
-                raise ConfigError(f"[system] preset: unknown preset '{table['preset']}'")
-        except NBToolkitError as exc:
-            problems.append(f"--config: {exc}")
-    if args.checkpoint is not None:
-        from .training.checkpoint import read_checkpoint
-
-        try:
-            read_checkpoint(args.checkpoint)
-        except NBToolkitError as exc:
-            problems.append(f"--checkpoint: {exc}")
-    if args.preset is not None and args.preset not in PRESETS:
-        problems.append(f"--preset: unknown preset '{args.preset}'; known: {', '.join(sorted(PRESETS))}")
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
 def add_train_parser_arguments(parser: argparse.ArgumentParser) -> None:
     from .training.cli import add_train_arguments, run_train
 
@@ -365,13 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_arguments(p)
 
     p = sub.add_parser("gui", help="open the desktop viewer (headless main job when there is no display)")
-    p.add_argument("--config", type=Path, help="training TOML file to preload")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint to preload for Simulate")
-    p.add_argument("--preset", help="initial condition to preselect")
-    p.add_argument("--headless", action="store_true", help="run the main job in the terminal even if a display exists")
-    p.add_argument("--epochs", type=validate.arg_integer(low=1), default=30,
-                   help="headless main job: training epochs (default 30)")
-    p.set_defaults(func=cmd_gui)
+    add_gui_arguments(p)
 
     p = sub.add_parser("evaluate", help="compare dt predictors on whole orbits against the gate")
     add_system_arguments(p)
