@@ -156,10 +156,10 @@ class NumpySystem:
     """One system advanced by the same KDK scheme as the torch leapfrog, with its acceleration cached."""
 
     def __init__(self, state: NBodyState, index: int) -> None:
-        data = state.index(index).numpy()
-        self.mass = data["mass"][0].copy()
-        self.x = data["position"][0].copy()
-        self.v = data["velocity"][0].copy()
+        data = state.index(index).to_dict()
+        self.mass = data["mass"][0].numpy().copy()
+        self.x = data["position"][0].numpy().copy()
+        self.v = data["velocity"][0].numpy().copy()
         self.G, self.eps2 = state.G, state.softening**2
         self.a = numpy_accelerations(self.mass, self.x, self.G, self.eps2)
 
