@@ -41,6 +41,7 @@ from nbtoolkit import get_host
 from nbtoolkit.errors import NBToolkitError
 from nbtoolkit.evaluate import evaluate_predictor, tune_rule
 from nbtoolkit.families import draw_family, kepler_relative
+from nbtoolkit.physics import to_center_of_mass_frame
 from nbtoolkit.presets import make_preset, plummer, pythagorean
 from nbtoolkit.state import NBodyState, System
 from nbtoolkit.training.trainset import pad_systems
@@ -57,10 +58,7 @@ def _one(x: float) -> torch.Tensor:
 
 def _com(mass: list[float] | torch.Tensor, position: torch.Tensor, velocity: torch.Tensor) -> NBodyState:
     """One system (B = 1) at rest in its centre-of-mass frame."""
-    m = torch.as_tensor(mass, dtype=torch.float64)
-    position = position - (m[:, None] * position).sum(0) / m.sum()
-    velocity = velocity - (m[:, None] * velocity).sum(0) / m.sum()
-    return NBodyState.from_arrays(m, position, velocity)
+    return to_center_of_mass_frame(NBodyState.from_arrays(torch.as_tensor(mass, dtype=torch.float64), position, velocity))
 
 
 def _binary(a: float, e: float, anomaly: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,6 +63,19 @@ def pair_distances(position: Tensor) -> Tensor:
     return torch.where(eye, torch.full_like(d, float("inf")), d.clamp_min(0)).sqrt()
 
 
+
+def closest_free_fall_time(state: NBodyState) -> Tensor:
+    """(B,) the smallest free-fall time sqrt(r_ij^3 / (G (m_i + m_j))) over pairs of real bodies
+    (mass > 0), r_ij softened as sqrt(r^2 + eps^2); time units."""
+    r = pair_distances(state.position)
+    if state.softening:
+        r = (r.square() + state.softening**2).sqrt()
+    real = state.body_mask
+    pair = real.unsqueeze(-1) & real.unsqueeze(-2)
+    msum = state.mass.unsqueeze(-1) + state.mass.unsqueeze(-2)
+    t_ff = (r.pow(3) / (state.G * msum)).sqrt().masked_fill(~pair, float("inf"))
+    return t_ff.flatten(-2).amin(-1)
+
 # ----------------------------------------------------------------------------- state wrappers
 def state_accelerations(state: NBodyState) -> Tensor:
     """Accelerations of a state (B, N, D), its external field's included; uses the state's cache

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from nbtoolkit import hookimpl
 from nbtoolkit.errors import ConfigError
-from nbtoolkit.physics import pair_distances
+from nbtoolkit.physics import closest_free_fall_time, pair_distances
 from nbtoolkit.predictor import DtPredictor, History
 from nbtoolkit.state import NBodyState
 
@@ -80,14 +80,7 @@ class FreeFallDt(DtPredictor):
         self.eta = _positive("eta", eta)
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
-        r = pair_distances(state.position)
-        if state.softening:
-            r = (r.square() + state.softening**2).sqrt()
-        real = state.body_mask
-        pair = real.unsqueeze(-1) & real.unsqueeze(-2)
-        msum = state.mass.unsqueeze(-1) + state.mass.unsqueeze(-2)
-        t_ff = (r.pow(3) / (state.G * msum)).sqrt().masked_fill(~pair, float("inf"))
-        return self.eta * t_ff.flatten(-2).amin(-1)
+        return self.eta * closest_free_fall_time(state)
 
 
 @hookimpl

@@ -62,7 +62,8 @@ def test_fit_runs_epochs_and_fires_events_in_order(events):
 def test_a_dispersing_system_restarts_from_its_initial_state_and_bound_ones_run_on():
     """A pair flying apart at 20 x its escape speed lengthens its dt without bound; it starts again,
     while a Kepler orbit in the same batch keeps its trajectory."""
-    from nbtoolkit.training.restart import DISPERSED_GROWTH, closest_free_fall_time
+    from nbtoolkit.physics import closest_free_fall_time
+    from nbtoolkit.training.restart import DISPERSED_GROWTH
 
     kepler, _ = two_body_orbit(e=0.5)
     position = torch.cat([kepler.position, torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]], dtype=torch.float64)])

@@ -12,25 +12,12 @@ comes near that growth; its trajectory is untouched.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
+from ..physics import closest_free_fall_time
 from ..predictor import History
 from ..state import NBodyState
 
 #: a system has dispersed when its closest pair free-fall time is this many times its initial one
 DISPERSED_GROWTH = 1e4
-
-
-def closest_free_fall_time(state: NBodyState) -> Tensor:
-    """(B,) the smallest sqrt(r^3 / (G (m_i + m_j))) over pairs of real bodies (mass > 0)."""
-    i, j = torch.triu_indices(state.n_bodies, state.n_bodies, offset=1, device=state.device)
-    m = state.mass
-    r = ((state.position[:, j] - state.position[:, i]).square().sum(-1) + state.softening**2).sqrt()
-    real = (m[:, i] > 0) & (m[:, j] > 0)
-    msum = torch.where(real, m[:, i] + m[:, j], torch.ones_like(r))
-    tau = (r.pow(3) / (state.G * msum)).sqrt()
-    return torch.where(real, tau, torch.full_like(tau, torch.inf)).amin(-1)
 
 
 def restart_dispersed(state: NBodyState, initial: NBodyState,
