@@ -37,10 +37,16 @@ Families (:data:`FAMILIES`):
   path: it starts ``distance`` from the binary's centre of mass, offset sideways by
   ``impact_parameter``, with the speed that gives ``speed`` at infinity (both in units of the
   binary's semi-major axis and circular speed), at a random scale.
+
+Every family also takes ``softening`` (default 0): the Plummer softening length of each system,
+in the system's length unit, drawn log-uniformly per system from a range ``[low, high]``
+(``low > 0``; a number gives every system that softening). Drawing it uses the generator only
+when it is given, so the systems drawn without it stay the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,12 +70,14 @@ from .physics import kinetic_energy, potential_energy
 
 @dataclass(frozen=True)
 class SystemDraw:
-    """One drawn system: mass (N,), position (N, 3), velocity (N, 3), float64, G = 1, CoM frame."""
+    """One drawn system: mass (N,), position (N, 3), velocity (N, 3), float64, G = 1, CoM frame, and
+    its Plummer ``softening`` length (in the same length unit as ``position``)."""
 
     family: str
     mass: Tensor
     position: Tensor
     velocity: Tensor
+    softening: float = 0.0
 
     @property
     def n_bodies(self) -> int:
@@ -298,6 +306,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 
 
+#: parameters every family takes, with their defaults (see the module docstring)
+COMMON_DEFAULTS: dict[str, Any] = {"softening": 0.0}
+
+
 def check_family(name: Any, count: Any, params: dict[str, Any]) -> Family:
     """The family ``name`` if ``count`` and the names of ``params`` suit it; else a :class:`ConfigError`
     naming what is wrong (parameter values are checked when drawing)."""
@@ -306,13 +318,21 @@ def check_family(name: Any, count: Any, params: dict[str, Any]) -> Family:
         raise ConfigError(f"family must be one of {', '.join(FAMILIES)}; got {name!r}")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"count must be an integer >= 1; got {count!r}")
-    unknown = sorted(set(params) - set(family.defaults))
+    unknown = sorted(set(params) - set(family.defaults) - set(COMMON_DEFAULTS))
     if unknown:
-        raise ConfigError(f"family '{name}' does not take '{unknown[0]}'; it takes: {', '.join(sorted(family.defaults))}")
+        takes = sorted(set(family.defaults) | set(COMMON_DEFAULTS))
+        raise ConfigError(f"family '{name}' does not take '{unknown[0]}'; it takes: {', '.join(takes)}")
     return family
 
 
 def draw_family(name: str, count: int, generator: torch.Generator, **params: Any) -> list[SystemDraw]:
     """``count`` systems of family ``name`` with ``params`` overriding its defaults."""
     family = check_family(name, count, params)
-    return family.build(Sampler(name, params, family.defaults, generator), count)
+    common = {key: params.pop(key) for key in COMMON_DEFAULTS if key in params}
+    softening = Sampler(name, common, COMMON_DEFAULTS, generator)  # checks: 0, or > 0 throughout
+    low, high = softening.bounds("softening")
+    draws = family.build(Sampler(name, params, family.defaults, generator), count)
+    if high == 0:
+        return draws
+    eps = softening.draw("softening", count) if low < high else torch.full((count,), low, dtype=torch.float64)
+    return [dataclasses.replace(d, softening=float(e)) for d, e in zip(draws, eps)]

@@ -16,7 +16,7 @@ from .errors import ConfigError
 #: samples drawn log-uniformly when given as a range
 LOG_PARAMS = frozenset({"mass_ratio", "semi_major_axis", "total_mass", "inner_mass_ratio", "outer_mass_ratio",
                         "period_ratio", "scale", "spacing", "binary_mass_ratio", "intruder_mass_ratio",
-                        "impact_parameter", "speed"})
+                        "impact_parameter", "speed", "softening"})
 
 
 class Sampler:
@@ -39,7 +39,7 @@ class Sampler:
                 raise ConfigError(f"{where} must hold finite numbers; got {value!r}")
         if isinstance(value, (list, tuple)) and value[0] > value[1]:
             raise ConfigError(f"{where}: range [low, high] has low > high; got {value!r}")
-        if key in LOG_PARAMS and min(values) <= 0:
+        if key in LOG_PARAMS and min(values) <= 0 and not (key == "softening" and max(values) == 0):
             raise ConfigError(f"{where} must be > 0; got {value!r}")
 
     def bounds(self, key: str) -> tuple[float, float]:

@@ -15,7 +15,13 @@ from nbtoolkit.physics import angular_momentum, linear_momentum, state_energy, t
 from nbtoolkit.training import TrainConfig
 from nbtoolkit.training.calibrate import calibrate_safety, max_passing_scale
 from nbtoolkit.training.steps import _predict_and_step, padding_groups, predict_and_step
-from nbtoolkit.training.trainset import TrainingSet, builtin_training_sets, load_training_set, pad_systems
+from nbtoolkit.training.trainset import (
+    SOFTENING_UNIT,
+    TrainingSet,
+    builtin_training_sets,
+    load_training_set,
+    pad_systems,
+)
 
 
 def test_kepler_relative_has_the_energy_and_angular_momentum_of_its_elements():
@@ -162,6 +168,42 @@ def test_padding_bodies_change_no_energy_and_are_only_allowed_when_asked_for():
     lone[0, 1] = 0
     with pytest.raises(InvalidStateError, match="system 0 has 1 bodies"):
         NBodyState(lone, padded.position, padded.velocity, padded.time).validate(allow_padding=True)
+
+
+def test_softening_is_drawn_per_system_without_changing_the_unsoftened_draws():
+    plain = draw_family("plummer", 5, torch.Generator().manual_seed(3), n=[8, 16])
+    soft = draw_family("plummer", 5, torch.Generator().manual_seed(3), n=[8, 16], softening=[0.01, 0.1])
+    assert all(torch.equal(a.position, b.position) and torch.equal(a.mass, b.mass) for a, b in zip(plain, soft))
+    eps = [d.softening for d in soft]
+    assert all(0.01 <= e <= 0.1 for e in eps) and len(set(eps)) == 5 and {d.softening for d in plain} == {0.0}
+    assert {d.softening for d in draw_family("kepler", 3, torch.Generator().manual_seed(0), softening=0.02)} == {0.02}
+    with pytest.raises(ConfigError, match="parameter softening must be > 0"):
+        draw_family("kepler", 1, torch.Generator().manual_seed(0), softening=[0.0, 0.1])
+    with pytest.raises(ConfigError, match="parameter softening must be > 0"):
+        draw_family("kepler", 1, torch.Generator().manual_seed(0), softening=-1.0)
+
+
+def test_softened_systems_share_a_padded_state_in_their_own_length_unit(host):
+    """One softening length holds systems of any softening: each softened system is the same system in
+    units where its softening is SOFTENING_UNIT, so its energy, a leapfrog step and a scale-covariant
+    dt are those of the system itself, rescaled (lengths, masses and times by k = SOFTENING_UNIT / eps)."""
+    g = torch.Generator().manual_seed(1)
+    draws = draw_family("plummer", 2, g, n=[6, 9], softening=[0.02, 0.2]) + draw_family("kepler", 1, g)
+    padded = pad_systems(draws)
+    assert padded.softening == SOFTENING_UNIT
+    rule, leapfrog = host.predictors.create("freefall", eta=0.05), host.integrators.create("leapfrog")
+    dt = rule(padded)
+    after = leapfrog.step(padded, dt)
+    for b, d in enumerate(draws):
+        k = SOFTENING_UNIT / d.softening if d.softening else 1.0
+        alone = NBodyState.from_arrays(d.mass, d.position, d.velocity, softening=d.softening)
+        n = d.n_bodies
+        assert torch.allclose(state_energy(padded)[b], k * state_energy(alone)[0], rtol=1e-12)
+        assert torch.allclose(dt[b], k * rule(alone)[0], rtol=1e-12)
+        stepped = leapfrog.step(alone, rule(alone))
+        assert torch.allclose(after.position[b, :n], k * stepped.position[0], rtol=1e-10, atol=1e-12 * k)
+        assert torch.allclose(after.velocity[b, :n], stepped.velocity[0], rtol=1e-10, atol=1e-12)
+    assert float(padded.position[2, :2].norm()) > 1e-3  # the unsoftened Kepler pair keeps its own units
 
 
 def test_learned_dt_is_the_same_alone_and_padded_in_a_mixed_batch(host):

@@ -52,6 +52,10 @@ from ..state import DEFAULT_DTYPE, NBodyState
 
 #: padding bodies sit at rest at (PADDING_DISTANCE + k) times the system's radius on the x axis
 PADDING_DISTANCE = 1e3
+#: the one softening length of a padded state that holds softened systems; each system's lengths and
+#: masses are then scaled by SOFTENING_UNIT / its own softening (see :func:`pad_systems`), and an
+#: unsoftened system keeps its scale, with a softening of 1e-10 of its length unit
+SOFTENING_UNIT = 1e-10
 #: the training set ``nbtoolkit train`` uses when no system is given
 DEFAULT_TRAINING_SET = "general"
 
@@ -167,19 +171,31 @@ def _draw_specs(specs: tuple[SystemsSpec, ...], seed: int, where: str) -> list[S
 
 
 def pad_systems(draws: list[SystemDraw], dtype: torch.dtype = DEFAULT_DTYPE) -> NBodyState:
-    """Stack systems of any N into one state, padding each with massless bodies (see module docstring)."""
+    """Stack systems of any N into one state, padding each with massless bodies (see module docstring).
+
+    A state has one softening length, but softening enters the dynamics only through eps / L, its
+    ratio to the system's length unit L. So when some draws are softened, the state's softening is
+    :data:`SOFTENING_UNIT` and a draw with softening eps is stored with its lengths and masses
+    multiplied by k = SOFTENING_UNIT / eps (velocities unchanged, times then scale by k): the same
+    system in other units, which a scale-free predictor and the relative energy gate see unchanged.
+    Unsoftened draws keep their units; their softening, 1e-10 of their length unit, changes a pair's
+    force by 1.5 (eps / r)^2 of itself: 1.5e-14 at r = 1e-3.
+    """
     if not draws:
         raise ConfigError("no systems to stack")
     n_max = max(d.n_bodies for d in draws)
+    softened = any(d.softening > 0 for d in draws)
     mass = torch.zeros(len(draws), n_max, dtype=torch.float64)
     position = torch.zeros(len(draws), n_max, 3, dtype=torch.float64)
     velocity = torch.zeros(len(draws), n_max, 3, dtype=torch.float64)
     for b, d in enumerate(draws):
         n = d.n_bodies
-        mass[b, :n], position[b, :n], velocity[b, :n] = d.mass, d.position, d.velocity
-        radius = float(d.position.norm(dim=-1).max())
+        unit = SOFTENING_UNIT / d.softening if d.softening > 0 else 1.0
+        mass[b, :n], position[b, :n], velocity[b, :n] = d.mass * unit, d.position * unit, d.velocity
+        radius = float(position[b, :n].norm(dim=-1).max())
         position[b, n:, 0] = radius * (PADDING_DISTANCE + torch.arange(n_max - n, dtype=torch.float64))
-    state = NBodyState(mass.to(dtype), position.to(dtype), velocity.to(dtype), torch.zeros(len(draws), dtype=dtype))
+    state = NBodyState(mass.to(dtype), position.to(dtype), velocity.to(dtype), torch.zeros(len(draws), dtype=dtype),
+                       softening=SOFTENING_UNIT if softened else 0.0)
     return state.validate("training set", allow_padding=True)
 
 
