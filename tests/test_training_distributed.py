@@ -16,9 +16,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from nbtoolkit.errors import DistributedError
 from nbtoolkit.simulate import simulate
 from nbtoolkit.training import Trainer, load_predictor, read_checkpoint
-from nbtoolkit.training.distributed import shard_bounds
+from nbtoolkit.training.distributed import from_environment, shard_bounds
 from nbtoolkit.training.launch import killed_message, root_failure, worker_argv
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -262,3 +263,15 @@ def test_the_launcher_blames_the_killed_worker_not_those_it_stopped(tmp_path: Pa
     assert "No checkpoint had been written" in killed_message(1, 99, "SIGKILL", args)
     (tmp_path / "m.pt").write_bytes(b"")
     assert f"--nproc 4 --resume {tmp_path / 'm.pt'}" in killed_message(1, 99, "SIGKILL", args)
+
+
+def test_a_rank_that_cannot_join_the_process_group_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside torchrun, WORLD_SIZE > 1 without a rendezvous address fails at once with a message that
+    names the missing variable, not a torch traceback (and no rank waits for the others)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(DistributedError, match=r"process 0 could not join the gloo process group .*MASTER_ADDR=\(not set\)"):
+        from_environment("cpu")
+    assert not torch.distributed.is_initialized()

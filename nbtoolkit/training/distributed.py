@@ -231,6 +231,10 @@ class DataParallel(Collective):
         return Round(objective, n_fail > 0, value, merged, bool(rows[:, 8].sum() > 0))
 
 
+#: the environment variables through which torchrun tells a rank where the others are
+_RENDEZVOUS_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def from_environment(device: str = "cpu") -> Collective:
     """:data:`LOCAL`, or under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the default
     process group, initialised here if needed: gloo for ``device`` cpu, nccl for cuda (each rank
@@ -242,7 +246,16 @@ def from_environment(device: str = "cpu") -> Collective:
         cuda = torch.device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        backend = "nccl" if cuda else "gloo"
+        try:
+            dist.init_process_group(backend=backend)
+        except (RuntimeError, ValueError) as exc:
+            detail = " ".join(str(exc).split())[:300]
+            where = ", ".join(f"{key}={os.environ.get(key, '(not set)')}" for key in _RENDEZVOUS_KEYS)
+            raise DistributedError(
+                f"training process {os.environ.get('RANK', '?')} could not join the {backend} process group "
+                f"({where}): {detail}. Start distributed training with torchrun or nbtoolkit train --nproc, "
+                "which set these") from exc
     return DataParallel()
 
 
