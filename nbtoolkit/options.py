@@ -71,12 +71,14 @@ class integer(Check):
 
 
 class number(Check):
-    """A finite float, above ``low`` (or at it, with ``strict=False``) and below ``high`` where they are given."""
+    """A finite float, above ``low`` (or at it, with ``strict=False``) and below ``high`` (or at it,
+    with ``high_strict=False``) where they are given."""
 
-    def __init__(self, low: float | None = None, *, strict: bool = True, high: float | None = None) -> None:
-        self.low, self.strict, self.high = low, strict, high
+    def __init__(self, low: float | None = None, *, strict: bool = True, high: float | None = None,
+                 high_strict: bool = True) -> None:
+        self.low, self.strict, self.high, self.high_strict = low, strict, high, high_strict
         bounds = [] if low is None else [f"{'>' if strict else '>='} {_fmt(low)}"]
-        bounds += [] if high is None else [f"< {_fmt(high)}"]
+        bounds += [] if high is None else [f"{'<' if high_strict else '<='} {_fmt(high)}"]
         self.range = " and ".join(bounds)
         self.rule = f"a finite number {self.range}".rstrip()
 
@@ -85,7 +87,7 @@ class number(Check):
             raise ConfigError(f"{label} must be a number; got {value!r}")
         value = float(value)
         ok = math.isfinite(value) and (self.low is None or (value > self.low if self.strict else value >= self.low)) \
-            and (self.high is None or value < self.high)
+            and (self.high is None or (value < self.high if self.high_strict else value <= self.high))
         if not ok:
             raise ConfigError(f"{label} must be finite{' and ' + self.range if self.range else ''}; got {value!r}")
         return value
@@ -124,6 +126,21 @@ class name(Check):
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{label} must be a non-empty name; got {value!r}")
         return value
+
+
+class name_or(Check):
+    """A name in a registry (a non-empty string) or, given from Python, an object of class ``cls``:
+    what a plugin that wraps another plugin (the ``symmetric`` predictor's base) takes. ``kind``
+    names the registry in messages."""
+
+    def __init__(self, cls: type, kind: str) -> None:
+        self.cls = cls
+        self.rule = f"a registered {kind} name, or from Python an object of class {cls.__name__}"
+
+    def __call__(self, label: str, value: Any) -> Any:
+        if isinstance(value, self.cls) or (isinstance(value, str) and value.strip()):
+            return value
+        raise ConfigError(f"{label} must be {self.rule}; got {value!r}")
 
 
 class text(Check):
@@ -210,8 +227,11 @@ class Setting:
         return self.check.rule if self.check is not None else "any value"
 
     def validate(self, value: Any, label: str) -> Any:
-        """``value`` checked (and normalised) by the declared check; ``label`` starts the error message."""
-        return value if self.check is None else self.check(label, value)
+        """``value`` checked (and normalised) by the declared check; ``label`` starts the error message.
+        A setting whose default is None (unset) also takes None."""
+        if self.check is None or (value is None and self.default is None):
+            return value
+        return self.check(label, value)
 
 
 def setting(default: Any, help: str, check: Check | None = None, *, flags: tuple[str, ...] = (),
@@ -277,6 +297,14 @@ def check_options(declared: Iterable[Setting], given: dict[str, Any], owner: str
     return out
 
 
+def check_arguments(factory: Callable[..., Any], **values: Any) -> dict[str, Any]:
+    """``values``, arguments of ``factory``, checked and normalised by the options it declares: for a
+    factory that is also called directly, not only through :meth:`~nbtoolkit.registry.Registry.create`
+    (which checks them first). A refused value is an :class:`~nbtoolkit.errors.OptionError` naming
+    the option and ``factory``."""
+    return check_options(declared_options(factory), values, getattr(factory, "__qualname__", repr(factory)))
+
+
 class DeclaredOptions(dict[str, tuple[Setting, str]]):
     """Options that plugins declare through a hook (the observers' ``observer_options``), by name:
     (the declaration, the plugin that declared it). ``kind`` ("observer") is used in messages."""
@@ -316,7 +344,9 @@ class DeclaredOptions(dict[str, tuple[Setting, str]]):
 
 def format_default(value: Any) -> str:
     """A default as the help and the docs show it (``2e-4`` as ``0.0002``, booleans as on / off, the
-    empty string as ``""``)."""
+    empty string as ``""``, None as unset)."""
+    if value is None:
+        return "unset"
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):

@@ -133,16 +133,11 @@ class Registry:
             known = ", ".join(sorted(self._entries)) or "(none)"
             raise UnknownNameError(f"unknown {self.kind} '{name}'; known: {known}{self.unknown_hint(name)}") from None
 
-    def create(self, name: str, **options: Any) -> Any:
-        """Build the named object, passing ``options`` to its factory, and stamp its
-        :class:`RegistryIdentity` on it (``obj.registry_identity``; see :func:`stamp`).
-
-        An option the factory does not accept is an error naming it; a value that the factory's
-        declaration of an option refuses (see :mod:`nbtoolkit.options`) is an ``OptionError`` naming
-        the entry, its plugin and the option; a factory that raises is reported with the plugin that
-        provided it. A factory that returns the same object for
-        several names (or under several registries) leaves it with the identity of the last build.
-        """
+    def checked_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` for the named factory, checked and normalised by its declarations (see
+        :mod:`nbtoolkit.options`) without building anything. An option the factory does not accept
+        is a ``PluginError`` naming it; a value that the factory's declaration of an option refuses
+        is an ``OptionError`` naming the entry, its plugin and the option."""
         entry = self.get(name)
         accepted = entry.accepted_options()
         if accepted is not None:
@@ -152,7 +147,19 @@ class Registry:
                     f"{self.kind} '{name}' (plugin '{entry.plugin}' from {entry.source}) does not take option(s) "
                     f"{', '.join(unknown)}; it takes: {', '.join(sorted(accepted)) or '(none)'}"
                 )
-        options = check_options(entry.options(), options, f"{self.kind} '{name}' (plugin '{entry.plugin}')")
+        return check_options(entry.options(), options, f"{self.kind} '{name}' (plugin '{entry.plugin}')")
+
+    def create(self, name: str, **options: Any) -> Any:
+        """Build the named object, passing ``options`` (checked by :meth:`checked_options`) to its
+        factory, and stamp its :class:`RegistryIdentity` on it (``obj.registry_identity``; see
+        :func:`stamp`).
+
+        A factory that raises is reported with the plugin that provided it. A factory that returns
+        the same object for several names (or under several registries) leaves it with the identity
+        of the last build.
+        """
+        entry = self.get(name)
+        options = self.checked_options(name, options)
         try:
             built = entry.factory(**options)
         except (PluginError, UnknownNameError):
