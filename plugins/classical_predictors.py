@@ -1,5 +1,6 @@
-"""Classical dt rules: ``constant``, ``aarseth`` and ``freefall``. They have no parameters and
-serve as baselines, as references in the viewer and as fallbacks for learned predictors.
+"""Classical dt rules: ``constant``, ``aarseth`` and ``freefall``. Each has one declared option (the
+timestep ``dt``, or the accuracy parameter ``eta``) and no trainable parameters; they serve as
+baselines, as references in the viewer and as fallbacks for learned predictors.
 
 Both adaptive rules are scale-covariant: scaling lengths by L and masses by M (velocities by
 sqrt(G M / L)) scales their dt by sqrt(L^3 / (G M)).
@@ -7,29 +8,27 @@ sqrt(G M / L)) scales their dt by sqrt(L^3 / (G M)).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
 from nbtoolkit import hookimpl
-from nbtoolkit.errors import ConfigError
+from nbtoolkit.options import Option, check_arguments, number
 from nbtoolkit.physics import closest_free_fall_time, pair_distances
 from nbtoolkit.predictor import DtPredictor, History
 from nbtoolkit.state import NBodyState
 
-
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not (value > 0 and value < float("inf")):
-        raise ConfigError(f"{name} must be finite and > 0; got {value}")
-    return value
+#: the accuracy parameter of the adaptive rules: dt is proportional to it
+ETA = Option("accuracy parameter: dt is proportional to it", number(0.0))
 
 
 class ConstantDt(DtPredictor):
     """dt = the given constant for every system."""
 
-    def __init__(self, dt: float = 1e-3) -> None:
+    def __init__(self, dt: Annotated[float, Option("the timestep of every step", number(0.0))] = 1e-3) -> None:
         super().__init__()
-        self.dt = _positive("dt", dt)
+        self.dt = check_arguments(ConstantDt, dt=dt)["dt"]
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
         return torch.full((state.batch_size,), self.dt, dtype=state.dtype, device=state.device)
@@ -48,9 +47,9 @@ class AarsethDt(DtPredictor):
     its start, a = 0) from forcing dt = 0. Padding bodies (mass 0) are ignored.
     """
 
-    def __init__(self, eta: float = 0.02) -> None:
+    def __init__(self, eta: Annotated[float, ETA] = 0.02) -> None:
         super().__init__()
-        self.eta = _positive("eta", eta)
+        self.eta = check_arguments(AarsethDt, eta=eta)["eta"]
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
         m, x, v = state.mass, state.position, state.velocity
@@ -75,9 +74,9 @@ class AarsethDt(DtPredictor):
 class FreeFallDt(DtPredictor):
     """dt = eta * min over pairs sqrt(r_ij^3 / (G (m_i + m_j))), with r_ij softened as sqrt(r^2 + eps^2)."""
 
-    def __init__(self, eta: float = 0.05) -> None:
+    def __init__(self, eta: Annotated[float, ETA] = 0.05) -> None:
         super().__init__()
-        self.eta = _positive("eta", eta)
+        self.eta = check_arguments(FreeFallDt, eta=eta)["eta"]
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
         return self.eta * closest_free_fall_time(state)

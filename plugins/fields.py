@@ -39,33 +39,28 @@ the training loss, ``simulate`` and ``evaluate`` compare.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
 from nbtoolkit import hookimpl
-from nbtoolkit.errors import ConfigError
 from nbtoolkit.field import ExternalField
+from nbtoolkit.options import Option, check_arguments, number
 from nbtoolkit.state import NBodyState
 
-
-def _positive(field: str, option: str, value: object) -> float:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{field}: option '{option}' must be a number; got {value!r}") from None
-    if not (math.isfinite(number) and number > 0):
-        raise ConfigError(f"{field}: option '{option}' must be finite and > 0; got {value!r}")
-    return number
+#: the host's mass, in the state's units
+HOST_MASS = Option("mass of the host, M", number(0.0))
 
 
 class PlummerHost(ExternalField):
     """The static potential of a Plummer sphere of mass ``mass`` and scale radius ``radius`` (state
     units) centred at the origin."""
 
-    def __init__(self, mass: float = 100.0, radius: float = 10.0) -> None:
-        self.mass = _positive("plummer-host", "mass", mass)
-        self.radius = _positive("plummer-host", "radius", radius)
+    def __init__(self, mass: Annotated[float, HOST_MASS] = 100.0,
+                 radius: Annotated[float, Option("scale radius of the Plummer sphere, a", number(0.0))] = 10.0) -> None:
+        checked = check_arguments(PlummerHost, mass=mass, radius=radius)
+        self.mass, self.radius = checked["mass"], checked["radius"]
         self.label = f"Plummer host (M = {self.mass:g}, a = {self.radius:g}); conserves E"
 
     def _inverse_distance(self, position: Tensor) -> Tensor:
@@ -92,15 +87,12 @@ class PointMassHost(ExternalField):
     circular orbit, in the frame of the cluster's guiding centre (see the module docstring);
     ``phase`` (radians) is the orbit's angle at time 0."""
 
-    def __init__(self, mass: float = 1000.0, distance: float = 50.0, phase: float = 0.0) -> None:
-        self.mass = _positive("point-mass-host", "mass", mass)
-        self.distance = _positive("point-mass-host", "distance", distance)
-        try:
-            self.phase = float(phase)
-        except (TypeError, ValueError):
-            raise ConfigError(f"point-mass-host: option 'phase' must be a number; got {phase!r}") from None
-        if not math.isfinite(self.phase):
-            raise ConfigError(f"point-mass-host: option 'phase' must be finite; got {phase!r}")
+    def __init__(self, mass: Annotated[float, HOST_MASS] = 1000.0,
+                 distance: Annotated[float, Option("distance R from the host to the cluster's centre, the "
+                                                   "radius of the circular orbit", number(0.0))] = 50.0,
+                 phase: Annotated[float, Option("angle of the orbit at time 0 (radians)", number())] = 0.0) -> None:
+        checked = check_arguments(PointMassHost, mass=mass, distance=distance, phase=phase)
+        self.mass, self.distance, self.phase = checked["mass"], checked["distance"], checked["phase"]
         self.label = (f"point-mass host (M = {self.mass:g} at R = {self.distance:g}); "
                       "conserves the Jacobi energy E - Omega L_z")
 

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 from nbtoolkit import hookimpl
+from nbtoolkit.options import Option, text
 from nbtoolkit.predictor import DtPredictor
 
 #: the shipped model file
 MODEL_FILE = Path(str(resources.files(__package__).joinpath("data").joinpath("learned-general.pt")))
 
 
-def learned_predictor(model: str | None = None) -> DtPredictor:
+def learned_predictor(model: Annotated[str | None, Option("a model file or checkpoint to load instead of the "
+                                                         "shipped model", text())] = None) -> DtPredictor:
     """The shipped ``general`` model (or the model file / checkpoint ``model``), ready to fly."""
     from nbtoolkit.training.checkpoint import load_predictor
 

@@ -270,7 +270,8 @@ class MLPDtPredictor(DtPredictor):
         max_pairs: Annotated[int, Option("closest pairs fed to the network (0 = all)", integer(0))] = 16,
         timescale: Annotated[str, Option("the pair timescale tau that the learned factors multiply",
                                          one_of(*TIMESCALES))] = "freefall",
-        seed: int | None = None,
+        seed: Annotated[int | None, Option("seed of the initial weights and Fourier frequencies (unset: torch's "
+                                           "global generator; training sets it from its own seed)", integer())] = None,
     ) -> None:
         super().__init__()
         self.history_len = history_len

@@ -8,12 +8,13 @@ the replay buffer, at most ``min(batch_size, len(buffer))`` of them, drawn with 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
 from nbtoolkit import hookimpl
-from nbtoolkit.errors import ConfigError
+from nbtoolkit.options import Option, check_arguments, number
 from nbtoolkit.training.buffer import ReplayBuffer
 from nbtoolkit.training.replay import uniform_indices
 
@@ -29,13 +30,6 @@ def _draw(weights: Tensor, batch_size: int, generator: torch.Generator | None) -
     return torch.multinomial(weights.cpu(), k, replacement=False, generator=generator).to(weights.device)
 
 
-def _fraction(name: str, value: float) -> float:
-    value = float(value)
-    if not 0 <= value <= 1:
-        raise ConfigError(f"{name} must be in [0, 1]; got {value}")
-    return value
-
-
 class UniformSampler:
     """Uniform without replacement (the original rule)."""
 
@@ -48,12 +42,15 @@ class PrioritizedSampler:
     with w_i = max(|dE/E|_i, 1e-16)^alpha (a blown-up step counts as |dE/E| = 1) and u =
     ``uniform_mix`` the share spread evenly, so every sample stays reachable."""
 
-    def __init__(self, alpha: float = 0.5, uniform_mix: float = 0.1) -> None:
-        alpha = float(alpha)
-        if not (math.isfinite(alpha) and alpha > 0):
-            raise ConfigError(f"alpha must be finite and > 0; got {alpha}")
-        self.alpha = alpha
-        self.uniform_mix = _fraction("uniform_mix", uniform_mix)
+    def __init__(
+        self,
+        alpha: Annotated[float, Option("exponent of |dE/E| in the weights (larger: favour the worst samples more)",
+                                       number(0.0))] = 0.5,
+        uniform_mix: Annotated[float, Option("share of the probability spread evenly over all samples",
+                                             number(0.0, strict=False, high=1.0, high_strict=False))] = 0.1,
+    ) -> None:
+        checked = check_arguments(PrioritizedSampler, alpha=alpha, uniform_mix=uniform_mix)
+        self.alpha, self.uniform_mix = checked["alpha"], checked["uniform_mix"]
 
     def __call__(self, buffer: ReplayBuffer, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         rel = buffer.rel_dE
@@ -66,11 +63,9 @@ class PrioritizedSampler:
 class RecentSampler:
     """Favours the newest samples: weight 2^(-age / half_life), age = samples added since (0 for the newest)."""
 
-    def __init__(self, half_life: float = 1000.0) -> None:
-        half_life = float(half_life)
-        if not (math.isfinite(half_life) and half_life > 0):
-            raise ConfigError(f"half_life must be finite and > 0; got {half_life}")
-        self.half_life = half_life
+    def __init__(self, half_life: Annotated[float, Option("age, in samples added, at which a sample's weight halves",
+                                                          number(0.0))] = 1000.0) -> None:
+        self.half_life = check_arguments(RecentSampler, half_life=half_life)["half_life"]
 
     def __call__(self, buffer: ReplayBuffer, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         log_w = -math.log(2.0) * buffer.age.to(torch.float64) / self.half_life

@@ -16,11 +16,11 @@ the ``integrator`` option is used), and its force evaluations are
 reported through ``pop_force_evals`` so that the runs' force-evaluation figures include them:
 with the leapfrog a step costs ``1 + iterations`` force evaluations.
 
-Options: ``base`` (a registered predictor name, default ``freefall``, or a ``DtPredictor``
-object), ``iterations`` (default 2), ``solver`` (``secant`` or ``fixed-point``), ``integrator``
-(default ``leapfrog``), ``checkpoint`` (a checkpoint path: its trained predictor becomes the
-base), ``base_options`` (a dict of the base's options) and any other keyword, which is passed on
-to the base::
+Options (declared on :func:`make_symmetric`): ``base`` (a registered predictor name, default
+``freefall``, or a ``DtPredictor`` object), ``iterations`` (default 2), ``solver`` (``secant`` or
+``fixed-point``), ``integrator`` (default ``leapfrog``), ``checkpoint`` (a checkpoint path: its
+trained predictor becomes the base), ``base_options`` (a dict of the base's options) and any other
+keyword, which is passed on to the base (and checked by the base's declarations)::
 
     host.predictors.create("symmetric", base="freefall", eta=0.05)
     nbtoolkit simulate ... --predictor symmetric --predictor-option base=freefall --eta 0.05
@@ -29,7 +29,7 @@ to the base::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
@@ -38,6 +38,7 @@ from nbtoolkit import hookimpl
 from nbtoolkit.contracts import checked_step
 from nbtoolkit.errors import ConfigError
 from nbtoolkit.integrator import Integrator
+from nbtoolkit.options import Option, check_arguments, integer, name_or, one_of, option_table, text
 from nbtoolkit.predictor import DtPredictor, History
 
 #: trial steps per step, and how their results are combined. The plain fixed-point iteration
@@ -50,6 +51,10 @@ from nbtoolkit.predictor import DtPredictor, History
 DEFAULT_ITERATIONS = 2
 DEFAULT_SOLVER = "secant"
 SOLVERS = ("fixed-point", "secant")
+#: the options ``iterations`` and ``solver``, which :class:`SymmetricDt` and its factory share
+ITERATIONS = Option("trial steps per step (0: the base rule as it is)", integer(0))
+SOLVER = Option("how the trial steps are combined: secant-accelerated or the plain fixed-point iteration",
+                one_of(*SOLVERS))
 
 
 class SymmetricDt(DtPredictor):
@@ -60,19 +65,17 @@ class SymmetricDt(DtPredictor):
     by one state, as the base will at the next step.
     """
 
-    def __init__(self, base: DtPredictor, *, iterations: int = DEFAULT_ITERATIONS,
-                 integrator: Integrator | None = None, base_name: str = "base", solver: str = DEFAULT_SOLVER) -> None:
+    def __init__(self, base: DtPredictor, *, iterations: Annotated[int, ITERATIONS] = DEFAULT_ITERATIONS,
+                 integrator: Integrator | None = None, base_name: str = "base",
+                 solver: Annotated[str, SOLVER] = DEFAULT_SOLVER) -> None:
         super().__init__()
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-            raise ConfigError(f"symmetric: iterations must be an integer >= 0; got {iterations!r}")
         if not isinstance(base, DtPredictor):
             raise ConfigError(f"symmetric: base must be a dt predictor or a registered name; got {type(base).__name__}")
-        if solver not in SOLVERS:
-            raise ConfigError(f"symmetric: solver must be one of {', '.join(SOLVERS)}; got {solver!r}")
+        checked = check_arguments(SymmetricDt, iterations=iterations, solver=solver)
         self.base = base
         self.base_name = base_name
-        self.solver = solver
-        self.iterations = iterations
+        self.solver = checked["solver"]
+        self.iterations = checked["iterations"]
         self.history_len = int(getattr(base, "history_len", 0))
         self._default_integrator = integrator
         self._integrator: Integrator | None = None
@@ -141,12 +144,16 @@ class SymmetricDt(DtPredictor):
 
 
 def make_symmetric(
-    base: str | DtPredictor = "freefall",
-    iterations: int | float = DEFAULT_ITERATIONS,
-    integrator: str | Integrator | None = None,
-    checkpoint: str | None = None,
-    base_options: dict[str, Any] | None = None,
-    solver: str = DEFAULT_SOLVER,
+    base: Annotated[str | DtPredictor, Option("the dt predictor made time-symmetric",
+                                              name_or(DtPredictor, "dt predictor"))] = "freefall",
+    iterations: Annotated[int, ITERATIONS] = DEFAULT_ITERATIONS,
+    integrator: Annotated[str | Integrator | None, Option("integrator of the trial steps where the run binds none "
+                                                          "(unset: leapfrog)", name_or(Integrator, "integrator"))] = None,
+    checkpoint: Annotated[str | None, Option("a checkpoint or model file whose trained predictor becomes the base",
+                                             text())] = None,
+    base_options: Annotated[dict[str, Any] | None, Option("options of the base predictor (any option not declared "
+                                                          "here goes to the base too)", option_table())] = None,
+    solver: Annotated[str, SOLVER] = DEFAULT_SOLVER,
     **options: Any,
 ) -> SymmetricDt:
     """Factory of the ``symmetric`` predictor (see the module docstring for the options)."""
@@ -165,16 +172,10 @@ def make_symmetric(
         if merged:
             raise ConfigError(f"symmetric: options {', '.join(sorted(merged))} cannot be applied to a base given as an object")
         base_predictor, base_name = base, type(base).__name__
-    elif isinstance(base, str):
-        base_predictor, base_name = host.predictors.create(base, **merged), base
     else:
-        raise ConfigError(f"symmetric: base must be a registered dt predictor name; got {base!r}")
+        base_predictor, base_name = host.predictors.create(base, **merged), base
     bound = host.integrators.create(integrator) if isinstance(integrator, str) else integrator
-    if isinstance(iterations, float) and iterations.is_integer():  # a whole number from TOML or a flag
-        iterations = int(iterations)
-    # a fractional count goes through so that SymmetricDt refuses it with its own message
-    return SymmetricDt(base_predictor, iterations=iterations,  # type: ignore[arg-type]
-                       integrator=bound, base_name=base_name, solver=solver)
+    return SymmetricDt(base_predictor, iterations=iterations, integrator=bound, base_name=base_name, solver=solver)
 
 
 @hookimpl

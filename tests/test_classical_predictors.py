@@ -9,7 +9,7 @@ import torch
 from systems import random_cluster, two_body_orbit
 
 from nbtoolkit import NBodyState
-from nbtoolkit.errors import ConfigError, PluginError
+from nbtoolkit.errors import ConfigError, OptionError, PluginError
 
 
 def scaled(state: NBodyState, L: float, M: float, G: float) -> NBodyState:
@@ -61,12 +61,29 @@ def test_aarseth_is_finite_for_bodies_at_rest(host):
 def test_constant_returns_its_dt_and_rejects_bad_values(host):
     state = random_cluster(3, 2)
     assert host.predictors.create("constant", dt=0.125)(state).tolist() == [0.125] * 3
-    with pytest.raises(PluginError, match="dt must be finite and > 0"):
+    with pytest.raises(PluginError, match="option 'dt' of dt predictor 'constant' .* must be finite and > 0; got -1.0"):
         host.predictors.create("constant", dt=-1.0)
-    with pytest.raises(ConfigError):
-        host.predictors.get("freefall").factory(eta=float("nan"))
+    with pytest.raises(ConfigError, match="option 'eta' of FreeFallDt must be finite and > 0; got nan"):
+        host.predictors.get("freefall").factory(eta=float("nan"))  # built directly: the declaration still checks
     with pytest.raises(PluginError, match="does not take option"):
         host.predictors.create("constant", eta=0.1)
+
+
+@pytest.mark.parametrize("name, option", [("constant", "dt"), ("aarseth", "eta"), ("freefall", "eta")])
+@pytest.mark.parametrize("value, refusal", [(-1, "must be finite and > 0; got -1.0"), (0.0, "must be finite and > 0"),
+                                            (math.inf, "must be finite and > 0"), ("abc", "must be a number; got 'abc'"),
+                                            (True, "must be a number; got True")])
+def test_the_declared_option_refuses_bad_values_naming_the_rule_and_its_option(host, name, option, value, refusal):
+    with pytest.raises(OptionError, match=f"option '{option}' of dt predictor '{name}' "
+                                          rf"\(plugin 'plugins.classical_predictors'\) {refusal}"):
+        host.predictors.create(name, **{option: value})
+
+
+def test_the_declared_option_is_normalised_to_a_float(host):
+    rule = host.predictors.create("freefall", eta=1)
+    assert rule.eta == 1.0 and isinstance(rule.eta, float)
+    [declared] = host.predictors.get("aarseth").options()
+    assert (declared.name, declared.type, declared.default) == ("eta", float, 0.02)
 
 
 def test_aarseth_is_positive_at_the_figure_eight_start_where_one_body_feels_no_force(host):

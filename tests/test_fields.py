@@ -12,7 +12,7 @@ from systems import random_cluster
 from nbtoolkit import ExternalField, NBodyState, PluginError, hookimpl, state_energy, total_energy
 from nbtoolkit.cli import main
 from nbtoolkit.contracts import checked_step
-from nbtoolkit.errors import UnknownNameError
+from nbtoolkit.errors import OptionError, UnknownNameError
 from nbtoolkit.field import field_accelerations
 from nbtoolkit.gate import EnergyGate
 from nbtoolkit.physics import accelerations, state_accelerations
@@ -227,8 +227,17 @@ def test_unknown_field_names_and_bad_options_are_named(host, capsys):
     assert "known: " in capsys.readouterr().err
     with pytest.raises(PluginError, match="does not take option.*radiu; it takes: mass, radius"):
         host.fields.create("plummer-host", radiu=2.0)
-    with pytest.raises(PluginError, match="option 'distance' must be finite and > 0"):
+    with pytest.raises(OptionError, match="option 'distance' of external field 'point-mass-host' "
+                                          r"\(plugin 'plugins.fields'\) must be finite and > 0; got -3.0"):
         host.fields.create("point-mass-host", distance=-3)
+    with pytest.raises(OptionError, match="option 'phase' of external field 'point-mass-host' .* must be a number"):
+        host.fields.create("point-mass-host", phase="north")
+    with pytest.raises(OptionError, match="option 'radius' of PlummerHost must be finite and > 0; got 0.0"):
+        PlummerHost(radius=0)  # built directly: the declaration still checks
+    assert main(["simulate", "--preset", "kepler", "--steps", "1", "--field", "plummer-host", "--field-option",
+                 "mass=heavy"]) == 2
+    assert "option 'mass' of external field 'plummer-host' (plugin 'plugins.fields') must be a number; got 'heavy'" \
+        in capsys.readouterr().err
     assert main(["simulate", "--preset", "kepler", "--steps", "1", "--field-option", "mass=2"]) == 2
     assert "--field-option needs --field" in capsys.readouterr().err
 

@@ -393,7 +393,9 @@ def test_field_choice_reaches_the_config_and_the_simulation_settings(qtbot, host
         ("mass", ConfigError, "field options: expected KEY=VALUE, got 'mass'"),
         ("mass=1, mass=2", ConfigError, "field options mass is given twice"),
         ("depth=3", PluginError, r"does not take option\(s\) depth; it takes: mass, radius"),
-        ("mass=-1", PluginError, "option 'mass' must be finite and > 0"),
+        ("mass=-1", PluginError, r"option 'mass' of external field 'plummer-host' \(plugin 'plugins.fields'\) "
+                                 "must be finite and > 0; got -1.0"),
+        ("radius=wide", PluginError, "option 'radius' of external field 'plummer-host' .* must be a number"),
     ]:
         panel.field_options_edit.setText(text)
         with pytest.raises(error, match=match):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from systems import random_cluster
 
-from nbtoolkit.errors import PluginError
+from nbtoolkit.errors import OptionError, PluginError
 from nbtoolkit.training import ReplayBuffer
 
 SAMPLERS = ["uniform", "prioritized", "recent"]
@@ -92,3 +92,18 @@ def test_bad_options_are_errors(host):
         host.samplers.create("prioritized", uniform_mix=2.0)
     with pytest.raises(PluginError, match="half_life"):
         host.samplers.create("recent", half_life=0)
+
+
+@pytest.mark.parametrize("name, options, refusal", [
+    ("prioritized", {"alpha": 0}, "option 'alpha' of replay sampler 'prioritized' .* must be finite and > 0; got 0.0"),
+    ("prioritized", {"uniform_mix": -0.1}, "option 'uniform_mix' .* must be finite and >= 0 and <= 1; got -0.1"),
+    ("prioritized", {"uniform_mix": "half"}, "option 'uniform_mix' .* must be a number; got 'half'"),
+    ("recent", {"half_life": float("nan")}, r"option 'half_life' of replay sampler 'recent' \(plugin 'plugins.samplers'\)"),
+])
+def test_the_declarations_refuse_bad_values_naming_the_sampler_and_its_option(host, name, options, refusal):
+    with pytest.raises(OptionError, match=refusal):
+        host.samplers.create(name, **options)
+
+
+def test_the_ends_of_uniform_mix_are_accepted(host):
+    assert [host.samplers.create("prioritized", uniform_mix=u).uniform_mix for u in (0, 1)] == [0.0, 1.0]

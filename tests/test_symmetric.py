@@ -9,9 +9,11 @@ from systems import two_body_orbit
 
 from nbtoolkit import DtPredictor, PluginError
 from nbtoolkit.cli import main
+from nbtoolkit.errors import OptionError
 from nbtoolkit.plugin_manager import DEFAULT_PLUGINS
 from nbtoolkit.presets import make_preset
 from nbtoolkit.simulate import simulate
+from plugins.symmetric import SymmetricDt
 
 
 def test_registered_as_a_default_predictor(host):
@@ -38,10 +40,30 @@ def test_bad_options_are_errors(host):
         host.predictors.create("symmetric", base="freefall", hidden=3)
     with pytest.raises(Exception, match="unknown dt predictor 'nope'"):
         host.predictors.create("symmetric", base="nope")
-    with pytest.raises(PluginError, match="iterations must be an integer >= 0"):
+    owner = r"of dt predictor 'symmetric' \(plugin 'plugins.symmetric'\)"
+    with pytest.raises(OptionError, match=f"option 'iterations' {owner} must be >= 0; got -1"):
         host.predictors.create("symmetric", iterations=-1)
-    with pytest.raises(PluginError, match="solver must be one of fixed-point, secant"):
+    with pytest.raises(OptionError, match=f"option 'iterations' {owner} must be an integer; got 1.5"):
+        host.predictors.create("symmetric", iterations=1.5)
+    with pytest.raises(OptionError, match=f"option 'solver' {owner} must be one of fixed-point, secant; got 'newton'"):
         host.predictors.create("symmetric", solver="newton")
+    with pytest.raises(OptionError, match=f"option 'base' {owner} must be a registered dt predictor name, "
+                                          "or from Python an object of class DtPredictor; got 5"):
+        host.predictors.create("symmetric", base=5)
+    with pytest.raises(OptionError, match=f"option 'integrator' {owner} must be a registered integrator name"):
+        host.predictors.create("symmetric", integrator=4)
+    with pytest.raises(OptionError, match=f"option 'base_options' {owner} must be a table"):
+        host.predictors.create("symmetric", base_options=[1])
+    with pytest.raises(OptionError, match="option 'eta' of dt predictor 'freefall'"):  # the base's own declaration
+        host.predictors.create("symmetric", eta=-1.0)
+    with pytest.raises(OptionError, match="option 'iterations' of SymmetricDt must be >= 0; got -2"):
+        SymmetricDt(host.predictors.create("freefall"), iterations=-2)  # built directly: the declaration still checks
+
+
+def test_declared_options_are_normalised(host):
+    sym = host.predictors.create("symmetric", iterations=2.0, integrator="rk4", checkpoint=None)
+    assert sym.iterations == 2 and isinstance(sym.iterations, int)
+    assert type(sym.integrator).__name__ == "RK4"
 
 
 def test_dt_is_the_mean_of_both_ends(host):

@@ -196,11 +196,11 @@ class TrainConfig:
         return self.learning_rate * self.lr_decay**progress
 
     def predictor_build_options(self, accepted: set[str] | None, declared: tuple[Setting, ...] = ()) -> dict[str, Any]:
-        """Options for the predictor factory: the defaults of the options it ``declared``, ``seed`` when
-        it takes it (``accepted`` None means it takes ``**kwargs``: then no seed), then
-        ``predictor_options`` on top. The defaults are written out so that a checkpoint records the
-        whole architecture."""
-        options: dict[str, Any] = {s.name: s.default for s in declared}
+        """Options for the predictor factory: the defaults of the options it ``declared`` (but those
+        unset, None), ``seed`` when it takes it (``accepted`` None means it takes ``**kwargs``: then no
+        seed), then ``predictor_options`` on top. The defaults are written out so that a checkpoint
+        records the whole architecture."""
+        options: dict[str, Any] = {s.name: s.default for s in declared if s.default is not None}
         if accepted is not None and "seed" in accepted:
             options["seed"] = self.seed
         options.update(self.predictor_options)

@@ -1,9 +1,10 @@
 """The settings reference, ``docs/settings.md``, made from the declarations.
 
 ``python -m nbtoolkit.training.settings_doc > docs/settings.md`` writes it again; a test checks
-that the file is up to date. It lists every key of :class:`~nbtoolkit.training.TrainConfig`, the
-options that the default plugins declare on their factories (see :mod:`nbtoolkit.options`) and
-those that the default observers declare.
+that the file is up to date. It lists every key of :class:`~nbtoolkit.training.TrainConfig`, every
+default plugin that takes options (integrators, dt predictors, replay samplers, external fields)
+with the options it declares on its factory (see :mod:`nbtoolkit.options`), and the options that
+the default observers declare.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ SETTINGS_DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 #: the configuration table that holds the options of each registry's plugins
 _TABLES = {"integrators": "integrator_options", "predictors": "predictor_options", "samplers": "sampler_options",
            "fields": "field_options"}
+#: other tables that hold options of a registry's plugins
+_OTHER_TABLES = {"predictors": " (`[fallback_options]` for the fallback predictor)"}
+#: the registries whose option flags `nbtoolkit simulate` and `nbtoolkit evaluate` take as well
+_RUN_FLAGS = ("integrators", "predictors", "fields")
 
 _HEAD = """# Training settings
 
@@ -42,7 +47,7 @@ def _cell(text: str) -> str:
 def _default(s: Setting) -> str:
     """The default as TOML writes it."""
     toml = {"True": "true", "False": "false"}.get(str(s.default))
-    shown = f"`{toml or format_default(s.default)}`"
+    shown = "unset" if s.default is None else f"`{toml or format_default(s.default)}`"
     return shown + (f" ({CLI_DEFAULTS[s.name]} on the command line)" if s.name in CLI_DEFAULTS else "")
 
 
@@ -63,18 +68,19 @@ def settings_reference() -> str:
     host = PluginHost(load_entry_points=False)
     for attr, table in _TABLES.items():
         registry = getattr(host, attr)
-        declaring = [entry for entry in registry.entries() if entry.options()]
-        if not declaring:
-            continue
+        article = "An" if registry.kind[0] in "aeiou" else "A"
+        flag = f"`--{table.removesuffix('_options').replace('_', '-')}-option KEY=VALUE`"
+        if attr in _RUN_FLAGS:
+            flag += " (of `nbtoolkit simulate` and `nbtoolkit evaluate` too)"
         lines += ["", f"## Options of the {registry.kind}s", "",
-                  f"A {registry.kind} declares its options on its factory; set them in the `[{table}]` table of the "
-                  f"TOML file or with `--{table.removesuffix('_options').replace('_', '-')}-option KEY=VALUE`. A value "
-                  f"it refuses is an `OptionError` (a `ConfigError`) naming the {registry.kind}, its plugin and the "
-                  "option."]
+                  f"{article} {registry.kind} declares its options on its factory; set them in the `[{table}]` table "
+                  f"of the TOML file{_OTHER_TABLES.get(attr, '')} or with {flag}. A value it refuses is an "
+                  f"`OptionError` (a `ConfigError`) naming the {registry.kind}, its plugin and the option."]
         if table in TOP_LEVEL_OPTIONS:
             lines.append(_top_level(table))
-        for entry in declaring:
-            lines += ["", f"### `{entry.name}` (plugin `{entry.plugin}`)", *_table(entry.options())]
+        for entry in registry.entries():
+            lines += ["", f"### `{entry.name}` (plugin `{entry.plugin}`)",
+                      *(_table(entry.options()) if entry.options() else ["", "No options."])]
     lines += ["", "## Options of the observers", "",
               "An observer declares the options it reads through the hook `nbtoolkit_register_observer_options`; "
               "set them in the `[observer_options]` table of the TOML file or with `--observer-option KEY=VALUE`. "

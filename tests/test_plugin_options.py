@@ -1,0 +1,116 @@
+"""The options of the default plugins: every factory declares each of its keyword options
+(``Annotated[type, Option(help, check)]``), the registries check them, the command line and the
+settings reference go through the same declarations."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from nbtoolkit.cli import main
+from nbtoolkit.errors import OptionError
+from nbtoolkit.plugin_manager import PluginHost
+from nbtoolkit.registry import RegistryEntry
+from nbtoolkit.training.settings_doc import SETTINGS_DOC
+
+#: the options each default plugin declares, by registry and name
+DECLARED = {
+    "integrators": {"leapfrog": [], "yoshida4": [], "rk4": []},
+    "predictors": {
+        "constant": ["dt"], "aarseth": ["eta"], "freefall": ["eta"], "learned": ["model"],
+        "mlp": ["hidden_width", "hidden_layers", "activation", "fourier_features", "fourier_scale", "history_len",
+                "init_factor", "max_pairs", "timescale", "seed"],
+        "symmetric": ["base", "iterations", "integrator", "checkpoint", "base_options", "solver"],
+    },
+    "samplers": {"uniform": [], "prioritized": ["alpha", "uniform_mix"], "recent": ["half_life"]},
+    "gates": {"energy": [], "pair-energy": []},
+    "fields": {"plummer-host": ["mass", "radius"], "point-mass-host": ["mass", "distance", "phase"]},
+}
+
+
+def default_entries() -> list[tuple[str, RegistryEntry]]:
+    host = PluginHost(load_entry_points=False)
+    return [(attr, entry) for attr in DECLARED for entry in getattr(host, attr).entries()]
+
+
+def keyword_parameters(entry: RegistryEntry) -> list[str]:
+    """The keyword options the factory takes (``**kwargs`` aside)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in inspect.signature(entry.factory).parameters.values() if p.kind in kinds]
+
+
+def test_the_default_plugins_are_the_ones_listed_here():
+    assert {attr: sorted(entry.name for a, entry in default_entries() if a == attr) for attr in DECLARED} \
+        == {attr: sorted(names) for attr, names in DECLARED.items()}
+
+
+@pytest.mark.parametrize("attr, entry", default_entries(), ids=lambda value: getattr(value, "name", value))
+def test_every_keyword_option_of_a_default_factory_is_declared(attr, entry):
+    declared = [s.name for s in entry.options()]
+    assert declared == keyword_parameters(entry), f"{entry.name}: undeclared options"
+    assert declared == DECLARED[attr][entry.name]
+    for s in entry.options():
+        assert s.help and not s.help.endswith(".") and s.rule != "any value", (entry.name, s.name)
+        assert s.validate(s.default, s.name) == s.default, (entry.name, s.name)  # the default passes its own check
+
+
+@pytest.mark.parametrize("attr, name, options, owner", [
+    ("predictors", "freefall", {"eta": -1}, "dt predictor 'freefall' (plugin 'plugins.classical_predictors')"),
+    ("predictors", "constant", {"dt": "fast"}, "dt predictor 'constant' (plugin 'plugins.classical_predictors')"),
+    ("predictors", "learned", {"model": 3}, "dt predictor 'learned' (plugin 'plugins.learned_predictor')"),
+    ("predictors", "symmetric", {"solver": 1}, "dt predictor 'symmetric' (plugin 'plugins.symmetric')"),
+    ("samplers", "recent", {"half_life": -5}, "replay sampler 'recent' (plugin 'plugins.samplers')"),
+    ("fields", "point-mass-host", {"phase": float("inf")}, "external field 'point-mass-host' (plugin 'plugins.fields')"),
+])
+def test_a_refused_value_names_the_plugin_and_the_option(host, attr, name, options, owner):
+    [(option, value)] = options.items()
+    with pytest.raises(OptionError) as refused:
+        getattr(host, attr).create(name, **options)
+    assert str(refused.value).startswith(f"option '{option}' of {owner} must be ")
+    with pytest.raises(OptionError, match=f"option '{option}'"):
+        getattr(host, attr).checked_options(name, options)  # the same check, without building
+
+
+def test_unset_options_take_none(host):
+    assert host.predictors.checked_options("symmetric", {"checkpoint": None, "integrator": None}) \
+        == {"checkpoint": None, "integrator": None}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "--preset", "kepler", "--steps", "2", "--predictor", "freefall", "--predictor-option", "eta=abc"],
+     "option 'eta' of dt predictor 'freefall' (plugin 'plugins.classical_predictors') must be a number; got 'abc'"),
+    (["simulate", "--preset", "kepler", "--steps", "2", "--predictor", "aarseth", "--predictor-option", "eta=0"],
+     "option 'eta' of dt predictor 'aarseth' (plugin 'plugins.classical_predictors') must be finite and > 0; got 0.0"),
+    (["simulate", "--preset", "kepler", "--steps", "2", "--predictor", "symmetric", "--predictor-option",
+      "solver=newton"], "option 'solver' of dt predictor 'symmetric' (plugin 'plugins.symmetric') must be one of "
+                        "fixed-point, secant; got 'newton'"),
+    (["simulate", "--preset", "kepler", "--steps", "2", "--field", "point-mass-host", "--field-option", "distance=-1"],
+     "option 'distance' of external field 'point-mass-host' (plugin 'plugins.fields') must be finite and > 0"),
+    (["evaluate", "--preset", "kepler", "--orbits", "1", "--rules", "symmetric", "--predictor-option",
+      "iterations=two"], "option 'iterations' of dt predictor 'symmetric' (plugin 'plugins.symmetric') must be an "
+                         "integer; got 'two'"),
+])
+def test_command_line_options_go_through_the_declarations(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_command_line_values_are_converted_by_the_declarations(capsys):
+    code = main(["simulate", "--preset", "kepler", "--steps", "2", "--predictor", "symmetric", "--predictor-option",
+                 "iterations=1.0", "--predictor-option", "base=aarseth", "--predictor-option", "eta=1", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert "force evaluations  4" in capsys.readouterr().out  # 1 + 1 trial step a step: iterations became 1
+
+
+def test_the_settings_reference_lists_every_default_plugin_and_its_options():
+    text = SETTINGS_DOC.read_text()
+    for attr, plugins in DECLARED.items():
+        if attr == "gates":  # a gate takes no options: nothing to set
+            continue
+        for name, options in plugins.items():
+            assert f"### `{name}` (plugin `" in text
+            section = text.split(f"### `{name}` (plugin `", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+            assert [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")] == options
+
