@@ -45,6 +45,7 @@ from .inputs import (
     format_float,
     format_options,
     int_spin,
+    options_hint,
     parse_options,
     read_float,
     slider_from_speed,
@@ -95,9 +96,7 @@ class ControlPanel(QWidget):
         self.field_combo.setToolTip("External field the systems move in, in training and in Simulate "
                                     "(from the plugin registry); the energy then includes its potential")
         self.field_options_edit = QLineEdit()
-        self.field_options_edit.setPlaceholderText("KEY=VALUE, ... e.g. mass=100, radius=10")
-        self.field_options_edit.setToolTip("Options of the external field's factory, comma separated "
-                                           "(as --field-option on the command line)")
+        self.field_combo.currentTextChanged.connect(self._show_field_options)
         self.reload_button = QPushButton("Reload plugins")
         self.reload_button.setToolTip("Re-read the plugin registries")
         self.reload_button.clicked.connect(self.refresh_plugins)
@@ -217,6 +216,17 @@ class ControlPanel(QWidget):
         self._fill(self.gate_combo, self.host.gates.names(), PREFERRED["gate"])
         self._fill(self.reference_combo, [NO_REFERENCE, *self.host.predictors.names()], PREFERRED["reference"])
         self._fill(self.field_combo, [NO_FIELD, *self.host.fields.names()], PREFERRED["field"])
+        self._show_field_options()
+
+    def _show_field_options(self) -> None:
+        """Show the options that the chosen field declares (their defaults, help and what they accept)
+        on the field options line."""
+        name = self.field_combo.currentText()
+        declared = self.host.fields.get(name).options() if name in self.host.fields else ()
+        placeholder, listed = options_hint(declared)
+        self.field_options_edit.setPlaceholderText(placeholder)
+        self.field_options_edit.setToolTip("Options of the external field's factory, comma separated "
+                                           "(as --field-option on the command line)" + (f":\n{listed}" if listed else ""))
 
     @staticmethod
     def _fill(combo: QComboBox, names: list[str], preferred: str) -> None:

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from PyQt6.QtWidgets import QLineEdit, QSpinBox
 
 from nbtoolkit import validate
 from nbtoolkit.errors import ConfigError
+from nbtoolkit.options import Setting, format_default
 
 #: playback speeds offered by the slider (steps per second); the last slider position is "max"
 SPEED_RANGE = (1.0, 5000.0)
@@ -89,6 +91,15 @@ def parse_options(text: str, key: str) -> dict[str, Any]:
 def format_options(options: dict[str, Any]) -> str:
     """``options`` as a line that :func:`parse_options` reads back (strings without commas)."""
     return ", ".join(f"{key}={_option_text(value)}" for key, value in options.items())
+
+
+def options_hint(declared: Sequence[Setting]) -> tuple[str, str]:
+    """(placeholder, list) for an option line of a plugin that declares ``declared``: its defaults as a
+    line that :func:`parse_options` reads (``KEY=VALUE, ...`` when it declares none), and one line
+    per option with its default, help and what it accepts."""
+    placeholder = format_options({s.name: s.default for s in declared if s.default is not None}) or "KEY=VALUE, ..."
+    listed = "\n".join(f"{s.name} = {format_default(s.default)}: {s.help} ({s.rule})" for s in declared)
+    return placeholder, listed
 
 
 def _option_text(value: Any) -> str:

@@ -305,7 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, default=Path("."), help="where to create nbtoolkit-NAME/ (default: here)")
     p.set_defaults(func=cmd_new_plugin)
 
-    p = sub.add_parser("simulate", help="run a simulation headless and write its trajectory")
+    from .training.cli import plugin_options_help
+
+    run_options = plugin_options_help(get_host(), ("predictors", "integrators", "fields"), training=False)
+    p = sub.add_parser("simulate", help="run a simulation headless and write its trajectory", epilog=run_options,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_simulate_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
@@ -318,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gui", help="open the desktop viewer (headless main job when there is no display)")
     add_gui_arguments(p)
 
-    p = sub.add_parser("evaluate", help="compare dt predictors on whole orbits against the gate")
+    p = sub.add_parser("evaluate", help="compare dt predictors on whole orbits against the gate", epilog=run_options,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_system_arguments(p)
     add_plugin_arguments(p)
     p.add_argument("--predictor", action="append", default=[], metavar="NAME",

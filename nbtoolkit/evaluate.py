@@ -211,13 +211,16 @@ class TunedRule:
 
 def tuned_option(host: Any, rule: str, options: dict[str, Any] | None = None) -> str:
     """The option :func:`tune_rule` tunes: ``eta`` if the rule's factory takes one, else ``dt``; an
-    error names the rule's plugin if it takes neither, or if ``options`` already fix the one tuned."""
+    error names the rule's plugin if it takes neither, or if ``options`` already fix the one tuned,
+    and ``options`` that the rule does not take, or whose values its declarations refuse, are
+    errors here, before any run."""
     entry = host.predictors.get(rule)
     accepted = entry.accepted_options()
     for option in ("eta", "dt"):
         if accepted is None or option in accepted:
             if option in (options or {}):
                 raise ConfigError(f"option {option} of '{rule}' is the one tuned; it cannot also be given")
+            host.predictors.checked_options(rule, dict(options or {}))
             return option
     raise ConfigError(
         f"tuning a rule sets its 'eta' (or 'dt') option, but dt predictor '{rule}' from plugin "

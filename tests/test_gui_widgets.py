@@ -383,6 +383,8 @@ def test_field_choice_reaches_the_config_and_the_simulation_settings(qtbot, host
     assert (panel.train_config().field, panel.train_config().field_options) == ("", {})
     assert panel.simulation_settings().field_name == ""
     panel.field_combo.setCurrentText("plummer-host")
+    assert panel.field_options_edit.placeholderText() == "mass=100.0, radius=10.0"  # the declared defaults
+    assert "\nradius = 10: scale radius of the Plummer sphere, a (a finite number > 0)" in panel.field_options_edit.toolTip()
     panel.field_options_edit.setText(" mass=50, radius = 2.5 ,")
     config = panel.train_config()
     assert (config.field, config.field_options) == ("plummer-host", {"mass": 50, "radius": 2.5})
@@ -403,6 +405,7 @@ def test_field_choice_reaches_the_config_and_the_simulation_settings(qtbot, host
         with pytest.raises(error, match=match):
             panel.simulation_settings()
     panel.field_combo.setCurrentText("none")
+    assert panel.field_options_edit.placeholderText() == "KEY=VALUE, ..."
     panel.field_options_edit.setText("mass=5")
     with pytest.raises(ConfigError, match="field options need a field"):
         panel.train_config()

@@ -104,6 +104,18 @@ def test_command_line_values_are_converted_by_the_declarations(capsys):
     assert "force evaluations  4" in capsys.readouterr().out  # 1 + 1 trial step a step: iterations became 1
 
 
+def test_evaluate_refuses_a_bad_rule_option_before_any_run(monkeypatch, capsys):
+    import nbtoolkit.evaluate
+
+    def no_runs(*args, **kwargs):
+        raise AssertionError("a run started")
+
+    monkeypatch.setattr(nbtoolkit.evaluate, "evaluate_predictor", no_runs)
+    assert main(["evaluate", "--preset", "kepler", "--orbits", "1", "--predictor", "freefall", "--rules", "freefall",
+                 "symmetric", "--predictor-option", "iterations=-1"]) == 2
+    assert "dt predictor 'freefall'" in capsys.readouterr().err  # freefall takes no 'iterations'
+
+
 def test_the_settings_reference_lists_every_default_plugin_and_its_options():
     text = SETTINGS_DOC.read_text()
     for attr, plugins in DECLARED.items():
@@ -114,3 +126,20 @@ def test_the_settings_reference_lists_every_default_plugin_and_its_options():
             section = text.split(f"### `{name}` (plugin `", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
             assert [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")] == options
 
+
+@pytest.mark.parametrize("command, listed, absent", [
+    ("simulate", ["options of the dt predictors (--predictor-option KEY=VALUE)", "options of the external fields",
+                  "  freefall (plugin plugins.classical_predictors):\n    eta = 0.05: accuracy parameter"], "sampler"),
+    ("evaluate", ["options of the dt predictors (--predictor-option KEY=VALUE)", "distance = 50: distance R"],
+     "observer"),
+    ("train", ["options of the replay samplers (--sampler-option KEY=VALUE, or the [sampler_options] table",
+               "  recent (plugin plugins.samplers):\n    half_life = 1000", "radius = 10: scale radius",
+               "options of the observers"], "options of the integrators"),
+])
+def test_the_help_of_each_command_lists_the_declared_options_it_takes(capsys, command, listed, absent):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    for text in listed:
+        assert text in out
+    assert absent not in out.split("with their defaults:", 1)[1]  # no default integrator declares an option

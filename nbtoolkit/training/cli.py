@@ -6,8 +6,9 @@ Precedence of configuration values, lowest first: defaults, the checkpoint given
 declaration in :mod:`.config` (``--steps-per-epoch`` for ``steps_per_epoch``; option tables
 take ``--predictor-option KEY=VALUE``, repeatable); ``--seed`` sets both the training seed and
 the seed of presets that take one. The ``mlp`` architecture keys keep flags of their own
-(``--hidden-width`` ...), which set predictor options, and the options that every registered dt
-predictor declares are listed at the end of ``--help``.
+(``--hidden-width`` ...), which set predictor options, and the options that the registered plugins
+(dt predictors, replay samplers, integrators, external fields) and the observers declare are
+listed at the end of ``--help``.
 
 The systems come from ``--preset``/``--state`` (with the preset flags), else from the
 ``[system]`` table of the TOML file (``preset = "..."`` plus parameters, which preset flags
@@ -96,7 +97,7 @@ def _plain_value(text: str) -> Any:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the system, run and configuration flags of ``nbtoolkit train`` to ``parser``, and list
-    the options that the registered dt predictors and the observers declare at the end of its help."""
+    the options that the registered plugins and the observers declare at the end of its help."""
 
     add_system_arguments(parser)
     run = parser.add_argument_group("run")
@@ -139,21 +140,33 @@ def _add_top_level(group: Any, keys: tuple[str, ...], declared: dict[str, Settin
         group.add_argument("--" + key.replace("_", "-"), dest=_dest(key), **_argument(s))
 
 
-def plugin_options_help(host: Any) -> str:
-    """The options that the registered dt predictors and the observers declare, as the end of
-    ``train --help``."""
+#: the plugin options that ``--help`` lists: registry attribute -> the flag and the configuration table that set them
+PLUGIN_OPTION_FLAGS = {"predictors": ("--predictor-option", "predictor_options"),
+                       "samplers": ("--sampler-option", "sampler_options"),
+                       "integrators": ("--integrator-option", "integrator_options"),
+                       "fields": ("--field-option", "field_options")}
+
+
+def plugin_options_help(host: Any, registries: tuple[str, ...] = tuple(PLUGIN_OPTION_FLAGS), *,
+                        training: bool = True) -> str:
+    """The options that the plugins of ``registries`` (attributes of the host, keys of
+    :data:`PLUGIN_OPTION_FLAGS`) declare and, with ``training``, those of the observers, as the end
+    of ``train --help`` (``simulate`` and ``evaluate`` list theirs without ``training``)."""
     def lines(s: Setting) -> list[str]:
         return textwrap.wrap(f"{s.name} = {format_default(s.default)}: {s.help} ({s.rule})", 96,
                              initial_indent="    ", subsequent_indent="      ")
 
-    out = []
-    for entry in host.predictors.entries():
-        if entry.options():
-            out += [f"  {entry.name} (plugin {entry.plugin}):", *(line for s in entry.options() for line in lines(s))]
-    if out:
-        out = ["options of the dt predictors (--predictor-option KEY=VALUE, or the [predictor_options] table of",
-               "--config), with their defaults:", *out, ""]
-    if host.observer_options:
+    out: list[str] = []
+    for attr in registries:
+        registry, (flag, table) = getattr(host, attr), PLUGIN_OPTION_FLAGS[attr]
+        listed = []
+        for entry in registry.entries():
+            if entry.options():
+                listed += [f"  {entry.name} (plugin {entry.plugin}):", *(line for s in entry.options() for line in lines(s))]
+        if listed:
+            where = f"{flag} KEY=VALUE" + (f", or the [{table}] table of --config" if training else "")
+            out += [*textwrap.wrap(f"options of the {registry.kind}s ({where}), with their defaults:", 100), *listed, ""]
+    if training and host.observer_options:
         out += ["options of the observers (--observer-option KEY=VALUE, or the [observer_options] table of",
                 "--config), with their defaults:"]
         for plugin in dict.fromkeys(plugin for _, plugin in host.observer_options.values()):  # declaration order
