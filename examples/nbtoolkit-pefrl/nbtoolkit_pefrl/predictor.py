@@ -18,12 +18,13 @@ unchanged under v -> -v, and differentiable in the state (no square root of u^2)
 
 from __future__ import annotations
 
-import math
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
-from nbtoolkit.errors import ConfigError, InvalidStateError
+from nbtoolkit.errors import InvalidStateError
+from nbtoolkit.options import Option, check_arguments, number
 from nbtoolkit.predictor import DtPredictor, History
 from nbtoolkit.state import NBodyState
 
@@ -35,12 +36,10 @@ class FlybyDt(DtPredictor):
     Returns dt of shape (B,) in the time unit of the state.
     """
 
-    def __init__(self, eta: float = 0.05) -> None:
+    def __init__(self, eta: Annotated[float, Option("fraction of the shortest pair time scale taken as dt",
+                                                   number(0.0))] = 0.05) -> None:
         super().__init__()
-        eta = float(eta)
-        if not (math.isfinite(eta) and eta > 0):
-            raise ConfigError(f"eta must be finite and > 0; got {eta}")
-        self.eta = eta
+        self.eta = check_arguments(FlybyDt, eta=eta)["eta"]
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
         n = state.n_bodies

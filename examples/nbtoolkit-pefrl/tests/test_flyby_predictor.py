@@ -35,7 +35,8 @@ def test_registered_with_its_eta_option():
     entry = host.predictors.get("flyby")
     assert entry.source == "nbtoolkit-pefrl 0.1.0" and entry.accepted_options() == {"eta"}
     assert host.predictors.create("flyby", eta=0.2).eta == 0.2
-    with pytest.raises(PluginError, match="flyby.*eta must be finite and > 0"):
+    assert [(o.name, o.default) for o in entry.options()] == [("eta", 0.05)]  # declared: checked, listed in help
+    with pytest.raises(PluginError, match="option 'eta' of dt predictor 'flyby' .*must be finite and > 0"):
         host.predictors.create("flyby", eta=-1.0)
 
 
@@ -98,7 +99,7 @@ def test_differentiable_even_for_bodies_at_rest():
 
 
 def test_bad_eta_and_a_single_body_are_clear_errors():
-    with pytest.raises(ConfigError, match="eta must be finite and > 0; got 0.0"):
+    with pytest.raises(ConfigError, match="option 'eta' of FlybyDt must be finite and > 0; got 0.0"):
         FlybyDt(eta=0.0)
     one = NBodyState.from_arrays([1.0], [[0.0, 0.0]], [[1.0, 0.0]])
     with pytest.raises(InvalidStateError, match="at least two bodies"):
