@@ -14,9 +14,9 @@ Environment variables:
 * ``NBTOOLKIT_TRACE_HOOKS``: if set to a non-empty value other than ``0``, trace hook calls to stderr,
   with the plugins that answered each call.
 
-A name in ``NBTOOLKIT_BLOCK_PLUGINS`` or ``NBTOOLKIT_ONLY_PLUGINS`` that matches no plugin is
-warned about, with the known names. Load failures are warned about once per host (the process-wide
-host: once per process), attributed to the plugin (its module file, or its entry point) rather than to this module.
+A name in either list that matches no plugin is warned about, with the known names. Load failures are
+warned about once per host (the process-wide host: once per process), attributed to the plugin (its
+module file, or its entry point) rather than to this module.
 
 Observer hooks (``nbtoolkit_fit_start`` ... ``nbtoolkit_fit_end``) fired through
 :attr:`PluginHost.hook` are isolated: an observer that raises (anything but an nbtoolkit error)
