@@ -13,10 +13,15 @@ of ``init_factor`` tau_ij and dt > 0 always) and ``safety`` a factor calibrated 
 (:mod:`nbtoolkit.training.calibrate`; 1 until then), one per class of states: by number of
 bodies (:data:`SAFETY_BUCKETS`: 2, 3, 4-7, 8-15, 16-31, 32 or more), by the osculating
 eccentricity of the closest pair (:data:`ECCENTRICITY_BUCKETS`: below 0.5, 0.5-0.9, 0.9-0.97,
-0.97-1 and unbound, so a flyby has its own factor) and by whether the closest pair's binding
+0.97-0.995, near-radial 0.995-1 and unbound, so a flyby has its own factor, and so does a plunge
+more radial than any training orbit) and by whether the closest pair's binding
 energy G m_i m_j / r is at least the system's total |E| (:data:`DOMINANT_SHARE`: the pair's
-error is then most of the system's), so that the margin a cluster, a near-radial orbit or a
-triple whose outer orbit carries half the energy needs is not imposed on a near-circular binary.
+error is then most of the system's) and by whether the rest of the system pulls the closest pair
+apart by at least :data:`QUIET_TIDE` of its own attraction (a perturbed pair: an intruder passing,
+a democratic triple; below it a quiet pair: an inner binary of a hierarchical triple, a star and
+its planet), so that the margin a cluster, a near-radial orbit, a triple whose outer orbit carries
+half the energy or a binary in the middle of an encounter needs is not imposed on a near-circular
+or a quiet binary.
 A pair's output g_ij sees the pair's own features and the pooled features of every pair, so a
 pair that is irrelevant to the system's energy (a distant planet, a wide pair in a cluster) can
 learn to propose a long step, and the proposals of N bodies work for any N.
@@ -75,20 +80,24 @@ GLOBAL_FEATURES = 2
 #: upper ends of the body-count classes with their own safety factors: N = 2, 3, 4-7, 8-15, 16-31, >= 32
 SAFETY_BUCKETS = (2, 3, 7, 15, 31)
 #: lower ends of the closest-pair eccentricity classes after the first: e < 0.5, 0.5-0.9, 0.9-0.97,
-#: 0.97-1 and unbound (e >= 1, a flyby)
-ECCENTRICITY_BUCKETS = (0.5, 0.9, 0.97, 1.0)
-#: eccentricity classes of model files written before the unbound class existed (their e >= 0.97
-#: factor serves both 0.97-1 and e >= 1 when they are loaded)
-LEGACY_ECCENTRICITY_CLASSES = 4
+#: 0.97-0.995, 0.995-1 and unbound (e >= 1, a flyby)
+ECCENTRICITY_BUCKETS = (0.5, 0.9, 0.97, 0.995, 1.0)
+#: the eccentricity class of each of today's classes in the layouts of older model files, by their
+#: number of eccentricity classes: 4 before the unbound class (their e >= 0.97 factor serves 0.97-0.995,
+#: 0.995-1 and e >= 1), 5 before the near-radial class (their 0.97-1 factor serves 0.97-0.995 and 0.995-1)
+LEGACY_ECCENTRICITY_CLASSES = {4: (0, 1, 2, 3, 3, 3), 5: (0, 1, 2, 3, 3, 4)}
 #: the closest pair dominates the energy when G m_i m_j / (r |E|) is at least this
 DOMINANT_SHARE = 1.0
+#: the closest pair is perturbed when the tidal acceleration of the other bodies on it is at least
+#: this share of the pair's own attraction, |a_ij - a_ij,2body| r^2 / mu (the last pair input)
+QUIET_TIDE = 0.01
 #: G m_i m_j / (r |E|) is capped here, so a system whose total energy is ~0 still has finite inputs
 MAX_ENERGY_SHARE = 1e8
 #: the pair timescales the ``timescale`` option offers (see :func:`pair_scales`)
 TIMESCALES = ("freefall", "crossing")
-#: safety classes of one body count (eccentricity classes x dominant or not)
-SAFETY_GROUP_SIZE = 2 * (len(ECCENTRICITY_BUCKETS) + 1)
-#: number of safety classes (body-count classes x eccentricity classes x dominant or not)
+#: safety classes of one body count (eccentricity classes x dominant or not x perturbed or not)
+SAFETY_GROUP_SIZE = 4 * (len(ECCENTRICITY_BUCKETS) + 1)
+#: number of safety classes (body-count classes x eccentricity classes x dominant x perturbed)
 SAFETY_CLASSES = (len(SAFETY_BUCKETS) + 1) * SAFETY_GROUP_SIZE
 
 
@@ -98,13 +107,16 @@ def safety_bucket(n_real: Tensor) -> Tensor:
     return torch.bucketize(n_real, bounds)
 
 
-def safety_class(n_real: Tensor, closest_eccentricity: Tensor, closest_energy_share: Tensor) -> Tensor:
+def safety_class(n_real: Tensor, closest_eccentricity: Tensor, closest_energy_share: Tensor,
+                 closest_tide: Tensor) -> Tensor:
     """Index (B,) of each state's safety class: body-count class x closest-pair eccentricity class x
-    whether the closest pair's G m_i m_j / (r |E|) reaches :data:`DOMINANT_SHARE`."""
+    whether the closest pair's G m_i m_j / (r |E|) reaches :data:`DOMINANT_SHARE` x whether its tidal
+    perturbation |a_ij - a_ij,2body| r^2 / mu reaches :data:`QUIET_TIDE`."""
     bounds = torch.tensor(ECCENTRICITY_BUCKETS, dtype=closest_eccentricity.dtype, device=closest_eccentricity.device)
     ecc_class = torch.bucketize(closest_eccentricity, bounds, right=True)
     dominant = (closest_energy_share >= DOMINANT_SHARE).long()
-    return safety_bucket(n_real) * SAFETY_GROUP_SIZE + 2 * ecc_class + dominant
+    perturbed = (closest_tide >= QUIET_TIDE).long()
+    return safety_bucket(n_real) * SAFETY_GROUP_SIZE + 4 * ecc_class + 2 * dominant + perturbed
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -144,9 +156,9 @@ class PairFeatures(NamedTuple):
     """Pair inputs of the network for the P' selected pairs of each system.
 
     features (B, P', 8), log_tau (B, P') each pair's log timescale tau, mask (B, P') True for
-    pairs of real bodies, tau_min and r_min (B,) over all real pairs, closest_eccentricity and
-    closest_energy_share (B,) the osculating eccentricity and G m_i m_j / (r |E|) of the pair with
-    the shortest timescale.
+    pairs of real bodies, tau_min and r_min (B,) over all real pairs, closest_eccentricity,
+    closest_energy_share and closest_tide (B,) the osculating eccentricity, G m_i m_j / (r |E|) and
+    tidal perturbation |a_ij - a_ij,2body| r^2 / mu of the pair with the shortest timescale.
     """
 
     features: Tensor
@@ -156,6 +168,7 @@ class PairFeatures(NamedTuple):
     r_min: Tensor
     closest_eccentricity: Tensor
     closest_energy_share: Tensor
+    closest_tide: Tensor
 
 
 def pair_features(state: NBodyState, max_pairs: int = 0, timescale: str = "freefall") -> PairFeatures:
@@ -193,6 +206,7 @@ def pair_features(state: NBodyState, max_pairs: int = 0, timescale: str = "freef
     share = (G * mi * mj / (r * energy)).clamp(max=MAX_ENERGY_SHARE)  # bounded where E is ~0
     acc = state_accelerations(state)
     tidal = take(acc, j) - take(acc, i) + (mu / r.pow(3)).unsqueeze(-1) * r_vec
+    tide = tidal.square().sum(-1).sqrt() * r.square() / mu
     safe_tau = torch.where(real, tau, one)
     feats = torch.stack([
         (safe_tau / tau_min.unsqueeze(-1)).log(),
@@ -202,13 +216,14 @@ def pair_features(state: NBodyState, max_pairs: int = 0, timescale: str = "freef
         torch.log1p(ecc),
         msum / m.sum(-1, keepdim=True),
         torch.log1p(share),
-        torch.log1p(tidal.square().sum(-1).sqrt() * r.square() / mu),
+        torch.log1p(tide),
     ], dim=-1)
     feats = torch.where(real.unsqueeze(-1), feats, torch.zeros_like(feats))
     closest_pair = tau.argmin(-1, keepdim=True)
     closest_ecc = torch.gather(ecc, 1, closest_pair).squeeze(-1)
     closest_share = torch.gather(share, 1, closest_pair).squeeze(-1)
-    return PairFeatures(feats, safe_tau.log(), real, tau_min, r_min, closest_ecc, closest_share)
+    closest_tide = torch.gather(tide, 1, closest_pair).squeeze(-1)
+    return PairFeatures(feats, safe_tau.log(), real, tau_min, r_min, closest_ecc, closest_share, closest_tide)
 
 
 def history_features(state: NBodyState, history: History, tau_min: Tensor, r_min: Tensor,
@@ -314,7 +329,7 @@ class MLPDtPredictor(DtPredictor):
     def safety_index(self, state: NBodyState) -> Tensor:
         """(B,) which safety factor applies to each state (see :func:`safety_class`)."""
         pf = pair_features(state, self.options["max_pairs"], self.options["timescale"])
-        return safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share)
+        return safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share, pf.closest_tide)
 
     def features(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
         """(pair features with Fourier features appended, global extras (B, 2 + 3K))."""
@@ -357,7 +372,8 @@ class MLPDtPredictor(DtPredictor):
         if int(state.body_mask.sum(-1).min()) < 2:
             raise ConfigError("mlp predictor needs at least two bodies (its timescale is the closest pair's timescale)")
         log_dt, pf = self._log_dt(state, history)
-        classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share)
+        classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share,
+                               pf.closest_tide)
         return (log_dt + self.log_safety[classes]).exp(), classes
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
@@ -367,13 +383,16 @@ class MLPDtPredictor(DtPredictor):
         return ", ".join(f"{k}={v}" for k, v in self.options.items())
 
     def upgrade_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        """Files from before the unbound eccentricity class hold 48 factors: the e >= 0.97 factor of
-        each class serves both 0.97-1 and e >= 1, so such a model predicts exactly as it did."""
+        """Older files hold fewer factors, and such a model predicts exactly as it did: files from before
+        the unbound eccentricity class hold 48 (4 eccentricity classes x dominant or not per body count),
+        files from before the near-radial and the perturbed classes 60 (5 x 2); each old factor serves
+        the classes it covered (:data:`LEGACY_ECCENTRICITY_CLASSES`), quiet and perturbed alike."""
         stored = state_dict.get("log_safety")
-        legacy = (len(SAFETY_BUCKETS) + 1) * 2 * LEGACY_ECCENTRICITY_CLASSES
-        if isinstance(stored, Tensor) and stored.shape == (legacy,):
-            old = stored.reshape(len(SAFETY_BUCKETS) + 1, LEGACY_ECCENTRICITY_CLASSES, 2)
-            state_dict["log_safety"] = torch.cat([old, old[:, -1:]], dim=1).reshape(-1)
+        buckets = len(SAFETY_BUCKETS) + 1
+        for eccentricity_classes, source in LEGACY_ECCENTRICITY_CLASSES.items():
+            if isinstance(stored, Tensor) and stored.shape == (buckets * eccentricity_classes * 2,):
+                old = stored.reshape(buckets, eccentricity_classes, 2, 1)[:, list(source)]  # (buckets, ecc, dom, 1)
+                state_dict["log_safety"] = old.expand(-1, -1, -1, 2).reshape(-1)
         return state_dict
 
 

@@ -76,8 +76,8 @@ def test_invariant_under_relabelling_rotation_and_translation(host, timescale):
 
 def test_pair_features_of_a_kepler_orbit_are_its_invariants():
     state, _ = two_body_orbit(e=0.6)  # starts at pericentre
-    feats, _, mask, tau_min, r_min, closest_e, closest_share = pair_features(state)
-    assert feats.shape == (1, 1, 8) and bool(mask.all())
+    feats, _, mask, tau_min, r_min, closest_e, closest_share, closest_tide = pair_features(state)
+    assert feats.shape == (1, 1, 8) and bool(mask.all()) and float(closest_tide[0]) < 1e-14  # nothing else pulls
     assert math.isclose(float(closest_e[0]), 0.6, rel_tol=1e-12)
     assert math.isclose(float(closest_share[0]), 2 / (1 - 0.6), rel_tol=1e-12)  # G m1 m2 / (r |E|) = 2a / r
     r = 1 - 0.6

@@ -272,21 +272,24 @@ def test_calibration_brings_a_timid_predictor_up_to_the_target_pass_rate(host):
     assert passed / total >= 0.97
 
 
-def test_safety_classes_split_by_body_count_closest_pair_eccentricity_and_energy_share(host):
+def test_safety_classes_split_by_body_count_closest_pair_eccentricity_energy_share_and_tide(host):
     from plugins.mlp_predictor import SAFETY_CLASSES, safety_bucket, safety_class
 
     assert safety_bucket(torch.tensor([2, 3, 4, 7, 8, 15, 16, 31, 32, 64])).tolist() == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    n = torch.tensor([2, 2, 2, 2, 3, 3, 40, 3])
-    e = torch.tensor([0.1, 0.5, 0.95, 0.99, 0.2, 0.2, 0.99, 1.5], dtype=torch.float64)
-    share = torch.tensor([2.0, 2.0, 2.0, 2.0, 0.5, 1.0, 0.1, 0.2], dtype=torch.float64)
-    assert safety_class(n, e, share).tolist() == [1, 3, 5, 7, 10, 11, 56, 18] and SAFETY_CLASSES == 60
+    n = torch.tensor([2, 2, 2, 2, 3, 3, 40, 3, 2])
+    e = torch.tensor([0.1, 0.5, 0.95, 0.99, 0.2, 0.2, 0.99, 1.5, 0.999], dtype=torch.float64)
+    share = torch.tensor([2.0, 2.0, 2.0, 2.0, 0.5, 1.0, 0.1, 0.2, 2.0], dtype=torch.float64)
+    tide = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.001, 0.5, 0.01, 0.2, 0.0], dtype=torch.float64)
+    # 24 classes per body count: 6 eccentricity classes x dominant x perturbed
+    assert safety_class(n, e, share, tide).tolist() == [2, 6, 10, 14, 24, 27, 133, 45, 18] and SAFETY_CLASSES == 144
     pred = host.predictors.create("mlp", hidden_width=8, seed=0)
     state = pad_systems(draw_family("kepler", 1, torch.Generator().manual_seed(1), eccentricity=0.95)
                         + draw_family("figure-eight", 1, torch.Generator().manual_seed(1)))
-    # a bound binary's G m1 m2 / r is (2 a / r) |E| > |E| since r < 2 a: always dominant; e = 0.95 is in 0.9-0.97
-    assert pred.safety_index(state)[0] == 5
+    # a bound binary's G m1 m2 / r is (2 a / r) |E| > |E| since r < 2 a: always dominant; e = 0.95 is in
+    # 0.9-0.97, and nothing perturbs it; the figure-eight's closest pair is pulled hard by the third body
+    assert pred.safety_index(state)[0] == 10 and pred.safety_index(state)[1] % 2 == 1
     with torch.no_grad():
-        pred.log_safety[5] = math.log(0.5)
+        pred.log_safety[10] = math.log(0.5)
     assert torch.allclose(pred(state)[0], 0.5 * pred.log_dt(state)[0].exp(), rtol=1e-12)
     assert torch.allclose(pred(state)[1], pred.log_dt(state)[1].exp(), rtol=1e-12)
 
@@ -303,9 +306,31 @@ def test_a_model_file_from_before_the_unbound_class_loads_with_its_factors_in_pl
     n = torch.tensor([2, 3, 3, 3, 40, 40])
     e = torch.tensor([0.1, 0.98, 1.5, 0.6, 0.99, 3.0], dtype=torch.float64)
     share = torch.tensor([2.0, 0.5, 0.5, 2.0, 2.0, 2.0], dtype=torch.float64)
+    tide = torch.tensor([0.0, 0.5, 0.001, 0.1, 0.0, 0.3], dtype=torch.float64)
     old_index = [1, 8 + 6, 8 + 6, 8 + 3, 40 + 7, 40 + 7]  # 8 classes per body count before, e >= 0.97 is 6 and 7
     assert pred.log_safety.shape == (SAFETY_CLASSES,)
-    assert pred.log_safety[safety_class(n, e, share)].tolist() == old_index
+    assert pred.log_safety[safety_class(torch.tensor([2]), torch.tensor([0.999], dtype=torch.float64),
+                                        torch.tensor([2.0], dtype=torch.float64),
+                                        torch.tensor([0.0], dtype=torch.float64))].tolist() == [7]
+    assert pred.log_safety[safety_class(n, e, share, tide)].tolist() == old_index
+
+
+def test_a_model_file_from_before_the_near_radial_and_perturbed_classes_loads_with_its_factors_in_place(host):
+    """Files with 60 factors load: e = 0.97-0.995 and 0.995-1 take the old 0.97-1 factor, a quiet and a
+    perturbed closest pair both take the old factor of their class."""
+    from nbtoolkit.training.checkpoint import load_predictor_state
+    from plugins.mlp_predictor import safety_class
+
+    pred = host.predictors.create("mlp", hidden_width=8, seed=0)
+    weights = {k: v.clone() for k, v in pred.state_dict().items()}
+    weights["log_safety"] = torch.arange(60, dtype=torch.float64)
+    load_predictor_state(pred, weights, "mlp", "test file")
+    n = torch.tensor([2, 3, 3, 3, 40, 40, 2])
+    e = torch.tensor([0.1, 0.98, 1.5, 0.6, 0.99, 3.0, 0.999], dtype=torch.float64)
+    share = torch.tensor([2.0, 0.5, 0.5, 2.0, 2.0, 2.0, 2.0], dtype=torch.float64)
+    tide = torch.tensor([0.0, 0.5, 0.001, 0.1, 0.0, 0.3, 0.0], dtype=torch.float64)
+    old_index = [1, 10 + 6, 10 + 8, 10 + 3, 50 + 7, 50 + 9, 7]  # 10 classes per body count before: 2 ecc + dominant
+    assert pred.log_safety[safety_class(n, e, share, tide)].tolist() == old_index
 
 
 def test_raise_within_budget_spends_each_systems_failure_budget_over_all_its_classes():
