@@ -252,12 +252,25 @@ def test_max_passing_scale_brackets_the_gate(host):
     assert rel(best) <= 2e-4 < rel(float(scales[scales > best][0]))
 
 
+def test_calibration_makes_no_predictor_bolder_than_max_factor(host):
+    """A class where every validation step would pass at the top of the grid is raised round after round;
+    the factor stops at MAX_FACTOR however timid the network is there."""
+    from nbtoolkit.training.calibrate import MAX_FACTOR
+
+    pred = host.predictors.create("mlp", hidden_width=8, seed=0, init_factor=0.0005)
+    integrator = host.integrators.create("leapfrog")
+    state = pad_systems(draw_family("kepler", 2, torch.Generator().manual_seed(5), eccentricity=[0.0, 0.5]))
+    result = calibrate_safety(pred, integrator, state, threshold=2e-4, target_pass_rate=0.99, steps=20)
+    assert max(pred.safety) == pytest.approx(MAX_FACTOR, rel=1e-12) and max(result.factor) <= MAX_FACTOR * (1 + 1e-12)
+
+
 def test_calibration_brings_a_timid_predictor_up_to_the_target_pass_rate(host):
     pred = host.predictors.create("mlp", hidden_width=8, seed=0, init_factor=0.002)
     integrator = host.integrators.create("leapfrog")
     state = pad_systems(draw_family("kepler", 4, torch.Generator().manual_seed(5), eccentricity=[0.0, 0.5]))
     before = pred(state).detach()
-    result = calibrate_safety(pred, integrator, state, threshold=2e-4, target_pass_rate=0.99, steps=60, span=16.0)
+    result = calibrate_safety(pred, integrator, state, threshold=2e-4, target_pass_rate=0.99, steps=60, span=16.0,
+                              max_factor=16.0)
     # two-body systems are class 0; classes without validation systems take the smallest factor
     assert result.factor[0] > 2 and math.isclose(pred.safety[0], result.factor[0], rel_tol=1e-12)
     assert pred.safety == pytest.approx([pred.safety[0]] * len(pred.safety))

@@ -12,7 +12,7 @@ measures this on *validation* systems it was not trained on and sets one factor 
 3. Per system, take the ``1 - target_pass_rate`` quantile of s*: with that factor the system
    would have passed ``target_pass_rate`` of its steps. The calibrated factor is the smallest of
    these over the systems (so every validation system meets the target, not just the average),
-   which may be above 1 when the network is conservative everywhere.
+   which may be above 1 when the network is conservative everywhere (never above :data:`MAX_FACTOR`).
 
 The predictor may hold several factors, one per class of states (``predictor.predict_with_class``
 gives each state's dt and class from one evaluation; the ``mlp`` predictor classes states by their number of
@@ -53,6 +53,12 @@ from .steps import padding_groups
 
 #: fewest steps a validation system must spend in a class for its quantile to count there
 MIN_CLASS_STEPS = 32
+#: the most a calibrated factor may make a predictor bolder than it was trained to be, over all rounds:
+#: about the headroom a loss band at half the gate leaves for an error that grows as dt^2 (sqrt(2) = 1.41).
+#: A class where every validation step would pass at far larger factors (the top of the grid, round after
+#: round) is one the network treats as unlike its training; its few validation states say nothing
+#: about the next system that lands there
+MAX_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -182,11 +188,12 @@ def reset_safety(predictor: DtPredictor) -> None:
 def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBodyState, *, threshold: float,
                      target_pass_rate: float = 0.995, steps: int = 256, rounds: int = 3,
                      span: float = 4.0, grid: int = 65, gate: Gate | None = None,
-                     reset: bool = False) -> CalibrationResult:
+                     reset: bool = False, max_factor: float = MAX_FACTOR) -> CalibrationResult:
     """Set ``predictor.log_safety`` so each validation system in ``state`` passes ``target_pass_rate``
     of its unguarded steps under ``gate`` (default: the energy gate; see module docstring).
     ``state`` may hold padding bodies. The factors found multiply those the predictor has; with
-    ``reset`` they start from 1 (:func:`reset_safety`), a calibration from scratch."""
+    ``reset`` they start from 1 (:func:`reset_safety`), a calibration from scratch. No factor ends
+    above ``max_factor`` (:data:`MAX_FACTOR`)."""
     log_safety = getattr(predictor, "log_safety", None)
     if not isinstance(log_safety, Tensor) or not hasattr(predictor, "predict_with_class"):
         raise ConfigError(f"dt predictor {type(predictor).__name__} has no 'log_safety' factors to calibrate")
@@ -213,8 +220,10 @@ def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBod
             per_system = torch.quantile(s_star, 1 - target_pass_rate, dim=0, interpolation="lower")
             factor = class_factors(s_star, classes, n_classes, group_size, target_pass_rate).clamp(1 / span, span)
             factor = raise_within_budget(s_star, classes, factor, scales, target_pass_rate)
+            before = log_safety.clone()
+            log_safety.add_(factor.log().to(log_safety)).clamp_(max=math.log(max_factor))
+            factor = (log_safety - before).exp().to(total)
             total *= factor
-            log_safety.add_(factor.log().to(log_safety))
             if bool((factor.log().abs() < math.log(float(scales[1] / scales[0]))).all()):
                 break
     predictor.train(was_training)
