@@ -143,26 +143,27 @@ class name_or(Check):
         raise ConfigError(f"{label} must be {self.rule}; got {value!r}")
 
 
-class text(Check):
+class _instance_of(Check):
+    """A value of Python type ``kind``, taken as it is."""
+
+    kind: type = object
+
+    def __call__(self, label: str, value: Any) -> Any:
+        if not isinstance(value, self.kind):
+            raise ConfigError(f"{label} must be {self.rule}; got {value!r}")
+        return value
+
+
+class text(_instance_of):
     """Any string."""
 
-    rule = "a string"
-
-    def __call__(self, label: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{label} must be a string; got {value!r}")
-        return value
+    kind, rule = str, "a string"
 
 
-class boolean(Check):
+class boolean(_instance_of):
     """True or false."""
 
-    rule = "true or false"
-
-    def __call__(self, label: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{label} must be true or false; got {value!r}")
-        return value
+    kind, rule = bool, "true or false"
 
 
 class option_table(Check):
