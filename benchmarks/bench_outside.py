@@ -23,8 +23,10 @@ The systems, by kind:
   spectrum (each mass u^-1.35, u uniform), two cold collapses of a uniform sphere, and three
   softened Plummer spheres
 
-Run: ``python benchmarks/bench_outside.py [--model learned|FILE] [--only NAME,NAME] [--json out.json]``
-(about 20 minutes on one core; ``--only`` takes parts of system names).
+Run: ``python benchmarks/bench_outside.py [--model learned|FILE] [--only NAME,NAME] [--json out.json]
+[--rules earlier.json]`` (about 20 minutes on one core, most of it tuning the rule; ``--only`` takes
+parts of system names; ``--rules`` takes the tuned rule's steps from the ``--json`` file of an earlier
+run, so comparing another model takes a few minutes).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -41,6 +44,7 @@ from nbtoolkit import get_host
 from nbtoolkit.errors import NBToolkitError
 from nbtoolkit.evaluate import evaluate_predictor, tune_rule
 from nbtoolkit.families import draw_family, kepler_relative
+from nbtoolkit.integrator import Integrator
 from nbtoolkit.physics import to_center_of_mass_frame
 from nbtoolkit.presets import make_preset, plummer, pythagorean
 from nbtoolkit.state import NBodyState, System
@@ -203,12 +207,34 @@ SYSTEMS: list[tuple[str, Callable[[], System]]] = [
 ]
 
 
+def _tuned_steps(host: Any, system: System, leapfrog: Integrator) -> int | None:
+    """Steps of the ``freefall`` rule tuned for ``system`` (None if no eta passes every step within MAX_STEPS)."""
+    try:
+        rule = tune_rule(host, "freefall", system, leapfrog, orbits=1.0, max_steps=MAX_STEPS)
+    except NBToolkitError:
+        return None
+    return evaluate_predictor(system, leapfrog, rule.predictor, orbits=1.0, threshold=THRESHOLD,
+                              label="freefall", max_steps=MAX_STEPS)[0].steps
+
+
+def _stored_rules(path: str) -> dict[str, int | None]:
+    """The tuned rule's steps per system from the ``--json`` rows of an earlier run."""
+    try:
+        with open(path) as fh:
+            return {str(row["system"]): row["freefall_steps"] for row in json.load(fh)}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise SystemExit(f"--rules {path}: not the --json rows of an earlier bench_outside run ({exc})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="learned", help="'learned' (the shipped model) or a model file or checkpoint")
     parser.add_argument("--only", default="", help="comma-separated parts of system names to run")
     parser.add_argument("--json", default=None, help="write the rows to this file")
+    parser.add_argument("--rules", default=None,
+                        help="take the tuned rule's steps from the --json file of an earlier run instead of tuning")
     args = parser.parse_args(argv)
+    stored = _stored_rules(args.rules) if args.rules else {}
     torch.set_num_threads(1)
     host = get_host()
     predictor = host.predictors.create("learned") if args.model == "learned" else \
@@ -223,12 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         system = build()
         learned = evaluate_predictor(system, leapfrog, predictor, orbits=1.0, threshold=THRESHOLD, label="learned",
                                      max_steps=MAX_STEPS)[0]
-        try:
-            rule = tune_rule(host, "freefall", system, leapfrog, orbits=1.0, max_steps=MAX_STEPS)
-            tuned: int | None = evaluate_predictor(system, leapfrog, rule.predictor, orbits=1.0, threshold=THRESHOLD,
-                                                   label="freefall", max_steps=MAX_STEPS)[0].steps
-        except NBToolkitError:  # no eta passes every step within MAX_STEPS
-            tuned = None
+        tuned = stored[name] if name in stored else _tuned_steps(host, system, leapfrog)
         row = {"system": name, "n": system.state.n_bodies, "learned_steps": learned.steps,
                "learned_pass": learned.pass_fraction, "freefall_steps": tuned,
                "ratio": None if tuned is None else learned.steps / tuned}

@@ -252,6 +252,44 @@ def test_max_passing_scale_brackets_the_gate(host):
     assert rel(best) <= 2e-4 < rel(float(scales[scales > best][0]))
 
 
+def test_strided_scan_finds_the_full_scans_factor_including_none_and_all(host):
+    """Scanning every 4th factor and then the ones in between gives the full grid's s* on states where pass/fail
+    has no pocket, also when even the smallest factor fails (0) and when the largest passes (the top)."""
+    integrator = host.integrators.create("leapfrog")
+    state = pad_systems(draw_family("kepler", 6, torch.Generator().manual_seed(2), eccentricity=[0.0, 0.9])
+                        + draw_family("triple", 3, torch.Generator().manual_seed(2)))
+    state = state.trim_bodies(3)
+    scales = torch.logspace(-math.log10(4), math.log10(4), 65, dtype=torch.float64)
+    tau = host.predictors.create("freefall", eta=1.0)(state).detach()  # the closest pair's free-fall time
+    dt = tau * torch.logspace(-2, 0, state.batch_size, dtype=torch.float64)
+    dt[0], dt[1] = tau[0] * 10, tau[1] * 1e-4  # the whole grid fails / passes
+    full = max_passing_scale(integrator, state, dt, scales, threshold=2e-4)
+    assert float(full[0]) == 0 and float(full[1]) == float(scales[-1])
+    assert int(((full > scales[0]) & (full < scales[-1])).sum()) >= 4  # most found inside the grid
+    for stride in (2, 3, 4, 7):
+        assert torch.equal(max_passing_scale(integrator, state, dt, scales, threshold=2e-4, stride=stride), full)
+
+
+def test_calibration_rolls_a_history_reading_predictor_out_with_its_history(host):
+    """The predictor sees the states it flew, as in simulate: empty at the first step, the last K after."""
+    from nbtoolkit.training.calibrate import _rollout_scales
+
+    pred = host.predictors.create("mlp", hidden_width=8, seed=0, history_len=2)
+    seen = []
+    original = pred.predict_with_class
+
+    def spy(state, history=None):
+        seen.append(None if history is None else history.mask.sum(-1).tolist())
+        return original(state, history)
+
+    pred.predict_with_class = spy
+    state = pad_systems(draw_family("kepler", 2, torch.Generator().manual_seed(5), eccentricity=[0.0, 0.5]))
+    scales = torch.logspace(-0.5, 0.5, 9, dtype=torch.float64)
+    with torch.no_grad():
+        _rollout_scales(pred, host.integrators.create("leapfrog"), state, scales, 2e-4, 4, None)
+    assert seen == [[0, 0], [1, 1], [2, 2], [2, 2]]
+
+
 def test_calibration_makes_no_predictor_bolder_than_max_factor(host):
     """A class where every validation step would pass at the top of the grid is raised round after round;
     the factor stops at MAX_FACTOR however timid the network is there."""

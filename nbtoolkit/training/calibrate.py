@@ -6,9 +6,11 @@ measures this on *validation* systems it was not trained on and sets one factor 
 (the predictor's ``log_safety`` buffer) so that a target share of steps passes:
 
 1. Roll the validation systems out unguarded with the predictor, as ``evaluate`` would.
-2. At every step, try the step again with the predicted dt scaled by each factor of a log grid
-   (one batched step of all systems x all factors) and record the largest factor s* up to
-   which every factor passes the gate (the gate training used: the energy gate by default).
+2. At every step, try the step again with the predicted dt scaled by the factors of a log grid
+   and record the largest factor s* up to which every factor passes the gate (the gate training
+   used: the energy gate by default). The grid is scanned from the bottom, every
+   :data:`SCAN_STRIDE`-th factor until the first failure and then the factors in between
+   (:func:`max_passing_scale`), in batched steps of all systems still passing.
 3. Per system, take the ``1 - target_pass_rate`` quantile of s*: with that factor the system
    would have passed ``target_pass_rate`` of its steps. The calibrated factor is the smallest of
    these over the systems (so every validation system meets the target, not just the average),
@@ -47,7 +49,7 @@ from ..contracts import checked_error, checked_step
 from ..errors import ConfigError
 from ..gate import EnergyGate, Gate
 from ..integrator import Integrator
-from ..predictor import DtPredictor
+from ..predictor import DtPredictor, History
 from ..state import NBodyState
 from .steps import padding_groups
 
@@ -59,6 +61,12 @@ MIN_CLASS_STEPS = 32
 #: round) is one the network treats as unlike its training; its few validation states say nothing
 #: about the next system that lands there
 MAX_FACTOR = 1.5
+#: the calibration tries every SCAN_STRIDE-th factor of its grid up to a state's first failing one, then
+#: those in between (:func:`max_passing_scale`): 2.7x less work than the whole grid, and the same s* on all
+#: but about 0.1 % of the states of ``general`` (those with a failing pocket inside a passing range)
+SCAN_STRIDE = 4
+#: coarse factors tried per trial step of :func:`max_passing_scale` with a stride
+SCAN_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -79,32 +87,80 @@ class CalibrationResult:
                 "per_system": self.per_system.cpu()}
 
 
+def _passing(integrator: Integrator, state: NBodyState, trial_dt: Tensor, threshold: float,
+             gate: Gate | None) -> Tensor:
+    """(K, B) whether each of the K trial steps ``trial_dt`` (K, B) of every system passes ``gate``;
+    one integrator step of B * K systems."""
+    K, B = trial_dt.shape
+    batch = NBodyState.cat([state] * K)  # system b, trial k at index k * B + b
+    new = checked_step(integrator, batch, trial_dt.reshape(K * B))
+    return checked_error(EnergyGate() if gate is None else gate, batch, new).reshape(K, B) <= threshold
+
+
 def max_passing_scale(integrator: Integrator, state: NBodyState, dt: Tensor, scales: Tensor,
-                      threshold: float, gate: Gate | None = None) -> Tensor:
-    """(B,): the largest of ``scales`` (K,, ascending) up to which every ``scale * dt`` passes ``gate``
-    (default: the energy gate; 0 where even the smallest fails). One integrator step of B * K systems."""
-    B, K = state.batch_size, scales.shape[0]
-    batch = NBodyState.cat([state] * K)  # system b, scale k at index k * B + b
-    trial_dt = (scales.unsqueeze(1) * dt.unsqueeze(0)).reshape(K * B)
-    new = checked_step(integrator, batch, trial_dt)
-    rel = checked_error(EnergyGate() if gate is None else gate, batch, new).reshape(K, B)
-    ok_prefix = torch.cumprod((rel <= threshold).to(torch.int64), dim=0).bool()  # passes at every scale so far
-    best = torch.where(ok_prefix, scales.unsqueeze(1).to(dt.dtype), torch.zeros_like(rel)).amax(0)
-    return best
+                      threshold: float, gate: Gate | None = None, stride: int = 1) -> Tensor:
+    """(B,): the largest of ``scales`` (G,, ascending) up to which every ``scale * dt`` passes ``gate``
+    (default: the energy gate; 0 where even the smallest fails).
+
+    With ``stride`` 1 every scale is tried (one step of B * G systems). With ``stride`` k > 1 every
+    k-th scale is tried from the smallest up, :data:`SCAN_CHUNK` at a time and only for the systems
+    that have not failed yet, and then every scale between a system's last passing and first
+    failing one: the same result unless a failing pocket narrower than k scales lies below a
+    passing one, for about (first failing index) / k + k trial steps per system instead of G.
+    """
+    G, B = scales.shape[0], state.batch_size
+    scales = scales.to(dt.dtype)
+    if stride <= 1:
+        ok = _passing(integrator, state, scales.unsqueeze(1) * dt.unsqueeze(0), threshold, gate)
+        ok_prefix = torch.cumprod(ok.to(torch.int64), dim=0).bool()  # passes at every scale so far
+        return torch.where(ok_prefix, scales.unsqueeze(1), torch.zeros_like(dt)).amax(0)
+    coarse = torch.arange(0, G, stride)
+    if int(coarse[-1]) != G - 1:
+        coarse = torch.cat([coarse, torch.tensor([G - 1])])
+    # the position in ``coarse`` of each system's first failing coarse scale (len(coarse): none fails)
+    first_fail = torch.full((B,), len(coarse), dtype=torch.long)
+    for start in range(0, len(coarse), SCAN_CHUNK):
+        todo = (first_fail == len(coarse)).nonzero().flatten()
+        if not len(todo):
+            break
+        chunk = coarse[start:start + SCAN_CHUNK]
+        sub = state.index(todo)
+        ok = _passing(integrator, sub, scales[chunk].unsqueeze(1) * dt[todo].unsqueeze(0), threshold, gate)
+        failed = ~ok.all(0)
+        first = start + (~ok).to(torch.int64).argmax(0)
+        first_fail[todo[failed]] = first[failed]
+    padded = torch.cat([coarse, torch.tensor([G])])
+    low = torch.where(first_fail > 0, padded[(first_fail - 1).clamp_min(0)], torch.full_like(first_fail, -1))
+    high = padded[first_fail]  # first failing scale index (G: none), every scale in (low, high) untried
+    # refine: the scales strictly between the last passing and the first failing coarse scale
+    offsets = torch.arange(1, stride)
+    fine = (low.unsqueeze(0) + offsets.unsqueeze(1))  # (stride - 1, B)
+    valid = fine < high.unsqueeze(0)
+    best_index = low.clone()
+    need = valid.any(0).nonzero().flatten()
+    if len(need):
+        idx = fine[:, need].clamp(0, G - 1)
+        ok = _passing(integrator, state.index(need), scales[idx] * dt[need].unsqueeze(0), threshold, gate)
+        ok_prefix = torch.cumprod((ok | ~valid[:, need]).to(torch.int64), dim=0).bool() & valid[:, need]
+        best_index[need] = torch.where(ok_prefix, idx, low[need].unsqueeze(0)).amax(0)
+    return torch.where(best_index >= 0, scales[best_index.clamp_min(0)], torch.zeros_like(dt))
 
 
 def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBodyState, scales: Tensor,
                     threshold: float, steps: int, gate: Gate | None) -> tuple[Tensor, Tensor]:
     """s* and the safety class of every step (each (steps, B)) along an unguarded rollout of
-    ``state``; a system that blows up repeats its last step's figures."""
+    ``state``, the predictor reading the states it has flown as its history, as ``simulate`` gives
+    it; a system that blows up repeats its last step's figures."""
     current = state.detach()
     found = torch.zeros(steps, state.batch_size, dtype=state.dtype)
     classes = torch.zeros(steps, state.batch_size, dtype=torch.long)
     alive = torch.ones(state.batch_size, dtype=torch.bool)
+    history_len = int(getattr(predictor, "history_len", 0))
+    history = History.empty(current, history_len) if history_len else None
     for k in range(steps):
-        dt, state_classes = cast(Any, predictor).predict_with_class(current, None)
-        found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold, gate),
-                               found[k - 1])
+        dt, state_classes = cast(Any, predictor).predict_with_class(current, history)
+        found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold, gate,
+                                                        SCAN_STRIDE), found[k - 1])
         classes[k] = torch.where(alive, state_classes, classes[k - 1])
         new = checked_step(integrator, current, dt)
         alive &= torch.isfinite(new.position).flatten(1).all(-1) & torch.isfinite(new.velocity).flatten(1).all(-1)
@@ -112,6 +168,8 @@ def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBody
             found[k + 1:], classes[k + 1:] = found[k], classes[k]
             break
         keep = alive.view(-1, 1, 1)
+        if history is not None:
+            history = history.push(current)
         current = new.replace(position=torch.where(keep, new.position, current.position),
                               velocity=torch.where(keep, new.velocity, current.velocity),
                               time=torch.where(alive, new.time, current.time))
