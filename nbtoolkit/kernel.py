@@ -30,7 +30,9 @@ from .threads import CHUNK_ELEMENTS, kernel_workers, run_blocks
 #
 # * "pairs" (small N, large batch): the batch is the innermost, contiguous dimension and only
 #   the N (N - 1) / 2 pairs i < j are visited (Newton's third law gives the force on j). Every
-#   operation then runs over long contiguous rows of systems, whatever N.
+#   operation then runs over long contiguous rows of systems, whatever N. Without a graph and
+#   for N <= UNROLL_MAX_N (at most 3 pairs) each pair works on slices of the rows, in place,
+#   instead of gathering the pairs' rows and scattering their forces (index_select/index_add).
 # * "rows" (larger N, or few systems): blocks of systems and of rows i, each (b, rows, N), with
 #   all N columns j; 1 / r_ii is made exactly 0 (r_ii^2 = +inf), so the diagonal adds nothing.
 # * "small" (B N N D up to SMALL_ELEMENTS, or up to one chunk outside the pair path): the same
@@ -46,6 +48,9 @@ from .threads import CHUNK_ELEMENTS, kernel_workers, run_blocks
 #: the pair formulation is used for N up to this (and batches of at least PAIR_MIN_BATCH)
 PAIR_MAX_N = 32
 PAIR_MIN_BATCH = 32
+#: up to this N the gradient-free pair path visits its (at most 3) pairs one by one on views of the
+#: rows (1.5-3x faster than gathering and scattering them at N = 2 and 3 with B >= 1024)
+UNROLL_MAX_N = 3
 #: systems per worker task on the pair path (long rows amortise the per-operation overhead)
 _PAIR_TASK_MIN = 512
 #: with an autograd graph: elements per temporary (larger chunks, fewer graph nodes), and the
@@ -134,6 +139,35 @@ def _pairs_acc_nograd(xt: Tensor, mt: Tensor, eps2: float) -> Tensor:
         acc.index_add_(0, i, f * mt.index_select(0, j).unsqueeze(1))
         acc.index_add_(0, j, f.mul_(mt.index_select(0, i).unsqueeze(1)), alpha=-1)
     return acc
+
+
+@functools.lru_cache(maxsize=8)
+def _pair_list(n: int) -> tuple[tuple[int, int], ...]:
+    """The pairs i < j of N bodies, in the order of :func:`_pair_index`."""
+    return tuple((i, j) for i in range(n) for j in range(i + 1, n))
+
+
+def _pairs_acc_unrolled(xt: Tensor, mt: Tensor, eps2: float) -> Tensor:
+    """Like :func:`_pairs_acc_nograd` for N <= UNROLL_MAX_N: pair by pair on row views (D, b), in place."""
+    acc = torch.zeros_like(xt)
+    x, m, a = xt.unbind(0), mt.unbind(0), acc.unbind(0)
+    for i, j in _pair_list(xt.shape[0]):  # at most 3 pairs
+        r = x[j] - x[i]
+        w = r.mul(r).sum(0).add_(eps2).rsqrt_()
+        f = r.mul_(w.mul(w).mul_(w))
+        a[i].addcmul_(f, m[j])
+        a[j].addcmul_(f, m[i], value=-1)
+    return acc
+
+
+def _pairs_pot_unrolled(xt: Tensor, mt: Tensor, eps2: float) -> Tensor:
+    """Like :func:`_pairs_pot_nograd` for N <= UNROLL_MAX_N: pair by pair on row views."""
+    total = xt.new_zeros(xt.shape[-1])
+    x, m = xt.unbind(0), mt.unbind(0)
+    for i, j in _pair_list(xt.shape[0]):  # at most 3 pairs
+        r = x[j] - x[i]
+        total.addcmul_(r.mul_(r).sum(0).add_(eps2).rsqrt_().mul_(m[i]), m[j])
+    return total
 
 
 def _pairs_pot_nograd(xt: Tensor, mt: Tensor, eps2: float) -> Tensor:
@@ -226,7 +260,8 @@ def _batch_blocks(batch: int, n: int, pairs: bool, dim: int, budget: int) -> lis
     """Independent, nearly equal blocks of systems for the worker threads, each small enough that
     every operation on it (copies and accumulators included) stays within the chunk budget."""
     if pairs:
-        widest = max(1, budget // (n * dim))
+        # the unrolled pairs' temporaries are rows (D, b); the others' gathered pairs (pairs, D, b)
+        widest = max(1, budget // (dim if n <= UNROLL_MAX_N else n * dim))
         workers = kernel_workers()
         size = widest if workers == 1 else min(widest, max(_PAIR_TASK_MIN, -(-batch // (4 * workers))))
     else:
@@ -287,7 +322,8 @@ def _nograd_acc(m: Tensor, x: Tensor, G: float, eps2: float, pairs: bool) -> Ten
     def block(span: tuple[int, int]) -> None:
         xb, mb, ob = x.narrow(0, *span), m.narrow(0, *span), out.narrow(0, *span)
         if pairs:
-            ob.copy_(_pairs_acc_nograd(xb.permute(1, 2, 0).contiguous(), (mb * G).t().contiguous(), eps2).permute(2, 0, 1))
+            kernel = _pairs_acc_unrolled if n <= UNROLL_MAX_N else _pairs_acc_nograd
+            ob.copy_(kernel(xb.permute(1, 2, 0).contiguous(), (mb * G).t().contiguous(), eps2).permute(2, 0, 1))
         else:
             _rows_acc_nograd(xb.transpose(1, 2).contiguous(), mb * G, eps2, ob)
 
@@ -301,7 +337,8 @@ def _nograd_pot(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
     def block(span: tuple[int, int]) -> None:
         xb, mb, ob = x.narrow(0, *span), m.narrow(0, *span), out.narrow(0, *span)
         if pairs:
-            ob.copy_(_pairs_pot_nograd(xb.permute(1, 2, 0).contiguous(), mb.t().contiguous(), eps2))
+            kernel = _pairs_pot_unrolled if n <= UNROLL_MAX_N else _pairs_pot_nograd
+            ob.copy_(kernel(xb.permute(1, 2, 0).contiguous(), mb.t().contiguous(), eps2))
         else:
             ob.copy_(_rows_pot_nograd(xb.transpose(1, 2).contiguous(), mb, eps2)).mul_(0.5)
 

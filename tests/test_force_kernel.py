@@ -77,17 +77,20 @@ def tiny_chunks(monkeypatch):
     monkeypatch.setattr(kernel, "_PAIR_TASK_MIN", 4)
 
 
-# (batch, n, dim) -> path with the default budgets: small, pairs, rows, pairs in 2-D, small
-CASES = [(2, 3, 3), (64, 5, 3), (3, 70, 3), (40, 8, 2), (1, 2, 3)]
+# (batch, n, dim) -> path with the default budgets: small, pairs, rows, pairs in 2-D, small, pairs unrolled
+# (without a graph) for three bodies and for two in 2-D
+CASES = [(2, 3, 3), (64, 5, 3), (3, 70, 3), (40, 8, 2), (1, 2, 3), (700, 3, 3), (600, 2, 2)]
 
 
 def path(batch, n, dim):
     pairs = kernel._use_pairs(n, batch)
-    return "small" if kernel._use_small(batch, n, dim, pairs) else "pairs" if pairs else "rows"
+    if kernel._use_small(batch, n, dim, pairs):
+        return "small"
+    return ("unrolled" if n <= kernel.UNROLL_MAX_N else "pairs") if pairs else "rows"
 
 
 def test_the_cases_cover_every_path():
-    assert [path(*case) for case in CASES] == ["small", "pairs", "rows", "pairs", "small"]
+    assert [path(*case) for case in CASES] == ["small", "pairs", "rows", "pairs", "small", "unrolled", "unrolled"]
 
 
 @pytest.mark.parametrize("chunks", ["default", "tiny"])
