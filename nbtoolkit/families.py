@@ -36,7 +36,11 @@ Families (:data:`FAMILIES`):
   and an intruder (``intruder_mass_ratio`` of the binary's mass) coming in on a hyperbolic
   path: it starts ``distance`` from the binary's centre of mass, offset sideways by
   ``impact_parameter``, with the speed that gives ``speed`` at infinity (both in units of the
-  binary's semi-major axis and circular speed), at a random scale.
+  binary's semi-major axis and circular speed), at a random scale. With ``intruder_separation``
+  > 0 the intruder is itself a binary (its semi-major axis in units of the first binary's, its
+  eccentricity and mass ratio drawn from the same ranges as the first's, its plane at random in
+  3-D), so that two binaries meet; 0 (the default) draws a single intruder and leaves the
+  generator's stream as it was.
 
 Every family also takes ``softening`` (default 0): the Plummer softening length of each system,
 in the system's length unit, drawn log-uniformly per system from a range ``[low, high]``
@@ -243,11 +247,28 @@ def _plummer(s: Sampler, count: int) -> list[SystemDraw]:
     return out
 
 
+def _intruder_pair(s: Sampler, m3: Tensor, separation: float, dim: int, pos: Tensor,
+                   vel: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Split the third body (mass m3, row 2 of pos and vel (3, 3)) into a bound pair with semi-major
+    axis ``separation``: masses (4,), positions and velocities (4, 3)."""
+    e, q = s.draw("binary_eccentricity", 1), s.draw("binary_mass_ratio", 1)
+    anomaly = 2 * math.pi * torch.rand(1, generator=s.generator, dtype=torch.float64)
+    xb, vb = kepler_relative(separation * torch.ones(1, dtype=torch.float64), e, m3.reshape(1), anomaly)
+    rot = random_rotation(s.generator) if dim == 3 else planar_rotation(s.generator)
+    xb, vb = xb @ rot.T, vb @ rot.T
+    ma, mb = m3 / (1 + q[0]), m3 * q[0] / (1 + q[0])
+    split = torch.stack([-mb, ma]).unsqueeze(-1) / m3  # (2, 1): each member's offset from the pair's centre
+    return (torch.stack([ma, mb]),
+            torch.cat([pos[:2], pos[2:] + split * xb]), torch.cat([vel[:2], vel[2:] + split * vb]))
+
+
 def _encounter(s: Sampler, count: int) -> list[SystemDraw]:
     e, q = s.draw("binary_eccentricity", count), s.draw("binary_mass_ratio", count)
     q_in, impact = s.draw("intruder_mass_ratio", count), s.draw("impact_parameter", count)
     speed, distance, scale = s.draw("speed", count), s.draw("distance", count), s.draw("scale", count)
     dims = s.dims(count)
+    pair = s.bounds("intruder_separation")[1] > 0
+    separation = s.draw("intruder_separation", count) if pair else None
     out = []
     for b in range(count):
         one = torch.ones(1, dtype=torch.float64)
@@ -262,9 +283,12 @@ def _encounter(s: Sampler, count: int) -> list[SystemDraw]:
         v_start = math.sqrt(float(speed[b]) ** 2 + 2 * (1 + float(m3)) / float(offset.norm()))
         approach = torch.tensor([[v_start, 0.0, 0.0]], dtype=torch.float64)
         pos, vel = _binary_and_third(m1, m2, m3, xi, vi, offset, approach)
+        mass = torch.stack([m1, m2, m3])
+        if separation is not None:
+            pair_mass, pos, vel = _intruder_pair(s, m3, float(separation[b]), int(dims[b]), pos, vel)
+            mass = torch.cat([mass[:2], pair_mass])
         sc = float(scale[b])
-        out.append(_finish("encounter", torch.stack([m1, m2, m3]), pos * sc, vel / math.sqrt(sc), int(dims[b]),
-                           s.generator))
+        out.append(_finish("encounter", mass, pos * sc, vel / math.sqrt(sc), int(dims[b]), s.generator))
     return out
 
 
@@ -301,8 +325,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "velocities scaled to the virial ratio T / |U| (0.5 is equilibrium, below it collapses)"),
     Family("encounter", _encounter, {"binary_eccentricity": [0.0, 0.9], "binary_mass_ratio": [0.1, 1.0],
                                      "intruder_mass_ratio": [0.1, 1.0], "impact_parameter": [0.5, 4.0],
-                                     "speed": [0.3, 2.0], "distance": 8.0, "scale": [0.3, 3.0], "dim": [2, 3]},
-           "a binary and an intruder on a hyperbolic approach"),
+                                     "speed": [0.3, 2.0], "distance": 8.0, "scale": [0.3, 3.0], "dim": [2, 3],
+                                     "intruder_separation": 0.0},
+           "a binary and an intruder (a single body, or a binary with intruder_separation > 0) on a hyperbolic "
+           "approach"),
 )}
 
 

@@ -16,7 +16,10 @@ from .errors import ConfigError
 #: samples drawn log-uniformly when given as a range
 LOG_PARAMS = frozenset({"mass_ratio", "semi_major_axis", "total_mass", "inner_mass_ratio", "outer_mass_ratio",
                         "period_ratio", "scale", "spacing", "binary_mass_ratio", "intruder_mass_ratio",
-                        "impact_parameter", "speed", "softening"})
+                        "impact_parameter", "speed", "softening", "intruder_separation"})
+
+#: log-sampled parameters whose value 0 switches their feature off (no softening, a single intruder)
+OFF_AT_ZERO = frozenset({"softening", "intruder_separation"})
 
 
 class Sampler:
@@ -39,7 +42,7 @@ class Sampler:
                 raise ConfigError(f"{where} must hold finite numbers; got {value!r}")
         if isinstance(value, (list, tuple)) and value[0] > value[1]:
             raise ConfigError(f"{where}: range [low, high] has low > high; got {value!r}")
-        if key in LOG_PARAMS and min(values) <= 0 and not (key == "softening" and max(values) == 0):
+        if key in LOG_PARAMS and min(values) <= 0 and not (key in OFF_AT_ZERO and max(values) == 0):
             raise ConfigError(f"{where} must be > 0; got {value!r}")
 
     def bounds(self, key: str) -> tuple[float, float]:

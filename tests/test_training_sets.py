@@ -90,6 +90,31 @@ def test_encounters_bring_an_unbound_intruder_from_the_given_distance_to_a_bound
         assert math.isclose(float(ecc.norm()), 0.5, rel_tol=1e-9)
 
 
+def test_an_intruder_binary_meets_the_binary_on_the_same_path_as_a_single_intruder_would():
+    """With intruder_separation the intruder is a bound pair (semi-major axis and eccentricity as asked, mass ratio
+    in range) whose centre of mass comes in on the single intruder's hyperbola; without it nothing changes."""
+    params = dict(binary_eccentricity=0.5, speed=[0.5, 1.0], scale=1.0)
+    singles = draw_family("encounter", 4, torch.Generator().manual_seed(3), **params)
+    pairs = draw_family("encounter", 4, torch.Generator().manual_seed(3), intruder_separation=0.4, **params)
+    assert [d.n_bodies for d in singles] == [3] * 4 and [d.n_bodies for d in pairs] == [4] * 4
+    for d in pairs:
+        m = d.mass
+        assert math.isclose(float(m.sum()), 1 + float(m[2:].sum()), rel_tol=1e-12)  # first binary of unit mass
+        assert 0.1 - 1e-12 <= float(m[3] / m[2]) <= 1 + 1e-12
+        x, v, mu = d.position[3] - d.position[2], d.velocity[3] - d.velocity[2], float(m[2:].sum())
+        energy = 0.5 * float(v.square().sum()) - mu / float(x.norm())
+        assert math.isclose(energy, -mu / (2 * 0.4), rel_tol=1e-9)  # bound, a = 0.4 of the first binary's
+        ecc = ((v.square().sum() - mu / x.norm()) * x - (x @ v) * v) / mu
+        assert math.isclose(float(ecc.norm()), 0.5, rel_tol=1e-9)
+        m_b, m_i = m[:2].sum(), m[2:].sum()
+        rel_x = (m[2:, None] * d.position[2:]).sum(0) / m_i - (m[:2, None] * d.position[:2]).sum(0) / m_b
+        rel_v = (m[2:, None] * d.velocity[2:]).sum(0) / m_i - (m[:2, None] * d.velocity[:2]).sum(0) / m_b
+        specific = 0.5 * float(rel_v.square().sum()) - float(m_b + m_i) / float(rel_x.norm())
+        assert 0.5**2 / 2 - 1e-12 <= specific <= 1.0**2 / 2 + 1e-12 and float(rel_x @ rel_v) < 0
+    again = draw_family("encounter", 4, torch.Generator().manual_seed(3), intruder_separation=0.0, **params)
+    assert all(torch.equal(a.position, b.position) for a, b in zip(singles, again))
+
+
 def test_validation_tables_are_drawn_only_for_the_calibration(tmp_path):
     path = tmp_path / "set.toml"
     path.write_text('[[systems]]\nfamily = "kepler"\ncount = 3\n\n[[validation]]\nfamily = "encounter"\ncount = 2\n')
