@@ -295,6 +295,17 @@ def test_strided_scan_finds_the_full_scans_factor_including_none_and_all(host):
         assert torch.equal(max_passing_scale(integrator, state, dt, scales, threshold=2e-4, stride=stride), full)
 
 
+def test_calibration_with_the_strided_scan_finds_the_full_scans_factors(host):
+    factors = []
+    for stride in (1, 4):
+        pred = host.predictors.create("learned")
+        state = pad_systems(draw_family("triple", 3, torch.Generator().manual_seed(7))
+                            + draw_family("kepler", 3, torch.Generator().manual_seed(7)))
+        factors.append(calibrate_safety(pred, host.integrators.create("leapfrog"), state, threshold=2e-4, steps=48,
+                                        stride=stride).factor)
+    assert factors[0] == factors[1] and any(f != 1.0 for f in factors[0])
+
+
 def test_calibration_rolls_a_history_reading_predictor_out_with_its_history(host):
     """The predictor sees the states it flew, as in simulate: empty at the first step, the last K after."""
     from nbtoolkit.training.calibrate import _rollout_scales
