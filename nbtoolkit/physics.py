@@ -76,19 +76,6 @@ def closest_free_fall_time(state: NBodyState) -> Tensor:
     t_ff = (r.pow(3) / (state.G * msum)).sqrt().masked_fill(~pair, float("inf"))
     return t_ff.flatten(-2).amin(-1)
 
-def jerks(mass: Tensor, position: Tensor, velocity: Tensor, G: float = 1.0, softening: float = 0.0) -> Tensor:
-    """Jerks j_i = da_i/dt = G sum_j m_j [u_ij / d^3 - 3 (r_ij . u_ij) r_ij / d^5] of the mutual gravity,
-    with r_ij = x_j - x_i, u_ij = v_j - v_i, d^2 = |r_ij|^2 + eps^2: (..., N, D) from mass (..., N),
-    position and velocity (..., N, D). Dense over pairs ((..., N, N, D) temporaries)."""
-    n = position.shape[-2]
-    r = position.unsqueeze(-3) - position.unsqueeze(-2)
-    u = velocity.unsqueeze(-3) - velocity.unsqueeze(-2)
-    eye = torch.eye(n, dtype=position.dtype, device=position.device)
-    d2 = (r.square().sum(-1) + softening**2) * (1 - eye) + eye
-    w = (mass.unsqueeze(-2) * d2.pow(-1.5) * (1 - eye)).unsqueeze(-1)
-    return G * (w * (u - 3 * ((r * u).sum(-1) / d2).unsqueeze(-1) * r)).sum(-2)
-
-
 # ----------------------------------------------------------------------------- state wrappers
 def state_accelerations(state: NBodyState) -> Tensor:
     """Accelerations of a state (B, N, D), its external field's included; uses the state's cache

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from nbtoolkit import hookimpl
 from nbtoolkit.options import Option, check_arguments, number
-from nbtoolkit.physics import closest_free_fall_time, jerks, pair_distances
+from nbtoolkit.physics import closest_free_fall_time, pair_distances
 from nbtoolkit.predictor import DtPredictor, History
 from nbtoolkit.state import NBodyState
 
@@ -52,12 +52,18 @@ class AarsethDt(DtPredictor):
         self.eta = check_arguments(AarsethDt, eta=eta)["eta"]
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
-        m, x = state.mass, state.position
+        m, x, v = state.mass, state.position, state.velocity
         n = x.shape[-2]
+        r = x.unsqueeze(-3) - x.unsqueeze(-2)  # r_ij = x_j - x_i, (B, N, N, D)
+        u = v.unsqueeze(-3) - v.unsqueeze(-2)
+        d2 = r.square().sum(-1) + state.softening**2
         eye = torch.eye(n, dtype=x.dtype, device=x.device)
-        d2 = ((x.unsqueeze(-3) - x.unsqueeze(-2)).square().sum(-1) + state.softening**2) * (1 - eye) + eye
-        jerk = jerks(m, x, state.velocity, state.G, state.softening)
-        pull = state.G * (m.unsqueeze(-2) / d2 * (1 - eye)).sum(-1)  # A_i, (B, N)
+        d2 = d2 * (1 - eye) + eye
+        inv_r3 = d2.pow(-1.5) * (1 - eye)
+        rv = (r * u).sum(-1)
+        w = (m.unsqueeze(-2) * inv_r3).unsqueeze(-1)
+        jerk = state.G * (w * (u - 3 * (rv / d2).unsqueeze(-1) * r)).sum(-2)
+        pull = state.G * (m.unsqueeze(-2) * inv_r3 * d2.sqrt()).sum(-1)  # A_i, (B, N)
         real = state.body_mask
         dist = pair_distances(x).masked_fill(~real.unsqueeze(-2), float("inf"))
         nearest = dist.amin(-1).clamp_min(state.softening) if n > 1 else torch.ones_like(pull)

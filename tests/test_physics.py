@@ -158,19 +158,3 @@ def test_scatter_replaces_the_given_systems_and_leaves_the_original_alone():
     for b in (0, 2):
         assert torch.equal(out.position[b], base.position[b]) and torch.equal(out.velocity[b], base.velocity[b])
     assert torch.equal(out.mass, base.mass) and base.time.tolist() == [0.0, 0.0, 0.0]
-
-
-def test_jerks_are_the_time_derivative_of_the_accelerations_along_the_motion():
-    """j = da/dt = (da/dx) v: a central difference of the accelerations with the bodies drifted by +-h v."""
-    from nbtoolkit.physics import jerks
-
-    state = random_cluster(3, 5, softening=0.01)
-    h = 1e-5
-
-    def acc(t: float) -> torch.Tensor:
-        return accelerations(state.mass, state.position + t * state.velocity, state.G, state.softening)
-
-    expected = (acc(h) - acc(-h)) / (2 * h)
-    got = jerks(state.mass, state.position, state.velocity, state.G, state.softening)
-    assert got.shape == (3, 5, 3)
-    assert torch.allclose(got, expected, rtol=1e-6, atol=1e-8 * float(expected.abs().max()))
