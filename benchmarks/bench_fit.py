@@ -36,6 +36,7 @@ from nbtoolkit import get_host
 from nbtoolkit.contracts import checked_error, checked_step
 from nbtoolkit.families import draw_family
 from nbtoolkit.gate import EnergyGate
+from nbtoolkit.predictor import History
 from nbtoolkit.training.config import TrainConfig
 from nbtoolkit.training.trainset import TrainingSet, load_training_set, pad_systems
 
@@ -58,14 +59,17 @@ def draw_tables(training_set: TrainingSet, per_table: int, seed: int) -> tuple[l
 @torch.no_grad()
 def raw_errors(predictor: Any, integrator: Any, state: Any, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """|dE/E| of one step at the raw dt and the class factor, each (steps, B), along the unguarded
-    rollout with the calibrated dt; NaN once a system has blown up."""
+    rollout with the calibrated dt (a history-reading predictor reads the states flown, as in
+    ``simulate``); NaN once a system has blown up."""
     gate = EnergyGate()
+    history_len = int(getattr(predictor, "history_len", 0))
+    history = History.empty(state, history_len) if history_len else None
     errors = torch.full((steps, state.batch_size), float("nan"), dtype=state.dtype)
     factors = torch.full_like(errors, float("nan"))
     alive = torch.ones(state.batch_size, dtype=torch.bool)
     for k in range(steps):
-        dt, _ = predictor.predict_with_class(state)
-        raw = predictor.log_dt(state).exp()
+        dt, _ = predictor.predict_with_class(state, history)
+        raw = predictor.log_dt(state, history).exp()
         errors[k] = torch.where(alive, checked_error(gate, state, checked_step(integrator, state, raw)), errors[k])
         factors[k] = torch.where(alive, dt / raw, factors[k])
         new = checked_step(integrator, state, dt)
@@ -73,6 +77,8 @@ def raw_errors(predictor: Any, integrator: Any, state: Any, steps: int) -> tuple
         if not bool(alive.any()):
             break
         keep = alive.view(-1, 1, 1)
+        if history is not None:
+            history = history.push(state)
         state = new.replace(position=torch.where(keep, new.position, state.position),
                             velocity=torch.where(keep, new.velocity, state.velocity))
     return errors, factors

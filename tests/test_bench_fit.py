@@ -65,3 +65,22 @@ def test_main_prints_one_row_per_table(tmp_path, capsys):
         assert 0 < q10 <= q50 <= q90 < 1e-2  # a trained model's raw steps are near the band, not far off
         assert 0 <= r["below_band"] <= 1 and 0 <= r["above_gate"] <= 1
         assert math.isfinite(r["median_factor"])
+
+
+def test_a_history_reading_model_is_flown_with_its_history():
+    """Both the raw and the calibrated dt see the states flown so far, as in simulate."""
+    bench = _bench()
+    host = get_host()
+    predictor = host.predictors.create("mlp", hidden_width=8, seed=0, history_len=2)
+    seen = []
+    for name in ("predict_with_class", "log_dt"):
+        original = getattr(predictor, name)
+
+        def spy(state, history=None, _original=original, _name=name):
+            seen.append((_name, None if history is None else history.mask.sum(-1).tolist()))
+            return _original(state, history)
+
+        setattr(predictor, name, spy)
+    draws, _ = bench.draw_tables(TrainingSet.from_tables(TABLES[:1]), per_table=2, seed=3)
+    bench.raw_errors(predictor, host.integrators.create("leapfrog"), pad_systems(draws), steps=3)
+    assert [masks for _, masks in seen] == [[0, 0], [0, 0], [1, 1], [1, 1], [2, 2], [2, 2]]
