@@ -36,7 +36,7 @@ from nbtoolkit import get_host
 from nbtoolkit.contracts import checked_error, checked_step
 from nbtoolkit.families import draw_family
 from nbtoolkit.gate import EnergyGate
-from nbtoolkit.predictor import History
+from nbtoolkit.training.calibrate import unguarded_rollout
 from nbtoolkit.training.config import TrainConfig
 from nbtoolkit.training.trainset import TrainingSet, load_training_set, pad_systems
 
@@ -58,29 +58,17 @@ def draw_tables(training_set: TrainingSet, per_table: int, seed: int) -> tuple[l
 
 @torch.no_grad()
 def raw_errors(predictor: Any, integrator: Any, state: Any, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """|dE/E| of one step at the raw dt and the class factor, each (steps, B), along the unguarded
-    rollout with the calibrated dt (a history-reading predictor reads the states flown, as in
-    ``simulate``); NaN once a system has blown up."""
+    """|dE/E| of one step at the raw dt (the calibrated dt over its class factor) and the class
+    factor, each (steps, B), along the :func:`unguarded_rollout` with the calibrated dt; NaN once a
+    system has blown up."""
     gate = EnergyGate()
-    history_len = int(getattr(predictor, "history_len", 0))
-    history = History.empty(state, history_len) if history_len else None
     errors = torch.full((steps, state.batch_size), float("nan"), dtype=state.dtype)
     factors = torch.full_like(errors, float("nan"))
-    alive = torch.ones(state.batch_size, dtype=torch.bool)
-    for k in range(steps):
-        dt, _ = predictor.predict_with_class(state, history)
-        raw = predictor.log_dt(state, history).exp()
-        errors[k] = torch.where(alive, checked_error(gate, state, checked_step(integrator, state, raw)), errors[k])
-        factors[k] = torch.where(alive, dt / raw, factors[k])
-        new = checked_step(integrator, state, dt)
-        alive &= torch.isfinite(new.position).flatten(1).all(-1) & torch.isfinite(new.velocity).flatten(1).all(-1)
-        if not bool(alive.any()):
-            break
-        keep = alive.view(-1, 1, 1)
-        if history is not None:
-            history = history.push(state)
-        state = new.replace(position=torch.where(keep, new.position, state.position),
-                            velocity=torch.where(keep, new.velocity, state.velocity))
+    for k, (current, _, dt, classes, alive) in enumerate(unguarded_rollout(predictor, integrator, state, steps)):
+        factor = predictor.log_safety[classes].exp()
+        raw_step = checked_step(integrator, current, dt / factor)
+        errors[k] = torch.where(alive, checked_error(gate, current, raw_step), errors[k])
+        factors[k] = torch.where(alive, factor, factors[k])
     return errors, factors
 
 
@@ -124,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     host = get_host()
     predictor = host.predictors.create("learned") if args.model == "learned" else \
         host.predictors.create("learned", model=args.model)
-    if not hasattr(predictor, "log_dt"):
-        parser.error(f"--model {args.model}: not a model whose raw dt can be read (an mlp predictor)")
+    if not hasattr(predictor, "log_safety"):
+        parser.error(f"--model {args.model}: not a model with calibrated class factors (an mlp predictor)")
     training_set = load_training_set(args.training_set)
     config = TrainConfig.from_dict(dict(training_set.settings))
     band = (args.band[0], args.band[1]) if args.band else (config.E_lower, config.E_upper)

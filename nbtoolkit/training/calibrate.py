@@ -38,6 +38,7 @@ rolled-out states depend on the factors.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -146,34 +147,45 @@ def max_passing_scale(integrator: Integrator, state: NBodyState, dt: Tensor, sca
     return torch.where(best_index >= 0, scales[best_index.clamp_min(0)], torch.zeros_like(dt))
 
 
-def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBodyState, scales: Tensor,
-                    threshold: float, steps: int, gate: Gate | None,
-                    stride: int = SCAN_STRIDE) -> tuple[Tensor, Tensor]:
-    """s* and the safety class of every step (each (steps, B)) along an unguarded rollout of
-    ``state``, the predictor reading the states it has flown as its history, as ``simulate`` gives
-    it; a system that blows up repeats its last step's figures."""
+def unguarded_rollout(predictor: DtPredictor, integrator: Integrator, state: NBodyState,
+                      steps: int) -> Iterator[tuple[NBodyState, History | None, Tensor, Tensor, Tensor]]:
+    """Fly ``state`` unguarded for ``steps`` steps with the predictor's calibrated dt, as ``simulate``
+    would, the predictor reading the states it has flown as its history. Yields, before each step,
+    (state, history, dt (B,), safety class (B,), alive (B,)): a system that has blown up keeps its
+    last finite state with alive False, and the rollout ends early once every system has."""
     current = state.detach()
-    found = torch.zeros(steps, state.batch_size, dtype=state.dtype)
-    classes = torch.zeros(steps, state.batch_size, dtype=torch.long)
     alive = torch.ones(state.batch_size, dtype=torch.bool)
     history_len = int(getattr(predictor, "history_len", 0))
     history = History.empty(current, history_len) if history_len else None
-    for k in range(steps):
-        dt, state_classes = cast(Any, predictor).predict_with_class(current, history)
-        found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold, gate, stride),
-                               found[k - 1])
-        classes[k] = torch.where(alive, state_classes, classes[k - 1])
+    for _ in range(steps):
+        dt, classes = cast(Any, predictor).predict_with_class(current, history)
+        yield current, history, dt, classes, alive
         new = checked_step(integrator, current, dt)
-        alive &= torch.isfinite(new.position).flatten(1).all(-1) & torch.isfinite(new.velocity).flatten(1).all(-1)
+        alive = alive & torch.isfinite(new.position).flatten(1).all(-1) & torch.isfinite(new.velocity).flatten(1).all(-1)
         if not bool(alive.any()):
-            found[k + 1:], classes[k + 1:] = found[k], classes[k]
-            break
+            return
         keep = alive.view(-1, 1, 1)
         if history is not None:
             history = history.push(current)
         current = new.replace(position=torch.where(keep, new.position, current.position),
                               velocity=torch.where(keep, new.velocity, current.velocity),
                               time=torch.where(alive, new.time, current.time))
+
+
+def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBodyState, scales: Tensor,
+                    threshold: float, steps: int, gate: Gate | None,
+                    stride: int = SCAN_STRIDE) -> tuple[Tensor, Tensor]:
+    """s* and the safety class of every step (each (steps, B)) along the :func:`unguarded_rollout`
+    of ``state``; a system that blows up repeats its last step's figures."""
+    found = torch.zeros(steps, state.batch_size, dtype=state.dtype)
+    classes = torch.zeros(steps, state.batch_size, dtype=torch.long)
+    k = 0
+    for k, (current, _, dt, state_classes, alive) in enumerate(unguarded_rollout(predictor, integrator, state, steps)):
+        found[k] = torch.where(alive, max_passing_scale(integrator, current, dt, scales, threshold, gate, stride),
+                               found[k - 1])
+        classes[k] = torch.where(alive, state_classes, classes[k - 1])
+    if steps:
+        found[k + 1:], classes[k + 1:] = found[k], classes[k]
     return found, classes
 
 
