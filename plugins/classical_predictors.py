@@ -15,7 +15,7 @@ from torch import Tensor
 
 from nbtoolkit import hookimpl
 from nbtoolkit.options import Option, check_arguments, number
-from nbtoolkit.physics import closest_free_fall_time, pair_distances
+from nbtoolkit.physics import closest_free_fall_time
 from nbtoolkit.predictor import DtPredictor, History
 from nbtoolkit.state import NBodyState
 
@@ -56,16 +56,16 @@ class AarsethDt(DtPredictor):
         n = x.shape[-2]
         r = x.unsqueeze(-3) - x.unsqueeze(-2)  # r_ij = x_j - x_i, (B, N, N, D)
         u = v.unsqueeze(-3) - v.unsqueeze(-2)
-        d2 = r.square().sum(-1) + state.softening**2
+        r2 = r.square().sum(-1)  # unsoftened |r_ij|^2, (B, N, N)
         eye = torch.eye(n, dtype=x.dtype, device=x.device)
-        d2 = d2 * (1 - eye) + eye
+        d2 = (r2 + state.softening**2) * (1 - eye) + eye
         inv_r3 = d2.pow(-1.5) * (1 - eye)
         rv = (r * u).sum(-1)
         w = (m.unsqueeze(-2) * inv_r3).unsqueeze(-1)
         jerk = state.G * (w * (u - 3 * (rv / d2).unsqueeze(-1) * r)).sum(-2)
         pull = state.G * (m.unsqueeze(-2) * inv_r3 * d2.sqrt()).sum(-1)  # A_i, (B, N)
         real = state.body_mask
-        dist = pair_distances(x).masked_fill(~real.unsqueeze(-2), float("inf"))
+        dist = r2.sqrt().masked_fill(eye.bool() | ~real.unsqueeze(-2), float("inf"))
         nearest = dist.amin(-1).clamp_min(state.softening) if n > 1 else torch.ones_like(pull)
         tau = pull / (jerk.square().sum(-1) + pull.pow(3) / nearest).sqrt()
         return self.eta * tau.masked_fill(~real, float("inf")).amin(-1)
