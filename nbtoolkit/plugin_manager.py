@@ -53,6 +53,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.integrators",
     "plugins.classical_predictors",
     "plugins.mlp_predictor",
+    "plugins.ensemble_predictor",
     "plugins.learned_predictor",
     "plugins.symmetric",
     "plugins.samplers",

@@ -331,14 +331,12 @@ class MLPDtPredictor(DtPredictor):
         pf = pair_features(state, self.options["max_pairs"], self.options["timescale"])
         return safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share, pf.closest_tide)
 
-    def features(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
-        """(pair features with Fourier features appended, global extras (B, 2 + 3K))."""
+    def inputs(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
+        """The network's inputs: (pair features (before Fourier features), global extras (B, 2 + 3K)).
+
+        They depend on the options alone, not on the weights, so predictors with the same options
+        (the members of an ``mlp-ensemble``) can share one evaluation."""
         pf = pair_features(state, self.options["max_pairs"], self.options["timescale"])
-        feats = pf.features
-        if self.fourier.shape[1]:
-            proj = 2 * math.pi * feats @ self.fourier
-            feats = torch.cat([feats, proj.sin(), proj.cos()], dim=-1)
-            feats = torch.where(pf.mask.unsqueeze(-1), feats, torch.zeros_like(feats))
         n_real = state.body_mask.sum(-1).to(state.dtype)
         extras = [torch.asinh(state.softening / pf.r_min).unsqueeze(-1), n_real.log().unsqueeze(-1)]
         if self.history_len:
@@ -349,29 +347,35 @@ class MLPDtPredictor(DtPredictor):
                     f"mlp predictor reads history_len = {self.history_len} past states; got {history.position.shape[1]}"
                 )
             extras.append(history_features(state, history, pf.tau_min, pf.r_min, self.options["timescale"]))
-        return pf._replace(features=feats), torch.cat(extras, dim=-1)
+        return pf, torch.cat(extras, dim=-1)
 
-    def log_dt(self, state: NBodyState, history: History | None = None) -> Tensor:
-        """log dt (B,), before the calibrated safety factor."""
-        return self._log_dt(state, history)[0]
-
-    def _log_dt(self, state: NBodyState, history: History | None) -> tuple[Tensor, PairFeatures]:
-        pf, extras = self.features(state, history)
+    def network_log_dt(self, pf: PairFeatures, extras: Tensor) -> Tensor:
+        """log dt (B,) before the calibrated safety factor, from the :meth:`inputs` of a state."""
+        feats = pf.features
+        if self.fourier.shape[1]:
+            proj = 2 * math.pi * feats @ self.fourier
+            feats = torch.cat([feats, proj.sin(), proj.cos()], dim=-1)
+            feats = torch.where(pf.mask.unsqueeze(-1), feats, torch.zeros_like(feats))
         mask = pf.mask.unsqueeze(-1)
-        emb = self.pair_net(pf.features)  # (B, P, W)
+        emb = self.pair_net(feats)  # (B, P, W)
         count = pf.mask.sum(-1, keepdim=True).clamp_min(1).to(emb.dtype)
         mean = torch.where(mask, emb, torch.zeros_like(emb)).sum(1) / count
         peak = torch.where(mask, emb, torch.full_like(emb, -math.inf)).amax(1)
         context = torch.cat([mean, peak, extras], dim=-1)
         y = self.head(torch.cat([emb, context.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)).squeeze(-1)
         proposals = pf.log_tau + self.log_init_factor + LOG_FACTOR_RANGE * torch.tanh(y / LOG_FACTOR_RANGE)
-        return torch.where(pf.mask, proposals, torch.full_like(proposals, math.inf)).amin(-1), pf
+        return torch.where(pf.mask, proposals, torch.full_like(proposals, math.inf)).amin(-1)
+
+    def log_dt(self, state: NBodyState, history: History | None = None) -> Tensor:
+        """log dt (B,), before the calibrated safety factor."""
+        return self.network_log_dt(*self.inputs(state, history))
 
     def predict_with_class(self, state: NBodyState, history: History | None = None) -> tuple[Tensor, Tensor]:
         """(dt (B,), the safety class of each state (B,)) from one evaluation of the network."""
         if int(state.body_mask.sum(-1).min()) < 2:
             raise ConfigError("mlp predictor needs at least two bodies (its timescale is the closest pair's timescale)")
-        log_dt, pf = self._log_dt(state, history)
+        pf, extras = self.inputs(state, history)
+        log_dt = self.network_log_dt(pf, extras)
         classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share,
                                pf.closest_tide)
         return (log_dt + self.log_safety[classes]).exp(), classes

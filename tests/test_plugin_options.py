@@ -21,6 +21,7 @@ DECLARED = {
         "constant": ["dt"], "aarseth": ["eta"], "freefall": ["eta"], "learned": ["model"],
         "mlp": ["hidden_width", "hidden_layers", "activation", "fourier_features", "fourier_scale", "history_len",
                 "init_factor", "max_pairs", "timescale", "seed"],
+        "mlp-ensemble": ["size", "spread"],
         "symmetric": ["base", "iterations", "integrator", "checkpoint", "base_options", "solver"],
     },
     "samplers": {"uniform": [], "prioritized": ["alpha", "uniform_mix"], "recent": ["half_life"]},
