@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
@@ -19,16 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = [{"family": "kepler", "count": 3, "eccentricity": [0.2, 0.6]}, {"family": "figure-eight", "count": 1}]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_fit", ROOT / "benchmarks" / "bench_fit.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_raw_errors_are_one_step_at_the_uncalibrated_dt():
-    bench = _bench()
+def test_raw_errors_are_one_step_at_the_uncalibrated_dt(load_benchmark):
+    bench = load_benchmark("bench_fit")
     host = get_host()
     predictor = host.predictors.create("learned")
     leapfrog = host.integrators.create("leapfrog")
@@ -49,12 +39,13 @@ def test_raw_errors_are_one_step_at_the_uncalibrated_dt():
     assert not torch.equal(errors[1], errors[0])
 
 
-def test_main_prints_one_row_per_table(tmp_path, capsys):
+def test_main_prints_one_row_per_table(tmp_path, capsys, load_benchmark):
     toml = tmp_path / "tiny.toml"
     toml.write_text('name = "tiny"\n[train]\nE_lower = 1e-4\nE_upper = 1.6e-4\n'
                     + "".join(f"[[systems]]\nfamily = \"{t['family']}\"\ncount = {t['count']}\n" for t in TABLES))
     out = tmp_path / "rows.json"
-    assert _bench().main(["--training-set", str(toml), "--per-table", "1", "--steps", "4", "--json", str(out)]) == 0
+    bench = load_benchmark("bench_fit")
+    assert bench.main(["--training-set", str(toml), "--per-table", "1", "--steps", "4", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "band [0.0001, 0.00016]" in printed
     rows = json.loads(out.read_text())["rows"]
@@ -67,10 +58,10 @@ def test_main_prints_one_row_per_table(tmp_path, capsys):
         assert math.isfinite(r["median_factor"])
 
 
-def test_a_history_reading_model_is_flown_with_its_history():
+def test_a_history_reading_model_is_flown_with_its_history(load_benchmark):
     """The network, whose one evaluation per state gives both the calibrated and the raw dt, sees the
     states flown so far, as in simulate."""
-    bench = _bench()
+    bench = load_benchmark("bench_fit")
     host = get_host()
     predictor = host.predictors.create("mlp", hidden_width=8, seed=0, history_len=2)
     seen = []

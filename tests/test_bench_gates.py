@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,12 +9,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_tiny_run_prints_every_row(capsys):
+def test_tiny_run_prints_every_row(capsys, load_benchmark):
     pytest.importorskip("rebound")
-    spec = importlib.util.spec_from_file_location("bench_gates", ROOT / "benchmarks" / "bench_gates.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_gates")
     assert bench.main(["--inner-orbits", "0.5", "--outer-orbits", "0.02"]) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
             if line.startswith(("| planets", "| triple"))]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +9,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_longrun", ROOT / "benchmarks" / "bench_longrun.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiny_run_prints_every_row(capsys):
-    bench = load_bench()
+def test_tiny_run_prints_every_row(capsys, load_benchmark):
+    bench = load_benchmark("bench_longrun")
     assert bench.main(["--quick", "--periods", "2", "--t-end", "2", "--samples", "8", "--no-plot"]) == 0
     out = capsys.readouterr().out
     for row in ("constant dt", "free-fall (tuned)", "symmetric free-fall"):
@@ -29,8 +19,8 @@ def test_tiny_run_prints_every_row(capsys):
     assert "requirement (Kepler e = 0.9, 2 periods" in out
 
 
-def test_growth_classes():
-    bench = load_bench()
+def test_growth_classes(load_benchmark):
+    bench = load_benchmark("bench_longrun")
     t = np.geomspace(1, 1000, 40)
     assert bench.growth(t, 1e-6 * np.ones_like(t), 1e-15)[1] == "bounded"
     assert bench.growth(t, 1e-6 * t**0.5, 1e-15)[1] == "t^1/2"

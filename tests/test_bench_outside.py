@@ -3,24 +3,15 @@ benchmark goes on to the next system."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_outside", ROOT / "benchmarks" / "bench_outside.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_a_run_that_does_not_finish_is_a_failing_row_and_the_next_system_still_runs(tmp_path, monkeypatch, capsys):
-    bench = _bench()
+def test_a_run_that_does_not_finish_is_a_failing_row_and_the_next_one_still_runs(tmp_path, monkeypatch, capsys,
+                                                                                 load_benchmark):
+    bench = load_benchmark("bench_outside")
     # one period of Kepler e = 0.1 takes the shipped model about 40 steps, of e = 0.97 a few hundred
     monkeypatch.setattr(bench, "SYSTEMS", [("slow", lambda: bench.kepler(0.97)), ("quick", lambda: bench.kepler(0.1))])
     monkeypatch.setattr(bench, "MAX_STEPS", 200)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 from nbtoolkit.presets import plummer
@@ -11,13 +9,7 @@ from nbtoolkit.presets import plummer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_numpy_loop_it_compares_against_matches_the_torch_leapfrog():
-    spec = importlib.util.spec_from_file_location("bench_step", ROOT / "benchmarks" / "bench_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_step"] = bench
-    try:
-        spec.loader.exec_module(bench)
-        state = plummer(n=5, seed=2, num_systems=2, softening=0.01)
-        assert bench.numpy_matches_torch(state, steps=10) < 1e-12
-    finally:
-        sys.modules.pop("bench_step", None)
+def test_the_numpy_loop_it_compares_against_matches_the_torch_leapfrog(load_benchmark):
+    bench = load_benchmark("bench_step")
+    state = plummer(n=5, seed=2, num_systems=2, softening=0.01)
+    assert bench.numpy_matches_torch(state, steps=10) < 1e-12
