@@ -31,15 +31,15 @@ from torch import Tensor, nn
 from nbtoolkit import hookimpl
 from nbtoolkit.errors import ConfigError
 from nbtoolkit.options import Option, check_arguments, declared_options, integer, number
-from nbtoolkit.predictor import DtPredictor, History
+from nbtoolkit.predictor import History
 from nbtoolkit.state import NBodyState
-from plugins.mlp_predictor import SAFETY_CLASSES, SAFETY_GROUP_SIZE, MLPDtPredictor, safety_class
+from plugins.mlp_predictor import ClassCalibratedDt, MLPDtPredictor, PairFeatures
 
 
-class MLPEnsembleDt(DtPredictor):
+class MLPEnsembleDt(ClassCalibratedDt):
     """dt = safety x geometric mean of K ``mlp`` members' timesteps (see the module docstring)."""
 
-    log_safety: Tensor  #: (SAFETY_CLASSES,) log of the ensemble's calibrated factor per safety class (a buffer)
+    name = "mlp-ensemble"
 
     def __init__(self, size: Annotated[int, Option("number of member networks; every other option is an option of "
                                                    "mlp, which each member takes", integer(1, 64))] = 4,
@@ -59,45 +59,23 @@ class MLPEnsembleDt(DtPredictor):
         seed = options.pop("seed", None)
         self.members = nn.ModuleList(
             MLPDtPredictor(**options, seed=None if seed is None else int(seed) + k) for k in range(size))
-        lead = self.lead
-        self.history_len = lead.history_len
-        self.safety_group_size = SAFETY_GROUP_SIZE
-        self.options = {"size": size, "spread": self.spread, **lead.options}
-        self.register_buffer("log_safety", torch.zeros(SAFETY_CLASSES, dtype=torch.float64))
+        self.history_len = self.lead.history_len
+        self.options = {"size": size, "spread": self.spread, **self.lead.options}
 
     @property
     def lead(self) -> MLPDtPredictor:
         """The first member, whose inputs all members share."""
         return self.members[0]  # type: ignore[return-value]
 
-    @property
-    def safety(self) -> list[float]:
-        """The ensemble's calibrated factor on dt per safety class (1 before calibration)."""
-        return [float(v) for v in self.log_safety.exp()]
+    def inputs(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
+        """The members' shared inputs (those of the first member)."""
+        return self.lead.inputs(state, history)
 
-    def log_dt(self, state: NBodyState, history: History | None = None) -> Tensor:
+    def network_log_dt(self, pf: PairFeatures, extras: Tensor) -> Tensor:
         """log dt (B,): the mean of the members' log dt less ``spread`` times their std, before the safety factor."""
-        return self._combined_log_dt(*self.lead.inputs(state, history))
-
-    def _combined_log_dt(self, pf: Any, extras: Tensor) -> Tensor:
         logs = torch.stack([member.network_log_dt(pf, extras) for member in self.members])  # type: ignore[operator]
         combined = logs.mean(0)
         return combined - self.spread * logs.std(0, correction=0) if self.spread else combined
-
-    def predict_with_class(self, state: NBodyState, history: History | None = None) -> tuple[Tensor, Tensor]:
-        """(dt (B,), the safety class of each state (B,)) from one evaluation of the inputs."""
-        if int(state.body_mask.sum(-1).min()) < 2:
-            raise ConfigError("mlp-ensemble predictor needs at least two bodies (its timescale is the closest pair's)")
-        pf, extras = self.lead.inputs(state, history)
-        classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share,
-                               pf.closest_tide)
-        return (self._combined_log_dt(pf, extras) + self.log_safety[classes]).exp(), classes
-
-    def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
-        return self.predict_with_class(state, history)[0]
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.options.items())
 
 
 @hookimpl

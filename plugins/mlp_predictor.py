@@ -255,7 +255,57 @@ def _mlp(sizes: list[int], activation: type[nn.Module], dtype: torch.dtype, fina
     return nn.Sequential(*layers)
 
 
-class MLPDtPredictor(DtPredictor):
+class ClassCalibratedDt(DtPredictor):
+    """What ``mlp`` and ``mlp-ensemble`` share: dt = exp(log dt from the network inputs of a state) times a
+    calibrated factor per safety class (:func:`safety_class`, a ``log_safety`` buffer, 1 until calibrated).
+
+    Subclasses define :meth:`inputs` (the state's pair features and global extras) and
+    :meth:`network_log_dt` (log dt from them, before the factor), and set ``options``."""
+
+    log_safety: Tensor  #: (SAFETY_CLASSES,) log of the calibrated factor per safety class (a buffer)
+    options: dict[str, Any]
+    #: the registered name, for messages
+    name = "mlp"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.safety_group_size = SAFETY_GROUP_SIZE
+        self.register_buffer("log_safety", torch.zeros(SAFETY_CLASSES, dtype=torch.float64))
+
+    def inputs(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
+        raise NotImplementedError
+
+    def network_log_dt(self, pf: PairFeatures, extras: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def safety(self) -> list[float]:
+        """The calibrated factor on dt per safety class (see :func:`safety_class`; 1 before calibration)."""
+        return [float(v) for v in self.log_safety.exp()]
+
+    def log_dt(self, state: NBodyState, history: History | None = None) -> Tensor:
+        """log dt (B,), before the calibrated safety factor."""
+        return self.network_log_dt(*self.inputs(state, history))
+
+    def predict_with_class(self, state: NBodyState, history: History | None = None) -> tuple[Tensor, Tensor]:
+        """(dt (B,), the safety class of each state (B,)) from one evaluation of the inputs."""
+        if int(state.body_mask.sum(-1).min()) < 2:
+            raise ConfigError(f"{self.name} predictor needs at least two bodies (its timescale is the closest pair's "
+                              "timescale)")
+        pf, extras = self.inputs(state, history)
+        log_dt = self.network_log_dt(pf, extras)
+        classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share,
+                               pf.closest_tide)
+        return (log_dt + self.log_safety[classes]).exp(), classes
+
+    def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
+        return self.predict_with_class(state, history)[0]
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.options.items())
+
+
+class MLPDtPredictor(ClassCalibratedDt):
     """dt = safety x min over pairs of a learned factor x the pair's timescale (see module docstring).
 
     The options are declared on the parameters below (type, default, help and check), which is
@@ -267,8 +317,6 @@ class MLPDtPredictor(DtPredictor):
 
     fourier: Tensor  #: (PAIR_FEATURES, F) random frequencies of the Fourier features (a buffer)
     log_init_factor: Tensor  #: () log of dt / tau of the untrained network (a buffer)
-    log_safety: Tensor  #: (SAFETY_CLASSES,) log of the calibrated factor per safety class (a buffer)
-    options: dict[str, Any]
 
     def __init__(
         self,
@@ -290,7 +338,6 @@ class MLPDtPredictor(DtPredictor):
     ) -> None:
         super().__init__()
         self.history_len = history_len
-        self.safety_group_size = SAFETY_GROUP_SIZE
         self.options = dict(hidden_width=hidden_width, hidden_layers=hidden_layers, activation=activation,
                             fourier_features=fourier_features, fourier_scale=float(fourier_scale),
                             history_len=history_len, init_factor=float(init_factor), max_pairs=max_pairs,
@@ -301,7 +348,6 @@ class MLPDtPredictor(DtPredictor):
             "fourier", torch.randn(PAIR_FEATURES, fourier_features, generator=generator, dtype=dtype) * fourier_scale
         )
         self.register_buffer("log_init_factor", torch.tensor(math.log(init_factor), dtype=dtype))
-        self.register_buffer("log_safety", torch.zeros(SAFETY_CLASSES, dtype=dtype))
         act = _ACTIVATIONS[activation]
         pair_in = PAIR_FEATURES + 2 * fourier_features
         context = 2 * hidden_width + GLOBAL_FEATURES + HISTORY_FEATURES * history_len
@@ -320,11 +366,6 @@ class MLPDtPredictor(DtPredictor):
                 layer.weight.copy_((noise * 2 - 1) * bound)
                 layer.bias.zero_()
             linears[-1].weight.mul_(0.01)
-
-    @property
-    def safety(self) -> list[float]:
-        """The calibrated factor on dt per safety class (see :func:`safety_class`; 1 before calibration)."""
-        return [float(v) for v in self.log_safety.exp()]
 
     def safety_index(self, state: NBodyState) -> Tensor:
         """(B,) which safety factor applies to each state (see :func:`safety_class`)."""
@@ -365,26 +406,6 @@ class MLPDtPredictor(DtPredictor):
         y = self.head(torch.cat([emb, context.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)).squeeze(-1)
         proposals = pf.log_tau + self.log_init_factor + LOG_FACTOR_RANGE * torch.tanh(y / LOG_FACTOR_RANGE)
         return torch.where(pf.mask, proposals, torch.full_like(proposals, math.inf)).amin(-1)
-
-    def log_dt(self, state: NBodyState, history: History | None = None) -> Tensor:
-        """log dt (B,), before the calibrated safety factor."""
-        return self.network_log_dt(*self.inputs(state, history))
-
-    def predict_with_class(self, state: NBodyState, history: History | None = None) -> tuple[Tensor, Tensor]:
-        """(dt (B,), the safety class of each state (B,)) from one evaluation of the network."""
-        if int(state.body_mask.sum(-1).min()) < 2:
-            raise ConfigError("mlp predictor needs at least two bodies (its timescale is the closest pair's timescale)")
-        pf, extras = self.inputs(state, history)
-        log_dt = self.network_log_dt(pf, extras)
-        classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share,
-                               pf.closest_tide)
-        return (log_dt + self.log_safety[classes]).exp(), classes
-
-    def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
-        return self.predict_with_class(state, history)[0]
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.options.items())
 
     def upgrade_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         """Older files hold fewer factors, and such a model predicts exactly as it did: files from before
