@@ -9,7 +9,7 @@ Moon. The ensemble takes the geometric mean of its members' timesteps,
 
 with dt_k each member's timestep *before* its own safety factors (std over the K members, without
 Bessel's correction), ``spread`` an option (0: the geometric mean) and ``safety`` its own factors,
-one per safety class of :func:`plugins.mlp_predictor.safety_class`, calibrated for the ensemble
+one per safety class of :func:`plugins.safety_classes.safety_class`, calibrated for the ensemble
 as a whole (``nbtoolkit calibrate --model a.pt --model b.pt ... --out ensemble.pt``). Averaging
 removes the part of each member's error that is its own, so the calibrated factors have less
 noise to cover. Where the members disagree, the state is unlike those they were trained on, and a
@@ -33,7 +33,8 @@ from nbtoolkit.errors import ConfigError
 from nbtoolkit.options import Option, check_arguments, declared_options, integer, number
 from nbtoolkit.predictor import History
 from nbtoolkit.state import NBodyState
-from plugins.mlp_predictor import ClassCalibratedDt, MLPDtPredictor, PairFeatures
+from plugins.mlp_predictor import MLPDtPredictor, PairFeatures
+from plugins.safety_classes import ClassCalibratedDt
 
 
 class MLPEnsembleDt(ClassCalibratedDt):

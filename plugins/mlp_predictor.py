@@ -10,7 +10,7 @@ time r / sqrt(mu / r + v^2), which is the free-fall time for a pair at rest and 
 time r / v for a pair that passes faster than its escape speed (a hyperbolic flyby), g_ij the
 network's output for that pair (S = :data:`LOG_FACTOR_RANGE`, so each proposal stays within e^±S
 of ``init_factor`` tau_ij and dt > 0 always) and ``safety`` a factor calibrated after training
-(:mod:`nbtoolkit.training.calibrate`; 1 until then), one per class of states: by number of
+(:mod:`nbtoolkit.training.calibrate`; 1 until then), one per class of states (:mod:`plugins.safety_classes`): by number of
 bodies (:data:`SAFETY_BUCKETS`: 2, 3, 4-7, 8-15, 16-31, 32 or more), by the osculating
 eccentricity of the closest pair (:data:`ECCENTRICITY_BUCKETS`: below 0.5, 0.5-0.9, 0.9-0.97,
 0.97-0.995, near-radial 0.995-1 and unbound, so a flyby has its own factor, and so does a plunge
@@ -66,8 +66,9 @@ from nbtoolkit import hookimpl
 from nbtoolkit.errors import ConfigError
 from nbtoolkit.options import Option, integer, number, one_of
 from nbtoolkit.physics import state_accelerations, state_energy
-from nbtoolkit.predictor import DtPredictor, History
+from nbtoolkit.predictor import History
 from nbtoolkit.state import NBodyState
+from plugins.safety_classes import LEGACY_ECCENTRICITY_CLASSES, SAFETY_BUCKETS, ClassCalibratedDt, safety_class
 
 #: the log of each pair's dt factor is confined to log(init_factor) +- this (smoothly, by tanh)
 LOG_FACTOR_RANGE = 8.0
@@ -77,47 +78,10 @@ PAIR_FEATURES = 8
 HISTORY_FEATURES = 3
 #: global features
 GLOBAL_FEATURES = 2
-#: upper ends of the body-count classes with their own safety factors: N = 2, 3, 4-7, 8-15, 16-31, >= 32
-SAFETY_BUCKETS = (2, 3, 7, 15, 31)
-#: lower ends of the closest-pair eccentricity classes after the first: e < 0.5, 0.5-0.9, 0.9-0.97,
-#: 0.97-0.995, 0.995-1 and unbound (e >= 1, a flyby)
-ECCENTRICITY_BUCKETS = (0.5, 0.9, 0.97, 0.995, 1.0)
-#: the eccentricity class of each of today's classes in the layouts of older model files, by their
-#: number of eccentricity classes: 4 before the unbound class (their e >= 0.97 factor serves 0.97-0.995,
-#: 0.995-1 and e >= 1), 5 before the near-radial class (their 0.97-1 factor serves 0.97-0.995 and 0.995-1)
-LEGACY_ECCENTRICITY_CLASSES = {4: (0, 1, 2, 3, 3, 3), 5: (0, 1, 2, 3, 3, 4)}
-#: the closest pair dominates the energy when G m_i m_j / (r |E|) is at least this
-DOMINANT_SHARE = 1.0
-#: the closest pair is perturbed when the tidal acceleration of the other bodies on it is at least
-#: this share of the pair's own attraction, |a_ij - a_ij,2body| r^2 / mu (the last pair input)
-QUIET_TIDE = 0.01
 #: G m_i m_j / (r |E|) is capped here, so a system whose total energy is ~0 still has finite inputs
 MAX_ENERGY_SHARE = 1e8
 #: the pair timescales the ``timescale`` option offers (see :func:`pair_scales`)
 TIMESCALES = ("freefall", "crossing")
-#: safety classes of one body count (eccentricity classes x dominant or not x perturbed or not)
-SAFETY_GROUP_SIZE = 4 * (len(ECCENTRICITY_BUCKETS) + 1)
-#: number of safety classes (body-count classes x eccentricity classes x dominant x perturbed)
-SAFETY_CLASSES = (len(SAFETY_BUCKETS) + 1) * SAFETY_GROUP_SIZE
-
-
-def safety_bucket(n_real: Tensor) -> Tensor:
-    """Index (B,) of each system's body-count class in :data:`SAFETY_BUCKETS` (0 for N = 2, ...)."""
-    bounds = torch.tensor(SAFETY_BUCKETS, dtype=n_real.dtype, device=n_real.device)
-    return torch.bucketize(n_real, bounds)
-
-
-def safety_class(n_real: Tensor, closest_eccentricity: Tensor, closest_energy_share: Tensor,
-                 closest_tide: Tensor) -> Tensor:
-    """Index (B,) of each state's safety class: body-count class x closest-pair eccentricity class x
-    whether the closest pair's G m_i m_j / (r |E|) reaches :data:`DOMINANT_SHARE` x whether its tidal
-    perturbation |a_ij - a_ij,2body| r^2 / mu reaches :data:`QUIET_TIDE`."""
-    bounds = torch.tensor(ECCENTRICITY_BUCKETS, dtype=closest_eccentricity.dtype, device=closest_eccentricity.device)
-    ecc_class = torch.bucketize(closest_eccentricity, bounds, right=True)
-    dominant = (closest_energy_share >= DOMINANT_SHARE).long()
-    perturbed = (closest_tide >= QUIET_TIDE).long()
-    return safety_bucket(n_real) * SAFETY_GROUP_SIZE + 4 * ecc_class + 2 * dominant + perturbed
-
 _ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus}
 
 
@@ -253,56 +217,6 @@ def _mlp(sizes: list[int], activation: type[nn.Module], dtype: torch.dtype, fina
         if final_activation or k < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
-
-
-class ClassCalibratedDt(DtPredictor):
-    """What ``mlp`` and ``mlp-ensemble`` share: dt = exp(log dt from the network inputs of a state) times a
-    calibrated factor per safety class (:func:`safety_class`, a ``log_safety`` buffer, 1 until calibrated).
-
-    Subclasses define :meth:`inputs` (the state's pair features and global extras) and
-    :meth:`network_log_dt` (log dt from them, before the factor), and set ``options``."""
-
-    log_safety: Tensor  #: (SAFETY_CLASSES,) log of the calibrated factor per safety class (a buffer)
-    options: dict[str, Any]
-    #: the registered name, for messages
-    name = "mlp"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.safety_group_size = SAFETY_GROUP_SIZE
-        self.register_buffer("log_safety", torch.zeros(SAFETY_CLASSES, dtype=torch.float64))
-
-    def inputs(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:
-        raise NotImplementedError
-
-    def network_log_dt(self, pf: PairFeatures, extras: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    @property
-    def safety(self) -> list[float]:
-        """The calibrated factor on dt per safety class (see :func:`safety_class`; 1 before calibration)."""
-        return [float(v) for v in self.log_safety.exp()]
-
-    def log_dt(self, state: NBodyState, history: History | None = None) -> Tensor:
-        """log dt (B,), before the calibrated safety factor."""
-        return self.network_log_dt(*self.inputs(state, history))
-
-    def predict_with_class(self, state: NBodyState, history: History | None = None) -> tuple[Tensor, Tensor]:
-        """(dt (B,), the safety class of each state (B,)) from one evaluation of the inputs."""
-        if int(state.body_mask.sum(-1).min()) < 2:
-            raise ConfigError(f"{self.name} predictor needs at least two bodies (its timescale is the closest pair's "
-                              "timescale)")
-        pf, extras = self.inputs(state, history)
-        log_dt = self.network_log_dt(pf, extras)
-        classes = safety_class(state.body_mask.sum(-1), pf.closest_eccentricity, pf.closest_energy_share,
-                               pf.closest_tide)
-        return (log_dt + self.log_safety[classes]).exp(), classes
-
-    def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
-        return self.predict_with_class(state, history)[0]
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.options.items())
 
 
 class MLPDtPredictor(ClassCalibratedDt):

@@ -360,7 +360,7 @@ def test_calibration_brings_a_timid_predictor_up_to_the_target_pass_rate(host):
 
 
 def test_safety_classes_split_by_body_count_closest_pair_eccentricity_energy_share_and_tide(host):
-    from plugins.mlp_predictor import SAFETY_CLASSES, safety_bucket, safety_class
+    from plugins.safety_classes import SAFETY_CLASSES, safety_bucket, safety_class
 
     assert safety_bucket(torch.tensor([2, 3, 4, 7, 8, 15, 16, 31, 32, 64])).tolist() == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     n = torch.tensor([2, 2, 2, 2, 3, 3, 40, 3, 2])
@@ -384,7 +384,7 @@ def test_safety_classes_split_by_body_count_closest_pair_eccentricity_energy_sha
 def test_a_model_file_from_before_the_unbound_class_loads_with_its_factors_in_place(host):
     """Files with 4 eccentricity classes (48 factors) load: e >= 1 takes the old e >= 0.97 factor."""
     from nbtoolkit.training.checkpoint import load_predictor_state
-    from plugins.mlp_predictor import SAFETY_CLASSES, safety_class
+    from plugins.safety_classes import SAFETY_CLASSES, safety_class
 
     pred = host.predictors.create("mlp", hidden_width=8, seed=0)
     weights = {k: v.clone() for k, v in pred.state_dict().items()}
@@ -406,7 +406,7 @@ def test_a_model_file_from_before_the_near_radial_and_perturbed_classes_loads_wi
     """Files with 60 factors load: e = 0.97-0.995 and 0.995-1 take the old 0.97-1 factor, a quiet and a
     perturbed closest pair both take the old factor of their class."""
     from nbtoolkit.training.checkpoint import load_predictor_state
-    from plugins.mlp_predictor import safety_class
+    from plugins.safety_classes import safety_class
 
     pred = host.predictors.create("mlp", hidden_width=8, seed=0)
     weights = {k: v.clone() for k, v in pred.state_dict().items()}
