@@ -24,7 +24,8 @@ runs the same weights calibrated again for ``yoshida4``
 (``nbtoolkit calibrate --model learned --integrator yoshida4 --out FILE``).
 
 Run: ``python benchmarks/bench_generalization.py [--checkpoint model.pt] [--yoshida4-model FILE] [--quick]
-[--json out.json]``
+[--feedback] [--json out.json]`` (``--feedback`` flies the model inside the ``feedback`` predictor, which
+raises its dt where the last steps' errors show headroom)
 (``--quick`` skips the oracle, the constant dt and the yoshida4 table; the constant dt is left out where its
 search would take more than 100,000 steps, as at e = 0.99).
 """
@@ -125,11 +126,16 @@ def load_learned(host: Any, checkpoint: Path | None) -> DtPredictor:
     return host.predictors.create("learned")
 
 
-def run(checkpoint: Path | None, quick: bool, integrator_name: str = "leapfrog") -> dict[str, Any]:
+def run(checkpoint: Path | None, quick: bool, integrator_name: str = "leapfrog",
+        feedback: bool = False) -> dict[str, Any]:
     host = get_host()
     integrator = host.integrators.create(integrator_name)
     learned = load_learned(host, checkpoint)
-    results: dict[str, Any] = {"integrator": integrator_name, "model": str(checkpoint or "learned"), "systems": []}
+    model = str(checkpoint or "learned")
+    if feedback:
+        learned = host.predictors.create("feedback", base=learned)
+        model = f"feedback around {model}"
+    results: dict[str, Any] = {"integrator": integrator_name, "model": model, "systems": []}
     for case in cases():
         start = time.perf_counter()
         rows = [evaluate_predictor(case.system, integrator, learned, orbits=case.orbits,
@@ -185,13 +191,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run yoshida4 with this model file (the weights calibrated for yoshida4)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--feedback", action="store_true",
+                        help="fly the model inside the 'feedback' predictor (its dt raised where the errors allow)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = [run(args.checkpoint, args.quick)]
+    results = [run(args.checkpoint, args.quick, feedback=args.feedback)]
     if not args.quick:
-        results.append(run(args.checkpoint, True, "yoshida4"))
+        results.append(run(args.checkpoint, True, "yoshida4", feedback=args.feedback))
         if args.yoshida4_model is not None:
-            results.append(run(args.yoshida4_model, True, "yoshida4"))
+            results.append(run(args.yoshida4_model, True, "yoshida4", feedback=args.feedback))
     print()
     for r in results:
         print("\n".join(summary_lines(r)))

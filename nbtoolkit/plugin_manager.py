@@ -56,6 +56,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.ensemble_predictor",
     "plugins.learned_predictor",
     "plugins.symmetric",
+    "plugins.feedback",
     "plugins.samplers",
     "plugins.gates",
     "plugins.fields",

@@ -3,6 +3,6 @@
 
 from __future__ import annotations
 
-from .contracts.predictor import DtPredictor, History, bind_integrator, checked_dt, pop_force_evals
+from .contracts.predictor import DtPredictor, History, bind_integrator, checked_dt, observe_step, pop_force_evals
 
-__all__ = ["DtPredictor", "History", "bind_integrator", "checked_dt", "pop_force_evals"]
+__all__ = ["DtPredictor", "History", "bind_integrator", "checked_dt", "observe_step", "pop_force_evals"]

@@ -31,6 +31,7 @@ from .contracts import (
     checked_dt,
     checked_error,
     checked_step,
+    observe_step,
     pop_force_evals,
 )
 from .control import RunControl
@@ -119,6 +120,7 @@ def iter_steps(
                     state, new, energy, new_energy, rel, error, reference, judge, proposed, limit, evals, integrator,
                     guard_threshold, max_halvings,
                 )
+            observe_step(predictor, dt, error)  # predictors that adapt to their steps' errors
             if history is not None:
                 history = history.push(state)
         state, energy = new, new_energy

@@ -23,6 +23,7 @@ DECLARED = {
                 "init_factor", "max_pairs", "timescale", "seed"],
         "mlp-ensemble": ["size", "spread"],
         "symmetric": ["base", "iterations", "integrator", "checkpoint", "base_options", "solver"],
+        "feedback": ["base", "target", "window", "growth", "max_boost", "base_options"],
     },
     "samplers": {"uniform": [], "prioritized": ["alpha", "uniform_mix"], "recent": ["half_life"]},
     "gates": {"energy": [], "pair-energy": []},

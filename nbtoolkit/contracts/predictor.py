@@ -5,7 +5,8 @@ last K accepted states, a :class:`History`) to a timestep per system, ``dt`` of 
 finite and > 0, in the time unit of the state. Classical rules have no parameters; learned ones
 do. Every dt a predictor answers goes through :func:`checked_dt`. A predictor that takes trial
 steps to choose dt implements two optional methods, reached through :func:`bind_integrator` and
-:func:`pop_force_evals` (see below).
+:func:`pop_force_evals`, and one that adapts to the errors its steps make implements a third,
+reached through :func:`observe_step` (see below).
 """
 
 from __future__ import annotations
@@ -89,12 +90,15 @@ def checked_dt(dt: Tensor, state: NBodyState, predictor: object) -> Tensor:
     return dt
 
 
-# ----------------------------------------------------------------------------- predictors that take trial steps
+# ----------------------------------------------------------------------------- predictors that take part in the run
 # A predictor may step the state itself to choose dt (the ``symmetric`` wrapper does: it evaluates
-# its base rule at a trial end point). Two optional methods, on the predictor or any of its
-# sub-modules, connect it to the run: ``bind_integrator(integrator)`` is told which integrator the
-# run steps with, and ``pop_force_evals()`` returns the force evaluations (B,) its last call spent
-# (or None) and resets the count, so that simulate's and evaluate's figures include them.
+# its base rule at a trial end point), or adapt to the errors of the steps it chose (the ``feedback``
+# wrapper does). Three optional methods, on the predictor or any of its sub-modules, connect it to
+# the run: ``bind_integrator(integrator)`` is told, at the start of every run, which integrator the
+# run steps with; ``pop_force_evals()`` returns the force evaluations (B,) its last call spent (or
+# None) and resets the count, so that simulate's and evaluate's figures include them; and
+# ``observe_step(dt, error)`` is told, after every step, the dt (B,) each system took and the
+# error (B,) the run's gate measured for it (the guard's retry when the guard retried).
 def bind_integrator(predictor: object, integrator: object) -> None:
     """Tell every part of ``predictor`` that takes trial steps which integrator the run uses."""
     parts = predictor.modules() if isinstance(predictor, torch.nn.Module) else [predictor]
@@ -117,3 +121,13 @@ def pop_force_evals(predictor: object, batch_size: int) -> Tensor | None:
             count = torch.as_tensor(count, dtype=torch.float64).expand(batch_size)
             total = count if total is None else total + count
     return total
+
+
+def observe_step(predictor: object, dt: Tensor, error: Tensor) -> None:
+    """Tell every part of ``predictor`` that adapts to its steps' errors the dt (B,) each system took
+    and the gate's error (B,) of that step."""
+    parts = predictor.modules() if isinstance(predictor, torch.nn.Module) else [predictor]
+    for part in parts:
+        observe = getattr(part, "observe_step", None)
+        if callable(observe):
+            observe(dt, error)

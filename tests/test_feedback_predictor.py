@@ -1,0 +1,124 @@
+"""The `feedback` dt-predictor wrapper (plugins/feedback.py): the level it sets from the steps' errors,
+per system and per run, its options, and what it does to the learned dt on the figure-eight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from systems import two_body_orbit
+
+from nbtoolkit.errors import OptionError, PluginError
+from nbtoolkit.evaluate import evaluate_predictor
+from nbtoolkit.plugin_manager import DEFAULT_PLUGINS
+from nbtoolkit.presets import make_preset
+from nbtoolkit.simulate import simulate
+from nbtoolkit.state import NBodyState
+from plugins.feedback import FeedbackDt
+
+
+def fly(pred: FeedbackDt, state, errors: list[float]) -> list[float]:
+    """Call ``pred`` and report each error in turn as its step's; the level after each report."""
+    levels = []
+    for err in errors:
+        dt = pred(state)
+        pred.observe_step(dt, torch.full_like(dt, err))
+        assert pred.level is not None
+        levels.append(float(pred.level[0]))
+    return levels
+
+
+@pytest.fixture
+def constant_base(host):
+    return host.predictors.create("constant", dt=0.01)
+
+
+def test_registered_as_a_default_predictor(host):
+    assert "plugins.feedback" in DEFAULT_PLUGINS
+    assert host.predictors.get("feedback").source == "module plugins.feedback"
+    default = host.predictors.create("feedback")
+    assert type(default.base).__name__ == "MLPDtPredictor" and default.base_name == "learned"
+    state, _ = two_body_orbit(e=0.5)
+    assert torch.equal(default(state), default.base(state))  # no step observed: the base's dt exactly
+
+
+def test_level_waits_a_window_then_rises_by_growth_up_to_max_boost(host, constant_base):
+    pred = FeedbackDt(constant_base, window=4, growth=1.5, max_boost=3.0)
+    pred.bind_integrator(host.integrators.create("leapfrog"))
+    state, _ = two_body_orbit(e=0.5)
+    levels = fly(pred, state, [1e-12] * 7)
+    assert levels == pytest.approx([1, 1, 1, 1.5, 2.25, 3, 3])
+    assert float(pred(state)[0]) == pytest.approx(0.03)
+
+
+def test_a_step_near_the_gate_brings_the_level_down_for_a_window(host, constant_base):
+    pred = FeedbackDt(constant_base, target=1e-4, window=3, growth=10.0, max_boost=3.0)
+    pred.bind_integrator(host.integrators.create("leapfrog"))
+    state, _ = two_body_orbit(e=0.5)
+    assert fly(pred, state, [1e-12] * 3) == pytest.approx([1, 1, 3])
+    # at level 3, an error of 8 x target allows 3 / 8^(1/3) = 1.5; the window remembers it
+    assert fly(pred, state, [8e-4, 1e-12, 1e-12, 1e-12]) == pytest.approx([1.5, 1.5, 1.5, 3])
+    # an error far over the target: back to the floor of 1, never below
+    assert fly(pred, state, [1.0, 1e-12]) == pytest.approx([1, 1])
+
+
+def test_the_error_exponent_is_the_integrators_order_plus_one(host, constant_base):
+    state, _ = two_body_orbit(e=0.5)
+    for integrator, level in (("leapfrog", 32 ** (1 / 3)), ("yoshida4", 2.0)):
+        pred = FeedbackDt(constant_base, target=1e-4, window=1, growth=100.0, max_boost=100.0)
+        pred.bind_integrator(host.integrators.create(integrator))
+        assert pred.exponent == host.integrators.create(integrator).order + 1
+        assert fly(pred, state, [1e-4 / 32]) == pytest.approx([level])
+
+
+def test_levels_are_per_system_and_a_new_run_starts_again(host, constant_base):
+    pred = FeedbackDt(constant_base, window=1, growth=2.0)
+    pred.bind_integrator(host.integrators.create("leapfrog"))
+    one, _ = two_body_orbit(e=0.5)
+    two = NBodyState.cat([one, one])
+    dt = pred(two)
+    pred.observe_step(dt, torch.tensor([1e-12, 1.0], dtype=torch.float64))
+    assert pred.level.tolist() == [2.0, 1.0]
+    assert pred(two).tolist() == [0.02, 0.01]
+    pred.bind_integrator(host.integrators.create("leapfrog"))  # a new run
+    assert pred.level is None and pred(two).tolist() == [0.01, 0.01]
+    assert pred(one).tolist() == [0.01]  # another batch size: level 1 again
+
+
+def test_simulate_reports_every_step_to_it(host, constant_base):
+    """A circular orbit with a small constant base dt: after `window` steps, dt grows by `growth` a step
+    up to max_boost x the base, and every step still passes the gate."""
+    state, period = two_body_orbit(e=0.0)
+    pred = host.predictors.create("feedback", base=constant_base, window=4, growth=1.1, max_boost=2.0)
+    traj = simulate(state, host.integrators.create("leapfrog"), pred, orbits=1.0, period=period)
+    dt = torch.as_tensor(traj.dt[:, 0])
+    assert torch.allclose(dt[:4], torch.full((4,), 0.01, dtype=torch.float64))
+    assert float(dt[4]) == pytest.approx(0.011) and float(dt[5]) == pytest.approx(0.0121)
+    assert float(dt[:-1].max()) == pytest.approx(0.02)  # the last step lands on the end time
+    assert float(torch.as_tensor(traj.rel_dE).max()) < 1e-4
+
+
+def test_raises_the_learned_dt_on_the_figure_eight_and_keeps_every_step_under_the_gate(host):
+    system = make_preset("figure-eight")
+    leapfrog = host.integrators.create("leapfrog")
+    learned = host.predictors.create("learned")
+    alone = evaluate_predictor(system, leapfrog, learned, orbits=2.0, threshold=2e-4)[0]
+    raised = evaluate_predictor(system, leapfrog, host.predictors.create("feedback", base=learned), orbits=2.0,
+                                threshold=2e-4)[0]
+    assert alone.pass_fraction == raised.pass_fraction == 1.0
+    assert raised.steps < 0.95 * alone.steps
+
+
+def test_bad_options_are_errors(host, constant_base):
+    owner = r"of dt predictor 'feedback' \(plugin 'plugins.feedback'\)"
+    with pytest.raises(OptionError, match=f"option 'target' {owner} must be finite and > 0; got 0"):
+        host.predictors.create("feedback", target=0)
+    with pytest.raises(OptionError, match=f"option 'max_boost' {owner} must be finite and >= 1; got 0.5"):
+        host.predictors.create("feedback", max_boost=0.5)
+    with pytest.raises(OptionError, match=f"option 'window' {owner} must be in \\[1, 100000\\]; got 0"):
+        host.predictors.create("feedback", window=0)
+    with pytest.raises(OptionError, match="option 'eta' of dt predictor 'freefall'"):  # the base's own declaration
+        host.predictors.create("feedback", base="freefall", eta=-1.0)
+    with pytest.raises(PluginError, match="options dt cannot be applied to a base given as an object"):
+        host.predictors.create("feedback", base=constant_base, dt=0.1)
+    with pytest.raises(OptionError, match="option 'growth' of FeedbackDt must be finite and >= 1; got 0.9"):
+        FeedbackDt(constant_base, growth=0.9)
