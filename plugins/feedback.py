@@ -101,6 +101,7 @@ class FeedbackDt(DtPredictor):
             return  # no call of this run's batch to compare with
         taken = (dt / self._last_base).to(torch.float64)  # g_n
         err = error.to(torch.float64).clamp_min(ERROR_FLOOR * self.target)
+        err = torch.where(torch.isnan(err), torch.full_like(err, torch.inf), err)  # unknown: as bad as can be
         allowed = taken * (self.target / err).pow(1.0 / self.exponent)
         self._allowed = torch.cat([self._allowed[1:], allowed.unsqueeze(0)])
         self._observed += 1

@@ -59,6 +59,8 @@ def test_a_step_near_the_gate_brings_the_level_down_for_a_window(host, constant_
     assert fly(pred, state, [8e-4, 1e-12, 1e-12, 1e-12]) == pytest.approx([1.5, 1.5, 1.5, 3])
     # an error far over the target: back to the floor of 1, never below
     assert fly(pred, state, [1.0, 1e-12]) == pytest.approx([1, 1])
+    # an error that could not be measured counts as the worst
+    assert fly(pred, state, [1e-12] * 3 + [float("nan"), 1e-12]) == pytest.approx([1, 3, 3, 1, 1])
 
 
 def test_the_error_exponent_is_the_integrators_order_plus_one(host, constant_base):
