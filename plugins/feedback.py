@@ -121,8 +121,8 @@ class FeedbackDt(DtPredictor):
     def forward(self, state, history: History | None = None) -> Tensor:
         base_dt = self.base(state, history)
         B = state.batch_size
-        if self._allowed is None or self._allowed.shape[1] != B:
-            self._level, self._observed = None, 0
+        if self._allowed is None or self._allowed.shape[1] != B:  # a new run or another batch: start from level 1
+            self._restart()
             self._allowed = torch.full((self.window, B), torch.inf, dtype=torch.float64, device=base_dt.device)
         self._last_base = base_dt.detach()
         return base_dt if self._level is None else self._level.to(base_dt) * base_dt
