@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--per-table and --steps must be at least 1")
     torch.manual_seed(args.seed)
     host = get_host()
-    predictor = host.predictors.create("learned") if args.model == "learned" else \
-        host.predictors.create("learned", model=args.model)
+    predictor = host.predictors.create("learned", feedback=False) if args.model == "learned" else \
+        host.predictors.create("learned", model=args.model, feedback=False)
     if not hasattr(predictor, "log_safety"):
         parser.error(f"--model {args.model}: not a model with calibrated class factors (an mlp predictor)")
     training_set = load_training_set(args.training_set)

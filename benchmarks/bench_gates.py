@@ -180,7 +180,7 @@ def run_system(system: Problem, host: Any, log: Any) -> tuple[list[Row], dict[st
             rows.append(judge(system, f"{rule} (tuned)", gate, f"eta={eta:.3g}", traj, reference, gates,
                               time.perf_counter() - t))
             print(f"  {system.name} {gate} {rule}: eta {eta:.3g}, {traj.steps} steps", file=log, flush=True)
-        learned = host.predictors.create("learned")
+        learned = host.predictors.create("learned", feedback=False)  # its controller steers to the energy gate
         t = time.perf_counter()
         traj = simulate(system.state, leapfrog, learned, orbits=system.span, period=period, guard_threshold=THRESHOLD,
                         gate=gates[gate])

@@ -24,8 +24,8 @@ runs the same weights calibrated again for ``yoshida4``
 (``nbtoolkit calibrate --model learned --integrator yoshida4 --out FILE``).
 
 Run: ``python benchmarks/bench_generalization.py [--checkpoint model.pt] [--yoshida4-model FILE] [--quick]
-[--feedback] [--json out.json]`` (``--feedback`` flies the model inside the ``feedback`` predictor, which
-raises its dt where the last steps' errors show headroom)
+[--no-feedback] [--json out.json]`` (``learned`` flies its network inside the ``feedback`` controller;
+``--no-feedback`` flies the calibrated network alone)
 (``--quick`` skips the oracle, the constant dt and the yoshida4 table; the constant dt is left out where its
 search would take more than 100,000 steps, as at e = 0.99).
 """
@@ -118,23 +118,20 @@ def guarded(case: Case, integrator: Integrator, predictor: DtPredictor, label: s
             "guarded_steps": s["guarded_steps"]}
 
 
-def load_learned(host: Any, checkpoint: Path | None) -> DtPredictor:
+def load_learned(host: Any, checkpoint: Path | None, feedback: bool = True) -> DtPredictor:
+    """The shipped model (or ``checkpoint``), as ``learned`` flies it: inside its feedback controller
+    unless ``feedback`` is False."""
     if checkpoint is not None:
-        from nbtoolkit.training import load_predictor
-
-        return load_predictor(checkpoint, host=host)
-    return host.predictors.create("learned")
+        return host.predictors.create("learned", model=str(checkpoint), feedback=feedback)
+    return host.predictors.create("learned", feedback=feedback)
 
 
 def run(checkpoint: Path | None, quick: bool, integrator_name: str = "leapfrog",
-        feedback: bool = False) -> dict[str, Any]:
+        feedback: bool = True) -> dict[str, Any]:
     host = get_host()
     integrator = host.integrators.create(integrator_name)
-    learned = load_learned(host, checkpoint)
-    model = str(checkpoint or "learned")
-    if feedback:
-        learned = host.predictors.create("feedback", base=learned)
-        model = f"feedback around {model}"
+    learned = load_learned(host, checkpoint, feedback)
+    model = str(checkpoint or "learned") + ("" if feedback else ", network alone")
     results: dict[str, Any] = {"integrator": integrator_name, "model": model, "systems": []}
     for case in cases():
         start = time.perf_counter()
@@ -191,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run yoshida4 with this model file (the weights calibrated for yoshida4)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--feedback", action="store_true",
-                        help="fly the model inside the 'feedback' predictor (its dt raised where the errors allow)")
+    parser.add_argument("--no-feedback", dest="feedback", action="store_false",
+                        help="fly the calibrated network alone, without its feedback controller")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = [run(args.checkpoint, args.quick, feedback=args.feedback)]

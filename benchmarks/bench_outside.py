@@ -24,11 +24,11 @@ The systems, by kind:
   spectrum (each mass u^-1.35, u uniform), two cold collapses of a uniform sphere, and three
   softened Plummer spheres
 
-Run: ``python benchmarks/bench_outside.py [--model learned|FILE] [--feedback] [--only NAME,NAME]
+Run: ``python benchmarks/bench_outside.py [--model learned|FILE] [--no-feedback] [--only NAME,NAME]
 [--json out.json] [--rules earlier.json]`` (about 20 minutes on one core, most of it tuning the rule;
 ``--only`` takes parts of system names; ``--rules`` takes the tuned rule's steps from the ``--json`` file
-of an earlier run, so comparing another model takes a few minutes; ``--feedback`` flies the model inside
-the ``feedback`` predictor, which raises its dt where the last steps' errors show headroom).
+of an earlier run, so comparing another model takes a few minutes; ``--no-feedback`` flies the calibrated
+network without the ``feedback`` controller that ``learned`` flies it in).
 """
 
 from __future__ import annotations
@@ -235,16 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the rows to this file")
     parser.add_argument("--rules", default=None,
                         help="take the tuned rule's steps from the --json file of an earlier run instead of tuning")
-    parser.add_argument("--feedback", action="store_true",
-                        help="fly the model inside the 'feedback' predictor (its dt raised where the errors allow)")
+    parser.add_argument("--no-feedback", dest="feedback", action="store_false",
+                        help="fly the calibrated network alone, without its feedback controller")
     args = parser.parse_args(argv)
     stored = _stored_rules(args.rules) if args.rules else {}
     torch.set_num_threads(1)
     host = get_host()
-    predictor = host.predictors.create("learned") if args.model == "learned" else \
-        host.predictors.create("learned", model=args.model)
-    if args.feedback:
-        predictor = host.predictors.create("feedback", base=predictor)
+    predictor = host.predictors.create("learned", feedback=args.feedback) if args.model == "learned" else \
+        host.predictors.create("learned", model=args.model, feedback=args.feedback)
     leapfrog = host.integrators.create("leapfrog")
     wanted = [w for w in args.only.split(",") if w]
     rows = []

@@ -1,39 +1,46 @@
-"""The ``feedback`` dt predictor: any dt predictor, raised where its own steps show headroom.
+"""The ``feedback`` dt predictor: any dt predictor, steered by the errors its own steps make.
 
 A calibrated learned dt keeps a margin under the gate everywhere, because it cannot tell a system
 where the margin is needed from one where it is not: a periodic choreography looks like its chaotic
-neighbours, a rigid rotation like a triple about to break up. The run can tell: every step measures
-the error the gate judges. ``feedback`` multiplies its base's dt by a *level* c >= 1 set from the
-errors of the last steps, the way an ODE solver's step-size controller uses its error estimate:
+neighbours, a rigid rotation like a triple about to break up. And a calibration made on some
+systems holds on others only on average: an unseen cluster may sit just over the gate for many
+steps. The run can tell both: every step measures the error the gate judges. ``feedback``
+multiplies its base's dt by a *level* c set from the errors of the last steps, the way an ODE
+solver's step-size controller uses its error estimate.
 
-    dt_n = c_n * base(x_n),
-    c_n  = clip(min(min over the last W steps k of  g_k (target / err_k)^(1/p),  growth * g_(n-1)), 1, max_boost),
+Step k took the level g_k = dt_k / base(x_k) and made the gate error err_k. With p = order + 1 of
+the run's integrator (a step's energy error of an order-q method scales as dt^(q+1): 3 for
+``leapfrog``), kappa_k = err_k / g_k^p is the error the base's own dt would have made. Over the
+last W = ``window`` steps, M_n = max kappa_k, and the level of step n + 1 is
 
-where g_k = dt_k / base(x_k) is the level step k took (the dt it took over its base's: less than
-c_k where the run capped dt at its end time or the guard halved it), err_k its gate error,
-p = order + 1 of the run's integrator (a step's energy error of an order-q method scales as
-dt^(q+1): 3 for ``leapfrog``) and W = ``window``. Each term of the minimum is the level at which
-step k would have made ``target``; the smallest over W steps keeps the level under what the
-worst recent step allows, ``growth`` bounds how fast it rises, and c stays 1 until W steps have
-been observed, so a short run, or the start of one, flies its base unchanged. The level never
-falls below 1: the base, with its calibrated safety, is the floor, and a step that comes near the
-gate brings the level straight back to it.
+    c_(n+1) = max((ceiling / M_n)^(1/p), min_level)                       if M_n > ceiling,
+    c_(n+1) = clip(min((aim_n / M_n)^(1/p), growth * g_n), 1, max_boost)  otherwise,
 
-What it cannot see coming is an error that jumps within one step (a close encounter that forms
-in a cluster): there the base's own margin is what keeps the step under the gate, and a raised
-level spends it. ``docs/models.md`` gives what this costs and gains on the benchmark systems.
+so a window holding an error over ``ceiling`` brings dt under the base's at once, and otherwise the
+level rises (at most ``growth`` a step, and only once W steps were observed) until the worst step
+of the window would make ``aim_n``. The aim starts at ``target`` (half the gate) and rises towards
+ceiling / S_n over the ``trust`` steps after the first window, where the *surprise* S_n >= 1 is the
+largest ratio, over the run, of a step's kappa to the largest kappa of the window before it: how
+far the window's worst has failed to foresee the next step. A run whose errors are steady (a
+periodic orbit: S about 1.01) earns an aim near ``ceiling``; one whose errors jump (close
+encounters in a cluster: S 1.3 to 2) keeps the aim near ``target``, where a jump still stays under
+the gate. The base, with its calibrated safety, is what each step starts from: the level is 1 for
+the first steps and wherever the errors leave no room either way.
 
 The level is per system of the batch and lives for one run: it starts again at 1 when a run binds
 its integrator (``simulate``, ``evaluate``; see :mod:`nbtoolkit.contracts.predictor`) and when
 the batch changes size. Outside a run (a training loop that never reports its steps) it stays 1.
+``docs/models.md`` gives what it costs and gains on the benchmark systems.
 
 Options (declared on :func:`make_feedback`): ``base`` (a registered predictor name, default
-``learned``, or a ``DtPredictor`` object), ``target`` (the gate error a step aims at, default half
-of the default gate's 2e-4), ``window``, ``growth``, ``max_boost``, ``base_options`` and any other
-keyword, which goes to the base::
+``learned``, or a ``DtPredictor`` object), ``target``, ``ceiling`` (both gate errors, defaults
+1e-4 and 1.7e-4 for the default gate of 2e-4: scale both with another gate), ``window``,
+``trust``, ``growth``, ``max_boost``, ``min_level``, ``base_options`` and any other keyword,
+which goes to the base. A base that flies inside a controller of its own (``learned`` does) is
+steered by this one instead::
 
-    host.predictors.create("feedback")                          # the shipped model, raised where it can be
-    host.predictors.create("feedback", base="freefall", eta=0.02, target=5e-5)
+    host.predictors.create("feedback", target=5e-5, ceiling=8e-5)   # the shipped network, steered lower
+    host.predictors.create("feedback", base="freefall", eta=0.02, target=5e-5, ceiling=8e-5)
     nbtoolkit simulate ... --predictor feedback --predictor-option model=my-model.pt
 """
 
@@ -52,41 +59,63 @@ from nbtoolkit.predictor import DtPredictor, History
 
 #: the per-step error a step aims at: half of the default energy gate, 2e-4
 DEFAULT_TARGET = 1e-4
-#: the gate errors of this many steps set the level, and the level stays 1 until that many were observed
+#: the largest error the window may hold: above it the level falls, below 1 if need be
+DEFAULT_CEILING = 1.7e-4
+#: the gate errors of this many steps set the level, and the level rises only once that many were observed
 DEFAULT_WINDOW = 32
+#: steps, after the first window, over which the aim rises from ``target`` towards ``ceiling``
+DEFAULT_TRUST = 128
 #: the most the level rises from one step to the next
 DEFAULT_GROWTH = 1.05
 #: the largest level
 DEFAULT_MAX_BOOST = 2.0
+#: the smallest level: the most dt may fall under the base's
+DEFAULT_MIN_LEVEL = 0.5
 #: errors below this share of the target count as this share (an exact step would ask for an infinite level)
 ERROR_FLOOR = 1e-9
-TARGET = Option("the gate error per step that the level aims at (half the gate is a safe choice)", number(0.0))
-WINDOW = Option("steps whose errors set the level; the level stays 1 until this many were observed",
+TARGET = Option("the gate error per step that the level aims at before the run has shown its errors steady "
+                "(half the gate is a safe choice)", number(0.0))
+CEILING = Option("the largest gate error the window may hold: above it the level falls (below 1 if need be); "
+                 "once the run has shown its errors steady, the aim rises towards it", number(0.0))
+WINDOW = Option("steps whose errors set the level; the level rises only once this many were observed",
                 integer(1, 100_000))
+TRUST = Option("steps, after the first window, over which the aim rises from target towards ceiling / surprise",
+               integer(1, 10_000_000))
 GROWTH = Option("the most the level rises per step", number(1.0, strict=False))
 MAX_BOOST = Option("the largest level: the most dt may exceed the base's", number(1.0, strict=False))
+MIN_LEVEL = Option("the smallest level: the most dt may fall under the base's",
+                   number(0.0, high=1.0, high_strict=False))
 
 
 class FeedbackDt(DtPredictor):
-    """dt = c x base(state), with a level c >= 1 per system set from the gate errors of the last steps
+    """dt = c x base(state), with a level c per system set from the gate errors of the last steps
     (see the module docstring). ``history_len`` is the base's."""
 
     def __init__(self, base: DtPredictor, *, target: Annotated[float, TARGET] = DEFAULT_TARGET,
-                 window: Annotated[int, WINDOW] = DEFAULT_WINDOW, growth: Annotated[float, GROWTH] = DEFAULT_GROWTH,
-                 max_boost: Annotated[float, MAX_BOOST] = DEFAULT_MAX_BOOST, base_name: str = "base") -> None:
+                 ceiling: Annotated[float, CEILING] = DEFAULT_CEILING,
+                 window: Annotated[int, WINDOW] = DEFAULT_WINDOW, trust: Annotated[int, TRUST] = DEFAULT_TRUST,
+                 growth: Annotated[float, GROWTH] = DEFAULT_GROWTH,
+                 max_boost: Annotated[float, MAX_BOOST] = DEFAULT_MAX_BOOST,
+                 min_level: Annotated[float, MIN_LEVEL] = DEFAULT_MIN_LEVEL, base_name: str = "base") -> None:
         super().__init__()
         if not isinstance(base, DtPredictor):
             raise ConfigError(f"feedback: base must be a dt predictor or a registered name; got {type(base).__name__}")
-        checked = check_arguments(FeedbackDt, target=target, window=window, growth=growth, max_boost=max_boost)
+        checked = check_arguments(FeedbackDt, target=target, ceiling=ceiling, window=window, trust=trust,
+                                  growth=growth, max_boost=max_boost, min_level=min_level)
+        if checked["ceiling"] < checked["target"]:
+            raise ConfigError(f"feedback: option 'ceiling' ({checked['ceiling']:g}) must be >= option 'target' "
+                              f"({checked['target']:g})")
         self.base = base
         self.base_name = base_name
-        self.target, self.window = checked["target"], checked["window"]
-        self.growth, self.max_boost = checked["growth"], checked["max_boost"]
+        self.target, self.ceiling = checked["target"], checked["ceiling"]
+        self.window, self.trust = checked["window"], checked["trust"]
+        self.growth, self.max_boost, self.min_level = checked["growth"], checked["max_boost"], checked["min_level"]
         self.history_len = int(getattr(base, "history_len", 0))
         self.exponent = 3.0  # order + 1 of the run's integrator; leapfrog's until a run binds one
         self._last_base: Tensor | None = None  # (B,) the base's dt at the last call
         self._level: Tensor | None = None  # (B,) c for the next step
-        self._allowed: Tensor | None = None  # (W, B) the level each of the last W steps allows
+        self._coeff: Tensor | None = None  # (W, B) the error coefficients of the last W steps (0: not observed)
+        self._surprise: Tensor | None = None  # (B,) the run's largest coefficient over its window's largest
         self._observed = 0
 
     # -------------------------------------------------------------- run protocol (nbtoolkit.contracts.predictor)
@@ -97,19 +126,30 @@ class FeedbackDt(DtPredictor):
 
     def observe_step(self, dt: Tensor, error: Tensor) -> None:
         """Step n took ``dt`` (B,) and the gate measured ``error`` (B,): set the level of step n + 1."""
-        if self._last_base is None or self._allowed is None or self._last_base.shape != dt.shape:
+        if self._last_base is None or self._coeff is None or self._surprise is None \
+                or self._last_base.shape != dt.shape:
             return  # no call of this run's batch to compare with
         taken = (dt / self._last_base).to(torch.float64)  # g_n
         err = error.to(torch.float64).clamp_min(ERROR_FLOOR * self.target)
         err = torch.where(torch.isnan(err), torch.full_like(err, torch.inf), err)  # unknown: as bad as can be
-        allowed = taken * (self.target / err).pow(1.0 / self.exponent)
-        self._allowed = torch.cat([self._allowed[1:], allowed.unsqueeze(0)])
+        coeff = err / taken.pow(self.exponent)  # the error the base's own dt would have made
+        if self._observed >= self.window:
+            self._surprise = torch.maximum(self._surprise, coeff / self._coeff.amax(0))
+        self._coeff = torch.cat([self._coeff[1:], coeff.unsqueeze(0)])
         self._observed += 1
-        level = torch.minimum(self._allowed.amin(0), self.growth * taken).clamp(1.0, self.max_boost)
-        self._level = level if self._observed >= self.window else torch.ones_like(level)
+        worst = self._coeff.amax(0)  # (B,)
+        evidence = min(max(self._observed - self.window, 0) / self.trust, 1.0)
+        aim = self.target + ((self.ceiling / self._surprise).clamp(self.target, self.ceiling) - self.target) * evidence
+        if self._observed >= self.window:
+            up = torch.minimum((aim / worst).pow(1.0 / self.exponent), self.growth * taken)
+            level = up.clamp(1.0, self.max_boost)
+        else:
+            level = torch.ones_like(worst)
+        down = (self.ceiling / worst).pow(1.0 / self.exponent)
+        self._level = torch.where(down < 1.0, down.clamp_min(self.min_level), level)
 
     def _restart(self) -> None:
-        self._level = self._allowed = self._last_base = None
+        self._level = self._coeff = self._surprise = self._last_base = None
         self._observed = 0
 
     # -------------------------------------------------------------- the rule
@@ -121,24 +161,28 @@ class FeedbackDt(DtPredictor):
     def forward(self, state, history: History | None = None) -> Tensor:
         base_dt = self.base(state, history)
         B = state.batch_size
-        if self._allowed is None or self._allowed.shape[1] != B:  # a new run or another batch: start from level 1
+        if self._coeff is None or self._coeff.shape[1] != B:  # a new run or another batch: start from level 1
             self._restart()
-            self._allowed = torch.full((self.window, B), torch.inf, dtype=torch.float64, device=base_dt.device)
+            self._coeff = torch.zeros((self.window, B), dtype=torch.float64, device=base_dt.device)
+            self._surprise = torch.ones(B, dtype=torch.float64, device=base_dt.device)
         self._last_base = base_dt.detach()
         return base_dt if self._level is None else self._level.to(base_dt) * base_dt
 
     def extra_repr(self) -> str:
-        return (f"base={self.base_name}, target={self.target:g}, window={self.window}, growth={self.growth:g}, "
-                f"max_boost={self.max_boost:g}")
+        return (f"base={self.base_name}, target={self.target:g}, ceiling={self.ceiling:g}, window={self.window}, "
+                f"trust={self.trust}, growth={self.growth:g}, max_boost={self.max_boost:g}, min_level={self.min_level:g}")
 
 
 def make_feedback(
     base: Annotated[str | DtPredictor, Option("the dt predictor whose dt is raised",
                                               name_or(DtPredictor, "dt predictor"))] = "learned",
     target: Annotated[float, TARGET] = DEFAULT_TARGET,
+    ceiling: Annotated[float, CEILING] = DEFAULT_CEILING,
     window: Annotated[int, WINDOW] = DEFAULT_WINDOW,
+    trust: Annotated[int, TRUST] = DEFAULT_TRUST,
     growth: Annotated[float, GROWTH] = DEFAULT_GROWTH,
     max_boost: Annotated[float, MAX_BOOST] = DEFAULT_MAX_BOOST,
+    min_level: Annotated[float, MIN_LEVEL] = DEFAULT_MIN_LEVEL,
     base_options: Annotated[dict[str, Any] | None, Option("options of the base predictor (any option not declared "
                                                           "here goes to the base too)", option_table())] = None,
     **options: Any,
@@ -154,8 +198,10 @@ def make_feedback(
         base_predictor, base_name = base, type(base).__name__
     else:
         base_predictor, base_name = get_host().predictors.create(base, **merged), base
-    return FeedbackDt(base_predictor, target=target, window=window, growth=growth, max_boost=max_boost,
-                      base_name=base_name)
+    if isinstance(base_predictor, FeedbackDt):  # a base already steered (``learned``): steer its own base instead
+        base_predictor = base_predictor.base
+    return FeedbackDt(base_predictor, target=target, ceiling=ceiling, window=window, trust=trust, growth=growth,
+                      max_boost=max_boost, min_level=min_level, base_name=base_name)
 
 
 @hookimpl

@@ -7,7 +7,13 @@ systems, hierarchical and democratic triples, Plummer clusters of 4 to 64 bodies
 validation system passes the gate on 99.5 % of its unguarded steps. ``docs/models.md`` is its
 model card: how it was trained, the command that reproduces it and what it achieves.
 
-Option ``model``: the path of another model file or checkpoint to load instead.
+The network flies inside the ``feedback`` controller (:mod:`plugins.feedback`), steered to the gate
+it was trained for: the errors of the run's own steps raise its dt where the calibrated margin is
+not needed (a periodic orbit) and lower it where an unseen system sits near the gate. The
+controller's aim starts at half that gate and its ceiling is 0.85 of it.
+
+Options: ``model``, the path of another model file or checkpoint to load instead; ``feedback``,
+false for the calibrated network alone (what calibration, fitting and time-symmetric runs use).
 """
 
 from __future__ import annotations
@@ -17,19 +23,33 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 from nbtoolkit import hookimpl
-from nbtoolkit.options import Option, text
+from nbtoolkit.options import Option, boolean, text
 from nbtoolkit.predictor import DtPredictor
+from plugins.feedback import FeedbackDt
 
 #: the shipped model file
 MODEL_FILE = Path(str(resources.files(__package__).joinpath("data").joinpath("learned-general.pt")))
+#: the feedback controller's target and ceiling, as fractions of the gate threshold the model was trained for
+FEEDBACK_TARGET, FEEDBACK_CEILING = 0.5, 0.85
+#: the gate threshold of a model file that records none
+DEFAULT_GATE = 2e-4
 
 
-def learned_predictor(model: Annotated[str | None, Option("a model file or checkpoint to load instead of the "
-                                                         "shipped model", text())] = None) -> DtPredictor:
+def learned_predictor(
+    model: Annotated[str | None, Option("a model file or checkpoint to load instead of the shipped model",
+                                        text())] = None,
+    feedback: Annotated[bool, Option("fly the network inside the feedback controller, steered to the gate it was "
+                                     "trained for (false: the calibrated network alone)", boolean())] = True,
+) -> DtPredictor:
     """The shipped ``general`` model (or the model file / checkpoint ``model``), ready to fly."""
-    from nbtoolkit.training.checkpoint import load_predictor
+    from nbtoolkit.training.checkpoint import load_trained
 
-    return load_predictor(Path(model) if model else MODEL_FILE)
+    network, data = load_trained(Path(model) if model else MODEL_FILE)
+    if not feedback:
+        return network
+    gate = float(data.get("config", {}).get("energy_threshold", DEFAULT_GATE))
+    return FeedbackDt(network, target=FEEDBACK_TARGET * gate, ceiling=FEEDBACK_CEILING * gate,
+                      base_name="learned network")
 
 
 cast(Any, learned_predictor).model_file = MODEL_FILE  # what nbtoolkit calibrate --model learned recalibrates

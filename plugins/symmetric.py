@@ -20,7 +20,9 @@ Options (declared on :func:`make_symmetric`): ``base`` (a registered predictor n
 ``freefall``, or a ``DtPredictor`` object), ``iterations`` (default 2), ``solver`` (``secant`` or
 ``fixed-point``), ``integrator`` (default ``leapfrog``), ``checkpoint`` (a checkpoint path: its
 trained predictor becomes the base), ``base_options`` (a dict of the base's options) and any other
-keyword, which is passed on to the base (and checked by the base's declarations)::
+keyword, which is passed on to the base (and checked by the base's declarations). A base flown
+inside the ``feedback`` controller (``learned`` is) is made symmetric without it: a dt that follows
+the run's past errors cannot be time-symmetric::
 
     host.predictors.create("symmetric", base="freefall", eta=0.05)
     nbtoolkit simulate ... --predictor symmetric --predictor-option base=freefall --eta 0.05
@@ -40,6 +42,7 @@ from nbtoolkit.errors import ConfigError
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.options import Option, check_arguments, integer, name_or, one_of, option_table, text
 from nbtoolkit.predictor import DtPredictor, History
+from plugins.feedback import FeedbackDt
 
 #: trial steps per step, and how their results are combined. The plain fixed-point iteration
 #: dt <- 1/2 (tau(x_n) + tau(x_{n+1}(dt))) converges linearly, slowly where tau changes much over a
@@ -174,6 +177,8 @@ def make_symmetric(
         base_predictor, base_name = base, type(base).__name__
     else:
         base_predictor, base_name = host.predictors.create(base, **merged), base
+    if isinstance(base_predictor, FeedbackDt):  # a dt that follows the run's past errors cannot be time-symmetric
+        base_predictor = base_predictor.base
     bound = host.integrators.create(integrator) if isinstance(integrator, str) else integrator
     return SymmetricDt(base_predictor, iterations=iterations, integrator=bound, base_name=base_name, solver=solver)
 

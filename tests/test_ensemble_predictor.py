@@ -65,7 +65,7 @@ def members(host, tmp_path):
 def test_the_ensemble_dt_is_the_geometric_mean_of_its_members_dt_before_their_factors(host, members, mixed_set):
     ensemble, data = combine_models(members, host)
     state = pad_systems(load_training_set(str(mixed_set)).draw(0))  # 2, 3 and 5-9 bodies in one padded batch
-    singles = [host.predictors.create("learned", model=str(path)) for path in members]
+    singles = [host.predictors.create("learned", model=str(path), feedback=False) for path in members]
     with torch.no_grad():
         raw = [single.log_dt(state) for single in singles]
         assert not torch.allclose(raw[0], raw[1], rtol=1e-3)  # the members disagree
@@ -117,7 +117,7 @@ def test_calibrate_with_several_models_writes_an_ensemble_that_loads_and_flies(h
     data = read_model(out)
     assert data["plugins"]["predictor"]["name"] == "mlp-ensemble"
     assert data["calibration"]["seed"] == 3  # validation draws 4 and 5: neither member trained on them
-    loaded = host.predictors.create("learned", model=str(out))
+    loaded = host.predictors.create("learned", model=str(out), feedback=False)
     assert type(loaded).__name__ == "MLPEnsembleDt" and not loaded.training
     again = recalibrate_model(members, tmp_path / "again.pt", training_set=str(mixed_set), steps=16, host=host)
     assert loaded.safety == pytest.approx(again.safety, rel=1e-12)

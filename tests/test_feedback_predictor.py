@@ -51,16 +51,56 @@ def test_level_waits_a_window_then_rises_by_growth_up_to_max_boost(host, constan
 
 
 def test_a_step_near_the_gate_brings_the_level_down_for_a_window(host, constant_base):
-    pred = FeedbackDt(constant_base, target=1e-4, window=3, growth=10.0, max_boost=3.0)
+    pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.7e-4, window=3, growth=10.0, max_boost=3.0)
     pred.bind_integrator(host.integrators.create("leapfrog"))
     state, _ = two_body_orbit(e=0.5)
     assert fly(pred, state, [1e-12] * 3) == pytest.approx([1, 1, 3])
     # at level 3, an error of 8 x target allows 3 / 8^(1/3) = 1.5; the window remembers it
     assert fly(pred, state, [8e-4, 1e-12, 1e-12, 1e-12]) == pytest.approx([1.5, 1.5, 1.5, 3])
-    # an error far over the target: back to the floor of 1, never below
-    assert fly(pred, state, [1.0, 1e-12]) == pytest.approx([1, 1])
+    # an error whose base-dt share (1 / 27) is over the ceiling: under the base's dt, down to min_level, for a window
+    assert fly(pred, state, [1.0, 1e-12, 1e-12, 1e-12]) == pytest.approx([0.5, 0.5, 0.5, 3])
     # an error that could not be measured counts as the worst
-    assert fly(pred, state, [1e-12] * 3 + [float("nan"), 1e-12]) == pytest.approx([1, 3, 3, 1, 1])
+    assert fly(pred, state, [float("nan"), 1e-12]) == pytest.approx([0.5, 0.5])
+
+
+def test_a_window_a_little_over_the_ceiling_lowers_the_level_just_enough(host, constant_base):
+    pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.6e-4, window=4)
+    pred.bind_integrator(host.integrators.create("leapfrog"))
+    state, _ = two_body_orbit(e=0.5)
+    # 2e-4 at level 1: the level at which it would have made the ceiling, (1.6 / 2)^(1/3), from the next step on
+    assert fly(pred, state, [2e-4]) == pytest.approx([0.8 ** (1 / 3)])
+
+
+def fly_steady(pred: FeedbackDt, state, coeffs: list[float]) -> list[float]:
+    """Report the error each step makes when the base dt's error is ``coeff``: coeff x level^3."""
+    levels = []
+    for coeff in coeffs:
+        dt = pred(state)
+        level = 1.0 if pred.level is None else float(pred.level[0])
+        pred.observe_step(dt, torch.full_like(dt, coeff * level ** 3))
+        levels.append(float(pred.level[0]))
+    return levels
+
+
+def test_steady_errors_raise_the_aim_to_the_ceiling_over_trust_steps(host, constant_base):
+    pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.6e-4, window=2, trust=4, growth=100.0, max_boost=100.0)
+    pred.bind_integrator(host.integrators.create("leapfrog"))
+    state, _ = two_body_orbit(e=0.5)
+    levels = fly_steady(pred, state, [1e-5] * 8)
+    aims = [1e-4 + 0.6e-4 * min(max(n - 2, 0) / 4, 1.0) for n in range(1, 9)]  # after n steps observed
+    assert levels[1:] == pytest.approx([(aim / 1e-5) ** (1 / 3) for aim in aims[1:]])
+    assert levels[-1] == pytest.approx(16 ** (1 / 3))
+
+
+def test_a_surprise_keeps_the_aim_at_the_target(host, constant_base):
+    """A step whose error coefficient is twice its window's largest: the aim may rise only to
+    ceiling / 2, under the target, so it stays at the target for the rest of the run."""
+    pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.6e-4, window=2, trust=4, growth=100.0, max_boost=100.0)
+    pred.bind_integrator(host.integrators.create("leapfrog"))
+    state, _ = two_body_orbit(e=0.5)
+    levels = fly_steady(pred, state, [1e-5] * 2 + [2e-5] + [1e-5] * 12)
+    assert float(pred._surprise[0]) == pytest.approx(2.0)
+    assert levels[-1] == pytest.approx(10 ** (1 / 3))
 
 
 def test_the_error_exponent_is_the_integrators_order_plus_one(host, constant_base):
@@ -79,8 +119,8 @@ def test_levels_are_per_system_and_a_new_run_starts_again(host, constant_base):
     two = NBodyState.cat([one, one])
     dt = pred(two)
     pred.observe_step(dt, torch.tensor([1e-12, 1.0], dtype=torch.float64))
-    assert pred.level.tolist() == [2.0, 1.0]
-    assert pred(two).tolist() == [0.02, 0.01]
+    assert pred.level.tolist() == [2.0, 0.5]
+    assert pred(two).tolist() == [0.02, 0.005]
     pred.bind_integrator(host.integrators.create("leapfrog"))  # a new run
     assert pred.level is None and pred(two).tolist() == [0.01, 0.01]
     assert pred(one).tolist() == [0.01]  # another batch size: level 1 again
@@ -102,10 +142,9 @@ def test_simulate_reports_every_step_to_it(host, constant_base):
 def test_raises_the_learned_dt_on_the_figure_eight_and_keeps_every_step_under_the_gate(host):
     system = make_preset("figure-eight")
     leapfrog = host.integrators.create("leapfrog")
-    learned = host.predictors.create("learned")
-    alone = evaluate_predictor(system, leapfrog, learned, orbits=2.0, threshold=2e-4)[0]
-    raised = evaluate_predictor(system, leapfrog, host.predictors.create("feedback", base=learned), orbits=2.0,
-                                threshold=2e-4)[0]
+    alone = evaluate_predictor(system, leapfrog, host.predictors.create("learned", feedback=False), orbits=2.0,
+                               threshold=2e-4)[0]
+    raised = evaluate_predictor(system, leapfrog, host.predictors.create("learned"), orbits=2.0, threshold=2e-4)[0]
     assert alone.pass_fraction == raised.pass_fraction == 1.0
     assert raised.steps < 0.95 * alone.steps
 
@@ -124,3 +163,14 @@ def test_bad_options_are_errors(host, constant_base):
         host.predictors.create("feedback", base=constant_base, dt=0.1)
     with pytest.raises(OptionError, match="option 'growth' of FeedbackDt must be finite and >= 1; got 0.9"):
         FeedbackDt(constant_base, growth=0.9)
+    with pytest.raises(OptionError, match=f"option 'min_level' {owner} must be finite and > 0 and <= 1; got 2"):
+        host.predictors.create("feedback", min_level=2)
+    with pytest.raises(PluginError, match=r"option 'ceiling' \(5e-05\) must be >= option 'target' \(0.0001\)"):
+        host.predictors.create("feedback", ceiling=5e-5)
+
+
+def test_a_base_that_flies_its_own_controller_is_steered_by_the_new_one(host):
+    pred = host.predictors.create("feedback", base="learned", target=5e-5, ceiling=8e-5)
+    assert type(pred.base).__name__ == "MLPDtPredictor" and (pred.target, pred.ceiling) == (5e-5, 8e-5)
+    symmetric = host.predictors.create("symmetric", base="learned")
+    assert type(symmetric.base).__name__ == "MLPDtPredictor"  # a dt that follows past errors is not symmetric

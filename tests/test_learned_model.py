@@ -11,7 +11,8 @@ from nbtoolkit.evaluate import evaluate_predictor
 from nbtoolkit.io import save_state
 from nbtoolkit.presets import make_preset
 from nbtoolkit.training.checkpoint import MODEL_FORMAT
-from plugins.learned_predictor import MODEL_FILE
+from plugins.feedback import FeedbackDt
+from plugins.learned_predictor import FEEDBACK_CEILING, FEEDBACK_TARGET, MODEL_FILE
 
 
 def test_the_shipped_model_file_is_small_and_safe_to_load():
@@ -26,12 +27,22 @@ def test_the_shipped_model_file_is_small_and_safe_to_load():
 def test_learned_is_registered_and_carries_its_calibrated_safety_factor(host):
     entry = host.predictors.get("learned")
     assert entry.plugin == "plugins.learned_predictor"
-    pred = host.predictors.create("learned")
+    pred = host.predictors.create("learned", feedback=False)
     saved = torch.load(MODEL_FILE, weights_only=True)
     stored = pred.upgrade_state_dict(dict(saved["predictor_state"]))["log_safety"]
     assert pred.safety == pytest.approx(stored.exp().tolist())
     assert sorted(set(pred.safety)) == pytest.approx(sorted(set(saved["calibration"]["safety"])))
     assert not pred.training
+
+
+def test_learned_flies_the_network_inside_a_controller_steered_to_its_training_gate(host):
+    pred = host.predictors.create("learned")
+    network = host.predictors.create("learned", feedback=False)
+    assert isinstance(pred, FeedbackDt) and type(pred.base) is type(network) and not pred.base.training
+    gate = torch.load(MODEL_FILE, weights_only=True)["config"]["energy_threshold"]
+    assert (pred.target, pred.ceiling) == pytest.approx((FEEDBACK_TARGET * gate, FEEDBACK_CEILING * gate))
+    state = make_preset("kepler", eccentricity=0.5).state
+    assert torch.equal(pred(state), network(state))  # before any step is observed: the network's dt exactly
 
 
 @pytest.mark.parametrize("preset, params, orbits", [

@@ -18,12 +18,12 @@ from nbtoolkit.training.settings_doc import SETTINGS_DOC
 DECLARED = {
     "integrators": {"leapfrog": [], "yoshida4": [], "rk4": []},
     "predictors": {
-        "constant": ["dt"], "aarseth": ["eta"], "freefall": ["eta"], "learned": ["model"],
+        "constant": ["dt"], "aarseth": ["eta"], "freefall": ["eta"], "learned": ["model", "feedback"],
         "mlp": ["hidden_width", "hidden_layers", "activation", "fourier_features", "fourier_scale", "history_len",
                 "init_factor", "max_pairs", "timescale", "seed"],
         "mlp-ensemble": ["size", "spread"],
         "symmetric": ["base", "iterations", "integrator", "checkpoint", "base_options", "solver"],
-        "feedback": ["base", "target", "window", "growth", "max_boost", "base_options"],
+        "feedback": ["base", "target", "ceiling", "window", "trust", "growth", "max_boost", "min_level", "base_options"],
     },
     "samplers": {"uniform": [], "prioritized": ["alpha", "uniform_mix"], "recent": ["half_life"]},
     "gates": {"energy": [], "pair-energy": []},

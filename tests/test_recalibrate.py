@@ -44,7 +44,7 @@ def test_recalibration_follows_the_threshold_and_integrator_and_the_file_records
     # step error grows as dt^3: half the threshold takes about 2^(-1/3) = 0.79 of the dt
     assert 0.7 < strict.safety[1] / base.safety[1] < 0.88
     # what the yoshida4 factors promise: its own validation systems pass with yoshida4 (leapfrog's factor need not)
-    predictor = host.predictors.create("learned", model=str(tmp_path / "y4.pt"))
+    predictor = host.predictors.create("learned", model=str(tmp_path / "y4.pt"), feedback=False)
     state = pad_systems(load_training_set(str(small_set)).validation_draws(0))
     integrator = host.integrators.create("yoshida4")
     passed = total = 0
@@ -57,9 +57,9 @@ def test_recalibration_follows_the_threshold_and_integrator_and_the_file_records
     data = read_model(tmp_path / "y4.pt")
     assert data["calibration"]["integrator"] == "yoshida4" and data["calibration"]["threshold"] == 2e-4
     assert data["info"]["calibrated_from"] == str(source)
-    predictor = host.predictors.create("learned", model=str(tmp_path / "y4.pt"))
+    predictor = host.predictors.create("learned", model=str(tmp_path / "y4.pt"), feedback=False)
     assert [round(math.log(f), 9) for f in predictor.safety] == [round(math.log(f), 9) for f in yoshida.safety]
-    original = host.predictors.create("learned")
+    original = host.predictors.create("learned", feedback=False)
     weights = {k: v for k, v in original.state_dict().items() if k != "log_safety"}
     assert all(torch.equal(v, predictor.state_dict()[k]) for k, v in weights.items())
 
