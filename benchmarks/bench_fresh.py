@@ -1,0 +1,156 @@
+"""Unseen draws of the training set: how many systems pass the gate on 99 % of their steps.
+
+``bench_outside.py`` flies 29 hand-picked systems. This flies hundreds more, drawn from the
+training set's own families with seeds the model never saw (training draws seed 0, calibration
+seeds 1 and 2; the defaults here are 20 and 21). Each system is flown unguarded for ``--steps``
+steps (``leapfrog``, gate |dE/E| <= 2e-4) with the shipped ``learned`` predictor and with its
+calibrated network alone (``feedback=false``). Per family it prints the systems, how many pass
+fewer than 99 % of their steps, the lowest pass rate, and the median, over the family, of the time
+``learned`` reached in those steps over the time the network alone reached (above 1: longer
+steps).
+
+Systems are flown in batches of equal N and softening, so no batch holds padding bodies. A
+system whose run stops early (its bodies flew apart and its dt overflowed) counts with the steps
+it took; a batch that stops is flown again system by system.
+
+Run: ``python benchmarks/bench_fresh.py [--model learned|FILE] [--training-set general|FILE.toml]
+[--seeds 20 21] [--steps 1024] [--json out.json]`` (about 10 minutes on one core with the
+defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from nbtoolkit import get_host
+from nbtoolkit.errors import NBToolkitError
+from nbtoolkit.families import SystemDraw
+from nbtoolkit.simulate import iter_steps
+from nbtoolkit.training.trainset import load_training_set, pad_systems
+
+THRESHOLD = 2e-4
+#: the pass rate a system must reach
+REQUIRED = 0.99
+
+
+@dataclass(frozen=True)
+class Flight:
+    """One system flown for up to ``steps`` steps."""
+
+    family: str
+    steps: int  # steps taken (fewer than asked where the run stopped)
+    pass_fraction: float  # of those steps, the share whose |dE/E| <= THRESHOLD
+    time: float  # the time reached
+
+
+def _fly_batch(draws: list[SystemDraw], make_predictor: Callable[[], Any], integrator: Any,
+               steps: int) -> list[Flight]:
+    """Fly ``draws`` (equal N and softening) as one batch; raises where a step of any system fails."""
+    state = pad_systems(draws)
+    errors, time = [], state.time
+    for k, result in enumerate(iter_steps(state, integrator, make_predictor())):
+        errors.append(result.error)
+        time = result.state.time
+        if k + 1 >= steps:
+            break
+    passed = (torch.stack(errors) <= THRESHOLD).to(torch.float64).mean(0)
+    return [Flight(d.family, len(errors), float(passed[b]), float(time[b])) for b, d in enumerate(draws)]
+
+
+def _fly_alone(draw: SystemDraw, make_predictor: Callable[[], Any], integrator: Any, steps: int) -> Flight:
+    """Fly one system; a run that stops counts with the steps it took (a system that takes none
+    counts as failing)."""
+    state = pad_systems([draw])
+    errors, time = [], float(state.time[0])
+    try:
+        for k, result in enumerate(iter_steps(state, integrator, make_predictor())):
+            errors.append(float(result.error[0]))
+            time = float(result.state.time[0])
+            if k + 1 >= steps:
+                break
+    except NBToolkitError:
+        pass
+    passed = sum(e <= THRESHOLD for e in errors) / len(errors) if errors else 0.0
+    return Flight(draw.family, len(errors), passed, time)
+
+
+def fly_draws(draws: list[SystemDraw], make_predictor: Callable[[], Any], integrator: Any,
+              steps: int) -> list[Flight]:
+    """Every draw flown for ``steps`` steps with a predictor from ``make_predictor`` (one per batch),
+    in the order of ``draws``."""
+    groups: dict[tuple[int, float], list[int]] = defaultdict(list)
+    for i, draw in enumerate(draws):
+        groups[(int(draw.mass.shape[-1]), float(draw.softening))].append(i)
+    flights: dict[int, Flight] = {}
+    for members in groups.values():
+        try:
+            flights.update(zip(members, _fly_batch([draws[i] for i in members], make_predictor, integrator, steps)))
+        except NBToolkitError:
+            flights.update((i, _fly_alone(draws[i], make_predictor, integrator, steps)) for i in members)
+    return [flights[i] for i in range(len(draws))]
+
+
+def family_rows(network: list[Flight], learned: list[Flight]) -> list[dict[str, Any]]:
+    """Per family (and 'all'): systems, below REQUIRED and lowest pass rate of each, and the median
+    ratio of the times reached."""
+    families = sorted({f.family for f in network}) + ["all"]
+    rows = []
+    for family in families:
+        pairs = [(a, b) for a, b in zip(network, learned) if family in ("all", a.family)]
+        ratios = [b.time / a.time for a, b in pairs if a.time > 0]
+        rows.append({
+            "family": family, "systems": len(pairs),
+            "network_below": sum(a.pass_fraction < REQUIRED for a, _ in pairs),
+            "network_lowest": min(a.pass_fraction for a, _ in pairs),
+            "learned_below": sum(b.pass_fraction < REQUIRED for _, b in pairs),
+            "learned_lowest": min(b.pass_fraction for _, b in pairs),
+            "time_ratio": statistics.median(ratios) if ratios else float("nan"),
+        })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="learned", help="'learned' (the shipped model) or a model file or checkpoint")
+    parser.add_argument("--training-set", default="general", help="the set whose families are drawn")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[20, 21], help="draw seeds (0-2 are the model's own)")
+    parser.add_argument("--steps", type=int, default=1024, help="steps per system")
+    parser.add_argument("--json", default=None, help="also write every flight to this file")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    torch.set_num_threads(1)
+    host = get_host()
+    options = {} if args.model == "learned" else {"model": args.model}
+    leapfrog = host.integrators.create("leapfrog")
+    training_set = load_training_set(args.training_set)
+    draws = [draw for seed in args.seeds for draw in training_set.draw(seed)]
+    print(f"{len(draws)} systems of '{training_set.name}' (seeds {', '.join(map(str, args.seeds))}), "
+          f"{args.steps} steps each, unguarded, gate |dE/E| <= {THRESHOLD:g}", flush=True)
+    network = fly_draws(draws, lambda: host.predictors.create("learned", feedback=False, **options), leapfrog,
+                        args.steps)
+    learned = fly_draws(draws, lambda: host.predictors.create("learned", **options), leapfrog, args.steps)
+    rows = family_rows(network, learned)
+    print(f"{'family':14s} {'systems':>7}  {'network alone: <99 %':>20} {'lowest':>7}  {'learned: <99 %':>14} "
+          f"{'lowest':>7}  {'time reached, learned / network':>31}")
+    for r in rows:
+        print(f"{r['family']:14s} {r['systems']:7d}  {r['network_below']:20d} {100 * r['network_lowest']:6.2f}%  "
+              f"{r['learned_below']:14d} {100 * r['learned_lowest']:6.2f}%  {r['time_ratio']:31.2f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"rows": rows, "network": [asdict(f) for f in network], "learned": [asdict(f) for f in learned]},
+                      fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

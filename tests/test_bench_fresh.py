@@ -1,0 +1,50 @@
+"""benchmarks/bench_fresh.py: unseen draws flown per batch of equal N, their pass rates and the times reached."""
+
+from __future__ import annotations
+
+import pytest
+
+from nbtoolkit import get_host
+from nbtoolkit.training.trainset import TrainingSet
+
+TABLES = [{"family": "kepler", "count": 3, "eccentricity": [0.0, 0.3]},
+          {"family": "plummer", "count": 2, "n": [4, 5]}]
+
+
+@pytest.fixture
+def draws():
+    return TrainingSet.from_tables(TABLES).draw(20)
+
+
+def test_flights_keep_the_order_of_the_draws_and_measure_each_system(load_benchmark, draws):
+    bench = load_benchmark("bench_fresh")
+    host = get_host()
+    leapfrog = host.integrators.create("leapfrog")
+    small = bench.fly_draws(draws, lambda: host.predictors.create("constant", dt=1e-4), leapfrog, steps=8)
+    assert [f.family for f in small] == [d.family for d in draws]
+    assert all(f.steps == 8 and f.pass_fraction == 1.0 for f in small)
+    assert [f.time for f in small] == pytest.approx([8e-4] * len(draws))
+    # a dt far too long for the tightest orbit fails the gate: the binaries (periods of order 1-10) fail most steps
+    bold = bench.fly_draws(draws, lambda: host.predictors.create("constant", dt=0.5), leapfrog, steps=8)
+    assert any(f.pass_fraction < 0.99 for f in bold)
+    rows = bench.family_rows(small, bold)
+    overall = rows[-1]
+    assert overall["family"] == "all" and overall["systems"] == len(draws)
+    assert overall["network_below"] == 0 and overall["learned_below"] == sum(f.pass_fraction < 0.99 for f in bold)
+    assert overall["time_ratio"] == pytest.approx(0.5 / 1e-4)
+
+
+def test_a_system_whose_run_stops_counts_with_the_steps_it_took(load_benchmark, draws):
+    bench = load_benchmark("bench_fresh")
+    host = get_host()
+
+    class StopsAtThirdCall:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, state, history=None):
+            self.calls += 1
+            return host.predictors.create("constant", dt=1e-4)(state) * (float("nan") if self.calls == 3 else 1.0)
+
+    flights = bench.fly_draws(draws[:2], StopsAtThirdCall, host.integrators.create("leapfrog"), steps=8)
+    assert [f.steps for f in flights] == [2, 2] and [f.time for f in flights] == pytest.approx([2e-4, 2e-4])
