@@ -133,8 +133,9 @@ class FeedbackDt(DtPredictor):
         err = error.to(torch.float64).clamp_min(ERROR_FLOOR * self.target)
         err = torch.where(torch.isnan(err), torch.full_like(err, torch.inf), err)  # unknown: as bad as can be
         coeff = err / taken.pow(self.exponent)  # the error the base's own dt would have made
-        if self._observed >= self.window:
-            self._surprise = torch.maximum(self._surprise, coeff / self._coeff.amax(0))
+        if self._observed >= self.window:  # an unknown error over an unknown window surprises as much as can be
+            ratio = (coeff / self._coeff.amax(0)).nan_to_num(nan=torch.inf)
+            self._surprise = torch.maximum(self._surprise, ratio)
         self._coeff = torch.cat([self._coeff[1:], coeff.unsqueeze(0)])
         self._observed += 1
         worst = self._coeff.amax(0)  # (B,)

@@ -59,8 +59,10 @@ def test_a_step_near_the_gate_brings_the_level_down_for_a_window(host, constant_
     assert fly(pred, state, [8e-4, 1e-12, 1e-12, 1e-12]) == pytest.approx([1.5, 1.5, 1.5, 3])
     # an error whose base-dt share (1 / 27) is over the ceiling: under the base's dt, down to min_level, for a window
     assert fly(pred, state, [1.0, 1e-12, 1e-12, 1e-12]) == pytest.approx([0.5, 0.5, 0.5, 3])
-    # an error that could not be measured counts as the worst
+    # an error that could not be measured counts as the worst; two in a row leave the level finite
     assert fly(pred, state, [float("nan"), 1e-12]) == pytest.approx([0.5, 0.5])
+    assert fly(pred, state, [float("nan")] * 2 + [1e-12] * 4) == pytest.approx([0.5] * 4 + [3, 3])
+    assert float(pred._surprise[0]) == float("inf")  # and the aim stays at the target for the rest of the run
 
 
 def test_a_window_a_little_over_the_ceiling_lowers_the_level_just_enough(host, constant_base):
