@@ -18,14 +18,15 @@ last W = ``window`` steps, M_n = max kappa_k, and the level of step n + 1 is
 
 so a window holding an error over ``ceiling`` brings dt under the base's at once, and otherwise the
 level rises (at most ``growth`` a step, and only once W steps were observed) until the worst step
-of the window would make ``aim_n``. The aim starts at ``target`` (half the gate) and rises towards
+of the window would make ``aim_n``. The aim starts at ``target`` (half the gate) and moves towards
 ceiling / S_n over the ``trust`` steps after the first window, where the *surprise* S_n >= 1 is the
 largest ratio, over the run, of a step's kappa to the largest kappa of the window before it: how
 far the window's worst has failed to foresee the next step. A run whose errors are steady (a
 periodic orbit: S about 1.01) earns an aim near ``ceiling``; one whose errors jump (close
-encounters in a cluster: S 1.3 to 2) keeps the aim near ``target``, where a jump still stays under
-the gate. The base, with its calibrated safety, is what each step starts from: the level is 1 for
-the first steps and wherever the errors leave no room either way.
+encounters in a cluster: S 1.3 to 2.7; an error that peaks once an orbit longer than the window:
+S 4 and more) gets an aim at or under ``target``, from which such a jump still makes the ceiling.
+The base, with its calibrated safety, is what each step starts from: the level is 1 for the first
+steps and wherever the errors leave no room either way.
 
 The level is per system of the batch and lives for one run: it starts again at 1 when a run binds
 its integrator (``simulate``, ``evaluate``; see :mod:`nbtoolkit.contracts.predictor`) and when
@@ -63,7 +64,7 @@ DEFAULT_TARGET = 1e-4
 DEFAULT_CEILING = 1.7e-4
 #: the gate errors of this many steps set the level, and the level rises only once that many were observed
 DEFAULT_WINDOW = 32
-#: steps, after the first window, over which the aim rises from ``target`` towards ``ceiling``
+#: steps, after the first window, over which the aim moves from ``target`` towards ``ceiling`` / surprise
 DEFAULT_TRUST = 128
 #: the most the level rises from one step to the next
 DEFAULT_GROWTH = 1.05
@@ -79,7 +80,7 @@ CEILING = Option("the largest gate error the window may hold: above it the level
                  "once the run has shown its errors steady, the aim rises towards it", number(0.0))
 WINDOW = Option("steps whose errors set the level; the level rises only once this many were observed",
                 integer(1, 100_000))
-TRUST = Option("steps, after the first window, over which the aim rises from target towards ceiling / surprise",
+TRUST = Option("steps, after the first window, over which the aim moves from target towards ceiling / surprise",
                integer(1, 10_000_000))
 GROWTH = Option("the most the level rises per step", number(1.0, strict=False))
 MAX_BOOST = Option("the largest level: the most dt may exceed the base's", number(1.0, strict=False))
@@ -140,7 +141,7 @@ class FeedbackDt(DtPredictor):
         self._observed += 1
         worst = self._coeff.amax(0)  # (B,)
         evidence = min(max(self._observed - self.window, 0) / self.trust, 1.0)
-        aim = self.target + ((self.ceiling / self._surprise).clamp(self.target, self.ceiling) - self.target) * evidence
+        aim = self.target + ((self.ceiling / self._surprise).clamp(max=self.ceiling) - self.target) * evidence
         if self._observed >= self.window:
             up = torch.minimum((aim / worst).pow(1.0 / self.exponent), self.growth * taken)
             level = up.clamp(1.0, self.max_boost)
