@@ -243,6 +243,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     extra = validate.option_dict(args.predictor_option, "--predictor-option")
     for rule in args.rules:  # refuse a rule that cannot be tuned before any run
         tuned_option(host, rule, extra)
+    for name, options in args.predictor:  # and a predictor that cannot be built
+        host.predictors.create(name, **options)
     reference = None
     if args.reference is not None:
         from .reference import load_reference
@@ -259,9 +261,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ref = None if reference is None else reference.system(b)
         if learned is not None:
             rows += evaluate_predictor(one, integrator, learned, **run, label=f"system {b}: learned", reference=ref)
-        for name in args.predictor:
-            rows += evaluate_predictor(one, integrator, host.predictors.create(name), **run,
-                                       label=f"system {b}: {name}", reference=ref)
+        for name, options in args.predictor:
+            spec = name + (":" + ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                          for k, v in options.items()) if options else "")
+            rows += evaluate_predictor(one, integrator, host.predictors.create(name, **options), **run,
+                                       label=f"system {b}: {spec}", reference=ref)
         for rule in args.rules:
             tuned = tune_rule(host, rule, one, integrator, orbits=orbits, threshold=args.threshold, gate=gate,
                               options=extra)
@@ -326,8 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_system_arguments(p)
     add_plugin_arguments(p)
-    p.add_argument("--predictor", action="append", default=[], metavar="NAME",
-                   help="also evaluate this registered dt predictor as it is, e.g. learned (repeatable)")
+    p.add_argument("--predictor", action="append", default=[], type=validate.predictor_spec,
+                   metavar="NAME[:KEY=VALUE,...]",
+                   help="also evaluate this registered dt predictor, with these factory options, e.g. learned or "
+                        "learned:feedback=false (repeatable)")
     p.add_argument("--predictor-option", action="append", type=validate.option_pair, metavar="KEY=VALUE",
                    help="extra factory option of every rule in --rules (repeatable)")
     p.add_argument("--rules", nargs="*", default=["aarseth", "freefall"],

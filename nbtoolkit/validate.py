@@ -230,6 +230,21 @@ def option_pair(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def predictor_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``NAME`` or ``NAME:KEY=VALUE[,KEY=VALUE...]`` (an argparse ``type``): a registered
+    predictor and its factory options, each VALUE read as :func:`option_pair` reads it."""
+    name, sep, rest = text.partition(":")
+    if not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME:KEY=VALUE,..., got {text!r}")
+    options: dict[str, Any] = {}
+    for item in rest.split(",") if sep else []:
+        key, value = option_pair(item)
+        if key in options:
+            raise argparse.ArgumentTypeError(f"option {key} is given twice in {text!r}")
+        options[key] = value
+    return name.strip(), options
+
+
 def option_dict(pairs: list[tuple[str, Any]] | None, flag: str) -> dict[str, Any]:
     """The options of a repeatable ``KEY=VALUE`` flag; a key given twice is a :class:`ConfigError`."""
     out: dict[str, Any] = {}

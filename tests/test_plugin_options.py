@@ -5,6 +5,7 @@ settings reference go through the same declarations."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 
@@ -116,6 +117,30 @@ def test_evaluate_refuses_a_bad_rule_option_before_any_run(monkeypatch, capsys):
     assert main(["evaluate", "--preset", "kepler", "--orbits", "1", "--predictor", "freefall", "--rules", "freefall",
                  "symmetric", "--predictor-option", "iterations=-1"]) == 2
     assert "dt predictor 'freefall'" in capsys.readouterr().err  # freefall takes no 'iterations'
+
+
+def test_evaluate_gives_each_predictor_its_own_options(capsys):
+    assert main(["evaluate", "--preset", "kepler", "--eccentricity", "0.5", "--orbits", "1", "--rules", "--json",
+                 "--predictor", "freefall:eta=0.02", "--predictor", "freefall:eta=0.04"]) == 0
+    rows = {row["label"]: row for row in json.loads(capsys.readouterr().out)}
+    fine, coarse = rows["system 0: freefall:eta=0.02"], rows["system 0: freefall:eta=0.04"]
+    assert 1.9 < fine["steps"] / coarse["steps"] < 2.1  # dt halves with eta
+    assert main(["evaluate", "--preset", "kepler", "--orbits", "1", "--rules", "--predictor",
+                 "learned:feedback=false"]) == 0
+    assert "system 0: learned:feedback=false" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_bad_predictor_option_before_any_run(monkeypatch, capsys):
+    import nbtoolkit.evaluate
+
+    monkeypatch.setattr(nbtoolkit.evaluate, "evaluate_predictor", lambda *a, **k: pytest.fail("a run started"))
+    assert main(["evaluate", "--preset", "kepler", "--orbits", "1", "--rules", "--predictor", "freefall",
+                 "--predictor", "learned:nonsense=1"]) == 2
+    err = capsys.readouterr().err
+    assert "dt predictor 'learned'" in err and "does not take option(s) nonsense" in err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--preset", "kepler", "--predictor", "learned:feedback"])
+    assert "expected KEY=VALUE, got 'feedback'" in capsys.readouterr().err
 
 
 def test_the_settings_reference_lists_every_default_plugin_and_its_options():
