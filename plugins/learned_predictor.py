@@ -8,7 +8,7 @@ validation system passes the gate on 99.5 % of its unguarded steps. ``docs/model
 model card: how it was trained, the command that reproduces it and what it achieves.
 
 The network flies inside the ``feedback`` controller (:mod:`plugins.feedback`), steered to the gate
-it was trained for: the errors of the run's own steps raise its dt where the calibrated margin is
+it was trained (or recalibrated) for: the errors of the run's own steps raise its dt where the calibrated margin is
 not needed (a periodic orbit) and lower it where an unseen system sits near the gate. The
 controller's aim starts at half that gate and its ceiling is 0.85 of it.
 
@@ -29,7 +29,8 @@ from plugins.feedback import FeedbackDt
 
 #: the shipped model file
 MODEL_FILE = Path(str(resources.files(__package__).joinpath("data").joinpath("learned-general.pt")))
-#: the feedback controller's target and ceiling, as fractions of the gate threshold the model was trained for
+#: the feedback controller's target and ceiling, as fractions of the gate threshold the model was trained (or
+#: recalibrated) for
 FEEDBACK_TARGET, FEEDBACK_CEILING = 0.5, 0.85
 #: the gate threshold of a model file that records none
 DEFAULT_GATE = 2e-4
@@ -47,7 +48,8 @@ def learned_predictor(
     network, data = load_trained(Path(model) if model else MODEL_FILE)
     if not feedback:
         return network
-    gate = float(data.get("config", {}).get("energy_threshold", DEFAULT_GATE))
+    calibration = data.get("calibration") or {}  # a recalibrated model records the gate it was calibrated for
+    gate = float(calibration.get("threshold", data.get("config", {}).get("energy_threshold", DEFAULT_GATE)))
     return FeedbackDt(network, target=FEEDBACK_TARGET * gate, ceiling=FEEDBACK_CEILING * gate,
                       base_name="learned network")
 

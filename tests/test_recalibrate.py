@@ -43,6 +43,8 @@ def test_recalibration_follows_the_threshold_and_integrator_and_the_file_records
     # binaries with e < 0.5 all fall in class 1 (two bodies, e < 0.5, the pair holds the energy). Leapfrog's
     # step error grows as dt^3: half the threshold takes about 2^(-1/3) = 0.79 of the dt
     assert 0.7 < strict.safety[1] / base.safety[1] < 0.88
+    steered = host.predictors.create("learned", model=str(tmp_path / "strict.pt"))  # to the gate it was calibrated for
+    assert (steered.target, steered.ceiling) == pytest.approx((0.5e-4, 0.85e-4))
     # what the yoshida4 factors promise: its own validation systems pass with yoshida4 (leapfrog's factor need not)
     predictor = host.predictors.create("learned", model=str(tmp_path / "y4.pt"), feedback=False)
     state = pad_systems(load_training_set(str(small_set)).validation_draws(0))
