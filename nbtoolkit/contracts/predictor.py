@@ -11,6 +11,7 @@ reached through :func:`observe_step` (see below).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -99,23 +100,24 @@ def checked_dt(dt: Tensor, state: NBodyState, predictor: object) -> Tensor:
 # None) and resets the count, so that simulate's and evaluate's figures include them; and
 # ``observe_step(dt, error)`` is told, after every step, the dt (B,) each system took and the
 # error (B,) the run's gate measured for it (the guard's retry when the guard retried).
+def _hooks(predictor: object, method: str) -> list[Callable[..., Any]]:
+    """The bound ``method`` of every part of ``predictor`` (itself and, for a module, its sub-modules)
+    that has one."""
+    parts = predictor.modules() if isinstance(predictor, torch.nn.Module) else [predictor]
+    hooks = (getattr(part, method, None) for part in parts)
+    return [hook for hook in hooks if callable(hook)]
+
+
 def bind_integrator(predictor: object, integrator: object) -> None:
     """Tell every part of ``predictor`` that takes trial steps which integrator the run uses."""
-    parts = predictor.modules() if isinstance(predictor, torch.nn.Module) else [predictor]
-    for part in parts:
-        bind = getattr(part, "bind_integrator", None)
-        if callable(bind):
-            bind(integrator)
+    for bind in _hooks(predictor, "bind_integrator"):
+        bind(integrator)
 
 
 def pop_force_evals(predictor: object, batch_size: int) -> Tensor | None:
     """Force evaluations (B,) spent inside ``predictor``'s last call (all its parts), or None if none."""
-    parts = predictor.modules() if isinstance(predictor, torch.nn.Module) else [predictor]
     total: Tensor | None = None
-    for part in parts:
-        pop = getattr(part, "pop_force_evals", None)
-        if not callable(pop):
-            continue
+    for pop in _hooks(predictor, "pop_force_evals"):
         count = pop()
         if count is not None:
             count = torch.as_tensor(count, dtype=torch.float64).expand(batch_size)
@@ -126,8 +128,5 @@ def pop_force_evals(predictor: object, batch_size: int) -> Tensor | None:
 def observe_step(predictor: object, dt: Tensor, error: Tensor) -> None:
     """Tell every part of ``predictor`` that adapts to its steps' errors the dt (B,) each system took
     and the gate's error (B,) of that step."""
-    parts = predictor.modules() if isinstance(predictor, torch.nn.Module) else [predictor]
-    for part in parts:
-        observe = getattr(part, "observe_step", None)
-        if callable(observe):
-            observe(dt, error)
+    for observe in _hooks(predictor, "observe_step"):
+        observe(dt, error)
