@@ -243,8 +243,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     extra = validate.option_dict(args.predictor_option, "--predictor-option")
     for rule in args.rules:  # refuse a rule that cannot be tuned before any run
         tuned_option(host, rule, extra)
-    for name, options in args.predictor:  # and a predictor that cannot be built
-        host.predictors.create(name, **options)
+    predictors = [(spec, host.predictors.create(name, **options))  # a predictor that cannot be built, too
+                  for name, options, spec in args.predictor]
     reference = None
     if args.reference is not None:
         from .reference import load_reference
@@ -261,11 +261,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ref = None if reference is None else reference.system(b)
         if learned is not None:
             rows += evaluate_predictor(one, integrator, learned, **run, label=f"system {b}: learned", reference=ref)
-        for name, options in args.predictor:
-            spec = name + (":" + ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
-                                          for k, v in options.items()) if options else "")
-            rows += evaluate_predictor(one, integrator, host.predictors.create(name, **options), **run,
-                                       label=f"system {b}: {spec}", reference=ref)
+        for spec, predictor in predictors:
+            rows += evaluate_predictor(one, integrator, predictor, **run, label=f"system {b}: {spec}", reference=ref)
         for rule in args.rules:
             tuned = tune_rule(host, rule, one, integrator, orbits=orbits, threshold=args.threshold, gate=gate,
                               options=extra)

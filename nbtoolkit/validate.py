@@ -230,9 +230,10 @@ def option_pair(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def predictor_spec(text: str) -> tuple[str, dict[str, Any]]:
+def predictor_spec(text: str) -> tuple[str, dict[str, Any], str]:
     """Parse ``NAME`` or ``NAME:KEY=VALUE[,KEY=VALUE...]`` (an argparse ``type``): a registered
-    predictor and its factory options, each VALUE read as :func:`option_pair` reads it."""
+    predictor, its factory options, each VALUE read as :func:`option_pair` reads it, and the text
+    as given (stripped), to name it by."""
     name, sep, rest = text.partition(":")
     if not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME or NAME:KEY=VALUE,..., got {text!r}")
@@ -242,7 +243,7 @@ def predictor_spec(text: str) -> tuple[str, dict[str, Any]]:
         if key in options:
             raise argparse.ArgumentTypeError(f"option {key} is given twice in {text!r}")
         options[key] = value
-    return name.strip(), options
+    return name.strip(), options, text.strip()
 
 
 def option_dict(pairs: list[tuple[str, Any]] | None, flag: str) -> dict[str, Any]:
