@@ -52,35 +52,24 @@ class Flight:
     time: float  # the time reached
 
 
-def _fly_batch(draws: list[SystemDraw], make_predictor: Callable[[], Any], integrator: Any,
-               steps: int) -> list[Flight]:
-    """Fly ``draws`` (equal N and softening) as one batch; raises where a step of any system fails."""
+def _fly(draws: list[SystemDraw], make_predictor: Callable[[], Any], integrator: Any, steps: int, *,
+         stop_quietly: bool = False) -> list[Flight]:
+    """Fly ``draws`` (equal N and softening) as one batch for up to ``steps`` steps. A step that fails
+    (a dt that overflowed) raises, or with ``stop_quietly`` ends the run there: the systems count with
+    the steps taken (a system that takes none counts as failing)."""
     state = pad_systems(draws)
     errors, time = [], state.time
-    for k, result in enumerate(iter_steps(state, integrator, make_predictor())):
-        errors.append(result.error)
-        time = result.state.time
-        if k + 1 >= steps:
-            break
-    passed = (torch.stack(errors) <= THRESHOLD).to(torch.float64).mean(0)
-    return [Flight(d.family, len(errors), float(passed[b]), float(time[b])) for b, d in enumerate(draws)]
-
-
-def _fly_alone(draw: SystemDraw, make_predictor: Callable[[], Any], integrator: Any, steps: int) -> Flight:
-    """Fly one system; a run that stops counts with the steps it took (a system that takes none
-    counts as failing)."""
-    state = pad_systems([draw])
-    errors, time = [], float(state.time[0])
     try:
         for k, result in enumerate(iter_steps(state, integrator, make_predictor())):
-            errors.append(float(result.error[0]))
-            time = float(result.state.time[0])
+            errors.append(result.error)
+            time = result.state.time
             if k + 1 >= steps:
                 break
     except NBToolkitError:
-        pass
-    passed = sum(e <= THRESHOLD for e in errors) / len(errors) if errors else 0.0
-    return Flight(draw.family, len(errors), passed, time)
+        if not stop_quietly:
+            raise
+    passed = (torch.stack(errors) <= THRESHOLD).to(torch.float64).mean(0) if errors else torch.zeros(len(draws))
+    return [Flight(d.family, len(errors), float(passed[b]), float(time[b])) for b, d in enumerate(draws)]
 
 
 def fly_draws(draws: list[SystemDraw], make_predictor: Callable[[], Any], integrator: Any,
@@ -93,9 +82,10 @@ def fly_draws(draws: list[SystemDraw], make_predictor: Callable[[], Any], integr
     flights: dict[int, Flight] = {}
     for members in groups.values():
         try:
-            flights.update(zip(members, _fly_batch([draws[i] for i in members], make_predictor, integrator, steps)))
-        except NBToolkitError:
-            flights.update((i, _fly_alone(draws[i], make_predictor, integrator, steps)) for i in members)
+            flights.update(zip(members, _fly([draws[i] for i in members], make_predictor, integrator, steps)))
+        except NBToolkitError:  # one system's run stopped: fly each alone
+            flights.update((i, _fly([draws[i]], make_predictor, integrator, steps, stop_quietly=True)[0])
+                           for i in members)
     return [flights[i] for i in range(len(draws))]
 
 
