@@ -50,20 +50,37 @@ def test_level_waits_a_window_then_rises_by_growth_up_to_max_boost(host, constan
     assert float(pred(state)[0]) == pytest.approx(0.03)
 
 
-def test_a_step_near_the_gate_brings_the_level_down_for_a_window(host, constant_base):
-    pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.7e-4, window=3, trust=10**7, growth=10.0,
+def test_a_step_near_the_gate_brings_the_level_down_for_a_window_and_holds_it_for_the_memory(host, constant_base):
+    pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.7e-4, window=3, memory=6, trust=10**7, growth=10.0,
                       max_boost=3.0)  # the aim stays at the target
     pred.bind_integrator(host.integrators.create("leapfrog"))
     state, _ = two_body_orbit(e=0.5)
     assert fly(pred, state, [1e-12] * 3) == pytest.approx([1, 1, 3])
-    # at level 3, an error of 8 x target allows 3 / 8^(1/3) = 1.5; the window remembers it
-    assert fly(pred, state, [8e-4, 1e-12, 1e-12, 1e-12]) == pytest.approx([1.5, 1.5, 1.5, 3])
-    # an error whose base-dt share (1 / 27) is over the ceiling: under the base's dt, down to min_level, for a window
-    assert fly(pred, state, [1.0, 1e-12, 1e-12, 1e-12]) == pytest.approx([0.5, 0.5, 0.5, 3])
+    # at level 3, an error of 8 x target allows 3 / 8^(1/3) = 1.5; the memory (6 steps) remembers it
+    assert fly(pred, state, [8e-4] + [1e-12] * 6) == pytest.approx([1.5] * 6 + [3])
+    # an error whose base-dt share (1 / 27) is over the ceiling: under the base's dt, down to min_level, for a
+    # window; then the base's dt until the memory forgets it
+    assert fly(pred, state, [1.0] + [1e-12] * 6) == pytest.approx([0.5] * 3 + [1] * 3 + [3])
     # an error that could not be measured counts as the worst; two in a row leave the level finite
     assert fly(pred, state, [float("nan"), 1e-12]) == pytest.approx([0.5, 0.5])
-    assert fly(pred, state, [float("nan")] * 2 + [1e-12] * 4) == pytest.approx([0.5] * 4 + [3, 3])
+    assert fly(pred, state, [float("nan")] * 2 + [1e-12] * 6) == pytest.approx([0.5] * 4 + [1] * 3 + [3])
     assert float(pred._surprise[0]) == float("inf")  # and the aim stays at the target for the rest of the run
+
+
+def test_the_memory_holds_the_level_steady_over_an_orbit_longer_than_the_window(host, constant_base):
+    """Errors that peak once every 10 steps (a pericentre passage): with a memory of one window the level
+    swings up between the peaks and back down after each; with a memory longer than the period it stays put."""
+    period = [1e-6] * 9 + [1e-4]
+    swinging = FeedbackDt(constant_base, window=4, memory=4, trust=10**7, growth=1.2, max_boost=2.0)
+    steady = FeedbackDt(constant_base, window=4, memory=16, trust=10**7, growth=1.2, max_boost=2.0)
+    for pred in (swinging, steady):
+        pred.bind_integrator(host.integrators.create("leapfrog"))
+    state, _ = two_body_orbit(e=0.5)
+    late = slice(60, 100)
+    swings = fly_steady(swinging, state, period * 10)[late]
+    holds = fly_steady(steady, state, period * 10)[late]
+    assert max(swings) > 1.5 and min(swings) < 1.2  # up to 2 between the peaks, down after each
+    assert max(holds) == pytest.approx(min(holds)) == pytest.approx(1.0)  # the peak already makes the target
 
 
 def test_a_window_a_little_over_the_ceiling_lowers_the_level_just_enough(host, constant_base):
@@ -96,9 +113,10 @@ def test_steady_errors_raise_the_aim_to_the_ceiling_over_trust_steps(host, const
 
 
 def test_a_surprise_lowers_the_aim(host, constant_base):
-    """A step whose error coefficient is twice its window's largest: the aim goes to ceiling / 2, under
-    the target, so that a jump like it from the window's worst still makes the ceiling."""
-    pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.6e-4, window=2, trust=4, growth=100.0, max_boost=100.0)
+    """A step whose error coefficient is twice its memory's largest: the aim goes to ceiling / 2, under
+    the target, so that a jump like it from the memory's worst still makes the ceiling."""
+    pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.6e-4, window=2, memory=4, trust=4, growth=100.0,
+                      max_boost=100.0)
     pred.bind_integrator(host.integrators.create("leapfrog"))
     state, _ = two_body_orbit(e=0.5)
     levels = fly_steady(pred, state, [1e-5] * 2 + [2e-5] + [1e-5] * 12)
@@ -170,6 +188,8 @@ def test_bad_options_are_errors(host, constant_base):
         host.predictors.create("feedback", min_level=2)
     with pytest.raises(PluginError, match=r"option 'ceiling' \(5e-05\) must be >= option 'target' \(0.0001\)"):
         host.predictors.create("feedback", ceiling=5e-5)
+    with pytest.raises(PluginError, match=r"option 'memory' \(16\) must be >= option 'window' \(32\)"):
+        host.predictors.create("feedback", memory=16)
 
 
 def test_a_base_that_flies_its_own_controller_is_steered_by_the_new_one(host):
