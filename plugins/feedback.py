@@ -76,7 +76,7 @@ DEFAULT_WINDOW = 32
 #: the gate errors of this many steps bound how high the level rises (at least the window)
 DEFAULT_MEMORY = 128
 #: steps, after the first window, over which the aim moves from ``target`` towards ``ceiling`` / surprise
-DEFAULT_TRUST = 128
+DEFAULT_TRUST = 64
 #: the most the level rises from one step to the next
 DEFAULT_GROWTH = 1.05
 #: the largest level
