@@ -32,7 +32,7 @@ that rose in the quiet part of a binary's orbit and fell after its pericentre wo
 passage in long steps going in and short ones coming out, and leapfrog's energy errors would no
 longer cancel between the two halves. With the raise bounded by the window alone, a lasting hard
 binary formed in half the runs of the cold collapse of 32 bodies (three times the steps, |dE/E|
-10x the base's at the end); with the memory, in none.
+10x the base's at the end); with the memory, in one of twelve.
 
 The base, with its calibrated safety, is what each step starts from: the level is 1 for the first
 steps and wherever the errors leave no room either way.
