@@ -3,19 +3,22 @@
 ``bench_outside.py`` flies 29 hand-picked systems. This flies hundreds more, drawn from the
 training set's own families with seeds the model never saw (training draws seed 0, calibration
 seeds 1 and 2; the defaults here are 20 and 21). Each system is flown unguarded for ``--steps``
-steps (``leapfrog``, gate |dE/E| <= 2e-4) with the shipped ``learned`` predictor and with its
-calibrated network alone (``feedback=false``). Per family it prints the systems, how many pass
-fewer than 99 % of their steps, the lowest pass rate, and the median, over the family, of the time
-``learned`` reached in those steps over the time the network alone reached (above 1: longer
-steps).
+steps (``leapfrog``, gate |dE/E| <= 2e-4) with the shipped ``learned`` predictor (or the one
+``--predictor`` names) and with its calibrated network alone (``feedback=false``). Per family it
+prints the systems, how many pass fewer than 99 % of their steps, the lowest pass rate, and the
+median, over the family, of the time the predictor reached in those steps over the time the network
+alone reached (above 1: longer steps).
 
 Systems are flown in batches of equal N and softening, so no batch holds padding bodies. A
 system whose run stops early (its bodies flew apart and its dt overflowed) counts with the steps
 it took; a batch that stops is flown again system by system.
 
-Run: ``python benchmarks/bench_fresh.py [--model learned|FILE] [--training-set general|FILE.toml]
-[--seeds 20 21] [--steps 1024] [--json out.json]`` (about 10 minutes on one core with the
-defaults).
+Run: ``python benchmarks/bench_fresh.py [--model learned|FILE] [--predictor NAME:KEY=VALUE,...]
+[--training-set general|FILE.toml] [--seeds 20 21] [--steps 1024] [--json out.json]`` (about 10
+minutes on one core with the defaults). ``--predictor`` compares another predictor, or other options,
+with the same network alone: ``feedback:memory=32`` flies the shipped network in a controller with
+other options, ``feedback:base=freefall,eta=0.02`` a classical rule. It is built as given
+(``--model`` sets only the network alone and the default ``learned``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import torch
 
-from nbtoolkit import get_host
+from nbtoolkit import get_host, validate
 from nbtoolkit.errors import NBToolkitError
 from nbtoolkit.families import SystemDraw
 from nbtoolkit.simulate import iter_steps
@@ -89,20 +92,20 @@ def fly_draws(draws: list[SystemDraw], make_predictor: Callable[[], Any], integr
     return [flights[i] for i in range(len(draws))]
 
 
-def family_rows(network: list[Flight], learned: list[Flight]) -> list[dict[str, Any]]:
-    """Per family (and 'all'): systems, below REQUIRED and lowest pass rate of each, and the median
-    ratio of the times reached."""
+def family_rows(network: list[Flight], compared: list[Flight]) -> list[dict[str, Any]]:
+    """Per family (and 'all'): systems, below REQUIRED and lowest pass rate of the network alone and of
+    the compared predictor, and the median ratio of the times reached (compared / network)."""
     families = sorted({f.family for f in network}) + ["all"]
     rows = []
     for family in families:
-        pairs = [(a, b) for a, b in zip(network, learned) if family in ("all", a.family)]
+        pairs = [(a, b) for a, b in zip(network, compared) if family in ("all", a.family)]
         ratios = [b.time / a.time for a, b in pairs if a.time > 0]
         rows.append({
             "family": family, "systems": len(pairs),
             "network_below": sum(a.pass_fraction < REQUIRED for a, _ in pairs),
             "network_lowest": min(a.pass_fraction for a, _ in pairs),
-            "learned_below": sum(b.pass_fraction < REQUIRED for _, b in pairs),
-            "learned_lowest": min(b.pass_fraction for _, b in pairs),
+            "predictor_below": sum(b.pass_fraction < REQUIRED for _, b in pairs),
+            "predictor_lowest": min(b.pass_fraction for _, b in pairs),
             "time_ratio": statistics.median(ratios) if ratios else float("nan"),
         })
     return rows
@@ -111,6 +114,8 @@ def family_rows(network: list[Flight], learned: list[Flight]) -> list[dict[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="learned", help="'learned' (the shipped model) or a model file or checkpoint")
+    parser.add_argument("--predictor", type=validate.predictor_spec, default=None,
+                        help="NAME or NAME:KEY=VALUE,... : the predictor compared with the network alone (default: learned)")
     parser.add_argument("--training-set", default="general", help="the set whose families are drawn")
     parser.add_argument("--seeds", type=int, nargs="+", default=[20, 21], help="draw seeds (0-2 are the model's own)")
     parser.add_argument("--steps", type=int, default=1024, help="steps per system")
@@ -121,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     host = get_host()
     options = {} if args.model == "learned" else {"model": args.model}
+    name, compared_options, label = args.predictor or ("learned", options, "learned")
+    try:
+        host.predictors.create(name, **compared_options)
+    except NBToolkitError as exc:
+        parser.error(f"--predictor {label}: {exc}")
     leapfrog = host.integrators.create("leapfrog")
     training_set = load_training_set(args.training_set)
     draws = [draw for seed in args.seeds for draw in training_set.draw(seed)]
@@ -128,17 +138,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} steps each, unguarded, gate |dE/E| <= {THRESHOLD:g}", flush=True)
     network = fly_draws(draws, lambda: host.predictors.create("learned", feedback=False, **options), leapfrog,
                         args.steps)
-    learned = fly_draws(draws, lambda: host.predictors.create("learned", **options), leapfrog, args.steps)
-    rows = family_rows(network, learned)
-    print(f"{'family':14s} {'systems':>7}  {'network alone: <99 %':>20} {'lowest':>7}  {'learned: <99 %':>14} "
-          f"{'lowest':>7}  {'time reached, learned / network':>31}")
+    compared = fly_draws(draws, lambda: host.predictors.create(name, **compared_options), leapfrog, args.steps)
+    rows = family_rows(network, compared)
+    below, reached = f"{label}: <99 %", f"time reached, {label} / network"
+    wb, wr = max(14, len(below)), max(31, len(reached))
+    print(f"{'family':14s} {'systems':>7}  {'network alone: <99 %':>20} {'lowest':>7}  {below:>{wb}} "
+          f"{'lowest':>7}  {reached:>{wr}}")
     for r in rows:
         print(f"{r['family']:14s} {r['systems']:7d}  {r['network_below']:20d} {100 * r['network_lowest']:6.2f}%  "
-              f"{r['learned_below']:14d} {100 * r['learned_lowest']:6.2f}%  {r['time_ratio']:31.2f}")
+              f"{r['predictor_below']:{wb}d} {100 * r['predictor_lowest']:6.2f}%  {r['time_ratio']:{wr}.2f}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"rows": rows, "network": [asdict(f) for f in network], "learned": [asdict(f) for f in learned]},
-                      fh, indent=1)
+            json.dump({"predictor": label, "rows": rows, "network": [asdict(f) for f in network],
+                       "compared": [asdict(f) for f in compared]}, fh, indent=1)
     return 0
 
 

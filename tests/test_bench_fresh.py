@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from nbtoolkit import get_host
@@ -30,7 +32,7 @@ def test_flights_keep_the_order_of_the_draws_and_measure_each_system(load_benchm
     rows = bench.family_rows(small, bold)
     overall = rows[-1]
     assert overall["family"] == "all" and overall["systems"] == len(draws)
-    assert overall["network_below"] == 0 and overall["learned_below"] == sum(f.pass_fraction < 0.99 for f in bold)
+    assert overall["network_below"] == 0 and overall["predictor_below"] == sum(f.pass_fraction < 0.99 for f in bold)
     assert overall["time_ratio"] == pytest.approx(0.5 / 1e-4)
 
 
@@ -48,3 +50,27 @@ def test_a_system_whose_run_stops_counts_with_the_steps_it_took(load_benchmark, 
 
     flights = bench.fly_draws(draws[:2], StopsAtThirdCall, host.integrators.create("leapfrog"), steps=8)
     assert [f.steps for f in flights] == [2, 2] and [f.time for f in flights] == pytest.approx([2e-4, 2e-4])
+
+
+def test_main_compares_the_predictor_it_is_given_with_the_network_alone(load_benchmark, tmp_path, capsys):
+    bench = load_benchmark("bench_fresh")
+    toml = tmp_path / "small.toml"
+    toml.write_text('[[systems]]\nfamily = "kepler"\ncount = 2\neccentricity = [0.0, 0.3]\n\n'
+                    '[[systems]]\nfamily = "plummer"\ncount = 1\nn = [4, 5]\n')
+    out = tmp_path / "flights.json"
+    spec = "feedback:base=freefall,eta=0.02"
+    assert bench.main(["--training-set", str(toml), "--seeds", "20", "--steps", "4", "--predictor", spec,
+                       "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{spec}: <99 %" in printed and f"time reached, {spec} / network" in printed
+    saved = json.loads(out.read_text())
+    assert saved["predictor"] == spec and [f["steps"] for f in saved["compared"]] == [4, 4, 4]
+    assert saved["rows"][-1]["systems"] == 3
+
+
+def test_main_refuses_a_predictor_it_cannot_build_before_any_flight(load_benchmark, capsys):
+    bench = load_benchmark("bench_fresh")
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--predictor", "feedback:memory=8", "--steps", "4"])
+    assert exc.value.code == 2
+    assert "option 'memory' (8) must be >= option 'window' (32)" in capsys.readouterr().err
