@@ -11,15 +11,14 @@ solver's step-size controller uses its error estimate.
 Step k took the level g_k = dt_k / base(x_k) and made the gate error err_k. With p = order + 1 of
 the run's integrator (a step's energy error of an order-q method scales as dt^(q+1): 3 for
 ``leapfrog``), kappa_k = err_k / g_k^p is the error the base's own dt would have made. Over the
-last W = ``window`` steps, M_n = max kappa_k; over the last L = ``memory`` steps (L >= W),
-R_n = max kappa_k. The level of step n + 1 is
+last L = ``memory`` steps, R_n = max kappa_k, and the level of step n + 1 is
 
-    c_(n+1) = max((ceiling / M_n)^(1/p), min_level)                       if M_n > ceiling,
+    c_(n+1) = max((ceiling / R_n)^(1/p), min_level)                       if R_n > ceiling,
     c_(n+1) = clip(min((aim_n / R_n)^(1/p), growth * g_n), 1, max_boost)  otherwise,
 
-so a window holding an error over ``ceiling`` brings dt under the base's at once, and otherwise the
-level rises (at most ``growth`` a step, and only once W steps were observed) until the worst step
-of the memory would make ``aim_n``. The aim starts at ``target`` (half the gate) and moves towards
+so a memory holding an error over ``ceiling`` brings dt under the base's at once, and otherwise the
+level rises (at most ``growth`` a step, and only once W = ``window`` steps were observed) until the
+worst step of the memory would make ``aim_n``. The aim starts at ``target`` (half the gate) and moves towards
 ceiling / S_n over the ``trust`` steps after the first window, where the *surprise* S_n >= 1 is the
 largest ratio, over the run, of a step's kappa to the largest kappa of the memory before it: how
 far the remembered worst has failed to foresee the next step. A run whose errors are steady (a
@@ -27,12 +26,14 @@ periodic orbit: S about 1.01) earns an aim near ``ceiling``; one whose errors ju
 encounters in a cluster: S 1.3 to 2.7; an error that peaks once an orbit longer than the memory)
 gets an aim at or under ``target``, from which such a jump still makes the ceiling.
 
-The memory is longer than the window so that the level does not swing within an orbit. A level
-that rose in the quiet part of a binary's orbit and fell after its pericentre would take each
-passage in long steps going in and short ones coming out, and leapfrog's energy errors would no
-longer cancel between the two halves. With the raise bounded by the window alone, a lasting hard
-binary formed in half the runs of the cold collapse of 32 bodies (three times the steps, |dE/E|
-10x the base's at the end); with the memory, in one of twelve.
+The memory is long (128 steps, more than most orbits take) so that the level does not swing within
+an orbit. A level that rose in the quiet part of a binary's orbit and fell after its pericentre
+would take each passage in long steps going in and short ones coming out, and leapfrog's energy
+errors would no longer cancel between the two halves. With the level set from the last 32 steps
+alone, a lasting hard binary formed in half the runs of the cold collapse of 32 bodies (three times
+the steps, |dE/E| 10x the base's at the end); with the memory, in none of twelve. A fall lasts the
+memory too, so an error that peaks over the ceiling once an orbit is met at the lower level the next
+time round instead of at the base's.
 
 The base, with its calibrated safety, is what each step starts from: the level is 1 for the first
 steps and wherever the errors leave no room either way.
@@ -69,11 +70,11 @@ from nbtoolkit.predictor import DtPredictor, History
 
 #: the per-step error a step aims at: half of the default energy gate, 2e-4
 DEFAULT_TARGET = 1e-4
-#: the largest error the window may hold: above it the level falls, below 1 if need be
+#: the largest error the memory may hold: above it the level falls, below 1 if need be
 DEFAULT_CEILING = 1.7e-4
-#: the gate errors of this many steps set the level, and the level rises only once that many were observed
+#: the level rises only once this many steps were observed
 DEFAULT_WINDOW = 32
-#: the gate errors of this many steps bound how high the level rises (at least the window)
+#: the gate errors of this many steps set the level, up and down (at least the window)
 DEFAULT_MEMORY = 128
 #: steps, after the first window, over which the aim moves from ``target`` towards ``ceiling`` / surprise
 DEFAULT_TRUST = 64
@@ -87,11 +88,11 @@ DEFAULT_MIN_LEVEL = 0.5
 ERROR_FLOOR = 1e-9
 TARGET = Option("the gate error per step that the level aims at before the run has shown its errors steady "
                 "(half the gate is a safe choice)", number(0.0))
-CEILING = Option("the largest gate error the window may hold: above it the level falls (below 1 if need be); "
+CEILING = Option("the largest gate error the memory may hold: above it the level falls (below 1 if need be); "
                  "once the run has shown its errors steady, the aim rises towards it", number(0.0))
-WINDOW = Option("steps whose errors set the level; the level rises only once this many were observed",
+WINDOW = Option("steps observed before the level may rise (and after which the aim starts to move)",
                 integer(1, 100_000))
-MEMORY = Option("steps whose largest error bounds how high the level rises (at least the window): a level that "
+MEMORY = Option("steps whose largest error sets the level, up and down (at least the window): a level that "
                 "rose and fell within an orbit would bias the energy error", integer(1, 1_000_000))
 TRUST = Option("steps, after the first window, over which the aim moves from target towards ceiling / surprise",
                integer(1, 10_000_000))
@@ -156,12 +157,11 @@ class FeedbackDt(DtPredictor):
             self._surprise = torch.maximum(self._surprise, ratio)
         self._coeff = torch.cat([self._coeff[1:], coeff.unsqueeze(0)])
         self._observed += 1
-        worst = self._coeff[-self.window:].amax(0)  # (B,) M_n
-        remembered = self._coeff.amax(0)  # (B,) R_n
+        worst = self._coeff.amax(0)  # (B,) R_n
         evidence = min(max(self._observed - self.window, 0) / self.trust, 1.0)
         aim = self.target + ((self.ceiling / self._surprise).clamp(max=self.ceiling) - self.target) * evidence
         if self._observed >= self.window:
-            up = torch.minimum((aim / remembered).pow(1.0 / self.exponent), self.growth * taken)
+            up = torch.minimum((aim / worst).pow(1.0 / self.exponent), self.growth * taken)
             level = up.clamp(1.0, self.max_boost)
         else:
             level = torch.ones_like(worst)

@@ -50,7 +50,7 @@ def test_level_waits_a_window_then_rises_by_growth_up_to_max_boost(host, constan
     assert float(pred(state)[0]) == pytest.approx(0.03)
 
 
-def test_a_step_near_the_gate_brings_the_level_down_for_a_window_and_holds_it_for_the_memory(host, constant_base):
+def test_a_step_near_the_gate_brings_the_level_down_and_the_memory_holds_it(host, constant_base):
     pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.7e-4, window=3, memory=6, trust=10**7, growth=10.0,
                       max_boost=3.0)  # the aim stays at the target
     pred.bind_integrator(host.integrators.create("leapfrog"))
@@ -58,12 +58,12 @@ def test_a_step_near_the_gate_brings_the_level_down_for_a_window_and_holds_it_fo
     assert fly(pred, state, [1e-12] * 3) == pytest.approx([1, 1, 3])
     # at level 3, an error of 8 x target allows 3 / 8^(1/3) = 1.5; the memory (6 steps) remembers it
     assert fly(pred, state, [8e-4] + [1e-12] * 6) == pytest.approx([1.5] * 6 + [3])
-    # an error whose base-dt share (1 / 27) is over the ceiling: under the base's dt, down to min_level, for a
-    # window; then the base's dt until the memory forgets it
-    assert fly(pred, state, [1.0] + [1e-12] * 6) == pytest.approx([0.5] * 3 + [1] * 3 + [3])
+    # an error whose base-dt share (1 / 27) is over the ceiling: under the base's dt, down to min_level, until
+    # the memory forgets it
+    assert fly(pred, state, [1.0] + [1e-12] * 6) == pytest.approx([0.5] * 6 + [3])
     # an error that could not be measured counts as the worst; two in a row leave the level finite
     assert fly(pred, state, [float("nan"), 1e-12]) == pytest.approx([0.5, 0.5])
-    assert fly(pred, state, [float("nan")] * 2 + [1e-12] * 6) == pytest.approx([0.5] * 4 + [1] * 3 + [3])
+    assert fly(pred, state, [float("nan")] * 2 + [1e-12] * 6) == pytest.approx([0.5] * 7 + [3])
     assert float(pred._surprise[0]) == float("inf")  # and the aim stays at the target for the rest of the run
 
 
@@ -100,6 +100,22 @@ def fly_steady(pred: FeedbackDt, state, coeffs: list[float]) -> list[float]:
         pred.observe_step(dt, torch.full_like(dt, coeff * level ** 3))
         levels.append(float(pred.level[0]))
     return levels
+
+
+def test_a_fall_lasts_the_memory_so_a_peak_once_an_orbit_is_met_lower_the_next_time(host, constant_base):
+    """The base's error peaks over the gate (2.5e-4) once every 10 steps: with a memory longer than that
+    period every peak after the first is met at the level the first set, and makes the ceiling; with a
+    memory of 4 steps the level is back at 1 when the next peak comes, and every peak fails the gate."""
+    coeffs = ([1e-6] * 9 + [2.5e-4]) * 10
+    for memory, failures in ((16, 1), (4, 10)):  # the first peak, met at level 1, fails either way
+        pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.7e-4, window=4, memory=memory, trust=10**7,
+                          max_boost=1.0)
+        pred.bind_integrator(host.integrators.create("leapfrog"))
+        state, _ = two_body_orbit(e=0.5)
+        levels = [1.0] + fly_steady(pred, state, coeffs)
+        errors = [coeff * level ** 3 for coeff, level in zip(coeffs, levels)]
+        assert sum(err > 2e-4 for err in errors) == failures
+        assert max(errors[10:]) == pytest.approx(1.7e-4 if memory == 16 else 2.5e-4)
 
 
 def test_steady_errors_raise_the_aim_to_the_ceiling_over_trust_steps(host, constant_base):
