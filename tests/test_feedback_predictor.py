@@ -83,7 +83,7 @@ def test_the_memory_holds_the_level_steady_over_an_orbit_longer_than_the_window(
     assert max(holds) == pytest.approx(min(holds)) == pytest.approx(1.0)  # the peak already makes the target
 
 
-def test_a_window_a_little_over_the_ceiling_lowers_the_level_just_enough(host, constant_base):
+def test_a_memory_a_little_over_the_ceiling_lowers_the_level_just_enough(host, constant_base):
     pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.6e-4, window=4)
     pred.bind_integrator(host.integrators.create("leapfrog"))
     state, _ = two_body_orbit(e=0.5)
