@@ -28,6 +28,13 @@ Families (:data:`FAMILIES`):
 * ``democratic``: three comparable masses (``mass_ratio`` range between lightest and
   heaviest) placed at random in a unit disc or ball with virial ratio ``virial_ratio``
   (T/|U|; 0 starts at rest like Burrau's problem).
+* ``central``: rotating central configurations: ``n`` bodies on a regular polygon (``n = 3``:
+  Lagrange's equilateral triangle, whose masses are each log-uniform in [``mass_ratio``, 1]; larger
+  rings have equal masses), around a central body of ``central_mass`` times the ring's mass (0: none),
+  each moving at ``spin`` times the speed of the rigid rotation (1: the configuration turns rigidly;
+  below 1 every body starts at the far end of an elliptic homographic orbit), with positions and
+  velocities perturbed by relative amounts up to ``perturbation`` (an unstable configuration, such as
+  Lagrange's with comparable masses, then breaks up), at a random scale.
 * ``plummer``: Plummer spheres of ``n`` bodies (Hénon units, then scaled by ``scale``), via
   :func:`nbtoolkit.presets.plummer`. Equal masses by default; with ``mass_ratio`` q < 1 each
   mass is log-uniform in [q, 1] (a new q per cluster), and the velocities are rescaled to the
@@ -225,6 +232,43 @@ def _democratic(s: Sampler, count: int) -> list[SystemDraw]:
     return out
 
 
+def _central(s: Sampler, count: int) -> list[SystemDraw]:
+    n_ring, q, spin = s.draw_int("n", count), s.draw("mass_ratio", count), s.draw("spin", count)
+    central = s.draw("central_mass", count) if s.bounds("central_mass")[1] > 0 else torch.zeros(count, dtype=torch.float64)
+    amp, scale, dims = s.draw("perturbation", count), s.draw("scale", count), s.dims(count)
+    out = []
+    for b in range(count):
+        n = int(n_ring[b])
+        if n < 3:
+            raise ConfigError(f"family 'central': parameter n must be at least 3 (a triangle); got {s.params['n']!r}")
+        if n == 3 and float(central[b]) == 0:  # Lagrange's triangle is central for any masses
+            ring = torch.exp(math.log(float(q[b])) * torch.rand(3, generator=s.generator, dtype=torch.float64))
+        else:  # a ring is central only with equal masses
+            ring = torch.ones(n, dtype=torch.float64)
+        ring = ring / ring.sum()
+        angle = 2 * math.pi * torch.arange(n, dtype=torch.float64) / n
+        pos = torch.stack([angle.cos(), angle.sin(), torch.zeros(n, dtype=torch.float64)], -1)
+        mass = ring
+        if float(central[b]) > 0:
+            mass, pos = torch.cat([central[b:b + 1], ring]), torch.cat([torch.zeros(1, 3, dtype=torch.float64), pos])
+        pos = pos - (mass.unsqueeze(-1) * pos).sum(0) / mass.sum()
+        # every body of a central configuration accelerates towards the centre of mass as -omega^2 r
+        sep = pos.unsqueeze(0) - pos.unsqueeze(1)  # (N, N, 3): r_j - r_i
+        dist = sep.norm(dim=-1).fill_diagonal_(1.0)
+        acc = (mass.view(1, -1, 1) * sep / dist.pow(3).unsqueeze(-1)).sum(1)
+        moving = pos.norm(dim=-1) > 1e-12
+        omega = (-(acc * pos).sum(-1)[moving] / pos.square().sum(-1)[moving]).mean().sqrt()
+        vel = float(spin[b]) * omega * torch.stack([-pos[:, 1], pos[:, 0], torch.zeros_like(pos[:, 0])], -1)
+
+        def noise(shape: tuple[int, ...], a: float = float(amp[b])) -> Tensor:
+            return 1 + a * (2 * torch.rand(*shape, generator=s.generator, dtype=torch.float64) - 1)
+
+        pos, vel = pos * noise(pos.shape), vel * noise(vel.shape)
+        sc = float(scale[b])
+        out.append(_finish("central", mass, pos * sc, vel / math.sqrt(sc), int(dims[b]), s.generator))
+    return out
+
+
 def _plummer(s: Sampler, count: int) -> list[SystemDraw]:
     from .presets import plummer
 
@@ -320,6 +364,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("democratic", _democratic, {"mass_ratio": [0.2, 1.0], "virial_ratio": [0.0, 0.6], "scale": [0.3, 3.0],
                                        "dim": [2, 3]},
            "three comparable masses at random, from rest to virialised"),
+    Family("central", _central, {"n": [3, 3], "mass_ratio": [0.01, 1.0], "central_mass": 0.0, "spin": [0.9, 1.0],
+                                 "perturbation": [0.0, 0.02], "scale": [0.3, 3.0], "dim": [2, 3]},
+           "rotating central configurations: Lagrange's triangle and regular rings, around a central body or not"),
     Family("plummer", _plummer, {"n": [4, 64], "scale": [0.3, 3.0], "mass_ratio": 1.0, "virial_ratio": 0.5},
            "Plummer spheres of n bodies: equal masses, or each log-uniform down to mass_ratio x the largest; "
            "velocities scaled to the virial ratio T / |U| (0.5 is equilibrium, below it collapses)"),

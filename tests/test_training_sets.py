@@ -138,6 +138,38 @@ def test_hierarchical_triples_stay_outside_the_stability_limit():
         assert float((d.position[2] - com).norm()) > 2.0 * float(inner)
 
 
+@pytest.mark.parametrize("params", [
+    {"n": 3, "mass_ratio": [1e-3, 1.0]},  # Lagrange's triangle, masses apart by up to 1000
+    {"n": [4, 8], "central_mass": [1.0, 1000.0]},  # rings around a central body
+    {"n": [4, 8]},  # rings alone
+])
+def test_central_configurations_turn_rigidly_at_full_spin(params):
+    """Unperturbed at spin 1, every separation stays what it was over a quarter turn (to leapfrog's
+    error at 2,000 steps a quarter turn); at spin 0.9 the bodies move apart and together again."""
+    from plugins.integrators import Leapfrog
+
+    leapfrog = Leapfrog()
+    for spin, rigid in ((1.0, True), (0.9, False)):
+        for d in draw_family("central", 3, torch.Generator().manual_seed(5), perturbation=0.0, spin=spin, **params):
+            if "central_mass" not in params and d.n_bodies == 3:
+                assert float(d.mass.max() / d.mass.min()) > 1.01  # a triangle's masses differ
+            state = NBodyState(d.mass.unsqueeze(0), d.position.unsqueeze(0), d.velocity.unsqueeze(0),
+                               torch.zeros(1, dtype=torch.float64))
+            r0 = torch.cdist(d.position, d.position)
+            turn = 2 * math.pi * float(d.position.norm(dim=-1).max() / d.velocity.norm(dim=-1).max())
+            dt = torch.tensor([turn / 4 / 2000], dtype=torch.float64)
+            for _ in range(2000):
+                state = leapfrog.step(state, dt)
+            r1 = torch.cdist(state.position[0], state.position[0])
+            change = float(((r1 - r0).abs() / (r0 + torch.eye(d.n_bodies, dtype=torch.float64))).max())
+            assert (change < 1e-6) if rigid else (change > 1e-3)
+
+
+def test_a_central_configuration_needs_three_bodies():
+    with pytest.raises(ConfigError, match="family 'central': parameter n must be at least 3"):
+        draw_family("central", 1, torch.Generator().manual_seed(0), n=2)
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"family": "nonsense"}, "family must be one of"),
     ({"family": "kepler", "count": 0}, "count"),
