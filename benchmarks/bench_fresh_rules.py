@@ -4,9 +4,9 @@
 for each of a few dozen named systems; ``bench_fresh.py`` flies hundreds of unseen draws but compares
 them only with the network alone. This takes the first ``--per-table`` systems of every ``[[systems]]``
 table of the training set, drawn with a seed the model never saw (training draws seed 0, calibration
-seeds 1 and 2; the default here is 30), flies each alone for ``--steps`` steps, unguarded, with the
-shipped ``learned`` predictor (or ``--model`` / ``--predictor``), and tunes the ``freefall`` and
-``aarseth`` rules so that every step of the same span [0, T] passes the gate (T: the time the learned
+seeds 1 and 2; the default here is 30), flies each alone for ``--steps`` steps (see below for where the
+span ends), unguarded, with the shipped ``learned`` predictor (or ``--model`` / ``--predictor``), and tunes the
+``freefall`` and ``aarseth`` rules so that every step of the same span [0, T] passes the gate (T: the time the learned
 dt reached; :func:`nbtoolkit.evaluate.tune_rule`, a per-system tuning a user cannot do in advance).
 
 Printed per family and for all: systems, the median ratio of the learned steps to the better tuned
@@ -14,10 +14,13 @@ rule's, how many systems need more steps than that rule, and the lowest learned 
 row per system above 1. The requirement for a general model is a ratio of at most 1 and a pass rate
 of at least 99 % on every system.
 
-The span ends where the learned run stopped. On a very eccentric orbit that end can fall inside a
-pericentre passage, where steps are dense; a run's small energy errors shift the time of the passage
-a little, so the tuned rule may meet the same passage just after T (and skip most of it) or just
-before. Single systems then read up to about 1.6 either way; the median per family does not.
+The span ends in a quiet phase of the learned run: after ``--steps`` steps, once the dt has passed a
+maximum above the run's median (an apocentre; at most four times ``--steps``). An end at or soon after a close
+passage, where steps are densest, would make the comparison a matter of timing: the energy errors a
+rule tuned for that span is allowed to accumulate shift the time of its passage, so it can meet the
+passage after T and skip most of it (with the end at exactly 256 steps, three eccentric Kepler spans
+read 1.36-1.65 that way; with the end at the first step as long as the median, just after the passage,
+1.47-2.89).
 
 Run: ``python benchmarks/bench_fresh_rules.py [--model learned|FILE] [--predictor NAME:KEY=VALUE,...]
 [--training-set general|FILE.toml] [--seed 30] [--per-table 3] [--steps 256] [--json out.json]``
@@ -89,15 +92,19 @@ def first_of_each_table(training_set: TrainingSet, seed: int, per_table: int) ->
 
 def compare(table: int, draw: SystemDraw, predictor: DtPredictor, integrator: Integrator, steps: int,
             host: Any) -> Comparison | None:
-    """Fly ``draw`` for ``steps`` steps with ``predictor``, then tune each rule of RULES over the span it
-    reached. None where the learned run took no step (its first dt overflowed)."""
+    """Fly ``draw`` for ``steps`` steps with ``predictor`` (then on, up to four times as many, until the step after one
+    at least as long as the run's median and as its successor: the span ends in a quiet phase, at an apocentre
+    rather than after a close passage), then tune each rule of RULES over the span it reached. None where the
+    learned run took no step (its first dt overflowed)."""
     state = pad_systems([draw])
-    errors, time = [], 0.0
+    errors, dts, time = [], [], 0.0
     try:
         for k, result in enumerate(iter_steps(state, integrator, predictor)):
             errors.append(float(result.error[0]))
+            dts.append(float(result.dt[0]))
             time = float(result.state.time[0])
-            if k + 1 >= steps:
+            quiet = len(dts) > 1 and dts[-2] >= max(dts[-1], statistics.median(dts))  # just past a longest step
+            if k + 1 >= 4 * steps or (k + 1 >= steps and quiet):
                 break
     except NBToolkitError:  # the run stopped (its bodies flew apart and dt overflowed): compare what it took
         pass
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training-set", default="general", help="the set whose tables are drawn")
     parser.add_argument("--seed", type=int, default=30, help="draw seed (0-2 are the model's own)")
     parser.add_argument("--per-table", type=int, default=3, help="systems taken from each [[systems]] table")
-    parser.add_argument("--steps", type=int, default=256, help="learned steps per system")
+    parser.add_argument("--steps", type=int, default=256,
+                        help="learned steps per system (up to four times as many, to end at a longest step)")
     parser.add_argument("--json", default=None, help="also write every system to this file")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.per_table < 1:

@@ -44,6 +44,40 @@ def test_a_timid_dt_needs_more_steps_than_the_tuned_rules_and_a_bold_one_fails_t
     assert rows[-1]["above_1"] == sum(r > 1 for r in (timid.ratio, bold.ratio) if r is not None)
 
 
+def test_a_span_that_would_end_inside_a_close_passage_runs_on_to_a_quiet_step(load_benchmark):
+    """Steps of 1e-3, five of 1e-4 (a close passage) from the 6th, then 1e-3 again: asked for 8 steps, the
+    run goes on to the step after the first one at least as long as its median and its successor, the 12th."""
+    bench = load_benchmark("bench_fresh_rules")
+    host = get_host()
+    unit_orbit = {"family": "kepler", "count": 1, "eccentricity": 0.0, "semi_major_axis": 1.0, "total_mass": 1.0}
+    draw = TrainingSet.from_tables([unit_orbit]).draw(30)[0]
+    constant = host.predictors.create("constant", dt=1e-3)
+
+    class Passage:
+        def __init__(self, first: int, last: int):
+            self.calls, self.first, self.last = 0, first, last
+
+        def __call__(self, state, history=None):
+            self.calls += 1
+            return constant(state) * (0.1 if self.first <= self.calls <= self.last else 1.0)
+
+    leapfrog = host.integrators.create("leapfrog")
+    passing = bench.compare(0, draw, Passage(6, 10), leapfrog, 8, host)
+    assert passing.steps == 12 and passing.time == pytest.approx(7e-3 + 5e-4)
+    quiet = bench.compare(0, draw, Passage(6, 10), leapfrog, 4, host)  # the 3rd step is not in the passage
+    assert quiet.steps == 4
+
+    class Plunge:  # every step shorter than the one before: never at the median again
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, state, history=None):
+            self.calls += 1
+            return constant(state) * 0.9 ** self.calls
+
+    assert bench.compare(0, draw, Plunge(), leapfrog, 4, host).steps == 16  # at most four times the steps asked for
+
+
 def test_main_prints_the_families_and_writes_every_system(load_benchmark, tmp_path, capsys):
     bench = load_benchmark("bench_fresh_rules")
     toml = tmp_path / "small.toml"
