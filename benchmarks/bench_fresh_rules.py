@@ -90,6 +90,11 @@ def first_of_each_table(training_set: TrainingSet, seed: int, per_table: int) ->
     return picked
 
 
+def _just_past_a_longest_step(dts: list[float]) -> bool:
+    """Whether the step before the last was at least as long as the last and as the run's median step."""
+    return len(dts) > 1 and dts[-2] >= max(dts[-1], statistics.median(dts))
+
+
 def compare(table: int, draw: SystemDraw, predictor: DtPredictor, integrator: Integrator, steps: int,
             host: Any) -> Comparison | None:
     """Fly ``draw`` for ``steps`` steps with ``predictor`` (then on, up to four times as many, until the step after one
@@ -103,8 +108,7 @@ def compare(table: int, draw: SystemDraw, predictor: DtPredictor, integrator: In
             errors.append(float(result.error[0]))
             dts.append(float(result.dt[0]))
             time = float(result.state.time[0])
-            quiet = len(dts) > 1 and dts[-2] >= max(dts[-1], statistics.median(dts))  # just past a longest step
-            if k + 1 >= 4 * steps or (k + 1 >= steps and quiet):
+            if k + 1 >= 4 * steps or (k + 1 >= steps and _just_past_a_longest_step(dts)):
                 break
     except NBToolkitError:  # the run stopped (its bodies flew apart and dt overflowed): compare what it took
         pass
