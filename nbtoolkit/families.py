@@ -76,7 +76,7 @@ from .family_sampling import (  # noqa: F401  (LOG_PARAMS re-exported: the sampl
     planar_rotation,
     random_rotation,
 )
-from .physics import kinetic_energy, potential_energy
+from .physics import accelerations, kinetic_energy, potential_energy
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,11 @@ def _triple(s: Sampler, count: int) -> list[SystemDraw]:
     return out
 
 
+def _jitter(x: Tensor, amplitude: float, generator: torch.Generator) -> Tensor:
+    """``x`` with each element times 1 + u, u uniform in [-amplitude, amplitude]."""
+    return x * (1 + amplitude * (2 * torch.rand(x.shape, generator=generator, dtype=torch.float64) - 1))
+
+
 def _figure_eight(s: Sampler, count: int) -> list[SystemDraw]:
     from .presets import figure_eight
 
@@ -196,12 +201,10 @@ def _figure_eight(s: Sampler, count: int) -> list[SystemDraw]:
     amp, scale = s.draw("perturbation", count), s.draw("scale", count)
     out = []
     for b in range(count):
-        def noise(*shape: int, a: float = float(amp[b])) -> Tensor:
-            return 1 + a * (2 * torch.rand(*shape, generator=s.generator, dtype=torch.float64) - 1)
-
-        mass = base.mass[0] * noise(3)
-        pos = torch.cat([base.position[0] * noise(3, 2), torch.zeros(3, 1, dtype=torch.float64)], -1)
-        vel = torch.cat([base.velocity[0] * noise(3, 2), torch.zeros(3, 1, dtype=torch.float64)], -1)
+        a = float(amp[b])
+        mass = _jitter(base.mass[0], a, s.generator)
+        pos = torch.cat([_jitter(base.position[0], a, s.generator), torch.zeros(3, 1, dtype=torch.float64)], -1)
+        vel = torch.cat([_jitter(base.velocity[0], a, s.generator), torch.zeros(3, 1, dtype=torch.float64)], -1)
         sc = float(scale[b])
         out.append(_finish("figure-eight", mass, pos * sc, vel / math.sqrt(sc), 2, s.generator))
     return out
@@ -253,17 +256,11 @@ def _central(s: Sampler, count: int) -> list[SystemDraw]:
             mass, pos = torch.cat([central[b:b + 1], ring]), torch.cat([torch.zeros(1, 3, dtype=torch.float64), pos])
         pos = pos - (mass.unsqueeze(-1) * pos).sum(0) / mass.sum()
         # every body of a central configuration accelerates towards the centre of mass as -omega^2 r
-        sep = pos.unsqueeze(0) - pos.unsqueeze(1)  # (N, N, 3): r_j - r_i
-        dist = sep.norm(dim=-1).fill_diagonal_(1.0)
-        acc = (mass.view(1, -1, 1) * sep / dist.pow(3).unsqueeze(-1)).sum(1)
+        acc = accelerations(mass.unsqueeze(0), pos.unsqueeze(0))[0]
         moving = pos.norm(dim=-1) > 1e-12
         omega = (-(acc * pos).sum(-1)[moving] / pos.square().sum(-1)[moving]).mean().sqrt()
         vel = float(spin[b]) * omega * torch.stack([-pos[:, 1], pos[:, 0], torch.zeros_like(pos[:, 0])], -1)
-
-        def noise(shape: tuple[int, ...], a: float = float(amp[b])) -> Tensor:
-            return 1 + a * (2 * torch.rand(*shape, generator=s.generator, dtype=torch.float64) - 1)
-
-        pos, vel = pos * noise(pos.shape), vel * noise(vel.shape)
+        pos, vel = _jitter(pos, float(amp[b]), s.generator), _jitter(vel, float(amp[b]), s.generator)
         sc = float(scale[b])
         out.append(_finish("central", mass, pos * sc, vel / math.sqrt(sc), int(dims[b]), s.generator))
     return out
