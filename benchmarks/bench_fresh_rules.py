@@ -40,7 +40,7 @@ import torch
 
 from nbtoolkit import get_host, validate
 from nbtoolkit.errors import NBToolkitError
-from nbtoolkit.evaluate import evaluate_predictor, tune_rule
+from nbtoolkit.evaluate import evaluate_tuned_rule
 from nbtoolkit.families import SystemDraw
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.predictor import DtPredictor
@@ -118,9 +118,8 @@ def compare(table: int, draw: SystemDraw, predictor: DtPredictor, integrator: In
     rule_steps: dict[str, int | None] = {}
     for rule in RULES:
         try:
-            tuned = tune_rule(host, rule, span, integrator, orbits=1.0, threshold=THRESHOLD, max_steps=50 * len(errors))
-            rule_steps[rule] = evaluate_predictor(span, integrator, tuned.predictor, orbits=1.0, threshold=THRESHOLD,
-                                                  max_steps=50 * len(errors))[0].steps
+            rule_steps[rule] = evaluate_tuned_rule(host, rule, span, integrator, orbits=1.0, threshold=THRESHOLD,
+                                                   max_steps=50 * len(errors))[1].steps
         except NBToolkitError:  # no eta passes every step within 50x the learned steps
             rule_steps[rule] = None
     passed = sum(e <= THRESHOLD for e in errors) / len(errors)

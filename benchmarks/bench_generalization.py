@@ -47,7 +47,7 @@ import torch
 from nbtoolkit import get_host
 from nbtoolkit.cli import format_gate_table
 from nbtoolkit.errors import NBToolkitError
-from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_rule
+from nbtoolkit.evaluate import evaluate_predictor, evaluate_tuned_rule, greedy_oracle
 from nbtoolkit.families import kepler_relative
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.predictor import DtPredictor
@@ -103,10 +103,8 @@ def cases() -> list[Case]:
 
 def tuned_rule(host: Any, case: Case, integrator: Integrator, rule: str) -> dict[str, Any]:
     """The rule with its parameter tuned for this system so that every step passes, and its report."""
-    tuned = tune_rule(host, rule, case.system, integrator, orbits=case.orbits, threshold=THRESHOLD,
-                      max_steps=CONSTANT_MAX_STEPS if rule == "constant" else 2_000_000)
-    return evaluate_predictor(case.system, integrator, tuned.predictor, orbits=case.orbits,
-                              threshold=THRESHOLD, label=tuned.label(rule))[0].as_dict()
+    return evaluate_tuned_rule(host, rule, case.system, integrator, orbits=case.orbits, threshold=THRESHOLD,
+                               max_steps=CONSTANT_MAX_STEPS if rule == "constant" else 2_000_000)[1].as_dict()
 
 
 def guarded(case: Case, integrator: Integrator, predictor: DtPredictor, label: str) -> dict[str, Any]:

@@ -44,7 +44,7 @@ import torch
 
 from nbtoolkit import get_host
 from nbtoolkit.errors import NBToolkitError
-from nbtoolkit.evaluate import evaluate_predictor, tune_rule
+from nbtoolkit.evaluate import evaluate_predictor, evaluate_tuned_rule
 from nbtoolkit.families import draw_family, kepler_relative
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.physics import to_center_of_mass_frame
@@ -212,11 +212,10 @@ SYSTEMS: list[tuple[str, Callable[[], System]]] = [
 def _tuned_steps(host: Any, system: System, leapfrog: Integrator) -> int | None:
     """Steps of the ``freefall`` rule tuned for ``system`` (None if no eta passes every step within MAX_STEPS)."""
     try:
-        rule = tune_rule(host, "freefall", system, leapfrog, orbits=1.0, max_steps=MAX_STEPS)
+        return evaluate_tuned_rule(host, "freefall", system, leapfrog, orbits=1.0, threshold=THRESHOLD,
+                                   max_steps=MAX_STEPS)[1].steps
     except NBToolkitError:
         return None
-    return evaluate_predictor(system, leapfrog, rule.predictor, orbits=1.0, threshold=THRESHOLD,
-                              label="freefall", max_steps=MAX_STEPS)[0].steps
 
 
 def _stored_rules(path: str) -> dict[str, int | None]:

@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import tomllib
@@ -64,7 +65,7 @@ import torch
 
 from nbtoolkit import get_host
 from nbtoolkit.cli import format_gate_table
-from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_rule
+from nbtoolkit.evaluate import evaluate_predictor, evaluate_tuned_rule, greedy_oracle
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.presets import make_preset
@@ -136,10 +137,10 @@ def held_out_rows(e: float, integrator: Integrator, learned: DtPredictor, orbits
         rows = [evaluate_predictor(system, integrator, learned, orbits=orbits, threshold=THRESHOLD,
                                    label="learned mlp")[0].as_dict()]
     for rule in ("aarseth", "freefall", "constant"):
-        tuned = tune_rule(host, rule, system, integrator, orbits=orbits, threshold=THRESHOLD)
-        label = tuned.label(rule) if rule != "constant" else f"best constant (dt={tuned.value:.4g})"
-        rows.append(evaluate_predictor(system, integrator, tuned.predictor, orbits=orbits, threshold=THRESHOLD,
-                                       label=label)[0].as_dict())
+        tuned, report = evaluate_tuned_rule(host, rule, system, integrator, orbits=orbits, threshold=THRESHOLD)
+        if rule == "constant":
+            report = replace(report, label=f"best constant (dt={tuned.value:.4g})")
+        rows.append(report.as_dict())
     rows.append(greedy_oracle(system, integrator, orbits=orbits, threshold=THRESHOLD))
     return rows
 

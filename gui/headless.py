@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from nbtoolkit.evaluate import evaluate_predictor, format_gate_table, tune_rule
+from nbtoolkit.evaluate import evaluate_predictor, evaluate_tuned_rule, format_gate_table
 from nbtoolkit.plugin_manager import get_host
 from nbtoolkit.presets import make_preset
 from nbtoolkit.training import TrainConfig, Trainer
@@ -46,9 +46,8 @@ def run_headless_demo(*, epochs: int = 30, seed: int = 0, out: TextIO = sys.stdo
                               label="just trained (mlp)")
     rows += evaluate_predictor(held_out, integrator, host.predictors.create("learned"), orbits=ORBITS,
                                threshold=config.energy_threshold, label="pretrained 'learned'")
-    tuned = tune_rule(host, "freefall", held_out, integrator, orbits=ORBITS, threshold=config.energy_threshold)
-    rows += evaluate_predictor(held_out, integrator, tuned.predictor, orbits=ORBITS, threshold=config.energy_threshold,
-                               label=tuned.label("freefall"))
+    rows.append(evaluate_tuned_rule(host, "freefall", held_out, integrator, orbits=ORBITS,
+                                    threshold=config.energy_threshold)[1])
     print(f"\nheld-out Kepler orbit e = {HELD_OUT_ECCENTRICITY}, {ORBITS} periods, gate |dE/E| <= "
           f"{config.energy_threshold:g}, no guard:", file=out)
     print(format_gate_table([r.as_dict() for r in rows]), file=out)

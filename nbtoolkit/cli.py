@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +224,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from .evaluate import evaluate_predictor, greedy_oracle, tune_rule, tuned_option
+    from .evaluate import evaluate_predictor, evaluate_tuned_rule, greedy_oracle, tuned_option
     from .state import System
 
     host = get_host()
@@ -264,10 +265,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for spec, predictor in predictors:
             rows += evaluate_predictor(one, integrator, predictor, **run, label=f"system {b}: {spec}", reference=ref)
         for rule in args.rules:
-            tuned = tune_rule(host, rule, one, integrator, orbits=orbits, threshold=args.threshold, gate=gate,
-                              options=extra)
-            rows += evaluate_predictor(one, integrator, tuned.predictor, **run,
-                                       label=f"system {b}: {rule} ({tuned.option}={tuned.value:.4g})", reference=ref)
+            tuned, report = evaluate_tuned_rule(host, rule, one, integrator, **run, options=extra, reference=ref)
+            rows.append(replace(report, label=f"system {b}: {rule} ({tuned.option}={tuned.value:.4g})"))
         if args.oracle:
             oracle = greedy_oracle(one, integrator, orbits=orbits, threshold=args.threshold, reference=ref, gate=gate)
             rows.append(oracle | {"label": f"system {b}: greedy oracle"})

@@ -242,6 +242,19 @@ def tune_rule(host: Any, rule: str, system: System, integrator: Integrator, *, o
     return TunedRule(host.predictors.create(rule, **extra, **{option: value}), option, value)
 
 
+def evaluate_tuned_rule(host: Any, rule: str, system: System, integrator: Integrator, *, orbits: float,
+                        threshold: float = 2e-4, gate: Gate | None = None, options: dict[str, Any] | None = None,
+                        max_steps: int = 2_000_000, label: str | None = None,
+                        reference: Any = None) -> tuple[TunedRule, GateReport]:
+    """Tune ``rule`` for ``system`` (one system; :func:`tune_rule`) and run it once more to report: the
+    tuned rule and its gate report, labelled ``label`` (default "RULE (eta=..., tuned)")."""
+    tuned = tune_rule(host, rule, system, integrator, orbits=orbits, threshold=threshold, gate=gate, options=options,
+                      max_steps=max_steps)
+    (report,) = evaluate_predictor(system, integrator, tuned.predictor, orbits=orbits, threshold=threshold, gate=gate,
+                                   max_steps=max_steps, reference=reference, label=label or tuned.label(rule))
+    return tuned, report
+
+
 def greedy_oracle(
     system: System,
     integrator: Integrator,

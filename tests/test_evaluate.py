@@ -6,7 +6,7 @@ import torch
 from systems import two_body_orbit
 
 from nbtoolkit.cli import main
-from nbtoolkit.evaluate import evaluate_predictor, greedy_oracle, tune_scale
+from nbtoolkit.evaluate import evaluate_predictor, evaluate_tuned_rule, greedy_oracle, tune_scale
 from nbtoolkit.state import System
 
 
@@ -67,3 +67,16 @@ def test_tune_rule_tunes_eta_of_a_rule_and_dt_of_the_constant_rule(host):
         assert report.pass_fraction == 1.0
         larger = host.predictors.create(rule, **{option: 1.25 * tuned.value})
         assert evaluate_predictor(system, integrator, larger, orbits=1, label=rule)[0].pass_fraction < 1.0
+
+
+def test_evaluate_tuned_rule_reports_one_more_run_of_the_rule_it_tuned(host):
+    system = orbit(e=0.7)
+    leapfrog = host.integrators.create("leapfrog")
+    tuned, report = evaluate_tuned_rule(host, "freefall", system, leapfrog, orbits=1)
+    (again,) = evaluate_predictor(system, leapfrog, tuned.predictor, orbits=1)
+    (looser,) = evaluate_predictor(system, leapfrog, host.predictors.create("freefall", eta=1.3 * tuned.value),
+                                   orbits=1)
+    assert (report.steps, report.pass_fraction) == (again.steps, 1.0) and looser.pass_fraction < 1.0
+    assert tuned.option == "eta" and report.label == f"freefall (eta={tuned.value:.4g}, tuned)"
+    constant, named = evaluate_tuned_rule(host, "constant", system, leapfrog, orbits=1, label="best constant")
+    assert constant.option == "dt" and named.label == "best constant" and named.steps > report.steps
