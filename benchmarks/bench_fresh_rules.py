@@ -15,7 +15,10 @@ row per system above 1. The requirement for a general model is a ratio of at mos
 of at least 99 % on every system.
 
 The span ends in a quiet phase of the learned run: after ``--steps`` steps, once the dt has passed a
-maximum above the run's median (an apocentre; at most four times ``--steps``). An end at or soon after a close
+maximum above the run's median (an apocentre; at most four times ``--steps``). A system whose bodies fly
+apart (an unbound pair after its passage) ends once it has dispersed, as training would restart it
+(:mod:`nbtoolkit.training.restart`): its dt grows geometrically from there and the span would otherwise
+reach times of 1e150. An end at or soon after a close
 passage, where steps are densest, would make the comparison a matter of timing: the energy errors a
 rule tuned for that span is allowed to accumulate shift the time of its passage, so it can meet the
 passage after T and skip most of it (with the end at exactly 256 steps, three eccentric Kepler spans
@@ -43,9 +46,11 @@ from nbtoolkit.errors import NBToolkitError
 from nbtoolkit.evaluate import evaluate_tuned_rule
 from nbtoolkit.families import SystemDraw
 from nbtoolkit.integrator import Integrator
+from nbtoolkit.physics import closest_free_fall_time
 from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.simulate import iter_steps
 from nbtoolkit.system import System
+from nbtoolkit.training.restart import DISPERSED_GROWTH
 from nbtoolkit.training.trainset import TrainingSet, load_training_set, pad_systems
 
 THRESHOLD = 2e-4
@@ -99,16 +104,19 @@ def compare(table: int, draw: SystemDraw, predictor: DtPredictor, integrator: In
             host: Any) -> Comparison | None:
     """Fly ``draw`` for ``steps`` steps with ``predictor`` (then on, up to four times as many, until the step after one
     at least as long as the run's median and as its successor: the span ends in a quiet phase, at an apocentre
-    rather than after a close passage), then tune each rule of RULES over the span it reached. None where the
+    rather than after a close passage; a system that flies apart ends once it has dispersed, as training would
+    restart it), then tune each rule of RULES over the span it reached. None where the
     learned run took no step (its first dt overflowed)."""
     state = pad_systems([draw])
+    start_timescale = float(closest_free_fall_time(state)[0])
     errors, dts, time = [], [], 0.0
     try:
         for k, result in enumerate(iter_steps(state, integrator, predictor)):
             errors.append(float(result.error[0]))
             dts.append(float(result.dt[0]))
             time = float(result.state.time[0])
-            if k + 1 >= 4 * steps or (k + 1 >= steps and _just_past_a_longest_step(dts)):
+            if k + 1 >= 4 * steps or (k + 1 >= steps and _just_past_a_longest_step(dts)) \
+                    or bool(closest_free_fall_time(result.state)[0] > DISPERSED_GROWTH * start_timescale):
                 break
     except NBToolkitError:  # the run stopped (its bodies flew apart and dt overflowed): compare what it took
         pass

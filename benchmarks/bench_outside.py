@@ -13,7 +13,9 @@ ratio below 1 means fewer steps than the tuned rule.
 
 The systems, by kind:
 
-* two bodies: Kepler e = 0.3 and e = 0.97 (3 periods), e = 0.7 with mass ratio 1e-3
+* two bodies: Kepler e = 0.3 and e = 0.97 (3 periods), e = 0.7 with mass ratio 1e-3; two equal masses
+  passing each other on hyperbolic orbits (e = 1.5 and e = 10), from 50 pericentre distances away
+  and back out as far
 * few bodies: Burrau's Pythagorean problem (t = 10), a 2+2 quadruple, the Lagrange triangle,
   circular and perturbed, a circumbinary planet, the Sun with the four outer planets, the Sun,
   Earth and Moon for one year; a planetary system, a hierarchical triple, a democratic triple and
@@ -45,7 +47,7 @@ import torch
 from nbtoolkit import get_host
 from nbtoolkit.errors import NBToolkitError
 from nbtoolkit.evaluate import evaluate_predictor, evaluate_tuned_rule
-from nbtoolkit.families import draw_family, kepler_relative
+from nbtoolkit.families import draw_family, hyperbolic_relative, kepler_relative
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.physics import to_center_of_mass_frame
 from nbtoolkit.presets import make_preset, plummer, pythagorean
@@ -148,6 +150,14 @@ def binary_binary() -> NBodyState:
     return _com([0.5] * 4, pos, vel)
 
 
+def hyperbolic(e: float, pericentre: float = 0.1, start: float = 50.0) -> System:
+    """Two bodies of 0.5 on a hyperbolic orbit of eccentricity ``e`` > 1 and pericentre distance
+    ``pericentre``, from ``start`` pericentre distances away inbound until as far out again."""
+    x, v, to_pericentre = hyperbolic_relative(_one(pericentre), _one(e), _one(1.0), _one(start * pericentre))
+    return System(_com([0.5, 0.5], torch.cat([-0.5 * x, 0.5 * x]), torch.cat([-0.5 * v, 0.5 * v])),
+                  2 * to_pericentre)
+
+
 def mass_spectrum(n: int, seed: int) -> NBodyState:
     """A Plummer sphere whose masses follow a heavy tail (u^-1.35, u uniform), not virialised after."""
     sphere = plummer(n=n, seed=seed)
@@ -180,6 +190,8 @@ SYSTEMS: list[tuple[str, Callable[[], System]]] = [
     ("kepler e=0.3", lambda: kepler(0.3)),
     ("kepler e=0.97", lambda: kepler(0.97)),
     ("kepler e=0.7 q=1e-3", lambda: kepler(0.7, 1e-3)),
+    ("hyperbolic pair e=1.5", lambda: hyperbolic(1.5)),
+    ("hyperbolic pair e=10", lambda: hyperbolic(10.0)),
     ("pythagorean t=10", lambda: _span(pythagorean(), 10.0)),
     ("quadruple 2+2 t=10", lambda: _span(quadruple(), 10.0)),
     ("lagrange triangle t=10", lambda: _span(lagrange(0.0), 10.0)),

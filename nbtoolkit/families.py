@@ -17,6 +17,11 @@ Families (:data:`FAMILIES`):
   ``total_mass``, ``mean_anomaly`` (in turns: 0 = pericentre, 0.5 = apocentre), ``dim``.
   ``log_one_minus_e = 1`` draws 1 - e log-uniformly within the eccentricity range instead of e
   uniformly, so that e = 0.9, 0.99 and 0.999 are as common as e = 0 and 0.5 are.
+* ``hyperbolic``: two bodies passing each other on an unbound orbit: ``eccentricity`` (> 1; e - 1 is
+  drawn log-uniformly, so near-parabolic passages are as common as fast ones), ``pericentre`` distance,
+  ``mass_ratio`` m2/m1, ``total_mass``, starting ``distance`` pericentre distances apart on the way in,
+  ``dim``. Training restarts such a pair once it has flown apart
+  (:mod:`nbtoolkit.training.restart`), so it passes again and again.
 * ``planets``: a star (mass ``total_mass``) with ``planets`` bodies of mass ``mass_ratio`` times
   the star's on orbits with ``eccentricity``, spaced by ``spacing`` in semi-major axis.
 * ``triple``: hierarchical triples: an inner binary (``inner_eccentricity``, ``inner_mass_ratio``)
@@ -72,6 +77,7 @@ from .family_sampling import (  # noqa: F401  (LOG_PARAMS re-exported: the sampl
     Sampler,
     _orient,
     _to_com,
+    hyperbolic_relative,
     kepler_relative,
     planar_rotation,
     random_rotation,
@@ -123,6 +129,30 @@ def _kepler(s: Sampler, count: int) -> list[SystemDraw]:
         mass = torch.stack([m1, m2])
         frac = torch.stack([-m2, m1]).unsqueeze(-1) / total[b]
         out.append(_finish("kepler", mass, frac * rel_x[b], frac * rel_v[b], int(dims[b]), s.generator))
+    return out
+
+
+def _hyperbolic(s: Sampler, count: int) -> list[SystemDraw]:
+    lo, hi = s.bounds("eccentricity")
+    if lo <= 1:
+        raise ConfigError(f"family 'hyperbolic': eccentricity must be above 1 for unbound orbits; got {lo:g}")
+    u = torch.rand(count, generator=s.generator, dtype=torch.float64)
+    e = 1 + torch.exp(math.log(lo - 1) + (math.log(hi - 1) - math.log(lo - 1)) * u)
+    q = s.draw("mass_ratio", count)
+    pericentre = s.draw("pericentre", count)
+    total = s.draw("total_mass", count)
+    distance = s.draw("distance", count)
+    if float(distance.min()) < 1:
+        raise ConfigError("family 'hyperbolic': distance (in pericentre distances) must be >= 1; "
+                          f"got {float(distance.min()):g}")
+    dims = s.dims(count)
+    rel_x, rel_v, _ = hyperbolic_relative(pericentre, e, total, distance * pericentre)
+    out = []
+    for b in range(count):
+        m1, m2 = total[b] / (1 + q[b]), total[b] * q[b] / (1 + q[b])
+        frac = torch.stack([-m2, m1]).unsqueeze(-1) / total[b]
+        out.append(_finish("hyperbolic", torch.stack([m1, m2]), frac * rel_x[b], frac * rel_v[b], int(dims[b]),
+                           s.generator))
     return out
 
 
@@ -348,6 +378,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                                "total_mass": [0.1, 10.0], "mean_anomaly": [0.0, 1.0], "dim": [2, 3],
                                "log_one_minus_e": 0},
            "bound two-body orbits"),
+    Family("hyperbolic", _hyperbolic, {"eccentricity": [1.02, 10.0], "pericentre": [0.01, 1.0],
+                                       "mass_ratio": [1e-3, 1.0], "total_mass": [0.1, 10.0], "distance": [10.0, 100.0],
+                                       "dim": [2, 3]},
+           "two bodies passing each other on an unbound orbit, from afar"),
     Family("planets", _planets, {"planets": [2, 4], "mass_ratio": [1e-4, 1e-2], "eccentricity": [0.0, 0.3],
                                  "spacing": [1.5, 3.0], "semi_major_axis": [0.5, 2.0], "total_mass": [0.5, 2.0],
                                  "dim": [2, 3]},

@@ -1,6 +1,6 @@
 """Sampling helpers of the families in :mod:`nbtoolkit.families`: the parameter :class:`Sampler`
 (numbers stay fixed, ``[low, high]`` ranges are drawn, log-uniformly for the :data:`LOG_PARAMS`),
-random rotations, bound Kepler orbits and the move to the centre-of-mass frame.
+random rotations, bound and unbound Kepler orbits and the move to the centre-of-mass frame.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from .errors import ConfigError
 #: samples drawn log-uniformly when given as a range
 LOG_PARAMS = frozenset({"mass_ratio", "semi_major_axis", "total_mass", "inner_mass_ratio", "outer_mass_ratio",
                         "period_ratio", "scale", "spacing", "binary_mass_ratio", "intruder_mass_ratio",
-                        "impact_parameter", "speed", "softening", "intruder_separation", "central_mass"})
+                        "impact_parameter", "speed", "softening", "intruder_separation", "central_mass",
+                        "pericentre"})
 
 #: log-sampled parameters whose value 0 switches their feature off (no softening, a single intruder, no central body)
 OFF_AT_ZERO = frozenset({"softening", "intruder_separation", "central_mass"})
@@ -109,6 +110,26 @@ def kepler_relative(a: Tensor, e: Tensor, mu: Tensor, mean_anomaly: Tensor) -> t
     pos = torch.stack([a * (cos_e - e), a * root * sin_e, zero], -1)
     vel = torch.stack([-a * n * sin_e / denom, a * n * root * cos_e / denom, zero], -1)
     return pos, vel
+
+
+def hyperbolic_relative(pericentre: Tensor, e: Tensor, mu: Tensor, distance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Relative position and velocity (B, 3) of unbound Kepler orbits (e > 1) in the x-y plane, pericentre
+    on +x, at separation ``distance`` (>= pericentre) on the way in, and the time (B,) to pericentre.
+
+    pericentre q, e, mu = G (m1 + m2) and distance, each (B,). With |a| = q / (e - 1) and the
+    hyperbolic anomaly F of the start (r = |a| (e cosh F - 1)), the time to pericentre is
+    sqrt(|a|^3 / mu) (e sinh F - F).
+    """
+    p = pericentre * (1 + e)  # semi-latus rectum
+    nu = -torch.acos(((p / distance - 1) / e).clamp(-1.0, 1.0))  # true anomaly, negative: inbound
+    radial = torch.sqrt(mu / p) * e * torch.sin(nu)
+    tangential = torch.sqrt(mu * p) / distance
+    cos_nu, sin_nu, zero = torch.cos(nu), torch.sin(nu), torch.zeros_like(nu)
+    pos = torch.stack([distance * cos_nu, distance * sin_nu, zero], -1)
+    vel = torch.stack([radial * cos_nu - tangential * sin_nu, radial * sin_nu + tangential * cos_nu, zero], -1)
+    a = pericentre / (e - 1)
+    anomaly = torch.acosh((distance / a + 1) / e)
+    return pos, vel, torch.sqrt(a**3 / mu) * (e * torch.sinh(anomaly) - anomaly)
 
 
 def _to_com(mass: Tensor, position: Tensor, velocity: Tensor) -> tuple[Tensor, Tensor]:

@@ -99,3 +99,17 @@ def test_main_refuses_a_predictor_it_cannot_build(load_benchmark, capsys):
         bench.main(["--predictor", "feedback:memory=8"])
     assert exc.value.code == 2
     assert "option 'memory' (8) must be >= option 'window' (32)" in capsys.readouterr().err
+
+
+def test_a_pair_that_flies_apart_ends_its_span_once_it_has_dispersed(load_benchmark):
+    """An unbound pair's dt grows geometrically once it has passed: the span ends where training would restart
+    it, not after four times the steps asked (a time of 1e150 or more), and the tuned rules are measured over it."""
+    bench = load_benchmark("bench_fresh_rules")
+    host = get_host()
+    flyby = {"family": "hyperbolic", "count": 1, "eccentricity": 2.0, "pericentre": 0.1, "distance": 10.0,
+             "total_mass": 1.0, "mass_ratio": 1.0, "dim": 2}
+    draw = TrainingSet.from_tables([flyby]).draw(30)[0]
+    comparison = bench.compare(0, draw, host.predictors.create("freefall", eta=0.05),
+                               host.integrators.create("leapfrog"), 64, host)
+    assert 64 < comparison.steps < 256 and comparison.time < 1e6
+    assert all(steps is not None for steps in comparison.rule_steps.values())

@@ -9,7 +9,7 @@ import torch
 
 from nbtoolkit import NBodyState
 from nbtoolkit.errors import ConfigError, InvalidStateError
-from nbtoolkit.families import FAMILIES, draw_family, kepler_relative
+from nbtoolkit.families import FAMILIES, draw_family, hyperbolic_relative, kepler_relative
 from nbtoolkit.gate import EnergyGate
 from nbtoolkit.physics import angular_momentum, linear_momentum, state_energy, total_energy
 from nbtoolkit.training import TrainConfig
@@ -35,13 +35,56 @@ def test_kepler_relative_has_the_energy_and_angular_momentum_of_its_elements():
     assert torch.allclose(h, (mu * a * (1 - e**2)).sqrt(), rtol=1e-10)
 
 
+def test_hyperbolic_relative_reaches_its_pericentre_at_the_time_it_gives():
+    q = torch.tensor([0.1, 1.0, 0.02], dtype=torch.float64)
+    e = torch.tensor([1.02, 1.5, 10.0], dtype=torch.float64)
+    mu = torch.tensor([1.0, 3.0, 0.2], dtype=torch.float64)
+    x, v, t = hyperbolic_relative(q, e, mu, 30 * q)
+    assert torch.allclose(x.norm(dim=-1), 30 * q, rtol=1e-12) and bool(((x * v).sum(-1) < 0).all())  # inbound
+    energy = 0.5 * v.square().sum(-1) - mu / x.norm(dim=-1)
+    assert torch.allclose(energy, mu * (e - 1) / (2 * q), rtol=1e-12)  # mu / (2 |a|)
+    assert torch.allclose(torch.linalg.cross(x, v, dim=-1).norm(dim=-1), (mu * q * (1 + e)).sqrt(), rtol=1e-12)
+
+    def rate(y: torch.Tensor) -> torch.Tensor:  # (B, 6): the relative orbit's d/dt of (x, v)
+        r = y[:, :3]
+        return torch.cat([y[:, 3:], -mu[:, None] * r / r.norm(dim=-1, keepdim=True) ** 3], -1)
+
+    y, steps = torch.cat([x, v], -1), 4000
+    h = (t / steps)[:, None]
+    for _ in range(steps):  # classical RK4 over each orbit's own time to pericentre
+        k1 = rate(y)
+        k2 = rate(y + 0.5 * h * k1)
+        k3 = rate(y + 0.5 * h * k2)
+        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + rate(y + h * k3))
+    assert torch.allclose(y[:, :3].norm(dim=-1), q, rtol=1e-6)
+    assert bool(((y[:, :3] * y[:, 3:]).sum(-1).abs() < 1e-4 * q * y[:, 3:].norm(dim=-1)).all())  # turning
+
+
+def test_hyperbolic_pairs_are_unbound_inbound_and_within_their_ranges():
+    draws = draw_family("hyperbolic", 40, torch.Generator().manual_seed(3), eccentricity=[1.1, 4.0],
+                        pericentre=[0.05, 0.5], distance=[20.0, 40.0], mass_ratio=0.25)
+    for d in draws:
+        x, v = d.position[1] - d.position[0], d.velocity[1] - d.velocity[0]
+        mu = float(d.mass.sum())
+        ecc = float((((v.square().sum() - mu / x.norm()) * x - (x @ v) * v) / mu).norm())
+        pericentre = float(torch.linalg.cross(x, v, dim=-1).square().sum()) / (mu * (1 + ecc))
+        assert 1.1 - 1e-9 <= ecc <= 4.0 + 1e-9 and 0.05 - 1e-9 <= pericentre <= 0.5 + 1e-9
+        assert 20 - 1e-9 <= float(x.norm()) / pericentre <= 40 + 1e-9 and float(x @ v) < 0
+        assert math.isclose(float(d.mass[1] / d.mass[0]), 0.25, rel_tol=1e-12)
+    with pytest.raises(ConfigError, match="family 'hyperbolic': eccentricity must be above 1"):
+        draw_family("hyperbolic", 1, torch.Generator().manual_seed(0), eccentricity=[0.9, 2.0])
+    with pytest.raises(ConfigError, match="distance .* must be >= 1; got 0.5"):
+        draw_family("hyperbolic", 1, torch.Generator().manual_seed(0), distance=0.5)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_draws_bound_systems_at_rest_in_their_centre_of_mass_frame(family):
     draws = draw_family(family, 3, torch.Generator().manual_seed(4))
     assert len(draws) == 3
     for d in draws:
         assert d.position.shape == (d.n_bodies, 3) and bool((d.mass > 0).all())
-        assert float(total_energy(d.mass, d.position, d.velocity)) < 0 or family in ("democratic", "encounter")
+        assert float(total_energy(d.mass, d.position, d.velocity)) < 0 or family in ("democratic", "encounter",
+                                                                                     "hyperbolic")
         assert float(linear_momentum(d.mass, d.velocity).norm()) < 1e-12 * float(d.mass.sum() * d.velocity.norm())
         assert float((d.mass.unsqueeze(-1) * d.position).sum(0).norm()) < 1e-10 * float(d.position.norm())
 
