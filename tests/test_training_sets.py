@@ -11,7 +11,7 @@ from nbtoolkit import NBodyState
 from nbtoolkit.errors import ConfigError, InvalidStateError
 from nbtoolkit.families import FAMILIES, draw_family, hyperbolic_relative, kepler_relative
 from nbtoolkit.gate import EnergyGate
-from nbtoolkit.physics import angular_momentum, linear_momentum, state_energy, total_energy
+from nbtoolkit.physics import angular_momentum, closest_free_fall_time, linear_momentum, state_energy, total_energy
 from nbtoolkit.training import TrainConfig
 from nbtoolkit.training.calibrate import calibrate_safety, max_passing_scale
 from nbtoolkit.training.steps import _predict_and_step, padding_groups, predict_and_step
@@ -526,3 +526,24 @@ def test_class_factors_take_each_class_minimum_and_fill_empty_classes_from_their
     assert float(factor[5]) == 3.0
     assert float(factor[1]) == float(factor[2]) == float(factor[3]) == 1.5  # empty: the group's smallest
     assert float(factor[4]) == float(factor[6]) == 3.0
+
+
+def test_a_validation_pair_that_flies_apart_passes_again_instead_of_flying_on(host):
+    """The calibration's rollout restarts a dispersed system from its initial state, as training does: an unbound
+    pair's dt grows geometrically once it has passed, until its energies overflow, and every step from there
+    would fail at every factor."""
+    from nbtoolkit.training.calibrate import unguarded_rollout
+    from nbtoolkit.training.restart import DISPERSED_GROWTH
+
+    flyby = pad_systems(draw_family("hyperbolic", 1, torch.Generator().manual_seed(5), eccentricity=3.0,
+                                    pericentre=0.1, distance=10.0))
+    start = float(closest_free_fall_time(flyby)[0])
+    network = host.predictors.create("learned", feedback=False)
+    times, timescales = [], []
+    with torch.no_grad():
+        for state, _, dt, _, alive in unguarded_rollout(network, host.integrators.create("leapfrog"), flyby, 600):
+            assert bool(alive.all()) and bool(torch.isfinite(dt).all())
+            times.append(float(state.time[0]))
+            timescales.append(float(closest_free_fall_time(state)[0]))
+    restarts = sum(later < earlier for earlier, later in zip(times, times[1:]))
+    assert restarts >= 2 and max(timescales) <= DISPERSED_GROWTH * start * 10

@@ -52,6 +52,7 @@ from ..gate import EnergyGate, Gate
 from ..integrator import Integrator
 from ..predictor import DtPredictor, History
 from ..state import NBodyState
+from .restart import restart_dispersed
 from .steps import padding_groups
 
 #: fewest steps a validation system must spend in a class for its quantile to count there
@@ -152,8 +153,11 @@ def unguarded_rollout(predictor: DtPredictor, integrator: Integrator, state: NBo
     """Fly ``state`` unguarded for ``steps`` steps with the predictor's calibrated dt, as ``simulate``
     would, the predictor reading the states it has flown as its history. Yields, before each step,
     (state, history, dt (B,), safety class (B,), alive (B,)): a system that has blown up keeps its
-    last finite state with alive False, and the rollout ends early once every system has."""
-    current = state.detach()
+    last finite state with alive False, and the rollout ends early once every system has. A system
+    that has dispersed (an unbound pair after its passage) starts again from its initial state, as
+    in training (:func:`~nbtoolkit.training.restart.restart_dispersed`): its dt would otherwise grow
+    geometrically until its energies overflow, and it passes again instead."""
+    current = start = state.detach()
     alive = torch.ones(state.batch_size, dtype=torch.bool)
     history_len = int(getattr(predictor, "history_len", 0))
     history = History.empty(current, history_len) if history_len else None
@@ -170,6 +174,7 @@ def unguarded_rollout(predictor: DtPredictor, integrator: Integrator, state: NBo
         current = new.replace(position=torch.where(keep, new.position, current.position),
                               velocity=torch.where(keep, new.velocity, current.velocity),
                               time=torch.where(alive, new.time, current.time))
+        current, history, _ = restart_dispersed(current, start, history)
 
 
 def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBodyState, scales: Tensor,
