@@ -75,6 +75,9 @@ class ClassCalibratedDt(DtPredictor):
     def __init__(self) -> None:
         super().__init__()
         self.safety_group_size = SAFETY_GROUP_SIZE
+        #: the kind of each class for the calibration's fallback (1: unbound closest pair, 0: bound), so that
+        #: a class no validation system visits takes its factor from orbits like its own, not from flybys
+        self.safety_kinds = (torch.arange(SAFETY_CLASSES) % SAFETY_GROUP_SIZE) // 4 == len(ECCENTRICITY_BUCKETS)
         self.register_buffer("log_safety", torch.zeros(SAFETY_CLASSES, dtype=torch.float64))
 
     def inputs(self, state: NBodyState, history: History | None = None) -> tuple[PairFeatures, Tensor]:

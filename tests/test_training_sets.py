@@ -526,6 +526,15 @@ def test_class_factors_take_each_class_minimum_and_fill_empty_classes_from_their
     assert float(factor[5]) == 3.0
     assert float(factor[1]) == float(factor[2]) == float(factor[3]) == 1.5  # empty: the group's smallest
     assert float(factor[4]) == float(factor[6]) == 3.0
+    # with kinds (0, 0, 1, 1 in each group: bound and unbound, say), an empty class takes the smallest of its kind
+    kinds = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    factor = class_factors(s_star, classes, n_classes=8, group_size=4, target_pass_rate=0.95, kinds=kinds)
+    assert float(factor[1]) == 1.5 and float(factor[2]) == float(factor[3]) == 1.5  # no class of kind 1: the group
+    s_star[:, 2], classes[:, 2] = 0.5, 2  # system 2 now spends every step in class 2 (kind 1) at s* = 0.5
+    factor = class_factors(s_star, classes, n_classes=8, group_size=4, target_pass_rate=0.95, kinds=kinds)
+    assert float(factor[1]) == 1.5 and float(factor[3]) == 0.5  # each empty class from its own kind
+    assert float(factor[2]) == 0.5 and float(factor[4]) == 0.5  # group 2 has no data: the smallest of all
+    assert float(class_factors(s_star, classes, 8, 4, 0.95)[1]) == 0.5  # without kinds: the group's smallest
 
 
 def test_a_validation_pair_that_flies_apart_passes_again_instead_of_flying_on(host):

@@ -21,7 +21,9 @@ gives each state's dt and class from one evaluation; the ``mlp`` predictor class
 bodies and the eccentricity of their closest pair). Steps 2 and 3 are then done per class:
 each class takes, over the validation systems that spent at least :data:`MIN_CLASS_STEPS` steps
 in it, the smallest quantile of s* over those steps; a class without such data takes the
-smallest factor of the classes with the same number of bodies, else of all classes. This is
+smallest factor of the classes with the same number of bodies and of the same kind (the predictor's
+``safety_kinds``: for ``mlp``, a bound or an unbound closest pair), else with the same number of
+bodies, else of all classes. This is
 split conformal calibration of the dt factor to a per-system pass-rate target, conditional on
 the class (Mondrian conformal calibration).
 
@@ -195,11 +197,13 @@ def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBody
 
 
 def class_factors(s_star: Tensor, classes: Tensor, n_classes: int, group_size: int,
-                  target_pass_rate: float) -> Tensor:
+                  target_pass_rate: float, kinds: Tensor | None = None) -> Tensor:
     """(n_classes,) factors from s* and the classes of the steps (each (T, B)); see the module docstring.
 
     Classes come in groups of ``group_size`` (those of one body count); a class without data takes
-    the smallest factor of its group, else of all classes with data.
+    the smallest factor of the classes of its group of the same kind (``kinds``, (n_classes,) labels:
+    for ``mlp``, bound or unbound closest pair, so that a flyby's factor says nothing of an orbit's),
+    else of its group, else of all classes with data.
     """
     q = 1 - target_pass_rate
     factor = torch.full((n_classes,), math.nan, dtype=s_star.dtype)
@@ -213,11 +217,14 @@ def class_factors(s_star: Tensor, classes: Tensor, n_classes: int, group_size: i
             factor[c] = torch.stack(quantiles).min()
     known = ~torch.isnan(factor)
     overall = factor[known].min() if bool(known.any()) else torch.quantile(s_star.flatten(), q, interpolation="lower")
+    index = torch.arange(n_classes)
+    kind = torch.zeros(n_classes, dtype=torch.long) if kinds is None else kinds.to(torch.long)
     for c in range(n_classes):
         if not bool(known[c]):
-            group = factor[(c // group_size) * group_size:(c // group_size + 1) * group_size]
-            group = group[~torch.isnan(group)]
-            factor[c] = group.min() if group.numel() else overall
+            group = known & (index // group_size == c // group_size)
+            same_kind = group & (kind == kind[c])
+            donors = factor[same_kind] if bool(same_kind.any()) else factor[group]
+            factor[c] = donors.min() if donors.numel() else overall
     return factor
 
 
@@ -283,6 +290,7 @@ def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBod
     groups = padding_groups(state) or [(torch.arange(state.batch_size), state.n_bodies)]
     n_classes = int(log_safety.numel())
     group_size = int(getattr(predictor, "safety_group_size", n_classes))
+    kinds = getattr(predictor, "safety_kinds", None)
     total = torch.ones(n_classes, dtype=state.dtype)
     per_system, pass_rate = torch.ones(state.batch_size, dtype=state.dtype), 1.0
     was_training = predictor.training
@@ -296,7 +304,8 @@ def calibrate_safety(predictor: DtPredictor, integrator: Integrator, state: NBod
                     predictor, integrator, state.index(idx).trim_bodies(n), scales, threshold, steps, gate, stride)
             pass_rate = float((s_star >= 1).to(torch.float64).mean())
             per_system = torch.quantile(s_star, 1 - target_pass_rate, dim=0, interpolation="lower")
-            factor = class_factors(s_star, classes, n_classes, group_size, target_pass_rate).clamp(1 / span, span)
+            factor = class_factors(s_star, classes, n_classes, group_size, target_pass_rate,
+                                   kinds).clamp(1 / span, span)
             factor = raise_within_budget(s_star, classes, factor, scales, target_pass_rate)
             before = log_safety.clone()
             log_safety.add_(factor.log().to(log_safety)).clamp_(max=math.log(max_factor))
