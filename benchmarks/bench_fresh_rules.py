@@ -46,11 +46,10 @@ from nbtoolkit.errors import NBToolkitError
 from nbtoolkit.evaluate import evaluate_tuned_rule
 from nbtoolkit.families import SystemDraw
 from nbtoolkit.integrator import Integrator
-from nbtoolkit.physics import closest_free_fall_time
 from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.simulate import iter_steps
 from nbtoolkit.system import System
-from nbtoolkit.training.restart import DISPERSED_GROWTH
+from nbtoolkit.training.restart import has_dispersed
 from nbtoolkit.training.trainset import TrainingSet, load_training_set, pad_systems
 
 THRESHOLD = 2e-4
@@ -108,7 +107,6 @@ def compare(table: int, draw: SystemDraw, predictor: DtPredictor, integrator: In
     restart it), then tune each rule of RULES over the span it reached. None where the
     learned run took no step (its first dt overflowed)."""
     state = pad_systems([draw])
-    start_timescale = float(closest_free_fall_time(state)[0])
     errors, dts, time = [], [], 0.0
     try:
         for k, result in enumerate(iter_steps(state, integrator, predictor)):
@@ -116,7 +114,7 @@ def compare(table: int, draw: SystemDraw, predictor: DtPredictor, integrator: In
             dts.append(float(result.dt[0]))
             time = float(result.state.time[0])
             if k + 1 >= 4 * steps or (k + 1 >= steps and _just_past_a_longest_step(dts)) \
-                    or bool(closest_free_fall_time(result.state)[0] > DISPERSED_GROWTH * start_timescale):
+                    or bool(has_dispersed(result.state, state)[0]):
                 break
     except NBToolkitError:  # the run stopped (its bodies flew apart and dt overflowed): compare what it took
         pass

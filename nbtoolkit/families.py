@@ -109,6 +109,18 @@ def _finish(family: str, mass: Tensor, position: Tensor, velocity: Tensor, dim: 
 
 
 # ----------------------------------------------------------------------------- families
+def _pairs(family: str, total: Tensor, q: Tensor, rel_x: Tensor, rel_v: Tensor, dims: Tensor,
+           generator: torch.Generator) -> list[SystemDraw]:
+    """Two-body systems of total mass ``total`` (B,) and mass ratio ``q`` = m2 / m1 (B,) from their relative
+    positions and velocities (B, 3), each body placed about the centre of mass."""
+    out = []
+    for b in range(total.shape[0]):
+        m1, m2 = total[b] / (1 + q[b]), total[b] * q[b] / (1 + q[b])
+        frac = torch.stack([-m2, m1]).unsqueeze(-1) / total[b]
+        out.append(_finish(family, torch.stack([m1, m2]), frac * rel_x[b], frac * rel_v[b], int(dims[b]), generator))
+    return out
+
+
 def _kepler(s: Sampler, count: int) -> list[SystemDraw]:
     e = s.draw("eccentricity", count)
     if s.params["log_one_minus_e"]:
@@ -123,13 +135,7 @@ def _kepler(s: Sampler, count: int) -> list[SystemDraw]:
     mean_anomaly = 2 * math.pi * s.draw("mean_anomaly", count)
     dims = s.dims(count)
     rel_x, rel_v = kepler_relative(a, e, total, mean_anomaly)
-    out = []
-    for b in range(count):
-        m1, m2 = total[b] / (1 + q[b]), total[b] * q[b] / (1 + q[b])
-        mass = torch.stack([m1, m2])
-        frac = torch.stack([-m2, m1]).unsqueeze(-1) / total[b]
-        out.append(_finish("kepler", mass, frac * rel_x[b], frac * rel_v[b], int(dims[b]), s.generator))
-    return out
+    return _pairs("kepler", total, q, rel_x, rel_v, dims, s.generator)
 
 
 def _hyperbolic(s: Sampler, count: int) -> list[SystemDraw]:
@@ -147,13 +153,7 @@ def _hyperbolic(s: Sampler, count: int) -> list[SystemDraw]:
                           f"got {float(distance.min()):g}")
     dims = s.dims(count)
     rel_x, rel_v, _ = hyperbolic_relative(pericentre, e, total, distance * pericentre)
-    out = []
-    for b in range(count):
-        m1, m2 = total[b] / (1 + q[b]), total[b] * q[b] / (1 + q[b])
-        frac = torch.stack([-m2, m1]).unsqueeze(-1) / total[b]
-        out.append(_finish("hyperbolic", torch.stack([m1, m2]), frac * rel_x[b], frac * rel_v[b], int(dims[b]),
-                           s.generator))
-    return out
+    return _pairs("hyperbolic", total, q, rel_x, rel_v, dims, s.generator)
 
 
 def _planets(s: Sampler, count: int) -> list[SystemDraw]:

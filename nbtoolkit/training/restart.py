@@ -12,6 +12,8 @@ comes near that growth; its trajectory is untouched.
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from ..physics import closest_free_fall_time
 from ..predictor import History
 from ..state import NBodyState
@@ -20,13 +22,18 @@ from ..state import NBodyState
 DISPERSED_GROWTH = 1e4
 
 
+def has_dispersed(state: NBodyState, initial: NBodyState) -> Tensor:
+    """(B,) bool: whether each system's closest pair free-fall time has grown :data:`DISPERSED_GROWTH` times
+    beyond its value in ``initial`` (the same systems); a NaN counts as dispersed."""
+    return ~(closest_free_fall_time(state) <= DISPERSED_GROWTH * closest_free_fall_time(initial))
+
+
 def restart_dispersed(state: NBodyState, initial: NBodyState,
                       history: History | None) -> tuple[NBodyState, History | None, int]:
     """(state, history, count): the systems of ``state`` that have dispersed (see the module
     docstring) replaced by their rows of ``initial`` (the same systems, (B,)), their history
     entries (if any) marked missing; ``count`` is how many were restarted."""
-    dispersed = ~(closest_free_fall_time(state) <= DISPERSED_GROWTH * closest_free_fall_time(initial))  # NaN too
-    idx = dispersed.nonzero().squeeze(-1)
+    idx = has_dispersed(state, initial).nonzero().squeeze(-1)
     if idx.numel() == 0:
         return state, history, 0
     if history is not None:
