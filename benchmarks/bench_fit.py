@@ -39,6 +39,7 @@ from nbtoolkit.gate import EnergyGate
 from nbtoolkit.training.calibrate import unguarded_rollout
 from nbtoolkit.training.config import TrainConfig
 from nbtoolkit.training.trainset import TrainingSet, load_training_set, pad_systems
+from plugins.learned_predictor import model_options
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -110,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--per-table and --steps must be at least 1")
     torch.manual_seed(args.seed)
     host = get_host()
-    predictor = host.predictors.create("learned", feedback=False) if args.model == "learned" else \
-        host.predictors.create("learned", model=args.model, feedback=False)
+    predictor = host.predictors.create("learned", feedback=False, **model_options(args.model))
     if not hasattr(predictor, "log_safety"):
         parser.error(f"--model {args.model}: not a model with calibrated class factors (an mlp predictor)")
     training_set = load_training_set(args.training_set)

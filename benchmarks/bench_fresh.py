@@ -10,8 +10,10 @@ median, over the family, of the time the predictor reached in those steps over t
 alone reached (above 1: longer steps).
 
 Systems are flown in batches of equal N and softening, so no batch holds padding bodies. A
-system whose run stops early (its bodies flew apart and its dt overflowed) counts with the steps
-it took; a batch that stops is flown again system by system.
+system that has dispersed (an unbound pair after its passage; the test by which training
+restarts a system) ends its flight there and is left out of the time ratio. A system whose run
+stops early (its dt overflowed) counts with the steps it took; a batch that stops is flown again
+system by system.
 
 Run: ``python benchmarks/bench_fresh.py [--model learned|FILE] [--predictor NAME:KEY=VALUE,...]
 [--training-set general|FILE.toml] [--seeds 20 21] [--steps 1024] [--json out.json]`` (about 10
@@ -38,7 +40,9 @@ from nbtoolkit import get_host, validate
 from nbtoolkit.errors import NBToolkitError
 from nbtoolkit.families import SystemDraw
 from nbtoolkit.simulate import iter_steps
+from nbtoolkit.training.restart import has_dispersed
 from nbtoolkit.training.trainset import load_training_set, pad_systems
+from plugins.learned_predictor import model_options
 
 THRESHOLD = 2e-4
 #: the pass rate a system must reach
@@ -53,26 +57,37 @@ class Flight:
     steps: int  # steps taken (fewer than asked where the run stopped)
     pass_fraction: float  # of those steps, the share whose |dE/E| <= THRESHOLD
     time: float  # the time reached
+    dispersed: bool = False  # whether the flight ended because the system had dispersed
 
 
 def _fly(draws: list[SystemDraw], make_predictor: Callable[[], Any], integrator: Any, steps: int, *,
          stop_quietly: bool = False) -> list[Flight]:
-    """Fly ``draws`` (equal N and softening) as one batch for up to ``steps`` steps. A step that fails
-    (a dt that overflowed) raises, or with ``stop_quietly`` ends the run there: the systems count with
-    the steps taken (a system that takes none counts as failing)."""
+    """Fly ``draws`` (equal N and softening) as one batch for up to ``steps`` steps. A system's flight ends
+    at the step after which it has dispersed (:func:`~nbtoolkit.training.restart.has_dispersed`: an
+    unbound pair after its passage, whose dt would grow geometrically from there); the batch flies on
+    until every system has ended or taken ``steps`` steps. A step that fails (a dt that overflowed)
+    raises, or with ``stop_quietly`` ends the run there: the systems count with the steps taken (a
+    system that takes none counts as failing)."""
     state = pad_systems(draws)
-    errors, time = [], state.time
+    errors, counted, time = [], [], state.time
+    ended = torch.zeros(len(draws), dtype=torch.bool)
     try:
         for k, result in enumerate(iter_steps(state, integrator, make_predictor())):
             errors.append(result.error)
-            time = result.state.time
-            if k + 1 >= steps:
+            counted.append(~ended)
+            time = torch.where(ended, time, result.state.time)
+            ended = ended | has_dispersed(result.state, state)
+            if k + 1 >= steps or bool(ended.all()):
                 break
     except NBToolkitError:
         if not stop_quietly:
             raise
-    passed = (torch.stack(errors) <= THRESHOLD).to(torch.float64).mean(0) if errors else torch.zeros(len(draws))
-    return [Flight(d.family, len(errors), float(passed[b]), float(time[b])) for b, d in enumerate(draws)]
+    if not errors:
+        return [Flight(d.family, 0, 0.0, float(time[b])) for b, d in enumerate(draws)]
+    taken = torch.stack(counted)
+    passed = ((torch.stack(errors) <= THRESHOLD) & taken).sum(0)
+    return [Flight(d.family, int(taken[:, b].sum()), float(passed[b]) / int(taken[:, b].sum()), float(time[b]),
+                   bool(ended[b])) for b, d in enumerate(draws)]
 
 
 def fly_draws(draws: list[SystemDraw], make_predictor: Callable[[], Any], integrator: Any,
@@ -94,12 +109,13 @@ def fly_draws(draws: list[SystemDraw], make_predictor: Callable[[], Any], integr
 
 def family_rows(network: list[Flight], compared: list[Flight]) -> list[dict[str, Any]]:
     """Per family (and 'all'): systems, below REQUIRED and lowest pass rate of the network alone and of
-    the compared predictor, and the median ratio of the times reached (compared / network)."""
+    the compared predictor, and the median ratio of the times reached (compared / network) over the
+    systems neither flight saw disperse (a dispersed system ends at about the same time either way)."""
     families = sorted({f.family for f in network}) + ["all"]
     rows = []
     for family in families:
         pairs = [(a, b) for a, b in zip(network, compared) if family in ("all", a.family)]
-        ratios = [b.time / a.time for a, b in pairs if a.time > 0]
+        ratios = [b.time / a.time for a, b in pairs if a.time > 0 and not (a.dispersed or b.dispersed)]
         rows.append({
             "family": family, "systems": len(pairs),
             "network_below": sum(a.pass_fraction < REQUIRED for a, _ in pairs),
@@ -125,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be at least 1")
     torch.set_num_threads(1)
     host = get_host()
-    options = {} if args.model == "learned" else {"model": args.model}
+    options = model_options(args.model)
     name, compared_options, label = args.predictor or ("learned", options, "learned")
     try:
         host.predictors.create(name, **compared_options)

@@ -51,6 +51,7 @@ from nbtoolkit.simulate import iter_steps
 from nbtoolkit.system import System
 from nbtoolkit.training.restart import has_dispersed
 from nbtoolkit.training.trainset import TrainingSet, load_training_set, pad_systems
+from plugins.learned_predictor import model_options
 
 THRESHOLD = 2e-4
 #: the pass rate a system must reach
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps and --per-table must be at least 1")
     torch.set_num_threads(1)
     host = get_host()
-    name, options, label = args.predictor or ("learned", {} if args.model == "learned" else {"model": args.model},
+    name, options, label = args.predictor or ("learned", model_options(args.model),
                                               "learned" if args.model == "learned" else f"learned:model={args.model}")
     try:
         host.predictors.create(name, **options)

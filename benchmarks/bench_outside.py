@@ -53,6 +53,7 @@ from nbtoolkit.physics import to_center_of_mass_frame
 from nbtoolkit.presets import make_preset, plummer, pythagorean
 from nbtoolkit.state import NBodyState, System
 from nbtoolkit.training.trainset import pad_systems
+from plugins.learned_predictor import model_options
 
 THRESHOLD = 2e-4
 MAX_STEPS = 400_000
@@ -252,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     stored = _stored_rules(args.rules) if args.rules else {}
     torch.set_num_threads(1)
     host = get_host()
-    predictor = host.predictors.create("learned", feedback=args.feedback) if args.model == "learned" else \
-        host.predictors.create("learned", model=args.model, feedback=args.feedback)
+    predictor = host.predictors.create("learned", feedback=args.feedback, **model_options(args.model))
     leapfrog = host.integrators.create("leapfrog")
     wanted = [w for w in args.only.split(",") if w]
     rows = []

@@ -54,6 +54,12 @@ def learned_predictor(
                       base_name="learned network")
 
 
+def model_options(model: str) -> dict[str, str]:
+    """The options of ``learned`` for a ``--model`` argument: ``"learned"`` (the shipped model, no option) or the
+    path of a model file or checkpoint."""
+    return {} if model == "learned" else {"model": model}
+
+
 cast(Any, learned_predictor).model_file = MODEL_FILE  # what nbtoolkit calibrate --model learned recalibrates
 
 

@@ -74,3 +74,20 @@ def test_main_refuses_a_predictor_it_cannot_build_before_any_flight(load_benchma
         bench.main(["--predictor", "feedback:memory=8", "--steps", "4"])
     assert exc.value.code == 2
     assert "option 'memory' (8) must be >= option 'window' (32)" in capsys.readouterr().err
+
+
+def test_a_system_that_disperses_ends_its_flight_and_leaves_the_time_ratio(load_benchmark):
+    bench = load_benchmark("bench_fresh")
+    host = get_host()
+    mixed = TrainingSet.from_tables([{"family": "hyperbolic", "count": 1, "eccentricity": [2.0, 2.0],
+                                      "distance": [10.0, 10.0]},
+                                     {"family": "kepler", "count": 1, "eccentricity": [0.0, 0.3]}]).draw(20)
+    rule = lambda: host.predictors.create("aarseth", eta=0.02)  # noqa: E731
+    flyby, orbit = bench.fly_draws(mixed, rule, host.integrators.create("leapfrog"), steps=3000)
+    # the pair passes, recedes with a dt growing with its separation, and ends long before 3000 steps;
+    # the bound orbit flies on for all of them
+    assert flyby.dispersed and 50 < flyby.steps < 3000 and flyby.pass_fraction == 1.0
+    assert not orbit.dispersed and orbit.steps == 3000
+    same_bound = bench.Flight("kepler", 3000, 1.0, 2 * orbit.time)
+    rows = bench.family_rows([flyby, orbit], [flyby, same_bound])
+    assert rows[-1]["time_ratio"] == pytest.approx(2.0)  # the flyby's ratio (1) is left out

@@ -10,9 +10,9 @@ from nbtoolkit.cli import main
 from nbtoolkit.evaluate import evaluate_predictor
 from nbtoolkit.io import save_state
 from nbtoolkit.presets import make_preset
-from nbtoolkit.training.checkpoint import MODEL_FORMAT
+from nbtoolkit.training.checkpoint import MODEL_FORMAT, payload_digest
 from plugins.feedback import FeedbackDt
-from plugins.learned_predictor import FEEDBACK_CEILING, FEEDBACK_TARGET, MODEL_FILE
+from plugins.learned_predictor import FEEDBACK_CEILING, FEEDBACK_TARGET, MODEL_FILE, model_options
 
 
 def test_the_shipped_model_file_is_small_and_safe_to_load():
@@ -43,6 +43,17 @@ def test_learned_flies_the_network_inside_a_controller_steered_to_its_training_g
     assert (pred.target, pred.ceiling) == pytest.approx((FEEDBACK_TARGET * gate, FEEDBACK_CEILING * gate))
     state = make_preset("kepler", eccentricity=0.5).state
     assert torch.equal(pred(state), network(state))  # before any step is observed: the network's dt exactly
+
+
+def test_a_model_argument_names_the_shipped_model_or_a_file_to_load(host, tmp_path):
+    state = make_preset("kepler", eccentricity=0.5).state
+    shipped = host.predictors.create("learned", feedback=False, **model_options("learned"))(state)
+    halved = torch.load(MODEL_FILE, weights_only=True)
+    halved["predictor_state"]["log_safety"] = halved["predictor_state"]["log_safety"] - np.log(2.0)
+    halved["checksum"] = {"algorithm": "sha256", "digest": payload_digest(halved)}
+    torch.save(halved, tmp_path / "halved.pt")
+    other = host.predictors.create("learned", feedback=False, **model_options(str(tmp_path / "halved.pt")))(state)
+    assert torch.allclose(other, shipped / 2, rtol=1e-12)
 
 
 @pytest.mark.parametrize("preset, params, orbits", [
