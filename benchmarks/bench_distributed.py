@@ -8,7 +8,12 @@ warm-up epoch, then ``--epochs`` timed epochs; Part 1 and Part 2 are timed separ
 
 Figures per world size: accepted Part 1 steps per second (all ranks together), replayed Part 2
 samples per second (samples of the global minibatch times iterations), and the scaling
-efficiency: throughput / (W x throughput of one process). Every Part 1 round and every Part 2
+efficiency: throughput / (W x throughput of one process). ``bound`` is the Part 1 speed-up that W
+processes could reach with free communication and a core each, measured in the same run: W times
+one process's accepted steps/s on B / W systems, over one process's on all B. A Part 1 round
+costs one process about the same at 32 as at 64 two-body systems (its time goes to per-operation
+overhead, not arithmetic), so at 64 systems the bound for 2 processes is about 1, whatever the
+number of cores. Every Part 1 round and every Part 2
 iteration costs one ``all_gather`` of nine numbers (in Part 1 they also say whether each rank
 still collects) and, when a step is taken, one ``all_reduce`` of the model's gradients (a few
 thousand float64), so with a small model and few systems per rank the communication latency,
@@ -49,7 +54,7 @@ def _timed(name: str, times: dict[str, Any]) -> None:
     setattr(trainer_module, name, wrapper)
 
 
-def _rank(rank: int, world: int, init: str, out: str, orbits: int, epochs: int) -> None:
+def _rank(rank: int, world: int, init: str, out: str, orbits: int, epochs: int, tag: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
@@ -66,7 +71,7 @@ def _rank(rank: int, world: int, init: str, out: str, orbits: int, epochs: int) 
             accepted = sum(int(r.accepted.sum()) for _, r in collect) * world
             samples = sum(r.iterations * r.batch_size for _, r in replay)
             torch.save({"steps_per_s": accepted / sum(t for t, _ in collect),
-                        "samples_per_s": samples / max(sum(t for t, _ in replay), 1e-12)}, Path(out) / f"w{world}.pt")
+                        "samples_per_s": samples / max(sum(t for t, _ in replay), 1e-12)}, Path(out) / f"{tag}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -78,16 +83,24 @@ def main() -> None:
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     out = tempfile.mkdtemp()
-    print(f"kepler-batch, {args.orbits} systems, {args.epochs} timed epochs; {os.cpu_count()} CPUs")
-    print(f"{'processes':>9}  {'accepted steps/s':>16}  {'efficiency':>10}  {'replayed samples/s':>18}  {'efficiency':>10}")
-    base: dict[str, float] = {}
-    for world in args.worlds:
-        mp.start_processes(_rank, args=(world, os.path.join(out, f"init{world}"), out, args.orbits, args.epochs),
+
+    def run(world: int, orbits: int) -> dict[str, float]:
+        tag = f"w{world}-b{orbits}"
+        mp.start_processes(_rank, args=(world, os.path.join(out, f"init-{tag}"), out, orbits, args.epochs, tag),
                            nprocs=world, start_method="spawn")
-        r = torch.load(Path(out) / f"w{world}.pt")
-        base = base or {k: v / world for k, v in r.items()}
-        print(f"{world:>9}  {r['steps_per_s']:>16.1f}  {r['steps_per_s'] / (world * base['steps_per_s']):>10.2f}  "
-              f"{r['samples_per_s']:>18.1f}  {r['samples_per_s'] / (world * base['samples_per_s']):>10.2f}")
+        return torch.load(Path(out) / f"{tag}.pt")
+
+    print(f"kepler-batch, {args.orbits} systems, {args.epochs} timed epochs; {os.cpu_count()} CPUs")
+    print(f"{'processes':>9}  {'accepted steps/s':>16}  {'efficiency':>10}  {'bound':>6}  {'replayed samples/s':>18}  "
+          f"{'efficiency':>10}")
+    one = run(1, args.orbits)
+    for world in args.worlds:
+        r = one if world == 1 else run(world, args.orbits)
+        # the speed-up W processes could reach with free communication and a core each: W times one process's
+        # accepted steps/s on its shard of B / W systems, over one process's on all B
+        bound = 1.0 if world == 1 else world * run(1, max(args.orbits // world, 1))["steps_per_s"] / one["steps_per_s"]
+        print(f"{world:>9}  {r['steps_per_s']:>16.1f}  {r['steps_per_s'] / (world * one['steps_per_s']):>10.2f}  "
+              f"{bound:>6.2f}  {r['samples_per_s']:>18.1f}  {r['samples_per_s'] / (world * one['samples_per_s']):>10.2f}")
 
 
 if __name__ == "__main__":
