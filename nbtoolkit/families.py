@@ -124,11 +124,9 @@ def _pairs(family: str, total: Tensor, q: Tensor, rel_x: Tensor, rel_v: Tensor, 
 def _kepler(s: Sampler, count: int) -> list[SystemDraw]:
     e = s.draw("eccentricity", count)
     if s.params["log_one_minus_e"]:
-        lo, hi = s.bounds("eccentricity")
-        if hi >= 1:
+        if s.bounds("eccentricity")[1] >= 1:
             raise ConfigError("family 'kepler': eccentricity must stay below 1 for bound orbits")
-        u = torch.rand(count, generator=s.generator, dtype=torch.float64)
-        e = 1 - torch.exp(math.log(1 - lo) + (math.log(1 - hi) - math.log(1 - lo)) * u)
+        e = s.draw_from_one("eccentricity", count)
     q = s.draw("mass_ratio", count)
     a = s.draw("semi_major_axis", count)
     total = s.draw("total_mass", count)
@@ -139,11 +137,10 @@ def _kepler(s: Sampler, count: int) -> list[SystemDraw]:
 
 
 def _hyperbolic(s: Sampler, count: int) -> list[SystemDraw]:
-    lo, hi = s.bounds("eccentricity")
+    lo = s.bounds("eccentricity")[0]
     if lo <= 1:
         raise ConfigError(f"family 'hyperbolic': eccentricity must be above 1 for unbound orbits; got {lo:g}")
-    u = torch.rand(count, generator=s.generator, dtype=torch.float64)
-    e = 1 + torch.exp(math.log(lo - 1) + (math.log(hi - 1) - math.log(lo - 1)) * u)
+    e = s.draw_from_one("eccentricity", count)
     q = s.draw("mass_ratio", count)
     pericentre = s.draw("pericentre", count)
     total = s.draw("total_mass", count)

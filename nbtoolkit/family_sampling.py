@@ -59,6 +59,14 @@ class Sampler:
             return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
         return lo + (hi - lo) * u
 
+    def draw_from_one(self, key: str, size: int) -> Tensor:
+        """``size`` samples of ``key`` (float64) whose distance from 1, |1 - x|, is log-uniform between the
+        range's ends' (a range on one side of 1: eccentricities of bound orbits near 1, or unbound ones)."""
+        lo, hi = self.bounds(key)
+        near, far = math.log(abs(1 - lo)), math.log(abs(1 - hi))
+        u = torch.rand(size, generator=self.generator, dtype=torch.float64)
+        return 1 + math.copysign(1.0, lo - 1) * torch.exp(near + (far - near) * u)
+
     def draw_int(self, key: str, size: int) -> Tensor:
         """``size`` integers in [low, high], log-uniform (so small and large N are both common)."""
         lo, hi = self.bounds(key)

@@ -60,6 +60,20 @@ def test_hyperbolic_relative_reaches_its_pericentre_at_the_time_it_gives():
     assert bool(((y[:, :3] * y[:, 3:]).sum(-1).abs() < 1e-4 * q * y[:, 3:].norm(dim=-1)).all())  # turning
 
 
+@pytest.mark.parametrize("low, high", [(0.9, 0.999), (1.001, 11.0)])
+def test_a_range_on_one_side_of_one_is_drawn_log_uniformly_in_its_distance_from_one(low, high):
+    from nbtoolkit.family_sampling import Sampler
+
+    sampler = Sampler("f", {"eccentricity": [low, high]}, {}, torch.Generator().manual_seed(1))
+    x = sampler.draw_from_one("eccentricity", 4000)
+    assert bool(((x >= low) & (x <= high)).all())
+    # log |1 - x| is uniform: every decade of the distance from one holds the same share of the draws
+    ends = sorted((math.log10(abs(1 - low)), math.log10(abs(1 - high))))
+    decades = round(ends[1] - ends[0])
+    counts = torch.histc(torch.log10((1 - x).abs()), bins=decades, min=ends[0], max=ends[1])
+    assert int(counts.sum()) == 4000 and bool(((counts - 4000 / decades).abs() < 0.1 * 4000 / decades).all())
+
+
 def test_hyperbolic_pairs_are_unbound_inbound_and_within_their_ranges():
     draws = draw_family("hyperbolic", 40, torch.Generator().manual_seed(3), eccentricity=[1.1, 4.0],
                         pericentre=[0.05, 0.5], distance=[20.0, 40.0], mass_ratio=0.25)
