@@ -85,9 +85,9 @@ def _fly(draws: list[SystemDraw], make_predictor: Callable[[], Any], integrator:
     if not errors:
         return [Flight(d.family, 0, 0.0, float(time[b])) for b, d in enumerate(draws)]
     taken = torch.stack(counted)
-    passed = ((torch.stack(errors) <= THRESHOLD) & taken).sum(0)
-    return [Flight(d.family, int(taken[:, b].sum()), float(passed[b]) / int(taken[:, b].sum()), float(time[b]),
-                   bool(ended[b])) for b, d in enumerate(draws)]
+    flown, passed = taken.sum(0), ((torch.stack(errors) <= THRESHOLD) & taken).sum(0)
+    return [Flight(d.family, int(flown[b]), float(passed[b]) / int(flown[b]), float(time[b]), bool(ended[b]))
+            for b, d in enumerate(draws)]
 
 
 def fly_draws(draws: list[SystemDraw], make_predictor: Callable[[], Any], integrator: Any,
