@@ -40,6 +40,15 @@ Families (:data:`FAMILIES`):
   below 1 every body starts at the far end of an elliptic homographic orbit), with positions and
   velocities perturbed by relative amounts up to ``perturbation`` (an unstable configuration, such as
   Lagrange's with comparable masses, then breaks up), at a random scale.
+* ``restricted``: light bodies around and across a binary, the restricted problems of celestial
+  mechanics (Trojans, the Sitnikov problem, comets and circumbinary debris): a binary
+  (``eccentricity``, ``mass_ratio``, semi-major axis 1) and ``particles`` bodies of
+  ``particle_mass`` times the binary's mass each, every one at ``radius`` (in units of the binary's
+  semi-major axis) from the binary's centre of mass in a random direction, moving at ``speed`` times
+  the circular speed about the binary's mass there, in a random direction up to 45 degrees off the
+  tangential (3-D: any azimuth about the radius; 2-D: prograde or retrograde), at a random scale.
+  Inside a few semi-major axes such orbits are chaotic: a light body crosses the binary, is flung
+  out or captured, so the closest pair is often one whose error weighs nothing in the system's energy.
 * ``plummer``: Plummer spheres of ``n`` bodies (Hénon units, then scaled by ``scale``), via
   :func:`nbtoolkit.presets.plummer`. Equal masses by default; with ``mass_ratio`` q < 1 each
   mass is log-uniform in [q, 1] (a new q per cluster), and the velocities are rescaled to the
@@ -293,6 +302,36 @@ def _central(s: Sampler, count: int) -> list[SystemDraw]:
     return out
 
 
+def _restricted(s: Sampler, count: int) -> list[SystemDraw]:
+    e, q, scale, dims = s.draw("eccentricity", count), s.draw("mass_ratio", count), s.draw("scale", count), s.dims(count)
+    out = []
+    for b, k in enumerate(s.draw_int("particles", count).tolist()):
+        one = torch.ones(1, dtype=torch.float64)
+        anomaly = 2 * math.pi * torch.rand(1, generator=s.generator, dtype=torch.float64)
+        xi, vi = kepler_relative(one, e[b:b + 1], one, anomaly)
+        m1, m2 = 1 / (1 + q[b]), q[b] / (1 + q[b])
+        dim = int(dims[b])
+        light, radius, speed = s.draw("particle_mass", k), s.draw("radius", k), s.draw("speed", k)
+        offset = (torch.rand(k, generator=s.generator, dtype=torch.float64) - 0.5) * (math.pi / 2)
+        direction = torch.randn(k, 3, generator=s.generator, dtype=torch.float64)
+        pole = torch.randn(k, 3, generator=s.generator, dtype=torch.float64)  # 3-D: any azimuth about the radius
+        if dim == 2:  # in the binary's plane, prograde or retrograde
+            direction[:, 2] = 0
+            sense = torch.where(torch.rand(k, 1, generator=s.generator) < 0.5, -1.0, 1.0).to(torch.float64)
+            pole = sense * torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        radial = direction / direction.norm(dim=-1, keepdim=True)
+        tangential = torch.linalg.cross(pole, radial)
+        tangential = tangential / tangential.norm(dim=-1, keepdim=True)
+        heading = offset.cos().unsqueeze(-1) * tangential + offset.sin().unsqueeze(-1) * radial
+        pos = torch.cat([torch.stack([-m2 * xi[0], m1 * xi[0]]), radius.unsqueeze(-1) * radial])
+        vel = torch.cat([torch.stack([-m2 * vi[0], m1 * vi[0]]),
+                         (speed / radius.sqrt()).unsqueeze(-1) * heading])
+        mass = torch.cat([torch.stack([m1, m2]), light])
+        sc = float(scale[b])
+        out.append(_finish("restricted", mass, pos * sc, vel / math.sqrt(sc), dim, s.generator))
+    return out
+
+
 def _plummer(s: Sampler, count: int) -> list[SystemDraw]:
     from .presets import plummer
 
@@ -395,6 +434,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("central", _central, {"n": [3, 3], "mass_ratio": [0.01, 1.0], "central_mass": 0.0, "spin": [0.9, 1.0],
                                  "perturbation": [0.0, 0.02], "scale": [0.3, 3.0], "dim": [2, 3]},
            "rotating central configurations: Lagrange's triangle and regular rings, around a central body or not"),
+    Family("restricted", _restricted, {"eccentricity": [0.0, 0.7], "mass_ratio": [1e-3, 1.0], "particles": [1, 3],
+                                       "particle_mass": [1e-9, 1e-4], "radius": [0.3, 4.0], "speed": [0.5, 1.2],
+                                       "scale": [0.3, 3.0], "dim": [2, 3]},
+           "light bodies around and across a binary (restricted problems: Trojans, Sitnikov, comets)"),
     Family("plummer", _plummer, {"n": [4, 64], "scale": [0.3, 3.0], "mass_ratio": 1.0, "virial_ratio": 0.5},
            "Plummer spheres of n bodies: equal masses, or each log-uniform down to mass_ratio x the largest; "
            "velocities scaled to the virial ratio T / |U| (0.5 is equilibrium, below it collapses)"),

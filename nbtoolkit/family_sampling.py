@@ -17,7 +17,7 @@ from .errors import ConfigError
 LOG_PARAMS = frozenset({"mass_ratio", "semi_major_axis", "total_mass", "inner_mass_ratio", "outer_mass_ratio",
                         "period_ratio", "scale", "spacing", "binary_mass_ratio", "intruder_mass_ratio",
                         "impact_parameter", "speed", "softening", "intruder_separation", "central_mass",
-                        "pericentre"})
+                        "pericentre", "particle_mass", "radius"})
 
 #: log-sampled parameters whose value 0 switches their feature off (no softening, a single intruder, no central body)
 OFF_AT_ZERO = frozenset({"softening", "intruder_separation", "central_mass"})

@@ -222,6 +222,35 @@ def test_central_configurations_turn_rigidly_at_full_spin(params):
             assert (change < 1e-6) if rigid else (change > 1e-3)
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_restricted_problems_put_light_bodies_where_their_ranges_say(dim):
+    """Every light body weighs particle_mass of the binary, sits radius binary semi-major axes from the
+    binary's centre of mass and moves at speed times the circular speed there, at most 45 degrees off the
+    tangential (in the binary's plane in 2-D, prograde and retrograde alike)."""
+    draws = draw_family("restricted", 12, torch.Generator().manual_seed(6), dim=dim, scale=1.0,
+                        particles=[2, 3], particle_mass=[1e-8, 1e-5], radius=[0.5, 3.0], speed=[0.6, 1.1])
+    senses = set()
+    for d in draws:
+        assert d.n_bodies in (4, 5)
+        binary, light = d.mass[:2].sum(), d.mass[2:]
+        assert bool(((light / binary >= 1e-8 * (1 - 1e-12)) & (light / binary <= 1e-5 * (1 + 1e-12))).all())
+        com_x = (d.mass[:2, None] * d.position[:2]).sum(0) / binary
+        com_v = (d.mass[:2, None] * d.velocity[:2]).sum(0) / binary
+        rel_x, rel_v = d.position[2:] - com_x, d.velocity[2:] - com_v
+        radius = rel_x.norm(dim=-1)
+        assert bool(((radius > 0.5 - 1e-9) & (radius < 3.0 + 1e-9)).all())
+        speed = rel_v.norm(dim=-1) * (radius / binary).sqrt()
+        assert bool(((speed > 0.6 - 1e-9) & (speed < 1.1 + 1e-9)).all())
+        radial_share = ((rel_x * rel_v).sum(-1) / (radius * rel_v.norm(dim=-1))).abs()
+        assert bool((radial_share <= math.sin(math.pi / 4) + 1e-9).all())
+        if dim == 2:
+            assert float(d.position[:, 2].abs().max()) < 1e-12 and float(d.velocity[:, 2].abs().max()) < 1e-12
+            spin_binary = torch.linalg.cross(d.position[1] - d.position[0], d.velocity[1] - d.velocity[0])[2]
+            senses.update(bool(s) for s in torch.linalg.cross(rel_x, rel_v)[:, 2] * spin_binary > 0)
+    if dim == 2:
+        assert senses == {True, False}
+
+
 def test_a_central_configuration_needs_three_bodies():
     with pytest.raises(ConfigError, match="family 'central': parameter n must be at least 3"):
         draw_family("central", 1, torch.Generator().manual_seed(0), n=2)
@@ -266,6 +295,19 @@ def test_training_set_from_a_toml_file(tmp_path):
     assert state.n_bodies == 5 and state.body_mask.sum(-1).tolist() == [2, 2, 2, 5]
     with pytest.raises(ConfigError, match="unknown training set"):
         load_training_set("no-such-set")
+
+
+def test_the_readme_training_set_example_loads_and_draws_as_written(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index('name = "binaries-and-clusters"')
+    path = tmp_path / "set.toml"
+    path.write_text(readme[start:readme.index("```", start)])
+    tset = load_training_set(path)
+    families = [d.family for d in tset.draw(0)]
+    assert tset.name == "binaries-and-clusters" and set(families) == {"kepler", "plummer", "restricted"}
+    assert len(families) == tset.size and "validated also on 8 encounter" in tset.summary()
 
 
 def test_padding_bodies_change_no_energy_and_are_only_allowed_when_asked_for():
