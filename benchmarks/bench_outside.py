@@ -18,7 +18,8 @@ The systems, by kind:
   and back out as far
 * few bodies: Burrau's Pythagorean problem (t = 10), a 2+2 quadruple, the Lagrange triangle,
   circular and perturbed, a circumbinary planet, the Sun with the four outer planets, the Sun,
-  Earth and Moon for one year; a planetary system, a hierarchical triple, a democratic triple and
+  Earth and Moon for one year; a Trojan asteroid near the Sun and Jupiter's L4 point and a light body
+  in the Sitnikov problem (restricted problems); a planetary system, a hierarchical triple, a democratic triple and
   a perturbed figure-eight drawn from the families with seeds the training set never uses
 * encounters: a binary met by a slower third body, by fast ones (5 and 15 times the binary's
   circular speed) and by another binary
@@ -132,6 +133,26 @@ def sun_earth_moon() -> NBodyState:
     return _com([1.0, 3.0e-6, 3.7e-8], pos, vel)
 
 
+def trojan() -> NBodyState:
+    """The Sun and Jupiter (9.55e-4) on a circular orbit of radius 1 and an asteroid (1e-9) 60 degrees
+    ahead of Jupiter, 1 % further out than L4 and moving with it: it librates about L4."""
+    jupiter, lead, out = 9.55e-4, math.pi / 3, 1.01
+    omega = math.sqrt(1.0 + jupiter)
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [out * math.cos(lead), out * math.sin(lead), 0.0]],
+                       dtype=torch.float64)
+    vel = omega * torch.stack([-pos[:, 1], pos[:, 0], torch.zeros(3, dtype=torch.float64)], -1)
+    return _com([1.0, jupiter, 1e-9], pos, vel)
+
+
+def sitnikov() -> NBodyState:
+    """The Sitnikov problem: two equal masses on an orbit of e = 0.3 (total mass 1, a = 1, from pericentre)
+    and a light body (1e-4) on the axis through their centre of mass, 0.8 above their plane, rising at 0.3."""
+    xi, vi = _binary(1.0, 0.3, 0.0)
+    above = torch.tensor([[0.0, 0.0, 0.8]], dtype=torch.float64)
+    rising = torch.tensor([[0.0, 0.0, 0.3]], dtype=torch.float64)
+    return _com([0.5, 0.5, 1e-4], torch.cat([-0.5 * xi, 0.5 * xi, above]), torch.cat([-0.5 * vi, 0.5 * vi, rising]))
+
+
 def flyby(speed: float, start: float) -> NBodyState:
     """A binary (0.5 + 0.5, a = 1, e = 0.3) and a third body of 0.3 coming in at ``speed`` from x = -``start``."""
     xi, vi = _binary(1.0, 0.3, 0.5)
@@ -200,6 +221,8 @@ SYSTEMS: list[tuple[str, Callable[[], System]]] = [
     ("circumbinary planet t=30", lambda: _span(circumbinary(), 30.0)),
     ("outer solar system t=300", lambda: _span(outer_solar_system(), 300.0)),
     ("sun earth moon, 1 year", lambda: _span(sun_earth_moon(), 2 * math.pi)),
+    ("trojan t=60", lambda: _span(trojan(), 60.0)),
+    ("sitnikov t=20", lambda: _span(sitnikov(), 20.0)),
     ("planets t=30", lambda: _span(_family("planets"), 30.0)),
     ("triple t=50", lambda: _span(_family("triple"), 50.0)),
     ("democratic t=10", lambda: _span(_family("democratic"), 10.0)),
