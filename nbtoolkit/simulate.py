@@ -27,12 +27,10 @@ from .contracts import (
     Gate,
     History,
     Integrator,
-    bind_integrator,
+    RunHooks,
     checked_dt,
     checked_error,
     checked_step,
-    observe_step,
-    pop_force_evals,
 )
 from .control import RunControl
 from .errors import ConfigError, NBToolkitError
@@ -96,8 +94,9 @@ def iter_steps(
     energy = state_energy(state)
     judge = _Judge(gate)
     evals_per_step = integrator.force_evals_per_step
-    bind_integrator(predictor, integrator)  # predictors that take trial steps use the run's integrator
-    pop_force_evals(predictor, state.batch_size)  # and count from zero
+    hooks = RunHooks(predictor)
+    hooks.bind_integrator(integrator)  # predictors that take trial steps use the run's integrator
+    hooks.pop_force_evals(state.batch_size)  # and count from zero
     while True:
         if control is not None:
             control.checkpoint()
@@ -111,7 +110,7 @@ def iter_steps(
             reference = judge.reference(state)
             error = judge.error(state, new, rel, reference)
             evals = torch.full_like(dt, evals_per_step)
-            extra = pop_force_evals(predictor, state.batch_size)  # trial steps taken to choose dt
+            extra = hooks.pop_force_evals(state.batch_size)  # trial steps taken to choose dt
             if extra is not None:
                 evals = evals + extra.to(evals)
             guarded = torch.zeros_like(dt, dtype=torch.bool)
@@ -120,7 +119,7 @@ def iter_steps(
                     state, new, energy, new_energy, rel, error, reference, judge, proposed, limit, evals, integrator,
                     guard_threshold, max_halvings,
                 )
-            observe_step(predictor, dt, error)  # predictors that adapt to their steps' errors
+            hooks.observe_step(dt, error)  # predictors that adapt to their steps' errors
             if history is not None:
                 history = history.push(state)
         state, energy = new, new_energy

@@ -25,11 +25,11 @@ from __future__ import annotations
 from .field import ExternalField, checked_field
 from .gate import Gate, checked_error, error_problem
 from .integrator import Integrator, checked_step, step_problem
-from .predictor import DtPredictor, History, bind_integrator, checked_dt, observe_step, pop_force_evals
+from .predictor import DtPredictor, History, RunHooks, bind_integrator, checked_dt, observe_step, pop_force_evals
 from .sampler import Sampler, checked_sample, indices_problem
 
 __all__ = [
-    "DtPredictor", "ExternalField", "Gate", "History", "Integrator", "Sampler", "bind_integrator", "checked_dt",
+    "DtPredictor", "ExternalField", "Gate", "History", "Integrator", "RunHooks", "Sampler", "bind_integrator", "checked_dt",
     "checked_error", "checked_field", "checked_sample", "checked_step", "error_problem", "indices_problem",
     "observe_step", "pop_force_evals", "step_problem",
 ]
