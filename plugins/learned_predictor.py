@@ -13,7 +13,9 @@ not needed (a periodic orbit) and lower it where an unseen system sits near the 
 controller's aim starts at half that gate and its ceiling is 0.85 of it.
 
 Options: ``model``, the path of another model file or checkpoint to load instead; ``feedback``,
-false for the calibrated network alone (what calibration, fitting and time-symmetric runs use).
+false for the calibrated network alone (what calibration, fitting and time-symmetric runs use);
+``time_symmetric``, true to fly the network even under time reversal (see ``docs/models.md``, "Long runs
+of clusters with a hard binary").
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 from nbtoolkit import hookimpl
+from nbtoolkit.errors import ConfigError
 from nbtoolkit.options import Option, boolean, text
 from nbtoolkit.predictor import DtPredictor
 from plugins.feedback import FeedbackDt
+from plugins.mlp_predictor import MLPDtPredictor
 
 #: the shipped model file
 MODEL_FILE = Path(str(resources.files(__package__).joinpath("data").joinpath("learned-general.pt")))
@@ -41,11 +45,20 @@ def learned_predictor(
                                         text())] = None,
     feedback: Annotated[bool, Option("fly the network inside the feedback controller, steered to the gate it was "
                                      "trained for (false: the calibrated network alone)", boolean())] = True,
+    time_symmetric: Annotated[bool | None, Option("fly the network time-symmetric (the smaller of its dt forward and "
+                                                  "with every velocity reversed) or not, whatever the model file "
+                                                  "says (unset: as the model file says)", boolean())] = None,
 ) -> DtPredictor:
     """The shipped ``general`` model (or the model file / checkpoint ``model``), ready to fly."""
     from nbtoolkit.training.checkpoint import load_trained
 
     network, data = load_trained(Path(model) if model else MODEL_FILE)
+    if time_symmetric is not None:
+        for part in getattr(network, "members", [network]):
+            if not isinstance(part, MLPDtPredictor):
+                raise ConfigError(f"learned: option 'time_symmetric' needs an mlp network; the model holds "
+                                  f"{type(part).__name__}")
+            part.set_time_symmetric(time_symmetric)
     if not feedback:
         return network
     calibration = data.get("calibration") or {}  # a recalibrated model records the gate it was calibrated for

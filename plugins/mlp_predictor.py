@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 from nbtoolkit import hookimpl
 from nbtoolkit.errors import ConfigError
-from nbtoolkit.options import Option, integer, number, one_of
+from nbtoolkit.options import Option, boolean, integer, number, one_of
 from nbtoolkit.physics import state_accelerations, state_energy
 from nbtoolkit.predictor import History
 from nbtoolkit.state import NBodyState
@@ -74,6 +74,8 @@ from plugins.safety_classes import LEGACY_ECCENTRICITY_CLASSES, SAFETY_BUCKETS, 
 LOG_FACTOR_RANGE = 8.0
 #: per-pair input features before Fourier features
 PAIR_FEATURES = 8
+#: the index of the pair input that is odd under time reversal (the radial velocity; every other input is even)
+RADIAL_VELOCITY = 3
 #: per-history-entry features
 HISTORY_FEATURES = 3
 #: global features
@@ -247,6 +249,10 @@ class MLPDtPredictor(ClassCalibratedDt):
         max_pairs: Annotated[int, Option("closest pairs fed to the network (0 = all)", integer(0))] = 16,
         timescale: Annotated[str, Option("the pair timescale tau that the learned factors multiply",
                                          one_of(*TIMESCALES))] = "freefall",
+        time_symmetric: Annotated[bool, Option("take the smaller of the dt of the state and the dt of the state with "
+                                               "its velocities reversed: a dt even under time reversal, so that "
+                                               "leapfrog's energy errors on the way into a close passage and out "
+                                               "of it cancel instead of piling up one way", boolean())] = False,
         seed: Annotated[int | None, Option("seed of the initial weights and Fourier frequencies (unset: torch's "
                                            "global generator; training sets it from its own seed)", integer())] = None,
     ) -> None:
@@ -256,6 +262,7 @@ class MLPDtPredictor(ClassCalibratedDt):
                             fourier_features=fourier_features, fourier_scale=float(fourier_scale),
                             history_len=history_len, init_factor=float(init_factor), max_pairs=max_pairs,
                             timescale=timescale)
+        self.set_time_symmetric(time_symmetric)
         dtype = torch.float64
         generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         self.register_buffer(
@@ -269,6 +276,14 @@ class MLPDtPredictor(ClassCalibratedDt):
         self.head = _mlp([hidden_width + context] + [hidden_width] * hidden_layers + [1], act, dtype,
                          final_activation=False)
         self._init_weights(generator)
+
+    def set_time_symmetric(self, on: bool) -> None:
+        """Switch the ``time_symmetric`` option of this network on or off (it changes no weight: a trained network
+        can fly either way)."""
+        if on and self.history_len:
+            raise ConfigError("mlp predictor: option 'time_symmetric' cannot be combined with history_len > 0 (a "
+                              "history has no time-reversed counterpart)")
+        self.options["time_symmetric"] = bool(on)
 
     def _init_weights(self, generator: torch.Generator | None) -> None:
         """Xavier-uniform weights, zero biases; the last layer scaled by 0.01 so the untrained factor is ~init_factor."""
@@ -305,21 +320,34 @@ class MLPDtPredictor(ClassCalibratedDt):
         return pf, torch.cat(extras, dim=-1)
 
     def network_log_dt(self, pf: PairFeatures, extras: Tensor) -> Tensor:
-        """log dt (B,) before the calibrated safety factor, from the :meth:`inputs` of a state."""
-        feats = pf.features
+        """log dt (B,) before the calibrated safety factor, from the :meth:`inputs` of a state.
+
+        With ``time_symmetric``, the smaller of the log dt of the state and of the state with its velocities
+        reversed, evaluated as one batch of 2B: reversing every velocity flips the sign of each pair's radial
+        velocity (input :data:`RADIAL_VELOCITY`) and leaves every other input as it is."""
+        if not self.options["time_symmetric"]:
+            return self._network_log_dt(pf.features, pf.mask, pf.log_tau, extras)
+        reversed_ = pf.features.clone()
+        reversed_[..., RADIAL_VELOCITY] = -reversed_[..., RADIAL_VELOCITY]
+        both = self._network_log_dt(torch.cat([pf.features, reversed_]), torch.cat([pf.mask, pf.mask]),
+                                    torch.cat([pf.log_tau, pf.log_tau]), torch.cat([extras, extras]))
+        forward, backward = both.chunk(2)
+        return torch.minimum(forward, backward)
+
+    def _network_log_dt(self, feats: Tensor, pair_mask: Tensor, log_tau: Tensor, extras: Tensor) -> Tensor:
         if self.fourier.shape[1]:
             proj = 2 * math.pi * feats @ self.fourier
             feats = torch.cat([feats, proj.sin(), proj.cos()], dim=-1)
-            feats = torch.where(pf.mask.unsqueeze(-1), feats, torch.zeros_like(feats))
-        mask = pf.mask.unsqueeze(-1)
+            feats = torch.where(pair_mask.unsqueeze(-1), feats, torch.zeros_like(feats))
+        mask = pair_mask.unsqueeze(-1)
         emb = self.pair_net(feats)  # (B, P, W)
-        count = pf.mask.sum(-1, keepdim=True).clamp_min(1).to(emb.dtype)
+        count = pair_mask.sum(-1, keepdim=True).clamp_min(1).to(emb.dtype)
         mean = torch.where(mask, emb, torch.zeros_like(emb)).sum(1) / count
         peak = torch.where(mask, emb, torch.full_like(emb, -math.inf)).amax(1)
         context = torch.cat([mean, peak, extras], dim=-1)
         y = self.head(torch.cat([emb, context.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)).squeeze(-1)
-        proposals = pf.log_tau + self.log_init_factor + LOG_FACTOR_RANGE * torch.tanh(y / LOG_FACTOR_RANGE)
-        return torch.where(pf.mask, proposals, torch.full_like(proposals, math.inf)).amin(-1)
+        proposals = log_tau + self.log_init_factor + LOG_FACTOR_RANGE * torch.tanh(y / LOG_FACTOR_RANGE)
+        return torch.where(pair_mask, proposals, torch.full_like(proposals, math.inf)).amin(-1)
 
     def upgrade_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         """Older files hold fewer factors, and such a model predicts exactly as it did: files from before

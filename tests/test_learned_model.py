@@ -56,6 +56,19 @@ def test_a_model_argument_names_the_shipped_model_or_a_file_to_load(host, tmp_pa
     assert torch.allclose(other, shipped / 2, rtol=1e-12)
 
 
+def test_learned_flies_time_symmetric_on_request_with_the_same_weights(host):
+    """``time_symmetric=True`` overrides the model file's option: the smaller of the shipped network's dt forward
+    and with every velocity reversed, inside the controller as usual."""
+    kepler = make_preset("kepler", eccentricity=0.9).state
+    falling = kepler.replace(position=kepler.position + 0.3 * kepler.velocity)
+    network = host.predictors.create("learned", feedback=False)
+    forward, backward = network(falling), network(falling.replace(velocity=-falling.velocity))
+    symmetric = host.predictors.create("learned", time_symmetric=True)
+    assert isinstance(symmetric, FeedbackDt) and symmetric.base.options["time_symmetric"]
+    assert not network.options["time_symmetric"] and not torch.allclose(forward, backward, rtol=1e-3)
+    assert torch.allclose(symmetric(falling), torch.minimum(forward, backward), rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("preset, params, orbits", [
     ("kepler", {"eccentricity": 0.6}, 2.0),
     ("kepler", {"eccentricity": 0.3, "masses": (1.0, 0.05)}, 2.0),

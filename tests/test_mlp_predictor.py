@@ -214,3 +214,26 @@ def test_a_system_of_zero_total_energy_has_finite_inputs_and_dt(host):
     assert math.isclose(float(feats[0, 0, 6]), math.log1p(MAX_ENERGY_SHARE), rel_tol=1e-12)
     dt = make(host)(state).detach()
     assert bool(torch.isfinite(dt).all()) and float(dt) > 0
+
+
+def test_a_time_symmetric_dt_is_the_same_with_every_velocity_reversed(host):
+    """The shipped network tells a pair falling in from one flying out (its radial-velocity input); with
+    ``time_symmetric`` it proposes the smaller of the two dt for both, the network otherwise unchanged."""
+    shipped = host.predictors.create("learned", feedback=False)
+    symmetric = host.predictors.create("mlp", **dict(shipped.options, time_symmetric=True))
+    symmetric.load_state_dict(shipped.state_dict())
+    from nbtoolkit.presets import make_preset
+
+    kepler = make_preset("kepler", eccentricity=0.9).state
+    off_apsis = kepler.replace(position=kepler.position + 0.3 * kepler.velocity)  # falling in, not at an apsis
+    for state in (off_apsis, random_cluster(5, 4, seed=3), random_cluster(3, 20, seed=4)):
+        flipped = state.replace(velocity=-state.velocity)
+        forward, backward = shipped(state), shipped(flipped)
+        assert not torch.allclose(forward, backward, rtol=1e-3)  # the plain network is not even in time
+        assert torch.allclose(symmetric(state), symmetric(flipped), rtol=1e-14, atol=0)
+        assert torch.allclose(symmetric(state), torch.minimum(forward, backward), rtol=1e-12, atol=0)
+
+
+def test_a_time_symmetric_dt_cannot_read_a_history(host):
+    with pytest.raises(PluginError, match="time_symmetric.*history_len"):
+        make(host, time_symmetric=True, history_len=2)

@@ -19,9 +19,9 @@ from nbtoolkit.training.settings_doc import SETTINGS_DOC
 DECLARED = {
     "integrators": {"leapfrog": [], "yoshida4": [], "rk4": []},
     "predictors": {
-        "constant": ["dt"], "aarseth": ["eta"], "freefall": ["eta"], "learned": ["model", "feedback"],
+        "constant": ["dt"], "aarseth": ["eta"], "freefall": ["eta"], "learned": ["model", "feedback", "time_symmetric"],
         "mlp": ["hidden_width", "hidden_layers", "activation", "fourier_features", "fourier_scale", "history_len",
-                "init_factor", "max_pairs", "timescale", "seed"],
+                "init_factor", "max_pairs", "timescale", "time_symmetric", "seed"],
         "mlp-ensemble": ["size", "spread"],
         "symmetric": ["base", "iterations", "integrator", "checkpoint", "base_options", "solver"],
         "feedback": ["base", "target", "ceiling", "window", "memory", "trust", "growth", "max_boost", "min_level",
