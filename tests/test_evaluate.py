@@ -80,3 +80,17 @@ def test_evaluate_tuned_rule_reports_one_more_run_of_the_rule_it_tuned(host):
     assert tuned.option == "eta" and report.label == f"freefall (eta={tuned.value:.4g}, tuned)"
     constant, named = evaluate_tuned_rule(host, "constant", system, leapfrog, orbits=1, label="best constant")
     assert constant.option == "dt" and named.label == "best constant" and named.steps > report.steps
+
+
+def test_tuning_stops_the_candidates_below_one_that_passed(host):
+    """The smallest factors of the first grid take the most steps; once a larger one has passed, they cannot
+    be the answer and stop, so a step cap between the answer's steps and theirs no longer ends the search."""
+    system = orbit(e=0.7)
+    leapfrog = host.integrators.create("leapfrog")
+    unit = host.predictors.create("freefall", eta=1.0)
+    eta = tune_scale(system, leapfrog, unit, orbits=1, rounds=2)
+    (answer,) = evaluate_predictor(system, leapfrog, host.predictors.create("freefall", eta=eta), orbits=1)
+    (smallest,) = evaluate_predictor(system, leapfrog, host.predictors.create("freefall", eta=1 / 64), orbits=1)
+    cap = 2.5 * answer.steps  # the first grid's largest passing factor is one grid step (64^(1/7) = 1.8) below at most
+    assert smallest.steps > cap
+    assert tune_scale(system, leapfrog, unit, orbits=1, rounds=2, max_steps=int(cap)) == eta
