@@ -108,39 +108,10 @@ def _hooks(predictor: object, method: str) -> list[Callable[..., Any]]:
     return [hook for hook in hooks if callable(hook)]
 
 
-def _total_force_evals(pops: list[Callable[[], Any]], batch_size: int) -> Tensor | None:
-    total: Tensor | None = None
-    for pop in pops:
-        count = pop()
-        if count is not None:
-            count = torch.as_tensor(count, dtype=torch.float64).expand(batch_size)
-            total = count if total is None else total + count
-    return total
-
-
-def bind_integrator(predictor: object, integrator: object) -> None:
-    """Tell every part of ``predictor`` that takes trial steps which integrator the run uses."""
-    for bind in _hooks(predictor, "bind_integrator"):
-        bind(integrator)
-
-
-def pop_force_evals(predictor: object, batch_size: int) -> Tensor | None:
-    """Force evaluations (B,) spent inside ``predictor``'s last call (all its parts), or None if none."""
-    return _total_force_evals(_hooks(predictor, "pop_force_evals"), batch_size)
-
-
-def observe_step(predictor: object, dt: Tensor, error: Tensor) -> None:
-    """Tell every part of ``predictor`` that adapts to its steps' errors the dt (B,) each system took
-    and the gate's error (B,) of that step."""
-    for observe in _hooks(predictor, "observe_step"):
-        observe(dt, error)
-
-
 class RunHooks:
-    """:func:`bind_integrator`, :func:`pop_force_evals` and :func:`observe_step` for one predictor, with its
-    parts' methods looked up once: a run calls the last two at every step (looking them up walks every
-    sub-module: 6 % of a two-body run's wall time with ``learned``), and a predictor's parts do not change
-    while it runs."""
+    """The run methods of every part of a predictor, looked up once: a run calls :meth:`pop_force_evals` and
+    :meth:`observe_step` at every step (looking them up walks every sub-module: 6 % of a two-body run's wall
+    time with ``learned``), and a predictor's parts do not change while it runs."""
 
     def __init__(self, predictor: object) -> None:
         self._bind = _hooks(predictor, "bind_integrator")
@@ -148,12 +119,37 @@ class RunHooks:
         self._observe = _hooks(predictor, "observe_step")
 
     def bind_integrator(self, integrator: object) -> None:
+        """Tell every part that takes trial steps which integrator the run uses."""
         for bind in self._bind:
             bind(integrator)
 
     def pop_force_evals(self, batch_size: int) -> Tensor | None:
-        return _total_force_evals(self._pop, batch_size)
+        """Force evaluations (B,) spent inside the predictor's last call (all its parts), or None if none."""
+        total: Tensor | None = None
+        for pop in self._pop:
+            count = pop()
+            if count is not None:
+                count = torch.as_tensor(count, dtype=torch.float64).expand(batch_size)
+                total = count if total is None else total + count
+        return total
 
     def observe_step(self, dt: Tensor, error: Tensor) -> None:
+        """Tell every part that adapts to its steps' errors the dt (B,) each system took and the gate's error
+        (B,) of that step."""
         for observe in self._observe:
             observe(dt, error)
+
+
+def bind_integrator(predictor: object, integrator: object) -> None:
+    """:meth:`RunHooks.bind_integrator` of ``predictor``, for one call outside a run's loop."""
+    RunHooks(predictor).bind_integrator(integrator)
+
+
+def pop_force_evals(predictor: object, batch_size: int) -> Tensor | None:
+    """:meth:`RunHooks.pop_force_evals` of ``predictor``, for one call outside a run's loop."""
+    return RunHooks(predictor).pop_force_evals(batch_size)
+
+
+def observe_step(predictor: object, dt: Tensor, error: Tensor) -> None:
+    """:meth:`RunHooks.observe_step` of ``predictor``, for one call outside a run's loop."""
+    RunHooks(predictor).observe_step(dt, error)
