@@ -147,10 +147,11 @@ def _all_steps_pass(
     stepper = iter_steps(batch, integrator, ScaledPredictor(predictor, scales), dt_limit=limit, gate=gate)
     for k, result in enumerate(stepper, start=1):
         failed |= (result.dt > 0) & (result.error > threshold)
-        passed = (time_remaining(end, result.state.time) == 0) & ~failed & ~below_a_pass
+        stopped = limit(result.state) == 0  # at the end, failed or below a pass
+        passed = stopped & ~failed & ~below_a_pass
         if bool(passed.any()):
             below_a_pass |= torch.arange(K) < int(torch.nonzero(passed).max())
-        if bool((limit(result.state) == 0).all()):
+        if bool((stopped | below_a_pass).all()):
             return ~failed & ~below_a_pass
         if k >= max_steps:
             raise NBToolkitError(f"tuning exceeded max_steps={max_steps}; narrow the search range")
