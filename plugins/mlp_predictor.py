@@ -56,6 +56,7 @@ pooling, so a system predicts the same dt alone and padded inside a mixed-N batc
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, Any, NamedTuple
 
@@ -87,9 +88,44 @@ TIMESCALES = ("freefall", "crossing")
 _ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus}
 
 
+@functools.lru_cache(maxsize=64)
 def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(i, j), each (P,): the pairs i < j of n bodies (cached: they are the same at every call)."""
     iu = torch.triu_indices(n, n, offset=1, device=device)
     return iu[0], iu[1]
+
+
+class _PairTerms(NamedTuple):
+    """What :func:`pair_scales` computes for every pair i < j, each (B, P) or (B, P, D)."""
+
+    real: Tensor  #: both bodies real
+    dx: Tensor  #: x_j - x_i (B, P, D)
+    r: Tensor  #: softened separation
+    msum: Tensor  #: m_i + m_j (1 for pairs with a padding body)
+    dv: Tensor | None  #: v_j - v_i (B, P, D), given velocities
+    v2: Tensor | None  #: |v_j - v_i|^2, given velocities
+    tau: Tensor  #: the pair's timescale (inf for pairs with a padding body)
+
+
+def _pair_terms(mass: Tensor, position: Tensor, G: float, softening: float, velocity: Tensor | None,
+                crossing: bool) -> _PairTerms:
+    """:class:`_PairTerms` of every pair; tau is the crossing timescale if ``crossing`` (which needs
+    ``velocity``), else the free-fall time."""
+    i, j = _pairs(mass.shape[-1], position.device)
+    real = (mass[:, i] > 0) & (mass[:, j] > 0)
+    dx = position[:, j] - position[:, i]
+    r = (dx.square().sum(-1) + softening**2).sqrt()
+    msum = torch.where(real, mass[:, i] + mass[:, j], torch.ones_like(r))
+    dv = v2 = None
+    if velocity is not None:
+        dv = velocity[:, j] - velocity[:, i]
+        v2 = dv.square().sum(-1)
+    if crossing and v2 is not None:
+        scale = r / (G * msum / r + v2).sqrt()
+    else:
+        scale = (r.pow(3) / (G * msum)).sqrt()
+    tau = torch.where(real, scale, torch.full_like(r, math.inf))
+    return _PairTerms(real, dx, r, msum, dv, v2, tau)
 
 
 def pair_scales(mass: Tensor, position: Tensor, G: float, softening: float,
@@ -98,16 +134,8 @@ def pair_scales(mass: Tensor, position: Tensor, G: float, softening: float,
     have mass 0), the (softened) separation and the pair's timescale (inf for pairs with a padding
     body): the free-fall time sqrt(r^3 / mu) without ``velocity`` (B, N, D), with it
     r / sqrt(mu / r + v^2) (see the ``timescale`` option)."""
-    i, j = _pairs(mass.shape[-1], position.device)
-    real = (mass[:, i] > 0) & (mass[:, j] > 0)
-    r = ((position[:, j] - position[:, i]).square().sum(-1) + softening**2).sqrt()
-    msum = torch.where(real, mass[:, i] + mass[:, j], torch.ones_like(r))
-    if velocity is None:
-        scale = (r.pow(3) / (G * msum)).sqrt()
-    else:
-        scale = r / (G * msum / r + (velocity[:, j] - velocity[:, i]).square().sum(-1)).sqrt()
-    tau = torch.where(real, scale, torch.full_like(r, math.inf))
-    return real, r, tau
+    terms = _pair_terms(mass, position, G, softening, velocity, crossing=velocity is not None)
+    return terms.real, terms.r, terms.tau
 
 
 def closest_pair_scales(mass: Tensor, position: Tensor, G: float, softening: float,
@@ -142,36 +170,35 @@ def pair_features(state: NBodyState, max_pairs: int = 0, timescale: str = "freef
     shortest timescales (all P pairs if max_pairs is 0; ``timescale`` is ``freefall`` or
     ``crossing``, see :func:`pair_scales`). The pairs are chosen from their separations first and
     only the chosen ones get the other features, so a cluster of N bodies costs O(N^2) only in its
-    separations."""
+    separations; what the timescales needed (separations, mass sums, relative positions and
+    velocities) is taken for the chosen pairs, not computed again."""
     m, x, v, G = state.mass, state.position, state.velocity, state.G
-    B, D = x.shape[0], x.shape[-1]
     i, j = _pairs(state.n_bodies, x.device)
-    real, r_all, tau = pair_scales(m, x, G, state.softening, v if timescale == "crossing" else None)
-    tau_min, r_min = tau.amin(-1), torch.where(real, r_all, torch.full_like(r_all, math.inf)).amin(-1)
+    terms = _pair_terms(m, x, G, state.softening, v, crossing=timescale == "crossing")
+    real, r, msum, tau, r_vec, v_vec, v2 = terms.real, terms.r, terms.msum, terms.tau, terms.dx, terms.dv, terms.v2
+    assert v_vec is not None and v2 is not None  # given the velocities
+    tau_min, r_min = tau.amin(-1), torch.where(real, r, torch.full_like(r, math.inf)).amin(-1)
+    acc = state_accelerations(state)
     if 0 < max_pairs < tau.shape[1]:
         chosen = torch.topk(tau, max_pairs, dim=-1, largest=False).indices  # (B, P')
         i, j = i[chosen], j[chosen]
-        tau, real = torch.gather(tau, 1, chosen), torch.gather(real, 1, chosen)
+        tau, real, r, msum, v2 = (torch.gather(t, 1, chosen) for t in (tau, real, r, msum, v2))
+        rows = chosen.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        r_vec, v_vec = torch.gather(r_vec, 1, rows), torch.gather(v_vec, 1, rows)
+        mi, mj = torch.gather(m, 1, i), torch.gather(m, 1, j)
+        bodies = i.unsqueeze(-1).expand(-1, -1, x.shape[-1]), j.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        acc_ij = torch.gather(acc, 1, bodies[1]) - torch.gather(acc, 1, bodies[0])
     else:
-        i, j = i.expand(B, -1), j.expand(B, -1)
-
-    def take(t: Tensor, idx: Tensor) -> Tensor:  # rows idx (B, P') of t (B, N, D)
-        return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, D))
-
+        mi, mj = m[:, i], m[:, j]
+        acc_ij = acc[:, j] - acc[:, i]
     one = torch.ones_like(tau)
-    mi, mj = torch.gather(m, 1, i), torch.gather(m, 1, j)
-    r_vec, v_vec = take(x, j) - take(x, i), take(v, j) - take(v, i)
-    msum = torch.where(real, mi + mj, one)
     mu = G * msum
-    r = (r_vec.square().sum(-1) + state.softening**2).sqrt()
-    v2 = v_vec.square().sum(-1)
     rv = (r_vec * v_vec).sum(-1)
     ecc_vec = ((v2 - mu / r).unsqueeze(-1) * r_vec - rv.unsqueeze(-1) * v_vec) / mu.unsqueeze(-1)
     ecc = ecc_vec.square().sum(-1).sqrt()
     energy = state_energy(state).abs().unsqueeze(-1)
     share = (G * mi * mj / (r * energy)).clamp(max=MAX_ENERGY_SHARE)  # bounded where E is ~0
-    acc = state_accelerations(state)
-    tidal = take(acc, j) - take(acc, i) + (mu / r.pow(3)).unsqueeze(-1) * r_vec
+    tidal = acc_ij + (mu / r.pow(3)).unsqueeze(-1) * r_vec
     tide = tidal.square().sum(-1).sqrt() * r.square() / mu
     safe_tau = torch.where(real, tau, one)
     feats = torch.stack([
@@ -185,10 +212,8 @@ def pair_features(state: NBodyState, max_pairs: int = 0, timescale: str = "freef
         torch.log1p(tide),
     ], dim=-1)
     feats = torch.where(real.unsqueeze(-1), feats, torch.zeros_like(feats))
-    closest_pair = tau.argmin(-1, keepdim=True)
-    closest_ecc = torch.gather(ecc, 1, closest_pair).squeeze(-1)
-    closest_share = torch.gather(share, 1, closest_pair).squeeze(-1)
-    closest_tide = torch.gather(tide, 1, closest_pair).squeeze(-1)
+    closest = torch.gather(torch.stack([ecc, share, tide]), 2, tau.argmin(-1).view(1, -1, 1).expand(3, -1, 1))
+    closest_ecc, closest_share, closest_tide = closest.squeeze(-1).unbind(0)
     return PairFeatures(feats, safe_tau.log(), real, tau_min, r_min, closest_ecc, closest_share, closest_tide)
 
 
