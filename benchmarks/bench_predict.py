@@ -18,13 +18,18 @@ Where the ratio of wall times is above that of steps, the difference is the lear
 itself where one step costs more than the call: many bodies, a costlier integrator, or forces computed
 elsewhere.
 
-Run: ``python benchmarks/bench_predict.py [--repeat 3] [--quick]`` (about a minute; ``--quick`` leaves out
-N = 256 and Plummer-256).
+``--compiled`` measures both sides with ``NBTOOLKIT_COMPILE=1`` (:mod:`nbtoolkit.compiled`): the learned
+evaluation and, for N <= 32, the force kernel compiled by ``torch.compile``; compile time is excluded (every
+figure is the best of several timings after an untimed call).
+
+Run: ``python benchmarks/bench_predict.py [--repeat 3] [--quick] [--compiled]`` (about a minute, two with
+``--compiled``; ``--quick`` leaves out N = 256 and Plummer-256).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +38,7 @@ from typing import Any
 import torch
 
 from nbtoolkit import get_host
+from nbtoolkit.compiled import COMPILE_ENV, compile_requested
 from nbtoolkit.evaluate import GateReport, evaluate_predictor, tune_rule
 from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.presets import make_preset
@@ -92,13 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="timings per figure; the best is printed")
     parser.add_argument("--quick", action="store_true", help="leave out N = 256 and Plummer-256")
+    parser.add_argument("--compiled", action="store_true",
+                        help=f"measure with {COMPILE_ENV}=1 (the compiled learned evaluation and force kernel)")
     args = parser.parse_args(argv)
+    if args.compiled:
+        os.environ[COMPILE_ENV] = "1"
+    elif compile_requested():
+        print(f"note: {COMPILE_ENV}=1 is set in the environment: every figure is of the compiled paths")
     torch.set_num_threads(1)
     host = get_host()
     leapfrog = host.integrators.create("leapfrog")
     freefall, learned = host.predictors.create("freefall"), host.predictors.create("learned")
 
-    print("one call, one system (microseconds)")
+    mode = "compiled (NBTOOLKIT_COMPILE=1, compile time excluded)" if compile_requested() else "eager"
+    print(f"one call, one system (microseconds; {mode})")
     print(f"{'N':>5s} {'leapfrog step':>14s} {'freefall':>9s} {'learned':>9s} {'learned / step':>15s}")
     for n in (2, 3, 16, 64) + (() if args.quick else (256,)):
         step, rule, learn = per_call(n, leapfrog, freefall, learned, args.repeat)

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from nbtoolkit import get_host
-from nbtoolkit.kernel import COMPILE_ENV, accelerations
+from nbtoolkit.compiled import COMPILE_ENV
+from nbtoolkit.kernel import accelerations
 from nbtoolkit.presets import plummer
 from nbtoolkit.state import NBodyState
 from nbtoolkit.threads import apply_thread_policy, kernel_workers

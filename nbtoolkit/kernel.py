@@ -9,8 +9,6 @@ differentiable, and loop in Python only over chunks of a fixed size (see below).
 from __future__ import annotations
 
 import functools
-import os
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
+from .compiled import CompiledFunction
 from .threads import CHUNK_ELEMENTS, kernel_workers, run_blocks
 
 # ----------------------------------------------------------------------------- force kernel
@@ -346,14 +345,11 @@ def _nograd_pot(m: Tensor, x: Tensor, eps2: float, pairs: bool) -> Tensor:
     return out
 
 
-# --- optional compiled path (opt-in: NBTOOLKIT_COMPILE=1)
-#: environment variable that routes gradient-free force evaluations through torch.compile
-COMPILE_ENV = "NBTOOLKIT_COMPILE"
+# --- optional compiled path (opt-in: NBTOOLKIT_COMPILE=1, see nbtoolkit.compiled)
 #: largest B N N handed to the compiled kernel (beyond it the eager kernel bounds memory), and
 #: largest N (beyond it the eager kernel was faster: 0.8x at N = 64 and 256; 1.4-2.2x at N <= 16)
 COMPILE_MAX_PAIRS = 1 << 22
 COMPILE_MAX_N = 32
-_compiled: dict[str, Any] = {"fn": None, "failed": False}
 
 
 def _fused_acc(m: Tensor, x: Tensor, eps2: float) -> Tensor:
@@ -366,24 +362,16 @@ def _fused_acc(m: Tensor, x: Tensor, eps2: float) -> Tensor:
     return (disp * w.unsqueeze(-1)).sum(-2)
 
 
-def compiled_kernel_requested() -> bool:
-    """True when ``NBTOOLKIT_COMPILE=1`` asks for the compiled kernel and it has not failed."""
-    return os.environ.get(COMPILE_ENV, "").strip() == "1" and not _compiled["failed"]
+def _fused_pot(m: Tensor, x: Tensor, eps2: float) -> Tensor:
+    """sum_{i<j} m_i m_j / sqrt(r_ij^2 + eps^2) (B,) as one expression over the whole batch, for the compiler to fuse."""
+    off = 1 - torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
+    disp = x.unsqueeze(-3) - x.unsqueeze(-2)
+    inv = (disp.square().sum(-1) + eps2 + (1 - off)).rsqrt() * off  # the diagonal shifted off 0, then dropped
+    return 0.5 * (m.unsqueeze(-1) * m.unsqueeze(-2) * inv).sum((-1, -2))
 
 
-def _compiled_acc(m: Tensor, x: Tensor, eps2: float) -> Tensor | None:
-    """Accelerations from the torch.compile'd kernel, or None (after one warning) when compiling
-    is unavailable or fails; the eager kernel is then used for the rest of the process."""
-    try:
-        if _compiled["fn"] is None:
-            _compiled["fn"] = torch.compile(_fused_acc, dynamic=False)
-        return _compiled["fn"](m, x, eps2)
-    except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
-        _compiled["failed"] = True
-        warnings.warn(f"nbtoolkit: the compiled force kernel is unavailable ({type(exc).__name__}: "
-                      f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}); "
-                      "using the eager kernel", RuntimeWarning, stacklevel=3)
-        return None
+#: the compiled kernel (after a failure to compile, the eager kernel is used for the rest of the process)
+compiled_acc = CompiledFunction(_fused_acc, "force kernel", dynamic=False)
 
 
 def accelerations(mass: Tensor, position: Tensor, G: float = 1.0, softening: float = 0.0) -> Tensor:
@@ -403,8 +391,8 @@ def accelerations(mass: Tensor, position: Tensor, G: float = 1.0, softening: flo
     pairs = _use_pairs(n, batch)
     graph = _needs_graph(m, x)
     acc = None
-    if not graph and n <= COMPILE_MAX_N and batch * n * n <= COMPILE_MAX_PAIRS and compiled_kernel_requested():
-        acc = _compiled_acc((m * G).detach(), x.detach(), eps2)
+    if not graph and n <= COMPILE_MAX_N and batch * n * n <= COMPILE_MAX_PAIRS and compiled_acc.available():
+        acc = compiled_acc((m * G).detach(), x.detach(), eps2)
     if acc is None:
         if _use_small(batch, n, dim, pairs):
             acc = _small_acc(m * G, x, eps2)
@@ -418,13 +406,16 @@ def accelerations(mass: Tensor, position: Tensor, G: float = 1.0, softening: flo
 def potential_energy(mass: Tensor, position: Tensor, G: float = 1.0, softening: float = 0.0) -> Tensor:
     """U = -G sum_{i<j} m_i m_j / sqrt(|r_ij|^2 + eps^2). mass (..., N), position (..., N, D) -> (...).
 
-    Same kernel as :func:`accelerations` (chunked, no (..., N, N) tensor of the whole batch).
+    Same kernel as :func:`accelerations` (chunked, no (..., N, N) tensor of the whole batch); traced by
+    ``torch.compile`` (a compiled caller, :mod:`nbtoolkit.compiled`), the textbook sum for the compiler to fuse.
     """
     m, x, lead = _flatten(mass, position)
     batch, n, _ = x.shape
     if batch == 0 or n < 2:
         return (x * 0).sum((-1, -2)).reshape(lead)
     eps2 = float(softening) ** 2
+    if torch.compiler.is_compiling() and batch * n * n <= COMPILE_MAX_PAIRS:
+        return (-G * _fused_pot(m, x, eps2)).reshape(lead)
     pairs = _use_pairs(n, batch)
     if _use_small(batch, n, x.shape[-1], pairs):
         u = _small_pot(m, x, eps2)

@@ -56,7 +56,6 @@ pooling, so a system predicts the same dt alone and padded inside a mixed-N batc
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Annotated, Any, NamedTuple
 
@@ -88,11 +87,20 @@ TIMESCALES = ("freefall", "crossing")
 _ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus}
 
 
-@functools.lru_cache(maxsize=64)
+#: (i, j) of :func:`_pairs` by (n, device)
+_PAIRS: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
+
+
 def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(i, j), each (P,): the pairs i < j of n bodies (cached: they are the same at every call)."""
-    iu = torch.triu_indices(n, n, offset=1, device=device)
-    return iu[0], iu[1]
+    """(i, j), each (P,): the pairs i < j of n bodies (kept between eager calls: they are the same at every
+    call; a compiled graph makes its own, so that it does not depend on what was kept)."""
+    key = (n, str(device))
+    if torch.compiler.is_compiling() or key not in _PAIRS:
+        iu = torch.triu_indices(n, n, offset=1, device=device)
+        if torch.compiler.is_compiling():
+            return iu[0], iu[1]
+        _PAIRS[key] = iu[0], iu[1]
+    return _PAIRS[key]
 
 
 class _PairTerms(NamedTuple):

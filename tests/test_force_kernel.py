@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import nbtoolkit.kernel as kernel
 import nbtoolkit.threads as threads
 from nbtoolkit import accelerations, potential_energy
+from nbtoolkit.compiled import COMPILE_ENV
 
 F64 = torch.float64
 
@@ -273,9 +274,9 @@ def test_thread_policy_defaults(monkeypatch):
 # ----------------------------------------------------------------------------- compiled path
 @pytest.fixture
 def fresh_compiled(monkeypatch):
-    monkeypatch.setitem(kernel._compiled, "fn", None)
-    monkeypatch.setitem(kernel._compiled, "failed", False)
-    monkeypatch.setenv(kernel.COMPILE_ENV, "1")
+    monkeypatch.setattr(kernel.compiled_acc, "compiled", None)
+    monkeypatch.setattr(kernel.compiled_acc, "failed", False)
+    monkeypatch.setenv(COMPILE_ENV, "1")
 
 
 def test_compiled_path_falls_back_to_eager_with_one_warning(fresh_compiled, monkeypatch):
@@ -289,14 +290,14 @@ def test_compiled_path_falls_back_to_eager_with_one_warning(fresh_compiled, monk
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         second = accelerations(mass, pos, 1.0, 0.01)
-    assert not kernel.compiled_kernel_requested()
+    assert not kernel.compiled_acc.available()
     torch.testing.assert_close(first, loop_accelerations(mass, pos, 1.0, 0.01), rtol=1e-12, atol=1e-13)
     assert torch.equal(first, second)
 
 
 def test_compiled_path_is_off_unless_asked(monkeypatch):
-    monkeypatch.delenv(kernel.COMPILE_ENV, raising=False)
-    assert not kernel.compiled_kernel_requested()
+    monkeypatch.delenv(COMPILE_ENV, raising=False)
+    assert not kernel.compiled_acc.available()
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler for inductor")
@@ -308,8 +309,23 @@ def test_compiled_path_matches_the_double_loop(fresh_compiled):
         warnings.simplefilter("error", RuntimeWarning)
         with torch.no_grad():
             acc = accelerations(mass, pos, 1.3, 0.02)
-    assert kernel._compiled["fn"] is not None and not kernel._compiled["failed"]
+    assert kernel.compiled_acc.compiled is not None and not kernel.compiled_acc.failed
     torch.testing.assert_close(acc, loop_accelerations(mass, pos, 1.3, 0.02), rtol=1e-12, atol=1e-13)
     x = pos.clone().requires_grad_(True)  # with a graph the eager kernel runs (and differentiates)
     (grad,) = torch.autograd.grad(accelerations(mass, x, 1.3, 0.02).sum(), x)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler for inductor")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch's compiler stack
+def test_potential_energy_traced_by_a_compiled_caller_matches_the_double_loop():
+    """A compiled caller (the learned dt under NBTOOLKIT_COMPILE=1) gets the fused sum: padding bodies and the
+    diagonal still drop out, and no Python-side caching or thread lookup breaks the graph."""
+    mass, pos = cluster(3, 7, seed=11)
+    mass[:, -1] = 0.0  # a padding body
+    compiled = torch.compile(potential_energy, dynamic=False, fullgraph=True)
+    with torch.no_grad():
+        pot = compiled(mass, pos, 1.3, 0.02)
+        unsoftened = compiled(mass, pos, 1.3, 0.0)
+    torch.testing.assert_close(pot, loop_potential(mass, pos, 1.3, 0.02), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(unsoftened, loop_potential(mass, pos, 1.3, 0.0), rtol=1e-12, atol=1e-13)
