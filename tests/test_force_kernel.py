@@ -272,13 +272,6 @@ def test_thread_policy_defaults(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- compiled path
-@pytest.fixture
-def fresh_compiled(monkeypatch):
-    monkeypatch.setattr(kernel.compiled_acc, "compiled", None)
-    monkeypatch.setattr(kernel.compiled_acc, "failed", False)
-    monkeypatch.setenv(COMPILE_ENV, "1")
-
-
 def test_compiled_path_falls_back_to_eager_with_one_warning(fresh_compiled, monkeypatch):
     def unavailable(*args, **kwargs):
         raise RuntimeError("no compiler here")
