@@ -6,6 +6,10 @@ autograd graph is being recorded: the force kernel for small N (:mod:`nbtoolkit.
 dt predictors' evaluation (:mod:`plugins.safety_classes`). Each compiles on its first call (a few seconds,
 again for each new shape of the batch, up to torch's recompile limit) and falls back to eager, with one
 warning, if compiling is unavailable or fails.
+
+It pays in runs of one batch shape (``simulate``, ``evaluate``, the viewer). Work that flies many shapes passes
+the recompile limit (8 graphs a function) and then checks every stored graph's guards before running eagerly:
+``nbtoolkit calibrate --model learned`` took 19.8 minutes with it against 12.9 without (the same factors).
 """
 
 from __future__ import annotations
