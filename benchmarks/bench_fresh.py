@@ -40,7 +40,7 @@ from nbtoolkit import get_host, validate
 from nbtoolkit.errors import NBToolkitError
 from nbtoolkit.families import SystemDraw
 from nbtoolkit.simulate import iter_steps
-from nbtoolkit.training.restart import has_dispersed
+from nbtoolkit.training.restart import dispersal_limit, has_dispersed
 from nbtoolkit.training.trainset import load_training_set, pad_systems
 from plugins.learned_predictor import model_options
 
@@ -71,12 +71,13 @@ def _fly(draws: list[SystemDraw], make_predictor: Callable[[], Any], integrator:
     state = pad_systems(draws)
     errors, counted, time = [], [], state.time
     ended = torch.zeros(len(draws), dtype=torch.bool)
+    limit = dispersal_limit(state)
     try:
         for k, result in enumerate(iter_steps(state, integrator, make_predictor())):
             errors.append(result.error)
             counted.append(~ended)
             time = torch.where(ended, time, result.state.time)
-            ended = ended | has_dispersed(result.state, state)
+            ended = ended | has_dispersed(result.state, limit)
             if k + 1 >= steps or bool(ended.all()):
                 break
     except NBToolkitError:

@@ -49,7 +49,7 @@ from nbtoolkit.integrator import Integrator
 from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.simulate import iter_steps
 from nbtoolkit.system import System
-from nbtoolkit.training.restart import has_dispersed
+from nbtoolkit.training.restart import dispersal_limit, has_dispersed
 from nbtoolkit.training.trainset import TrainingSet, load_training_set, pad_systems
 from plugins.learned_predictor import model_options
 
@@ -108,6 +108,7 @@ def compare(table: int, draw: SystemDraw, predictor: DtPredictor, integrator: In
     restart it), then tune each rule of RULES over the span it reached. None where the
     learned run took no step (its first dt overflowed)."""
     state = pad_systems([draw])
+    limit = dispersal_limit(state)
     errors, dts, time = [], [], 0.0
     try:
         for k, result in enumerate(iter_steps(state, integrator, predictor)):
@@ -115,7 +116,7 @@ def compare(table: int, draw: SystemDraw, predictor: DtPredictor, integrator: In
             dts.append(float(result.dt[0]))
             time = float(result.state.time[0])
             if k + 1 >= 4 * steps or (k + 1 >= steps and _just_past_a_longest_step(dts)) \
-                    or bool(has_dispersed(result.state, state)[0]):
+                    or bool(has_dispersed(result.state, limit)[0]):
                 break
     except NBToolkitError:  # the run stopped (its bodies flew apart and dt overflowed): compare what it took
         pass

@@ -79,6 +79,27 @@ def test_a_dispersing_system_restarts_from_its_initial_state_and_bound_ones_run_
     assert bool(torch.isfinite(trainer.state.position).all())
 
 
+
+def test_the_dispersal_test_reads_the_initial_state_or_its_limit_alike():
+    """A loop that tests the same systems at every step passes their dispersal limit once computed; the answer,
+    and a restart, are those of the initial state itself (a pair flying apart, a NaN, a bound orbit)."""
+    from nbtoolkit.physics import closest_free_fall_time
+    from nbtoolkit.training.restart import DISPERSED_GROWTH, dispersal_limit, has_dispersed, restart_dispersed
+
+    kepler, _ = two_body_orbit(e=0.5)
+    initial = NBodyState.from_arrays(torch.cat([kepler.mass] * 3), torch.cat([kepler.position] * 3),
+                                     torch.cat([kepler.velocity] * 3))
+    apart = initial.position.clone()
+    apart[1] *= 1e3  # free-fall time up 10^4.5 times
+    apart[2, 0, 0] = float("nan")
+    later = initial.replace(position=apart)
+    limit = dispersal_limit(initial)
+    assert torch.equal(has_dispersed(later, limit), has_dispersed(later, initial))
+    assert has_dispersed(later, limit).tolist() == [False, True, True]
+    torch.testing.assert_close(limit, DISPERSED_GROWTH * closest_free_fall_time(initial), rtol=0, atol=0)
+    restarted, _, count = restart_dispersed(later, initial, None, limit)
+    assert count == 2 and torch.equal(restarted.position, torch.cat([apart[:1], initial.position[1:]]))
+
 def test_fit_accepted_states_all_pass_the_gate(events):
     trainer = Trainer(TrainConfig(epochs=2, seed=2, **with_options(init_factor=0.3)), kepler_batch().state)
     trainer.fit()

@@ -54,7 +54,7 @@ from ..gate import EnergyGate, Gate
 from ..integrator import Integrator
 from ..predictor import DtPredictor, History
 from ..state import NBodyState
-from .restart import restart_dispersed
+from .restart import dispersal_limit, restart_dispersed
 from .steps import padding_groups
 
 #: fewest steps a validation system must spend in a class for its quantile to count there
@@ -160,6 +160,7 @@ def unguarded_rollout(predictor: DtPredictor, integrator: Integrator, state: NBo
     in training (:func:`~nbtoolkit.training.restart.restart_dispersed`): its dt would otherwise grow
     geometrically until its energies overflow, and it passes again instead."""
     current = start = state.detach()
+    limit = dispersal_limit(start)
     alive = torch.ones(state.batch_size, dtype=torch.bool)
     history_len = int(getattr(predictor, "history_len", 0))
     history = History.empty(current, history_len) if history_len else None
@@ -176,7 +177,7 @@ def unguarded_rollout(predictor: DtPredictor, integrator: Integrator, state: NBo
         current = new.replace(position=torch.where(keep, new.position, current.position),
                               velocity=torch.where(keep, new.velocity, current.velocity),
                               time=torch.where(alive, new.time, current.time))
-        current, history, _ = restart_dispersed(current, start, history)
+        current, history, _ = restart_dispersed(current, start, history, limit)
 
 
 def _rollout_scales(predictor: DtPredictor, integrator: Integrator, state: NBodyState, scales: Tensor,

@@ -22,18 +22,28 @@ from ..state import NBodyState
 DISPERSED_GROWTH = 1e4
 
 
-def has_dispersed(state: NBodyState, initial: NBodyState) -> Tensor:
+def dispersal_limit(initial: NBodyState) -> Tensor:
+    """(B,) the closest pair free-fall time beyond which each system of ``initial`` counts as dispersed:
+    :data:`DISPERSED_GROWTH` times its value in ``initial``. A loop that tests the same systems at every
+    step computes it once and passes it to :func:`has_dispersed` instead of the initial state."""
+    return DISPERSED_GROWTH * closest_free_fall_time(initial)
+
+
+def has_dispersed(state: NBodyState, initial: NBodyState | Tensor) -> Tensor:
     """(B,) bool: whether each system's closest pair free-fall time has grown :data:`DISPERSED_GROWTH` times
-    beyond its value in ``initial`` (the same systems); a NaN counts as dispersed."""
-    return ~(closest_free_fall_time(state) <= DISPERSED_GROWTH * closest_free_fall_time(initial))
+    beyond its value in ``initial`` (the same systems, or their :func:`dispersal_limit`); a NaN counts as
+    dispersed."""
+    limit = dispersal_limit(initial) if isinstance(initial, NBodyState) else initial
+    return ~(closest_free_fall_time(state) <= limit)
 
 
-def restart_dispersed(state: NBodyState, initial: NBodyState,
-                      history: History | None) -> tuple[NBodyState, History | None, int]:
+def restart_dispersed(state: NBodyState, initial: NBodyState, history: History | None,
+                      limit: Tensor | None = None) -> tuple[NBodyState, History | None, int]:
     """(state, history, count): the systems of ``state`` that have dispersed (see the module
     docstring) replaced by their rows of ``initial`` (the same systems, (B,)), their history
-    entries (if any) marked missing; ``count`` is how many were restarted."""
-    idx = has_dispersed(state, initial).nonzero().squeeze(-1)
+    entries (if any) marked missing; ``count`` is how many were restarted. ``limit`` is
+    :func:`dispersal_limit` of ``initial`` where the caller keeps it."""
+    idx = has_dispersed(state, initial if limit is None else limit).nonzero().squeeze(-1)
     if idx.numel() == 0:
         return state, history, 0
     if history is not None:
