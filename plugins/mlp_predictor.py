@@ -94,11 +94,12 @@ _PAIRS: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
 def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(i, j), each (P,): the pairs i < j of n bodies (kept between eager calls: they are the same at every
     call; a compiled graph makes its own, so that it does not depend on what was kept)."""
-    key = (n, str(device))
-    if torch.compiler.is_compiling() or key not in _PAIRS:
+    if torch.compiler.is_compiling():
         iu = torch.triu_indices(n, n, offset=1, device=device)
-        if torch.compiler.is_compiling():
-            return iu[0], iu[1]
+        return iu[0], iu[1]
+    key = (n, str(device))
+    if key not in _PAIRS:
+        iu = torch.triu_indices(n, n, offset=1, device=device)
         _PAIRS[key] = iu[0], iu[1]
     return _PAIRS[key]
 
@@ -191,11 +192,12 @@ def pair_features(state: NBodyState, max_pairs: int = 0, timescale: str = "freef
         chosen = torch.topk(tau, max_pairs, dim=-1, largest=False).indices  # (B, P')
         i, j = i[chosen], j[chosen]
         tau, real, r, msum, v2 = (torch.gather(t, 1, chosen) for t in (tau, real, r, msum, v2))
-        rows = chosen.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        D = x.shape[-1]
+        rows = chosen.unsqueeze(-1).expand(-1, -1, D)
         r_vec, v_vec = torch.gather(r_vec, 1, rows), torch.gather(v_vec, 1, rows)
         mi, mj = torch.gather(m, 1, i), torch.gather(m, 1, j)
-        bodies = i.unsqueeze(-1).expand(-1, -1, x.shape[-1]), j.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-        acc_ij = torch.gather(acc, 1, bodies[1]) - torch.gather(acc, 1, bodies[0])
+        acc_i, acc_j = (torch.gather(acc, 1, k.unsqueeze(-1).expand(-1, -1, D)) for k in (i, j))
+        acc_ij = acc_j - acc_i
     else:
         mi, mj = m[:, i], m[:, j]
         acc_ij = acc[:, j] - acc[:, i]
