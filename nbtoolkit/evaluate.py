@@ -110,6 +110,7 @@ class ScaledPredictor(DtPredictor):
         self.base = base
         self.register_buffer("scale", scale)
         self.history_len = int(getattr(base, "history_len", 0))
+        self.time_even = bool(getattr(base, "time_even", False))
         identity = identity_of(base)
         if identity is not None:
             stamp(self, identity)

@@ -121,3 +121,8 @@ def to_center_of_mass_frame(state: NBodyState) -> NBodyState:
     xc = center_of_mass(state.mass, state.position).unsqueeze(-2)
     vc = center_of_mass(state.mass, state.velocity).unsqueeze(-2)
     return state.replace(position=state.position - xc, velocity=state.velocity - vc)
+
+
+def time_reversed(state: NBodyState) -> NBodyState:
+    """The state with every velocity reversed: flown forward, it retraces the original's past."""
+    return state.replace(velocity=-state.velocity)

@@ -26,6 +26,8 @@ ETA = Option("accuracy parameter: dt is proportional to it", number(0.0))
 class ConstantDt(DtPredictor):
     """dt = the given constant for every system."""
 
+    time_even = True
+
     def __init__(self, dt: Annotated[float, Option("the timestep of every step", number(0.0))] = 1e-3) -> None:
         super().__init__()
         self.dt = check_arguments(ConstantDt, dt=dt)["dt"]
@@ -46,6 +48,8 @@ class AarsethDt(DtPredictor):
     A_i instead of |a_i| keeps a body whose pulls cancel (the middle body of the figure-eight at
     its start, a = 0) from forcing dt = 0. Padding bodies (mass 0) are ignored.
     """
+
+    time_even = True
 
     def __init__(self, eta: Annotated[float, ETA] = 0.02) -> None:
         super().__init__()
@@ -73,6 +77,8 @@ class AarsethDt(DtPredictor):
 
 class FreeFallDt(DtPredictor):
     """dt = eta * min over pairs sqrt(r_ij^3 / (G (m_i + m_j))), with r_ij softened as sqrt(r^2 + eps^2)."""
+
+    time_even = True
 
     def __init__(self, eta: Annotated[float, ETA] = 0.05) -> None:
         super().__init__()

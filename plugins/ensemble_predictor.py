@@ -61,7 +61,15 @@ class MLPEnsembleDt(ClassCalibratedDt):
         self.members = nn.ModuleList(
             MLPDtPredictor(**options, seed=None if seed is None else int(seed) + k) for k in range(size))
         self.history_len = self.lead.history_len
+        self.time_even = self.lead.time_even
         self.options = {"size": size, "spread": self.spread, **self.lead.options}
+
+    def set_time_symmetric(self, on: bool) -> None:
+        """Switch every member's ``time_symmetric`` option (:meth:`MLPDtPredictor.set_time_symmetric`)."""
+        for member in self.members:
+            member.set_time_symmetric(on)  # type: ignore[operator]
+        self.options["time_symmetric"] = bool(on)
+        self.time_even = bool(on)
 
     @property
     def lead(self) -> MLPDtPredictor:

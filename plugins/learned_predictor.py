@@ -29,7 +29,6 @@ from nbtoolkit.errors import ConfigError
 from nbtoolkit.options import Option, boolean, text
 from nbtoolkit.predictor import DtPredictor
 from plugins.feedback import FeedbackDt
-from plugins.mlp_predictor import MLPDtPredictor
 
 #: the shipped model file
 MODEL_FILE = Path(str(resources.files(__package__).joinpath("data").joinpath("learned-general.pt")))
@@ -54,11 +53,11 @@ def learned_predictor(
 
     network, data = load_trained(Path(model) if model else MODEL_FILE)
     if time_symmetric is not None:
-        for part in getattr(network, "members", [network]):
-            if not isinstance(part, MLPDtPredictor):
-                raise ConfigError(f"learned: option 'time_symmetric' needs an mlp network; the model holds "
-                                  f"{type(part).__name__}")
-            part.set_time_symmetric(time_symmetric)
+        switch = getattr(network, "set_time_symmetric", None)
+        if not callable(switch):
+            raise ConfigError(f"learned: option 'time_symmetric' needs an mlp network or ensemble; the model holds "
+                              f"{type(network).__name__}")
+        switch(time_symmetric)
     if not feedback:
         return network
     calibration = data.get("calibration") or {}  # a recalibrated model records the gate it was calibrated for

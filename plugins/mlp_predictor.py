@@ -319,6 +319,7 @@ class MLPDtPredictor(ClassCalibratedDt):
             raise ConfigError("mlp predictor: option 'time_symmetric' cannot be combined with history_len > 0 (a "
                               "history has no time-reversed counterpart)")
         self.options["time_symmetric"] = bool(on)
+        self.time_even = bool(on)
 
     def _init_weights(self, generator: torch.Generator | None) -> None:
         """Xavier-uniform weights, zero biases; the last layer scaled by 0.01 so the untrained factor is ~init_factor."""

@@ -49,3 +49,23 @@ def test_the_default_plugins_honour_their_contracts(host):
     for name in host.samplers:
         sampler = host.samplers.create(name)
         assert contracts.checked_sample(sampler, buffer, 2, torch.Generator().manual_seed(0)).numel() == 2, name
+
+
+def test_a_predictor_that_declares_its_dt_even_under_time_reversal_keeps_its_word(host):
+    """``time_even``: dt(x, v) = dt(x, -v) on clusters with random velocities, for every default predictor that
+    declares it (the classical rules; ``mlp`` with ``time_symmetric``), and not for the learned network without it."""
+    from nbtoolkit.physics import time_reversed
+
+    state = random_cluster(3, 5, seed=4)
+    even = []
+    for name in host.predictors:
+        for options in ({}, {"time_symmetric": True}) if name in ("mlp", "mlp-ensemble") else ({},):
+            predictor = host.predictors.create(name, **options)
+            if predictor.time_even:
+                with torch.no_grad():
+                    assert torch.allclose(predictor(state), predictor(time_reversed(state)), rtol=1e-13, atol=0), name
+                even.append(name)
+    assert {"constant", "aarseth", "freefall", "mlp", "mlp-ensemble"} <= set(even)
+    network = host.predictors.create("learned", feedback=False)
+    with torch.no_grad():
+        assert not network.time_even and not torch.allclose(network(state), network(time_reversed(state)), rtol=1e-6)

@@ -185,3 +185,48 @@ def test_trains_around_a_learned_base_and_reloads(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     loaded = load_predictor(checkpoint)
     assert type(loaded).__name__ == "SymmetricDt" and loaded.iterations == 1 and loaded.trainable
+
+
+def test_a_base_that_reads_the_radial_velocity_is_made_even(host):
+    """The shipped network is not even under time reversal; built by name it flies inside the wrapper with its
+    ``time_symmetric`` option on, and given as an object it is evaluated on the state and its reversal (and left
+    as it was). Either way the wrapper's tau is even, and both give the same dt."""
+    from nbtoolkit.physics import time_reversed
+
+    by_name = host.predictors.create("symmetric", base="learned", iterations=0)
+    assert by_name.base.time_even and by_name.base.options["time_symmetric"]
+    network = host.predictors.create("learned", feedback=False)
+    as_object = host.predictors.create("symmetric", base=network, iterations=0)
+    assert not network.time_even and not as_object.base_is_even
+    state = two_body_orbit(e=0.8)[0]
+    falling = host.integrators.create("leapfrog").step(state, torch.tensor([1.0], dtype=torch.float64))
+    with torch.no_grad():
+        assert not torch.allclose(network(falling), network(time_reversed(falling)), rtol=1e-6)
+        for sym in (by_name, as_object):
+            assert torch.allclose(sym(falling), sym(time_reversed(falling)), rtol=1e-13, atol=0)
+        assert torch.allclose(by_name(falling), as_object(falling), rtol=1e-12, atol=0)
+
+
+def test_the_learned_dt_made_symmetric_is_reversible_and_does_not_drift(host):
+    """The shipped network inside the wrapper: there and back returns to the start (Kepler e = 0.8; at e = 0.9
+    exactly, the bound of two safety classes, the class factor jumps along the trial steps and the secant
+    iteration settles more slowly), and after 3 periods of Kepler e = 0.9 the energy error is 60 times smaller
+    than the network's alone (400 times after 5 periods) (its dt reads each pair's radial velocity, and without the even part the
+    wrapper drifted more than the network alone)."""
+    state, _ = two_body_orbit(e=0.8)
+    leapfrog = host.integrators.create("leapfrog")
+    symmetric = host.predictors.create("symmetric", base="learned", iterations=6)
+    s = state
+    with torch.no_grad():
+        for _ in range(40):
+            s = leapfrog.step(s, symmetric(s))
+        s = s.replace(velocity=-s.velocity)
+        for _ in range(40):
+            s = leapfrog.step(s, symmetric(s))
+    assert (s.position - state.position).abs().max().item() < 1e-9
+    system = make_preset("kepler", eccentricity=0.9)
+    alone = simulate(system.state, leapfrog, host.predictors.create("learned", feedback=False), orbits=3,
+                     period=system.period).summary()
+    sym = simulate(system.state, leapfrog, host.predictors.create("symmetric", base="learned"), orbits=3,
+                   period=system.period).summary()
+    assert sym["final_rel_dE"] < alone["final_rel_dE"] / 30

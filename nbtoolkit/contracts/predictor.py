@@ -53,9 +53,16 @@ class History(NamedTuple):
 
 
 class DtPredictor(torch.nn.Module):
-    """Base class of dt predictors. ``history_len`` is K, the number of past states it reads."""
+    """Base class of dt predictors. ``history_len`` is K, the number of past states it reads.
+
+    ``time_even`` is True for a predictor whose dt is even under time reversal, dt(x, v) = dt(x, -v) for
+    every state (it reads positions, masses and even functions of the velocities only, such as |v| or the
+    magnitude of the jerk). The ``symmetric`` wrapper needs such a base to be time-reversible, and makes
+    one of any other (see :mod:`plugins.symmetric`); a test checks every registered predictor that declares it.
+    """
 
     history_len: int = 0
+    time_even: bool = False
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
