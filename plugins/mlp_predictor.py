@@ -285,9 +285,10 @@ class MLPDtPredictor(ClassCalibratedDt):
         timescale: Annotated[str, Option("the pair timescale tau that the learned factors multiply",
                                          one_of(*TIMESCALES))] = "freefall",
         time_symmetric: Annotated[bool, Option("take the smaller of the dt of the state and the dt of the state with "
-                                               "its velocities reversed: a dt even under time reversal, so that "
-                                               "leapfrog's energy errors on the way into a close passage and out "
-                                               "of it cancel instead of piling up one way", boolean())] = False,
+                                               "its velocities reversed: a dt even under time reversal, as the "
+                                               "symmetric wrapper needs for a reversible step (alone, a step's dt "
+                                               "still comes from its start, and the energy still drifts)",
+                                               boolean())] = False,
         seed: Annotated[int | None, Option("seed of the initial weights and Fourier frequencies (unset: torch's "
                                            "global generator; training sets it from its own seed)", integer())] = None,
     ) -> None:
