@@ -13,17 +13,19 @@ ratio below 1 means fewer steps than the tuned rule.
 
 The systems, by kind:
 
-* two bodies: Kepler e = 0.3 and e = 0.97 (3 periods), e = 0.7 with mass ratio 1e-3; two equal masses
+* two bodies: Kepler e = 0.3, 0.97 and 0.999 (3 periods), e = 0.7 with mass ratio 1e-3; two equal masses
   passing each other on hyperbolic orbits (e = 1.5 and e = 10), from 50 pericentre distances away
   and back out as far
 * few bodies: Burrau's Pythagorean problem (t = 10), a 2+2 quadruple, the Lagrange triangle,
   circular and perturbed, a circumbinary planet, the Sun with the four outer planets, the Sun,
   Earth and Moon for one year; a Trojan asteroid near the Sun and Jupiter's L4 point and a light body
-  in the Sitnikov problem (restricted problems); a planetary system, a hierarchical triple, a democratic triple and
+  in the Sitnikov problem (restricted problems); a planet around one star of a binary (S-type), a star with eight
+  planets, Euler's collinear configuration; a planetary system, a hierarchical triple, a democratic triple and
   a perturbed figure-eight drawn from the families with seeds the training set never uses
 * encounters: a binary met by a slower third body, by fast ones (5 and 15 times the binary's
-  circular speed) and by another binary
-* clusters: Plummer spheres of 8, 16, 64 and 100 equal masses, two with a heavy-tailed mass
+  circular speed), by another binary and by an equal mass (binary-single scattering)
+* clusters: Plummer spheres of 8, 16, 64 and 100 equal masses, one of 24 in two dimensions, one of 32
+  around a central mass ten times its own, two with a heavy-tailed mass
   spectrum (each mass u^-1.35, u uniform), two cold collapses of a uniform sphere, and three
   softened Plummer spheres
 
@@ -153,6 +155,58 @@ def sitnikov() -> NBodyState:
     return _com([0.5, 0.5, 1e-4], torch.cat([-0.5 * xi, 0.5 * xi, above]), torch.cat([-0.5 * vi, 0.5 * vi, rising]))
 
 
+def s_type_planet() -> NBodyState:
+    """A planet (1e-3) on a = 0.15, e = 0.05 around the primary (1) of a binary (1 + 0.5, a = 1, e = 0.3): the
+    planet's orbit holds a few percent of the system's energy while the secondary pulls on it."""
+    xb, vb = kepler_relative(_one(1.0), _one(0.3), _one(1.5), _one(2.0))
+    xp, vp = kepler_relative(_one(0.15), _one(0.05), _one(1.0), _one(0.5))
+    primary_x, primary_v = -xb / 3, -vb / 3
+    return _com([1.0, 0.5, 1e-3], torch.cat([primary_x, 2 * xb / 3, primary_x + xp]),
+                torch.cat([primary_v, 2 * vb / 3, primary_v + vp]))
+
+
+def eight_planets() -> NBodyState:
+    """A star with eight planets of 1e-5 to 1e-3 (log-uniform) on near-circular orbits, semi-major axes 1.45
+    apart from a = 1, each inclined 0.05 rad more than the last (seed 7)."""
+    generator = torch.Generator().manual_seed(7)
+    masses, xs, vs = [1.0], [torch.zeros(1, 3, dtype=torch.float64)], [torch.zeros(1, 3, dtype=torch.float64)]
+    for k in range(8):
+        mass, e, anomaly = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
+        mass = 10 ** (-5 + 2 * mass)
+        x, v = kepler_relative(_one(1.45**k), _one(0.05 * e), _one(1.0 + mass), _one(2 * math.pi * anomaly))
+        c, s = math.cos(0.05 * k), math.sin(0.05 * k)
+        tilt = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]], dtype=torch.float64)
+        masses.append(mass)
+        xs.append(x @ tilt.T)
+        vs.append(v @ tilt.T)
+    return _com(masses, torch.cat(xs), torch.cat(vs))
+
+
+def euler_collinear() -> NBodyState:
+    """Three unit masses on a line, 1 apart, rotating rigidly (Euler's collinear solution: omega^2 = 5/4)."""
+    w = math.sqrt(1.25)
+    pos = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    vel = torch.tensor([[0.0, -w, 0.0], [0.0, 0.0, 0.0], [0.0, w, 0.0]], dtype=torch.float64)
+    return _com([1.0, 1.0, 1.0], pos, vel)
+
+
+def binary_single() -> NBodyState:
+    """A circular binary (1 + 1, a = 1) and a third unit mass coming in at 0.5 from x = -8, impact parameter 0.3."""
+    xb, vb = kepler_relative(_one(1.0), _one(0.0), _one(2.0), _one(0.0))
+    pos = torch.cat([-xb / 2, xb / 2, torch.tensor([[-8.0, 0.3, 0.0]], dtype=torch.float64)])
+    vel = torch.cat([-vb / 2, vb / 2, torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64)])
+    return _com([1.0, 1.0, 1.0], pos, vel)
+
+
+def black_hole_cluster() -> NBodyState:
+    """Plummer-32 (seed 11) around a central body ten times its mass, velocities scaled by sqrt(11) so the
+    stars orbit the total mass."""
+    sphere = plummer(n=32, seed=11)
+    zero = torch.zeros(1, 3, dtype=torch.float64)
+    mass = torch.cat([torch.tensor([10.0], dtype=torch.float64), sphere.mass[0]])
+    return _com(mass, torch.cat([zero, sphere.position[0]]), torch.cat([zero, sphere.velocity[0] * math.sqrt(11.0)]))
+
+
 def flyby(speed: float, start: float) -> NBodyState:
     """A binary (0.5 + 0.5, a = 1, e = 0.3) and a third body of 0.3 coming in at ``speed`` from x = -``start``."""
     xi, vi = _binary(1.0, 0.3, 0.5)
@@ -212,6 +266,7 @@ SYSTEMS: list[tuple[str, Callable[[], System]]] = [
     ("kepler e=0.3", lambda: kepler(0.3)),
     ("kepler e=0.97", lambda: kepler(0.97)),
     ("kepler e=0.7 q=1e-3", lambda: kepler(0.7, 1e-3)),
+    ("kepler e=0.999", lambda: kepler(0.999)),
     ("hyperbolic pair e=1.5", lambda: hyperbolic(1.5)),
     ("hyperbolic pair e=10", lambda: hyperbolic(10.0)),
     ("pythagorean t=10", lambda: _span(pythagorean(), 10.0)),
@@ -223,6 +278,9 @@ SYSTEMS: list[tuple[str, Callable[[], System]]] = [
     ("sun earth moon, 1 year", lambda: _span(sun_earth_moon(), 2 * math.pi)),
     ("trojan t=60", lambda: _span(trojan(), 60.0)),
     ("sitnikov t=20", lambda: _span(sitnikov(), 20.0)),
+    ("s-type planet in a binary t=30", lambda: _span(s_type_planet(), 30.0)),
+    ("eight planets t=100", lambda: _span(eight_planets(), 100.0)),
+    ("euler collinear t=10", lambda: _span(euler_collinear(), 10.0)),
     ("planets t=30", lambda: _span(_family("planets"), 30.0)),
     ("triple t=50", lambda: _span(_family("triple"), 50.0)),
     ("democratic t=10", lambda: _span(_family("democratic"), 10.0)),
@@ -231,10 +289,13 @@ SYSTEMS: list[tuple[str, Callable[[], System]]] = [
     ("flyby v=5 t=8", lambda: _span(flyby(5.0, 20.0), 8.0)),
     ("flyby v=15 t=2.7", lambda: _span(flyby(15.0, 20.0), 2.7)),
     ("binary-binary t=30", lambda: _span(binary_binary(), 30.0)),
+    ("binary-single t=30", lambda: _span(binary_single(), 30.0)),
     ("plummer-8 t=2", lambda: _span(plummer(n=8, seed=4), 2.0)),
     ("plummer-16 t=1", lambda: _span(plummer(n=16, seed=2), 1.0)),
     ("plummer-64 t=0.5", lambda: _span(plummer(n=64, seed=3), 0.5)),
     ("plummer-100 t=0.25", lambda: _span(plummer(n=100, seed=9), 0.25)),
+    ("plummer-24 in 2-D t=1", lambda: _span(plummer(n=24, seed=5, dim=2), 1.0)),
+    ("central mass 10 + plummer-32 t=0.5", lambda: _span(black_hole_cluster(), 0.5)),
     ("mass spectrum 24 t=1", lambda: _span(mass_spectrum(24, 5), 1.0)),
     ("mass spectrum 48 t=0.5", lambda: _span(mass_spectrum(48, 6), 0.5)),
     ("cold collapse 16 t=2", lambda: _span(cold_collapse(16, 1), 2.0)),
