@@ -186,6 +186,20 @@ def test_raises_the_learned_dt_on_the_figure_eight_and_keeps_every_step_under_th
     assert raised.steps < 0.95 * alone.steps
 
 
+def test_on_a_rigid_rotation_the_learned_dt_rises_past_twice_the_network_and_every_step_passes(host):
+    """Euler's collinear configuration (three unit masses 1 apart, omega^2 = 5/4) rotates rigidly; the network
+    takes it for a perturbed eccentric pair and its errors stay far under the gate, so the level climbs to its
+    cap: above 2 (the first default) and never above max_boost."""
+    w = 1.25 ** 0.5
+    position = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    velocity = torch.tensor([[0.0, -w, 0.0], [0.0, 0.0, 0.0], [0.0, w, 0.0]], dtype=torch.float64)
+    state = NBodyState.from_arrays(torch.ones(3, dtype=torch.float64), position, velocity)
+    learned = host.predictors.create("learned")
+    traj = simulate(state, host.integrators.create("leapfrog"), learned, t_end=30.0)
+    assert float(torch.as_tensor(traj.rel_dE).max()) <= 2e-4
+    assert 2.0 < float(learned.level[0]) <= learned.max_boost == 4.0
+
+
 def test_bad_options_are_errors(host, constant_base):
     owner = r"of dt predictor 'feedback' \(plugin 'plugins.feedback'\)"
     with pytest.raises(OptionError, match=f"option 'target' {owner} must be finite and > 0; got 0"):
