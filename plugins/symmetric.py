@@ -93,11 +93,15 @@ class SymmetricDt(DtPredictor):
         self.solver = checked["solver"]
         self.iterations = checked["iterations"]
         self.history_len = int(getattr(base, "history_len", 0))
-        #: whether tau is the base's dt itself (even under time reversal, or past states read) or its even part
-        self.base_is_even = bool(getattr(base, "time_even", False)) or self.history_len > 0
         self._default_integrator = integrator
         self._integrator: Integrator | None = None
         self._force_evals: Tensor | None = None
+
+    @property
+    def base_is_even(self) -> bool:
+        """Whether tau is the base's dt itself (even under time reversal, or reading past states, which have no
+        time-reversed counterpart) rather than the smaller of its dt forward and reversed."""
+        return bool(getattr(self.base, "time_even", False)) or self.history_len > 0
 
     # -------------------------------------------------------------- run protocol (nbtoolkit.predictor)
     def bind_integrator(self, integrator: Integrator) -> None:
