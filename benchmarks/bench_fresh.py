@@ -1,6 +1,6 @@
 """Unseen draws of the training set: how many systems pass the gate on 99 % of their steps.
 
-``bench_outside.py`` flies 41 hand-picked systems. This flies hundreds more, drawn from the
+``bench_outside.py`` flies 47 hand-picked systems. This flies hundreds more, drawn from the
 training set's own families with seeds the model never saw (training draws seed 0, calibration
 seeds 1 and 2; the defaults here are 20 and 21). Each system is flown unguarded for ``--steps``
 steps (``leapfrog``, gate |dE/E| <= 2e-4) with the shipped ``learned`` predictor (or the one

@@ -13,12 +13,19 @@ the run's integrator (a step's energy error of an order-q method scales as dt^(q
 ``leapfrog``), kappa_k = err_k / g_k^p is the error the base's own dt would have made. Over the
 last L = ``memory`` steps, R_n = max kappa_k, and the level of step n + 1 is
 
-    c_(n+1) = max((ceiling / R_n)^(1/p), min_level)                       if R_n > ceiling,
-    c_(n+1) = clip(min((aim_n / R_n)^(1/p), growth * g_n), 1, max_boost)  otherwise,
+    c_(n+1) = max((ceiling / R_n)^(1/p), min_level)                                if R_n > ceiling,
+    c_(n+1) = clip(min((aim_n / R_n)^(1/p), growth * g_n), 1, max_boost)           otherwise, once n >= W,
+    c_(n+1) = clip(min((target / 4 / R_n)^(1/p), growth * g_n), 1, early_boost)    otherwise, E <= n < W,
 
-so a memory holding an error over ``ceiling`` brings dt under the base's at once, and otherwise the
-level rises (at most ``growth`` a step, and only once W = ``window`` steps were observed) until the
-worst step of the memory would make ``aim_n``. The aim starts at ``target`` (half the gate) and moves towards
+so a memory holding an error over ``ceiling`` brings dt under the base's at once, and otherwise, once
+W = ``window`` steps were observed, the level rises (at most ``growth`` a step) until the worst step of
+the memory would make ``aim_n``. Before the window, from E = ``early`` steps on, a run
+whose errors all sit far under the target (a rigid rotation, a quiet planetary system: errors of 10^-7 to
+10^-5 where the target is 10^-4) may already rise, towards a quarter of the target and at most to
+``early_boost``; a step that jumps fourfold over the errors seen still makes no more than the target. Errors
+at the target's level, which most runs start with, leave the level at 1 until the window.
+
+The aim starts at ``target`` (half the gate) and moves towards
 ceiling / S_n over the ``trust`` steps after the first window, where the *surprise* S_n >= 1 is the
 largest ratio, over the run, of a step's kappa to the largest kappa of the memory before it: how
 far the remembered worst has failed to foresee the next step. A run whose errors are steady (a
@@ -46,9 +53,9 @@ the batch changes size. Outside a run (a training loop that never reports its st
 Options (declared on :func:`make_feedback`): ``base`` (a registered predictor name, default
 ``learned``, or a ``DtPredictor`` object), ``target``, ``ceiling`` (both gate errors, defaults
 1e-4 and 1.7e-4 for the default gate of 2e-4: scale both with another gate), ``window``,
-``memory``, ``trust``, ``growth``, ``max_boost``, ``min_level``, ``base_options`` and any other keyword,
-which goes to the base. A base that flies inside a controller of its own (``learned`` does) is
-steered by this one instead::
+``memory``, ``trust``, ``growth``, ``max_boost``, ``min_level``, ``early``, ``early_boost``,
+``base_options`` and any other keyword, which goes to the base. A base that flies inside a controller
+of its own (``learned`` does) is steered by this one instead::
 
     host.predictors.create("feedback", target=5e-5, ceiling=8e-5)   # the shipped network, steered lower
     host.predictors.create("feedback", base="freefall", eta=0.02, target=5e-5, ceiling=8e-5)
@@ -86,6 +93,12 @@ DEFAULT_GROWTH = 1.05
 DEFAULT_MAX_BOOST = 4.0
 #: the smallest level: the most dt may fall under the base's
 DEFAULT_MIN_LEVEL = 0.5
+#: steps observed before a run whose errors sit far under the target may rise, before its window
+DEFAULT_EARLY = 8
+#: the largest level before the window
+DEFAULT_EARLY_BOOST = 2.0
+#: the share of the target that the level aims at before the window
+EARLY_SHARE = 0.25
 #: errors below this share of the target count as this share (an exact step would ask for an infinite level)
 ERROR_FLOOR = 1e-9
 TARGET = Option("the gate error per step that the level aims at before the run has shown its errors steady "
@@ -102,6 +115,9 @@ GROWTH = Option("the most the level rises per step", number(1.0, strict=False))
 MAX_BOOST = Option("the largest level: the most dt may exceed the base's", number(1.0, strict=False))
 MIN_LEVEL = Option("the smallest level: the most dt may fall under the base's",
                    number(0.0, high=1.0, high_strict=False))
+EARLY = Option("steps observed before the level may rise towards a quarter of the target, before the window "
+               "(none if at least the window)", integer(1, 100_000))
+EARLY_BOOST = Option("the largest level before the window", number(1.0, strict=False))
 
 
 class FeedbackDt(DtPredictor):
@@ -114,12 +130,15 @@ class FeedbackDt(DtPredictor):
                  trust: Annotated[int, TRUST] = DEFAULT_TRUST,
                  growth: Annotated[float, GROWTH] = DEFAULT_GROWTH,
                  max_boost: Annotated[float, MAX_BOOST] = DEFAULT_MAX_BOOST,
-                 min_level: Annotated[float, MIN_LEVEL] = DEFAULT_MIN_LEVEL, base_name: str = "base") -> None:
+                 min_level: Annotated[float, MIN_LEVEL] = DEFAULT_MIN_LEVEL,
+                 early: Annotated[int, EARLY] = DEFAULT_EARLY,
+                 early_boost: Annotated[float, EARLY_BOOST] = DEFAULT_EARLY_BOOST, base_name: str = "base") -> None:
         super().__init__()
         if not isinstance(base, DtPredictor):
             raise ConfigError(f"feedback: base must be a dt predictor or a registered name; got {type(base).__name__}")
         checked = check_arguments(FeedbackDt, target=target, ceiling=ceiling, window=window, memory=memory,
-                                  trust=trust, growth=growth, max_boost=max_boost, min_level=min_level)
+                                  trust=trust, growth=growth, max_boost=max_boost, min_level=min_level, early=early,
+                                  early_boost=early_boost)
         if checked["ceiling"] < checked["target"]:
             raise ConfigError(f"feedback: option 'ceiling' ({checked['ceiling']:g}) must be >= option 'target' "
                               f"({checked['target']:g})")
@@ -131,6 +150,7 @@ class FeedbackDt(DtPredictor):
         self.target, self.ceiling = checked["target"], checked["ceiling"]
         self.window, self.memory, self.trust = checked["window"], checked["memory"], checked["trust"]
         self.growth, self.max_boost, self.min_level = checked["growth"], checked["max_boost"], checked["min_level"]
+        self.early, self.early_boost = checked["early"], min(checked["early_boost"], checked["max_boost"])
         self.history_len = int(getattr(base, "history_len", 0))
         self.exponent = 3.0  # order + 1 of the run's integrator; leapfrog's until a run binds one
         self._last_base: Tensor | None = None  # (B,) the base's dt at the last call
@@ -165,6 +185,9 @@ class FeedbackDt(DtPredictor):
         if self._observed >= self.window:
             up = torch.minimum((aim / worst).pow(1.0 / self.exponent), self.growth * taken)
             level = up.clamp(1.0, self.max_boost)
+        elif self._observed >= self.early:  # only a run whose errors all sit far under the target rises yet
+            up = torch.minimum((EARLY_SHARE * self.target / worst).pow(1.0 / self.exponent), self.growth * taken)
+            level = up.clamp(1.0, self.early_boost)
         else:
             level = torch.ones_like(worst)
         down = (self.ceiling / worst).pow(1.0 / self.exponent)
@@ -193,7 +216,7 @@ class FeedbackDt(DtPredictor):
     def extra_repr(self) -> str:
         return (f"base={self.base_name}, target={self.target:g}, ceiling={self.ceiling:g}, window={self.window}, "
                 f"memory={self.memory}, trust={self.trust}, growth={self.growth:g}, max_boost={self.max_boost:g}, "
-                f"min_level={self.min_level:g}")
+                f"min_level={self.min_level:g}, early={self.early}, early_boost={self.early_boost:g}")
 
 
 def make_feedback(
@@ -207,6 +230,8 @@ def make_feedback(
     growth: Annotated[float, GROWTH] = DEFAULT_GROWTH,
     max_boost: Annotated[float, MAX_BOOST] = DEFAULT_MAX_BOOST,
     min_level: Annotated[float, MIN_LEVEL] = DEFAULT_MIN_LEVEL,
+    early: Annotated[int, EARLY] = DEFAULT_EARLY,
+    early_boost: Annotated[float, EARLY_BOOST] = DEFAULT_EARLY_BOOST,
     base_options: Annotated[dict[str, Any] | None, Option("options of the base predictor (any option not declared "
                                                           "here goes to the base too)", option_table())] = None,
     **options: Any,
@@ -225,7 +250,8 @@ def make_feedback(
     if isinstance(base_predictor, FeedbackDt):  # a base already steered (``learned``): steer its own base instead
         base_predictor = base_predictor.base
     return FeedbackDt(base_predictor, target=target, ceiling=ceiling, window=window, memory=memory, trust=trust,
-                      growth=growth, max_boost=max_boost, min_level=min_level, base_name=base_name)
+                      growth=growth, max_boost=max_boost, min_level=min_level, early=early, early_boost=early_boost,
+                      base_name=base_name)
 
 
 @hookimpl

@@ -11,7 +11,7 @@ from nbtoolkit.errors import OptionError, PluginError
 from nbtoolkit.evaluate import evaluate_predictor
 from nbtoolkit.plugin_manager import DEFAULT_PLUGINS
 from nbtoolkit.presets import make_preset
-from nbtoolkit.simulate import simulate
+from nbtoolkit.simulate import iter_steps, simulate
 from nbtoolkit.state import NBodyState
 from plugins.feedback import FeedbackDt
 
@@ -186,18 +186,53 @@ def test_raises_the_learned_dt_on_the_figure_eight_and_keeps_every_step_under_th
     assert raised.steps < 0.95 * alone.steps
 
 
-def test_on_a_rigid_rotation_the_learned_dt_rises_past_twice_the_network_and_every_step_passes(host):
-    """Euler's collinear configuration (three unit masses 1 apart, omega^2 = 5/4) rotates rigidly; the network
-    takes it for a perturbed eccentric pair and its errors stay far under the gate, so the level climbs to its
-    cap: above 2 (the first default) and never above max_boost."""
+def euler_collinear() -> NBodyState:
+    """Euler's collinear configuration: three unit masses 1 apart, rotating rigidly (omega^2 = 5/4)."""
     w = 1.25 ** 0.5
     position = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     velocity = torch.tensor([[0.0, -w, 0.0], [0.0, 0.0, 0.0], [0.0, w, 0.0]], dtype=torch.float64)
-    state = NBodyState.from_arrays(torch.ones(3, dtype=torch.float64), position, velocity)
+    return NBodyState.from_arrays(torch.ones(3, dtype=torch.float64), position, velocity)
+
+
+def test_on_a_rigid_rotation_the_learned_dt_rises_past_twice_the_network_and_every_step_passes(host):
+    """The network takes Euler's rigid rotation for a perturbed eccentric pair and its errors stay far under the
+    gate, so the level climbs to its cap: above 2 (the first default) and never above max_boost."""
     learned = host.predictors.create("learned")
-    traj = simulate(state, host.integrators.create("leapfrog"), learned, t_end=30.0)
+    traj = simulate(euler_collinear(), host.integrators.create("leapfrog"), learned, t_end=30.0)
     assert float(torch.as_tensor(traj.rel_dE).max()) <= 2e-4
     assert 2.0 < float(learned.level[0]) <= learned.max_boost == 4.0
+
+
+def test_before_the_window_only_errors_far_under_the_target_raise_the_level(host, constant_base):
+    """From `early` steps on, errors under a quarter of the target let the level rise, at most to early_boost,
+    before the window; errors at the target's level leave it at 1 until the window."""
+    state, _ = two_body_orbit(e=0.5)
+    quiet = FeedbackDt(constant_base, target=1e-4, window=8, early=3, growth=1.5, early_boost=2.0, max_boost=4.0)
+    quiet.bind_integrator(host.integrators.create("leapfrog"))
+    assert fly(quiet, state, [1e-12] * 9) == pytest.approx([1, 1, 1.5, 2, 2, 2, 2, 3, 4])
+    busy = FeedbackDt(constant_base, target=1e-4, window=8, early=3, growth=1.5, early_boost=2.0, max_boost=4.0)
+    busy.bind_integrator(host.integrators.create("leapfrog"))
+    assert fly(busy, state, [5e-5] * 8) == pytest.approx([1] * 7 + [2 ** (1 / 3)])  # the aim: the target
+
+
+def test_the_learned_dt_rises_early_on_a_rigid_rotation_and_waits_for_the_window_in_a_cluster(host):
+    """Euler's rigid rotation makes errors of 10^-7 to 10^-6: its level rises before the 32-step window. The
+    first errors of a Plummer cluster sit near the target: its level stays 1 for the whole window."""
+    leapfrog = host.integrators.create("leapfrog")
+
+    def levels(state: NBodyState, steps: int) -> list[float]:
+        learned = host.predictors.create("learned")
+        out = []
+        for result in iter_steps(state, leapfrog, learned):
+            assert float(result.error[0]) <= 2e-4
+            out.append(float(learned.level[0]))
+            if len(out) == steps:
+                return out
+        raise AssertionError("unreachable")
+
+    rigid = levels(euler_collinear(), 31)
+    assert rigid[:7] == [1.0] * 7 and 1.5 < rigid[-1] <= 2.0
+    assert levels(make_preset("plummer", n=16, seed=2).state, 31) == [1.0] * 31
 
 
 def test_bad_options_are_errors(host, constant_base):
@@ -208,6 +243,10 @@ def test_bad_options_are_errors(host, constant_base):
         host.predictors.create("feedback", max_boost=0.5)
     with pytest.raises(OptionError, match=f"option 'window' {owner} must be in \\[1, 100000\\]; got 0"):
         host.predictors.create("feedback", window=0)
+    with pytest.raises(OptionError, match=f"option 'early' {owner} must be in \\[1, 100000\\]; got 0"):
+        host.predictors.create("feedback", early=0)
+    with pytest.raises(OptionError, match=f"option 'early_boost' {owner} must be finite and >= 1; got 0.5"):
+        host.predictors.create("feedback", early_boost=0.5)
     with pytest.raises(OptionError, match="option 'eta' of dt predictor 'freefall'"):  # the base's own declaration
         host.predictors.create("feedback", base="freefall", eta=-1.0)
     with pytest.raises(PluginError, match="options dt cannot be applied to a base given as an object"):
