@@ -211,6 +211,29 @@ def test_a_killed_rank_stops_the_run_and_it_resumes_from_the_last_checkpoint(tmp
     assert traj.summary()["steps"] > 0
 
 
+def test_two_launchers_with_one_rendezvous_form_one_run_of_two_nodes(tmp_path: Path) -> None:
+    """The multi-node path (--nnodes, a c10d rendezvous, no --standalone), with both nodes on this host: two
+    launchers of one process each join one run of world size 2, rank 0's node alone reports and writes."""
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    node = ["train", "--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}", "--preset", "kepler-batch",
+            "--num-orbits", "4", "--steps-per-epoch", "4", "--epochs", "2", "--calibrate-pass-rate", "0"]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    launchers = [_start([*node, "--checkpoint", str(tmp_path / name / "model.pt")], tmp_path / name) for name in "ab"]
+    outputs = [launcher.communicate(timeout=180) for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], outputs
+    written = [name for name in "ab" if (tmp_path / name / "model.pt").exists()]
+    assert len(written) == 1  # the node that holds rank 0
+    assert sum(out.count("epochs             2/2") for out, _ in outputs) == 1
+    assert sum(out.count("accepted steps     32") for out, _ in outputs) == 1  # 4 systems x 4 steps x 2 epochs
+    final = read_checkpoint(tmp_path / written[0] / "model.pt")
+    assert final["world_size"] == 2 and len(final["shards"]) == 2
+
+
 def test_the_workers_end_with_a_killed_launcher(tmp_path: Path) -> None:
     launcher = _start([*SHORT_EPOCHS, "--epochs", "1000"], tmp_path)
     workers: dict[int, int] = {}
