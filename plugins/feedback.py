@@ -117,7 +117,7 @@ MIN_LEVEL = Option("the smallest level: the most dt may fall under the base's",
                    number(0.0, high=1.0, high_strict=False))
 EARLY = Option("steps observed before the level may rise towards a quarter of the target, before the window "
                "(none if at least the window)", integer(1, 100_000))
-EARLY_BOOST = Option("the largest level before the window", number(1.0, strict=False))
+EARLY_BOOST = Option("the largest level before the window (max_boost if that is smaller)", number(1.0, strict=False))
 
 
 class FeedbackDt(DtPredictor):
