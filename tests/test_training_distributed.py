@@ -224,7 +224,13 @@ def test_two_launchers_with_one_rendezvous_form_one_run_of_two_nodes(tmp_path: P
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     launchers = [_start([*node, "--checkpoint", str(tmp_path / name / "model.pt")], tmp_path / name) for name in "ab"]
-    outputs = [launcher.communicate(timeout=180) for launcher in launchers]
+    try:
+        outputs = [launcher.communicate(timeout=180) for launcher in launchers]
+    finally:  # a rendezvous that never completes leaves no process behind
+        for launcher in launchers:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.communicate(timeout=30)
     assert [launcher.returncode for launcher in launchers] == [0, 0], outputs
     written = [name for name in "ab" if (tmp_path / name / "model.pt").exists()]
     assert len(written) == 1  # the node that holds rank 0
