@@ -35,7 +35,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -265,10 +265,11 @@ def run_train(args: argparse.Namespace) -> int:
     return _train(args, LOCAL)
 
 
-def _run_rank(args: argparse.Namespace) -> int:
+def _run_rank(args: argparse.Namespace) -> NoReturn:
     """One rank of a data-parallel run. The first rank to fail raises (and so reports the error;
     a rank that lost the others reports a :class:`~nbtoolkit.errors.DistributedError`); the ranks
-    that fail because of it exit with status 1 and print nothing."""
+    that fail because of it exit with status 1 and print nothing. A rank whose run ended, its
+    checkpoint written and the process group left, ends its process at once (:func:`_end_rank`)."""
     from .launch import die_with_launcher
 
     die_with_launcher()
@@ -280,7 +281,17 @@ def _run_rank(args: argparse.Namespace) -> int:
         if not report_once():
             raise SystemExit(1) from None
         raise
-    return status
+    _end_rank(status)
+
+
+def _end_rank(status: int) -> NoReturn:
+    """Flush what the rank printed and end its process with ``status`` without the interpreter's teardown.
+    gloo's threads now and then abort a process during that teardown ("terminate called without an active
+    exception", SIGABRT, about one run in ten), and the launcher would report a run whose work is done as
+    killed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _train(args: argparse.Namespace, collective: Collective) -> int:
