@@ -180,16 +180,17 @@ class FeedbackDt(DtPredictor):
         self._coeff = torch.cat([self._coeff[1:], coeff.unsqueeze(0)])
         self._observed += 1
         worst = self._coeff.amax(0)  # (B,) R_n
-        evidence = min(max(self._observed - self.window, 0) / self.trust, 1.0)
-        aim = self.target + ((self.ceiling / self._surprise).clamp(max=self.ceiling) - self.target) * evidence
+        aim: Tensor | float | None = None
         if self._observed >= self.window:
-            up = torch.minimum((aim / worst).pow(1.0 / self.exponent), self.growth * taken)
-            level = up.clamp(1.0, self.max_boost)
+            evidence = min((self._observed - self.window) / self.trust, 1.0)
+            aim = self.target + ((self.ceiling / self._surprise).clamp(max=self.ceiling) - self.target) * evidence
+            cap = self.max_boost
         elif self._observed >= self.early:  # only a run whose errors all sit far under the target rises yet
-            up = torch.minimum((EARLY_SHARE * self.target / worst).pow(1.0 / self.exponent), self.growth * taken)
-            level = up.clamp(1.0, self.early_boost)
-        else:
+            aim, cap = EARLY_SHARE * self.target, self.early_boost
+        if aim is None:
             level = torch.ones_like(worst)
+        else:
+            level = torch.minimum((aim / worst).pow(1.0 / self.exponent), self.growth * taken).clamp(1.0, cap)
         down = (self.ceiling / worst).pow(1.0 / self.exponent)
         self._level = torch.where(down < 1.0, down.clamp_min(self.min_level), level)
 

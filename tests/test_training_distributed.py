@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -214,8 +215,6 @@ def test_a_killed_rank_stops_the_run_and_it_resumes_from_the_last_checkpoint(tmp
 def test_two_launchers_with_one_rendezvous_form_one_run_of_two_nodes(tmp_path: Path) -> None:
     """The multi-node path (--nnodes, a c10d rendezvous, no --standalone), with both nodes on this host: two
     launchers of one process each join one run of world size 2, rank 0's node alone reports and writes."""
-    import socket
-
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

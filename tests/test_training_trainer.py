@@ -79,7 +79,6 @@ def test_a_dispersing_system_restarts_from_its_initial_state_and_bound_ones_run_
     assert bool(torch.isfinite(trainer.state.position).all())
 
 
-
 def test_the_dispersal_test_reads_the_initial_state_or_its_limit_alike():
     """A loop that tests the same systems at every step passes their dispersal limit once computed; the answer,
     and a restart, are those of the initial state itself (a pair flying apart, a NaN, a bound orbit)."""
@@ -99,6 +98,7 @@ def test_the_dispersal_test_reads_the_initial_state_or_its_limit_alike():
     torch.testing.assert_close(limit, DISPERSED_GROWTH * closest_free_fall_time(initial), rtol=0, atol=0)
     restarted, _, count = restart_dispersed(later, initial, None, limit)
     assert count == 2 and torch.equal(restarted.position, torch.cat([apart[:1], initial.position[1:]]))
+
 
 def test_fit_accepted_states_all_pass_the_gate(events):
     trainer = Trainer(TrainConfig(epochs=2, seed=2, **with_options(init_factor=0.3)), kepler_batch().state)
