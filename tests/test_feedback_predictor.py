@@ -54,7 +54,7 @@ def test_level_waits_a_window_then_rises_by_growth_up_to_max_boost(host, constan
 
 def test_a_step_near_the_gate_brings_the_level_down_and_the_memory_holds_it(host, constant_base):
     pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.7e-4, window=3, memory=6, trust=10**7, growth=10.0,
-                      max_boost=3.0)  # the aim stays at the target
+                      max_boost=3.0, trend=0.0)  # the aim stays at the target; no foresight
     pred.bind_integrator(host.integrators.create("leapfrog"))
     state, _ = two_body_orbit(e=0.5)
     assert fly(pred, state, [1e-12] * 3) == pytest.approx([1, 1, 3])
@@ -73,8 +73,8 @@ def test_the_memory_holds_the_level_steady_over_an_orbit_longer_than_the_window(
     """Errors that peak once every 10 steps (a pericentre passage): with a memory of one window the level
     swings up between the peaks and back down after each; with a memory longer than the period it stays put."""
     period = [1e-6] * 9 + [1e-4]
-    swinging = FeedbackDt(constant_base, window=4, memory=4, trust=10**7, growth=1.2, max_boost=2.0)
-    steady = FeedbackDt(constant_base, window=4, memory=16, trust=10**7, growth=1.2, max_boost=2.0)
+    swinging = FeedbackDt(constant_base, window=4, memory=4, trust=10**7, growth=1.2, max_boost=2.0, trend=0.0)
+    steady = FeedbackDt(constant_base, window=4, memory=16, trust=10**7, growth=1.2, max_boost=2.0, trend=0.0)
     for pred in (swinging, steady):
         pred.bind_integrator(host.integrators.create("leapfrog"))
     state, _ = two_body_orbit(e=0.5)
@@ -118,6 +118,49 @@ def test_a_fall_lasts_the_memory_so_a_peak_once_an_orbit_is_met_lower_the_next_t
         errors = [coeff * level ** 3 for coeff, level in zip(coeffs, levels)]
         assert sum(err > 2e-4 for err in errors) == failures
         assert max(errors[10:]) == pytest.approx(1.7e-4 if memory == 16 else 2.5e-4)
+
+
+def test_foresight_lowers_the_step_after_a_rise_as_if_the_rise_went_on(host, constant_base):
+    """Errors that climb towards the gate, still under the ceiling: with foresight the step after a rise of
+    1.6 / 1.3 is taken as if its error coefficient rose as much again, so the level falls under 1 before the
+    gate is crossed; without, the memory's largest (1.6e-4) is under the ceiling and the level stays 1."""
+    state, _ = two_body_orbit(e=0.5)
+    rising = [1.0e-4, 1.3e-4, 1.6e-4]
+    for trend, last in ((0.0, 1.0), (1.0, (1.7 / (1.6 * 1.6 / 1.3)) ** (1 / 3))):
+        pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.7e-4, window=100, trend=trend)
+        pred.bind_integrator(host.integrators.create("leapfrog"))
+        assert fly(pred, state, rising) == pytest.approx([1.0, 1.0, last])
+    # a fall is not foreseen to go on, and a jump from almost nothing counts as at most 4x
+    pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.7e-4, window=100)
+    pred.bind_integrator(host.integrators.create("leapfrog"))
+    assert fly(pred, state, [1.6e-4, 1e-4]) == pytest.approx([1.0, 1.0])
+    assert fly(pred, state, [1e-12, 1e-4]) == pytest.approx([1.0, (1.7 / 4) ** (1 / 3)])
+
+
+def test_once_the_aim_has_risen_foresight_guards_only_twice_the_target(host, constant_base):
+    """A rise of 1.4x from 1e-4 is foreseen at 1.96e-4: over the ceiling (1.7e-4) while the aim is still rising,
+    so the level falls; under twice the target once the window and the trust ramp are over, so it does not. A
+    rise of 1.5x (2.25e-4 foreseen) lowers it either way, to where it would make the ceiling or twice the target."""
+    state, _ = two_body_orbit(e=0.5)
+    for window, trust, levels in ((100, 64, [(1.7 / 1.96) ** (1 / 3), (1.7 / 2.25) ** (1 / 3)]),
+                                  (2, 2, [1.0, (2.0 / 2.25) ** (1 / 3)])):
+        for rise, level in zip((1.4, 1.5), levels):
+            pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.7e-4, window=window, trust=trust, growth=1.0)
+            pred.bind_integrator(host.integrators.create("leapfrog"))
+            assert fly(pred, state, [1e-4] * 4 + [rise * 1e-4]) == pytest.approx([1.0] * 4 + [level])
+
+
+def test_a_step_lowered_by_foresight_does_not_slow_the_climb_after_it(host, constant_base):
+    """The level climbs by growth (1.05) a step towards the aim's level (1e-4 / 1e-5)^(1/3); a coefficient
+    1.5x higher is foreseen at 2.25e-5 for one step; the step after, with the coefficient flat, the level is
+    back where the memory puts it, not 1.05x the lowered one."""
+    state, _ = two_body_orbit(e=0.5)
+    pred = FeedbackDt(constant_base, target=1e-4, ceiling=1.7e-4, window=1, memory=4, trust=10**7, growth=1.05)
+    pred.bind_integrator(host.integrators.create("leapfrog"))
+    levels = fly_steady(pred, state, [1e-5] * 20 + [1.5e-5] * 2)
+    assert levels[19] == pytest.approx(10 ** (1 / 3))
+    assert levels[20] == pytest.approx((1e-4 / 2.25e-5) ** (1 / 3))
+    assert levels[21] == pytest.approx((1e-4 / 1.5e-5) ** (1 / 3))
 
 
 def test_steady_errors_raise_the_aim_to_the_ceiling_over_trust_steps(host, constant_base):
@@ -188,21 +231,16 @@ def test_raises_the_learned_dt_on_the_figure_eight_and_keeps_every_step_under_th
     assert raised.steps < 0.95 * alone.steps
 
 
-def euler_collinear() -> NBodyState:
-    """Euler's collinear configuration: three unit masses 1 apart, rotating rigidly (omega^2 = 5/4)."""
-    w = 1.25 ** 0.5
-    position = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
-    velocity = torch.tensor([[0.0, -w, 0.0], [0.0, 0.0, 0.0], [0.0, w, 0.0]], dtype=torch.float64)
-    return NBodyState.from_arrays(torch.ones(3, dtype=torch.float64), position, velocity)
-
-
-def test_on_a_rigid_rotation_the_learned_dt_rises_past_twice_the_network_and_every_step_passes(host):
+def test_on_a_rigid_rotation_the_learned_dt_rises_past_twice_the_network_and_every_step_passes(host, load_benchmark):
     """The network takes Euler's rigid rotation for a perturbed eccentric pair and its errors stay far under the
     gate, so the level climbs to its cap: above 2 (the first default) and never above max_boost."""
     learned = host.predictors.create("learned")
-    traj = simulate(euler_collinear(), host.integrators.create("leapfrog"), learned, t_end=30.0)
-    assert float(torch.as_tensor(traj.rel_dE).max()) <= 2e-4
-    assert 2.0 < float(learned.level[0]) <= learned.max_boost == 4.0
+    levels = []
+    rigid = load_benchmark("bench_outside").euler_collinear()
+    for result in islice(iter_steps(rigid, host.integrators.create("leapfrog"), learned), 120):
+        assert float(result.error[0]) <= 2e-4
+        levels.append(float(learned.level[0]))
+    assert 2.0 < max(levels[60:]) <= learned.max_boost == 4.0 and min(levels[60:]) > 2.0
 
 
 def test_before_the_window_only_errors_far_under_the_target_raise_the_level(host, constant_base):
@@ -217,9 +255,9 @@ def test_before_the_window_only_errors_far_under_the_target_raise_the_level(host
     assert fly(busy, state, [5e-5] * 8) == pytest.approx([1] * 7 + [2 ** (1 / 3)])  # the aim: the target
 
 
-def test_the_learned_dt_rises_early_on_a_rigid_rotation_and_waits_for_the_window_in_a_cluster(host):
+def test_the_learned_dt_rises_early_on_a_rigid_rotation_and_waits_for_the_window_in_a_cluster(host, load_benchmark):
     """Euler's rigid rotation makes errors of 10^-7 to 10^-6: its level rises before the 32-step window. The
-    first errors of a Plummer cluster sit near the target: its level stays 1 for the whole window."""
+    first errors of a Plummer cluster sit near the target: its level does not rise for the whole window."""
     leapfrog = host.integrators.create("leapfrog")
 
     def levels(state: NBodyState, steps: int) -> list[float]:
@@ -230,9 +268,9 @@ def test_the_learned_dt_rises_early_on_a_rigid_rotation_and_waits_for_the_window
             out.append(float(learned.level[0]))
         return out
 
-    rigid = levels(euler_collinear(), 31)
+    rigid = levels(load_benchmark("bench_outside").euler_collinear(), 31)
     assert rigid[:7] == [1.0] * 7 and 1.5 < rigid[-1] <= 2.0
-    assert levels(make_preset("plummer", n=16, seed=2).state, 31) == [1.0] * 31
+    assert max(levels(make_preset("plummer", n=16, seed=2).state, 31)) == 1.0  # lowered by foresight, never raised
 
 
 def test_bad_options_are_errors(host, constant_base):
@@ -247,6 +285,8 @@ def test_bad_options_are_errors(host, constant_base):
         host.predictors.create("feedback", early=0)
     with pytest.raises(OptionError, match=f"option 'early_boost' {owner} must be finite and >= 1; got 0.5"):
         host.predictors.create("feedback", early_boost=0.5)
+    with pytest.raises(OptionError, match=f"option 'trend' {owner} must be finite and >= 0; got -1"):
+        host.predictors.create("feedback", trend=-1.0)
     with pytest.raises(OptionError, match="option 'eta' of dt predictor 'freefall'"):  # the base's own declaration
         host.predictors.create("feedback", base="freefall", eta=-1.0)
     with pytest.raises(PluginError, match="options dt cannot be applied to a base given as an object"):

@@ -25,7 +25,7 @@ DECLARED = {
         "mlp-ensemble": ["size", "spread"],
         "symmetric": ["base", "iterations", "integrator", "checkpoint", "base_options", "solver"],
         "feedback": ["base", "target", "ceiling", "window", "memory", "trust", "growth", "max_boost", "min_level",
-                     "early", "early_boost", "base_options"],
+                     "early", "early_boost", "trend", "base_options"],
     },
     "samplers": {"uniform": [], "prioritized": ["alpha", "uniform_mix"], "recent": ["half_life"]},
     "gates": {"energy": [], "pair-energy": []},
