@@ -260,8 +260,7 @@ class PlaybackJob:
                 state = result.state
                 evals = result.force_evals.numpy().astype(np.int64)
                 force_evals += evals
-                with torch.no_grad():
-                    drift = relative_energy_error(energy0, state_energy(state)).numpy()
+                drift = relative_energy_error(energy0, result.energy).numpy()
                 pending.append(PlaybackFrame(
                     step=step, time=state.time.numpy().copy(), position=state.position.numpy().copy(),
                     dt=result.dt.numpy().copy(), rel_dE=result.error.numpy().copy(), drift=drift.copy(),

@@ -48,7 +48,8 @@ class StepResult:
     state: the state after the step; dt (B,) the dt actually used; rel_dE (B,) its |dE/E|;
     guarded (B,) whether the guard had to shrink dt; force_evals (B,) force evaluations spent
     on the step including guard retries; error (B,) the gate's error of the step (the same
-    tensor as rel_dE with the energy gate).
+    tensor as rel_dE with the energy gate); energy (B,) the total energy of ``state`` (computed for the
+    gate anyway, so that a caller recording it need not compute it again).
     """
 
     state: NBodyState
@@ -57,6 +58,7 @@ class StepResult:
     guarded: Tensor
     force_evals: Tensor
     error: Tensor
+    energy: Tensor
 
 
 def iter_steps(
@@ -123,7 +125,7 @@ def iter_steps(
             if history is not None:
                 history = history.push(state)
         state, energy = new, new_energy
-        yield StepResult(state, dt, rel, guarded, evals, error)
+        yield StepResult(state, dt, rel, guarded, evals, error, energy)
 
 
 class _Judge:
@@ -337,7 +339,7 @@ def simulate(
         times.append(s.time.numpy().copy())
         positions.append(s.position.numpy().copy())
         velocities.append(s.velocity.numpy().copy())
-        energies.append(state_energy(s).numpy().copy())
+        energies.append(result.energy.numpy().copy())
         dts.append(result.dt.numpy().copy())
         rels.append(np.where(active, result.rel_dE.numpy(), 0.0))
         if errors is not None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from systems import random_cluster, two_body_orbit
 
-from nbtoolkit import ConfigError, DtPredictor, InvalidTimestepError
+from nbtoolkit import ConfigError, DtPredictor, InvalidTimestepError, total_energy
 from nbtoolkit.simulate import iter_steps, simulate
 
 
@@ -65,6 +65,18 @@ def test_guard_halves_dt_until_every_step_passes_the_gate(host):
     assert summary["guarded_steps"] == int(guarded.guarded.sum()) > 0
     assert summary["force_evals"] > summary["steps"]  # retries cost force evaluations
     assert set(np.unique(guarded.dt[guarded.guarded])) <= {period / 200 / 2**k for k in range(1, 21)}
+
+
+def test_each_recorded_energy_is_that_of_its_recorded_state_guard_retries_included(host):
+    state, period = two_body_orbit(e=0.9)
+    traj = simulate(state, host.integrators.create("leapfrog"), host.predictors.create("constant", dt=period / 200),
+                    orbits=1, period=torch.tensor([period]), guard_threshold=2e-4)
+    assert traj.guarded.any()  # some recorded states are retries, not the first attempt
+    K, B, N, D = traj.position.shape
+    recomputed = total_energy(torch.as_tensor(traj.mass).expand(K, B, N).reshape(K * B, N),
+                              torch.as_tensor(traj.position).reshape(K * B, N, D),
+                              torch.as_tensor(traj.velocity).reshape(K * B, N, D), state.G, state.softening)
+    np.testing.assert_allclose(traj.energy, recomputed.reshape(K, B).numpy(), rtol=1e-13, atol=0)
 
 
 def test_guard_gives_up_after_max_halvings_without_hanging(host):
