@@ -11,7 +11,14 @@ from systems import random_cluster, two_body_orbit
 from nbtoolkit import NBodyState
 from nbtoolkit.errors import ConfigError, PluginError
 from nbtoolkit.predictor import History
-from plugins.mlp_predictor import MAX_ENERGY_SHARE, MLPDtPredictor, closest_pair_scales, pair_features, pair_scales
+from plugins.mlp_predictor import (
+    MAX_ENERGY_SHARE,
+    TIMESCALES,
+    MLPDtPredictor,
+    closest_pair_scales,
+    pair_features,
+    pair_scales,
+)
 
 
 def make(host, **options):
@@ -166,6 +173,17 @@ def test_only_the_closest_pairs_enter_the_network_and_stay_permutation_invariant
     perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
     permuted = NBodyState.from_arrays(state.mass[:, perm], state.position[:, perm], state.velocity[:, perm])
     assert torch.allclose(pred(permuted), pred(state), rtol=1e-12)
+
+
+@pytest.mark.parametrize("timescale", TIMESCALES)
+def test_each_chosen_pair_gets_the_inputs_it_has_among_all_pairs(timescale):
+    """Relative velocities are computed for the chosen pairs alone (the free-fall timescale needs none): every
+    input of a chosen pair, the velocity terms among them, is what the same pair gets when every pair enters."""
+    state = random_cluster(3, 8)  # 28 pairs, distinct timescales
+    some, every = pair_features(state, max_pairs=6, timescale=timescale), pair_features(state, timescale=timescale)
+    rows = [torch.gather(f.features, 1, f.log_tau.argsort(-1)[:, :6, None].expand(-1, -1, 8)) for f in (some, every)]
+    assert torch.equal(rows[0], rows[1])
+    assert torch.equal(some.closest_eccentricity, every.closest_eccentricity)
 
 
 def test_a_binarys_dt_does_not_depend_on_its_mass_ratio(host):
