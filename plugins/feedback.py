@@ -185,7 +185,7 @@ class FeedbackDt(DtPredictor):
         self.exponent = 3.0  # order + 1 of the run's integrator; leapfrog's until a run binds one
         self._last_base: Tensor | None = None  # (B,) the base's dt at the last call
         self._level: Tensor | None = None  # (B,) c for the next step
-        self._coeff: Tensor | None = None  # (L, B) the error coefficients of the last L steps (0: not observed)
+        self._coeff: Tensor | None = None  # (L, B) a ring of the error coefficients of the last L steps (0: none)
         self._surprise: Tensor | None = None  # (B,) the run's largest coefficient over its memory's largest
         self._cut: Tensor | float = 1.0  # (B,) how far foresight lowered the last step's level (>= 1; 1: not)
         self._observed = 0
@@ -202,23 +202,25 @@ class FeedbackDt(DtPredictor):
                 or self._last_base.shape != dt.shape:
             return  # no call of this run's batch to compare with
         taken = (dt / self._last_base).to(torch.float64)  # g_n
-        err = error.to(torch.float64).clamp_min(ERROR_FLOOR * self.target)
-        err = torch.where(torch.isnan(err), torch.full_like(err, torch.inf), err)  # unknown: as bad as can be
+        # an unknown (NaN) error is as bad as can be
+        err = error.to(torch.float64).clamp_min(ERROR_FLOOR * self.target).nan_to_num(nan=torch.inf, posinf=torch.inf)
         coeff = err / taken.pow(self.exponent)  # the error the base's own dt would have made
         if self._observed >= self.window:  # an unknown error over an unknown memory surprises as much as can be
             ratio = (coeff / self._coeff.amax(0)).nan_to_num(nan=torch.inf)
             self._surprise = torch.maximum(self._surprise, ratio)
-        last = self._coeff[-1]
-        self._coeff = torch.cat([self._coeff[1:], coeff.unsqueeze(0)])
+        if self.trend > 0:  # kappa_n / kappa_(n-1), from the ring's slot of step n - 1 (0: none yet)
+            last = self._coeff[(self._observed - 1) % self.memory]
+            rise = torch.where(last > 0, coeff / last, torch.ones_like(coeff)).nan_to_num(nan=1.0)
+        self._coeff[self._observed % self.memory] = coeff  # the ring of the last L coefficients
         self._observed += 1
         worst = self._coeff.amax(0)  # (B,) R_n
         reference = taken * self._cut  # the level the step would have taken without foresight
-        free = self._level_for(worst, reference)
+        aim, cap = self._aim()
+        free = self._level_for(worst, reference, aim, cap)
         if self.trend > 0:
-            rise = torch.where(last > 0, coeff / last, torch.ones_like(coeff)).nan_to_num(nan=1.0)
             foreseen = torch.maximum(worst, coeff * rise.clamp(1.0, MAX_RISE).pow(self.trend))
             if self._observed < self.window + self.trust:  # the aim has not risen: every rule sees the foreseen one
-                fore = self._level_for(foreseen, reference)
+                fore = self._level_for(foreseen, reference, aim, cap)
             else:  # the surprise sets the aim: foresight keeps the foreseen error under twice the target
                 fore = (FORESIGHT_LIMIT * self.target / foreseen).pow(1.0 / self.exponent).clamp_min(self.min_level)
             self._level = torch.minimum(fore, free)
@@ -226,17 +228,21 @@ class FeedbackDt(DtPredictor):
             self._level = free
         self._cut = free / self._level
 
-    def _level_for(self, worst: Tensor, reference: Tensor) -> Tensor:
-        """The level (B,) of the next step from the worst coefficient ``worst`` (B,) and the level ``reference`` (B,)
-        the last step would have taken without foresight (the rise is at most ``growth`` times it)."""
-        aim: Tensor | float | None = None
+    def _aim(self) -> tuple[Tensor | float | None, float]:
+        """(aim (B,) or a number, cap) of the level's rise at this step; aim None before ``early`` steps (no rise)."""
         if self._observed >= self.window:
             assert self._surprise is not None
             evidence = min((self._observed - self.window) / self.trust, 1.0)
-            aim = self.target + ((self.ceiling / self._surprise).clamp(max=self.ceiling) - self.target) * evidence
-            cap = self.max_boost
-        elif self._observed >= self.early:  # only a run whose errors all sit far under the target rises yet
-            aim, cap = EARLY_SHARE * self.target, self.early_boost
+            return self.target + ((self.ceiling / self._surprise).clamp(max=self.ceiling) - self.target) * evidence, \
+                self.max_boost
+        if self._observed >= self.early:  # only a run whose errors all sit far under the target rises yet
+            return EARLY_SHARE * self.target, self.early_boost
+        return None, 1.0
+
+    def _level_for(self, worst: Tensor, reference: Tensor, aim: Tensor | float | None, cap: float) -> Tensor:
+        """The level (B,) of the next step from the worst coefficient ``worst`` (B,), the level ``reference`` (B,)
+        the last step would have taken without foresight (the rise is at most ``growth`` times it) and the
+        :meth:`_aim` of this step."""
         if aim is None:
             level = torch.ones_like(worst)
         else:
