@@ -208,17 +208,19 @@ class FeedbackDt(DtPredictor):
         if self._observed >= self.window:  # an unknown error over an unknown memory surprises as much as can be
             ratio = (coeff / self._coeff.amax(0)).nan_to_num(nan=torch.inf)
             self._surprise = torch.maximum(self._surprise, ratio)
-        if self.trend > 0:  # kappa_n / kappa_(n-1), from the ring's slot of step n - 1 (0: none yet)
+        extrapolated: Tensor | None = None  # kappa_n times its clipped rise over kappa_(n-1) to the trend
+        if self.trend > 0:  # kappa_(n-1) from the ring's slot of step n - 1 (0: none yet)
             last = self._coeff[(self._observed - 1) % self.memory]
             rise = torch.where(last > 0, coeff / last, torch.ones_like(coeff)).nan_to_num(nan=1.0)
+            extrapolated = coeff * rise.clamp(1.0, MAX_RISE).pow(self.trend)
         self._coeff[self._observed % self.memory] = coeff  # the ring of the last L coefficients
         self._observed += 1
         worst = self._coeff.amax(0)  # (B,) R_n
         reference = taken * self._cut  # the level the step would have taken without foresight
         aim, cap = self._aim()
         free = self._level_for(worst, reference, aim, cap)
-        if self.trend > 0:
-            foreseen = torch.maximum(worst, coeff * rise.clamp(1.0, MAX_RISE).pow(self.trend))
+        if extrapolated is not None:
+            foreseen = torch.maximum(worst, extrapolated)
             if self._observed < self.window + self.trust:  # the aim has not risen: every rule sees the foreseen one
                 fore = self._level_for(foreseen, reference, aim, cap)
             else:  # the surprise sets the aim: foresight keeps the foreseen error under twice the target

@@ -202,12 +202,16 @@ def pair_features(state: NBodyState, max_pairs: int = 0, timescale: str = "freef
         mi, mj = torch.gather(m, 1, i), torch.gather(m, 1, j)
         rows_i, rows_j = i.unsqueeze(-1).expand(-1, -1, D), j.unsqueeze(-1).expand(-1, -1, D)
         v_vec = torch.gather(v, 1, rows_j) - torch.gather(v, 1, rows_i)  # the chosen pairs' alone
+        v2 = v_vec.square().sum(-1)
         acc_ij = torch.gather(acc, 1, rows_j) - torch.gather(acc, 1, rows_i)
     else:
         mi, mj = terms.mi, terms.mj
-        v_vec = terms.dv if terms.dv is not None else v.index_select(1, j) - v.index_select(1, i)
+        if terms.dv is not None and terms.v2 is not None:  # the crossing timescale computed them already
+            v_vec, v2 = terms.dv, terms.v2
+        else:
+            v_vec = v.index_select(1, j) - v.index_select(1, i)
+            v2 = v_vec.square().sum(-1)
         acc_ij = acc.index_select(1, j) - acc.index_select(1, i)
-    v2 = v_vec.square().sum(-1)
     one = torch.ones_like(tau)
     mu = G * msum
     rv = (r_vec * v_vec).sum(-1)
