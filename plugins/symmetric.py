@@ -34,7 +34,8 @@ Options (declared on :func:`make_symmetric`): ``base`` (a registered predictor n
 trained predictor becomes the base), ``base_options`` (a dict of the base's options) and any other
 keyword, which is passed on to the base (and checked by the base's declarations). A base flown
 inside the ``feedback`` controller (``learned`` is) is made symmetric without it: a dt that follows
-the run's past errors cannot be time-symmetric::
+the run's past errors cannot be time-symmetric; and so is one flown inside an error cap (``learned``'s network
+is, :mod:`plugins.error_cap`), whose estimate of the step's error depends on the direction of time::
 
     host.predictors.create("symmetric", base="freefall", eta=0.05)
     nbtoolkit simulate ... --predictor symmetric --predictor-option base=freefall --eta 0.05
@@ -55,6 +56,7 @@ from nbtoolkit.integrator import Integrator
 from nbtoolkit.options import Option, check_arguments, integer, name_or, one_of, option_table, text
 from nbtoolkit.physics import time_reversed
 from nbtoolkit.predictor import DtPredictor, History
+from plugins.error_cap import ErrorCappedDt
 from plugins.feedback import FeedbackDt
 
 #: trial steps per step, and how their results are combined. The plain fixed-point iteration
@@ -197,6 +199,8 @@ def make_symmetric(
     else:
         base_predictor, base_name = host.predictors.create(base, **merged), base
     if isinstance(base_predictor, FeedbackDt):  # a dt that follows the run's past errors cannot be time-symmetric
+        base_predictor = base_predictor.base
+    if isinstance(base_predictor, ErrorCappedDt):  # nor one capped by an estimate taken along the direction of time
         base_predictor = base_predictor.base
     switch = getattr(base_predictor, "set_time_symmetric", None)
     if not isinstance(base, DtPredictor) and not base_predictor.time_even and not base_predictor.history_len \

@@ -38,7 +38,7 @@ def test_registered_as_a_default_predictor(host):
     assert "plugins.feedback" in DEFAULT_PLUGINS
     assert host.predictors.get("feedback").source == "module plugins.feedback"
     default = host.predictors.create("feedback")
-    assert type(default.base).__name__ == "MLPDtPredictor" and default.base_name == "learned"
+    assert type(default.base.base).__name__ == "MLPDtPredictor" and default.base_name == "learned"
     state, _ = two_body_orbit(e=0.5)
     assert torch.equal(default(state), default.base(state))  # no step observed: the base's dt exactly
 
@@ -303,6 +303,7 @@ def test_bad_options_are_errors(host, constant_base):
 
 def test_a_base_that_flies_its_own_controller_is_steered_by_the_new_one(host):
     pred = host.predictors.create("feedback", base="learned", target=5e-5, ceiling=8e-5)
-    assert type(pred.base).__name__ == "MLPDtPredictor" and (pred.target, pred.ceiling) == (5e-5, 8e-5)
+    assert type(pred.base).__name__ == "ErrorCappedDt" and (pred.target, pred.ceiling) == (5e-5, 8e-5)
+    assert type(pred.base.base).__name__ == "MLPDtPredictor"
     symmetric = host.predictors.create("symmetric", base="learned")
     assert type(symmetric.base).__name__ == "MLPDtPredictor"  # a dt that follows past errors is not symmetric

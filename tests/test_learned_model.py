@@ -38,11 +38,13 @@ def test_learned_is_registered_and_carries_its_calibrated_safety_factor(host):
 def test_learned_flies_the_network_inside_a_controller_steered_to_its_training_gate(host):
     pred = host.predictors.create("learned")
     network = host.predictors.create("learned", feedback=False)
-    assert isinstance(pred, FeedbackDt) and type(pred.base) is type(network) and not pred.base.training
+    assert isinstance(pred, FeedbackDt) and type(pred.base.base) is type(network) and not pred.base.base.training
     gate = torch.load(MODEL_FILE, weights_only=True)["config"]["energy_threshold"]
     assert (pred.target, pred.ceiling) == pytest.approx((FEEDBACK_TARGET * gate, FEEDBACK_CEILING * gate))
     state = make_preset("kepler", eccentricity=0.5).state
-    assert torch.equal(pred(state), network(state))  # before any step is observed: the network's dt exactly
+    assert torch.equal(pred(state), pred.base(state))  # before any step is observed: the capped network's dt exactly
+    uncapped = host.predictors.create("learned", error_cap=False)
+    assert torch.equal(uncapped(state), network(state))
 
 
 def test_a_model_argument_names_the_shipped_model_or_a_file_to_load(host, tmp_path):

@@ -19,7 +19,8 @@ from nbtoolkit.training.settings_doc import SETTINGS_DOC
 DECLARED = {
     "integrators": {"leapfrog": [], "yoshida4": [], "rk4": []},
     "predictors": {
-        "constant": ["dt"], "aarseth": ["eta"], "freefall": ["eta"], "learned": ["model", "feedback", "time_symmetric"],
+        "constant": ["dt"], "aarseth": ["eta"], "freefall": ["eta"],
+        "learned": ["model", "feedback", "time_symmetric", "error_cap"],
         "mlp": ["hidden_width", "hidden_layers", "activation", "fourier_features", "fourier_scale", "history_len",
                 "init_factor", "max_pairs", "timescale", "time_symmetric", "seed"],
         "mlp-ensemble": ["size", "spread"],

@@ -79,6 +79,13 @@ class Integrator(abc.ABC):
     def step(self, state: NBodyState, dt: Tensor) -> NBodyState:
         """Advance ``state`` by ``dt`` (B,) and return the new state."""
 
+    def energy_error_coefficient(self, state: NBodyState, dt: Tensor) -> Tensor | None:
+        """C (B,) such that one step of ``dt`` (B,) from ``state`` makes a relative energy error |dE/E| of
+        about C dt^(order + 1), from the integrator's own leading error term; None where the integrator has
+        no such estimate (the default). A dt predictor may use it to keep a step's error under a bound
+        (the ``learned`` predictor does, see :mod:`plugins.error_cap`)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(order={self.order}, force_evals_per_step={self.force_evals_per_step})"
 

@@ -1,0 +1,114 @@
+"""The error cap (plugins/error_cap.py): a base dt raised, and capped where the integrator's own error estimate
+says the step would fail; and the ``learned`` predictor, which flies its network inside it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from systems import random_cluster, two_body_orbit
+
+from nbtoolkit.errors import ConfigError
+from nbtoolkit.evaluate import evaluate_predictor
+from nbtoolkit.integrator import Integrator
+from nbtoolkit.physics import relative_energy_error, state_energy
+from nbtoolkit.presets import make_preset
+from plugins.error_cap import ErrorCappedDt
+from plugins.learned_predictor import ERROR_CAP, ERROR_CAP_BOOST
+from plugins.mlp_predictor import MLPDtPredictor
+
+GATE = 2e-4
+
+
+def step_error(integrator, state, dt):
+    return relative_energy_error(state_energy(state), state_energy(integrator.step(state, dt)))
+
+
+def test_the_cap_shortens_a_step_the_raised_base_would_fail(host):
+    """Near the pericentre of an e = 0.9 orbit, a free-fall rule with a large eta fails the gate; capped, the
+    step is shorter and passes, with an error near cap^3 of the gate."""
+    leapfrog = host.integrators.create("leapfrog")
+    state, period = two_body_orbit(e=0.9)
+    state = leapfrog.step(state, torch.full((1,), -period / 2000, dtype=torch.float64))  # just before pericentre
+    base = host.predictors.create("freefall", eta=0.3)
+    capped = ErrorCappedDt(base, boost=1.2, cap=0.85, gate=GATE)
+    capped.bind_integrator(leapfrog)
+    raised = 1.2 * base(state)
+    dt = capped(state)
+    assert float(step_error(leapfrog, state, raised)) > GATE
+    assert float(dt) < float(raised)
+    assert 0.3 * 0.85**3 * GATE < float(step_error(leapfrog, state, dt)) < GATE
+
+
+def test_where_the_estimate_allows_more_the_base_is_raised_by_boost(host):
+    base = host.predictors.create("constant", dt=1e-6)
+    capped = ErrorCappedDt(base, boost=1.27, cap=0.85, gate=GATE)
+    capped.bind_integrator(host.integrators.create("leapfrog"))
+    state = random_cluster(batch=3, n=4, seed=4)
+    torch.testing.assert_close(capped(state), torch.full((3,), 1.27e-6, dtype=torch.float64), rtol=1e-15, atol=0.0)
+
+
+class UnknownError(Integrator):
+    """Leapfrog whose error estimate is not a number."""
+
+    order = 2
+
+    def __init__(self, leapfrog):
+        self.leapfrog = leapfrog
+
+    def step(self, state, dt):
+        return self.leapfrog.step(state, dt)
+
+    def energy_error_coefficient(self, state, dt):
+        return torch.full_like(dt, float("nan"))
+
+
+@pytest.mark.parametrize("integrator", ["yoshida4", "rk4", "nan"])
+def test_without_an_estimate_the_base_is_taken_as_it_is(host, integrator):
+    """No estimate (another integrator) or none that is a number: the base's dt, not raised."""
+    base = host.predictors.create("freefall", eta=0.05)
+    capped = ErrorCappedDt(base, boost=1.27, cap=0.85, gate=GATE)
+    bound = UnknownError(host.integrators.create("leapfrog")) if integrator == "nan" else host.integrators.create(integrator)
+    capped.bind_integrator(bound)
+    state = random_cluster(batch=2, n=5, seed=6)
+    assert torch.equal(capped(state), base(state))
+
+
+def test_before_a_run_binds_an_integrator_leapfrog_is_estimated(host):
+    base = host.predictors.create("freefall", eta=0.3)
+    state = random_cluster(batch=2, n=5, seed=7)
+    unbound = ErrorCappedDt(base, boost=1.27, cap=0.85, gate=GATE)
+    bound = ErrorCappedDt(base, boost=1.27, cap=0.85, gate=GATE)
+    bound.bind_integrator(host.integrators.create("leapfrog"))
+    assert torch.equal(unbound(state), bound(state))
+    assert not torch.equal(unbound(state), base(state))
+
+
+@pytest.mark.parametrize("bad", [{"boost": 0.0}, {"cap": -1.0}, {"gate": float("inf")}, {"boost": float("nan")}])
+def test_bad_settings_are_refused(host, bad):
+    settings = {"boost": 1.2, "cap": 0.8, "gate": GATE, **bad}
+    name = next(iter(bad))
+    with pytest.raises(ConfigError, match=f"error cap: {name} must be"):
+        ErrorCappedDt(host.predictors.create("constant"), **settings)
+
+
+def test_learned_flies_its_network_inside_the_cap_unless_told_otherwise(host):
+    default = host.predictors.create("learned")
+    assert isinstance(default.base, ErrorCappedDt)
+    assert (default.base.boost, default.base.cap, default.base.gate) == (ERROR_CAP_BOOST, ERROR_CAP, GATE)
+    assert isinstance(default.base.base, MLPDtPredictor)
+    assert isinstance(host.predictors.create("learned", error_cap=False).base, MLPDtPredictor)
+    assert isinstance(host.predictors.create("learned", feedback=False), MLPDtPredictor)
+    assert isinstance(host.predictors.create("learned", feedback=False, error_cap=True), ErrorCappedDt)
+    # the cap's estimate depends on the direction of time: a time-symmetric network flies without it
+    assert isinstance(host.predictors.create("learned", time_symmetric=True).base, MLPDtPredictor)
+    # the feedback predictor steers the shipped network's base, cap included
+    assert isinstance(host.predictors.create("feedback").base, ErrorCappedDt)
+
+
+def test_the_cap_takes_the_figure_eight_in_fewer_steps_every_step_passing(host):
+    leapfrog = host.integrators.create("leapfrog")
+    system = make_preset("figure-eight")
+    capped, alone = (evaluate_predictor(system, leapfrog, host.predictors.create("learned", error_cap=cap),
+                                        orbits=1.0, threshold=GATE)[0] for cap in (True, False))
+    assert capped.pass_fraction == 1.0 and alone.pass_fraction == 1.0
+    assert capped.steps < 0.95 * alone.steps

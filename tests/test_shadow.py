@@ -1,0 +1,105 @@
+"""Leapfrog's modified Hamiltonian (nbtoolkit/shadow.py) and the step error it predicts: the shadow term is
+what leapfrog conserves, its rate is its time derivative, and the coefficient predicts one step's |dE/E|."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from systems import random_cluster, two_body_orbit
+
+from nbtoolkit.physics import relative_energy_error, state_accelerations, state_energy
+from nbtoolkit.presets import make_preset
+from nbtoolkit.shadow import jerks, kdk_error_coefficient, shadow_rate, shadow_term
+from nbtoolkit.state import NBodyState
+from plugins.fields import PointMassHost
+
+
+def fixed_step_energies(state: NBodyState, leapfrog, h: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """E and H2, each (steps, B), along ``steps`` leapfrog steps of ``h``."""
+    energies, terms = [], []
+    dt = torch.full((state.batch_size,), h, dtype=state.dtype)
+    for _ in range(steps):
+        energies.append(state_energy(state))
+        terms.append(shadow_term(state))
+        state = leapfrog.step(state, dt)
+    return torch.stack(energies), torch.stack(terms)
+
+
+@pytest.mark.parametrize("name", ["kepler e=0.6", "figure-eight", "softened cluster"])
+def test_leapfrog_conserves_its_modified_hamiltonian(host, name):
+    """H + h^2 H2 varies far less than H along a fixed-step leapfrog run: H2 is leapfrog's h^2 term."""
+    leapfrog = host.integrators.create("leapfrog")
+    if name == "kepler e=0.6":
+        state, period = two_body_orbit(e=0.6)
+        h, steps = period / 300, 600
+    elif name == "figure-eight":
+        state, h, steps = make_preset("figure-eight").state, 0.02, 400
+    else:
+        state, h, steps = random_cluster(batch=2, n=5, softening=0.5, seed=3), 0.01, 300
+    energy, term = fixed_step_energies(state, leapfrog, h, steps)
+    shadow = energy + h * h * term
+    assert bool((shadow.std(0) < energy.std(0) / 100).all()), (shadow.std(0), energy.std(0))
+    wrong_sign = energy - h * h * term  # the term with the opposite sign does not cancel the oscillation
+    assert bool((wrong_sign.std(0) > energy.std(0)).all())
+
+
+@pytest.mark.parametrize("dim,softening", [(3, 0.0), (2, 0.2)])
+def test_shadow_rate_is_the_time_derivative_of_the_shadow_term(host, dim, softening):
+    leapfrog = host.integrators.create("leapfrog")
+    state = random_cluster(batch=3, n=6, dim=dim, softening=softening, seed=1)
+    h = 1e-5
+    forward = leapfrog.step(state, torch.full((3,), h, dtype=torch.float64))
+    backward = leapfrog.step(state, torch.full((3,), -h, dtype=torch.float64))
+    numeric = (shadow_term(forward) - shadow_term(backward)) / (2 * h)
+    rate = shadow_rate(state, state.position, state.velocity, state_accelerations(state))
+    torch.testing.assert_close(rate, numeric, rtol=1e-6, atol=0.0)
+
+
+def test_jerk_is_the_time_derivative_of_the_acceleration(host):
+    leapfrog = host.integrators.create("leapfrog")
+    state = random_cluster(batch=2, n=4, softening=0.1, seed=5)
+    h = 1e-6
+    forward = leapfrog.step(state, torch.full((2,), h, dtype=torch.float64))
+    backward = leapfrog.step(state, torch.full((2,), -h, dtype=torch.float64))
+    numeric = (state_accelerations(forward) - state_accelerations(backward)) / (2 * h)
+    torch.testing.assert_close(jerks(state), numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_error_coefficient_predicts_one_steps_energy_error(host):
+    """For steps of an 800th to a 100th of the period of a Kepler orbit, C dt^3 is the step's |dE/E| within 5 %, at
+    a generic phase and at pericentre, where dH2/dt is 0 at the start and grows linearly through the step."""
+    leapfrog = host.integrators.create("leapfrog")
+    pericentre, period = two_body_orbit(e=0.5)
+    state = pericentre
+    for _ in range(37):
+        state = leapfrog.step(state, torch.full((1,), period / 400, dtype=torch.float64))
+    start_rate = shadow_rate(pericentre, pericentre.position, pericentre.velocity, state_accelerations(pericentre))
+    assert abs(float(start_rate)) < 1e-12
+    for start in (state, pericentre):
+        for fraction in (1 / 800, 1 / 200, 1 / 100):
+            dt = torch.full((1,), period * fraction, dtype=torch.float64)
+            actual = relative_energy_error(state_energy(start), state_energy(leapfrog.step(start, dt)))
+            predicted = leapfrog.energy_error_coefficient(start, dt) * dt**3
+            assert float(actual / predicted) == pytest.approx(1.0, rel=0.05), fraction
+
+
+def test_padding_bodies_change_nothing(host):
+    state = random_cluster(batch=1, n=3, seed=2)
+    far = torch.tensor([[[1e6, 0.0, 0.0], [0.0, 2e6, 0.0]]], dtype=torch.float64)
+    padded = NBodyState.from_dict({"mass": torch.cat([state.mass, torch.zeros(1, 2, dtype=torch.float64)], -1),
+                                   "position": torch.cat([state.position, far], -2),
+                                   "velocity": torch.cat([state.velocity, torch.zeros_like(far)], -2)},
+                                  allow_padding=True)
+    dt = torch.full((1,), 0.01, dtype=torch.float64)
+    torch.testing.assert_close(kdk_error_coefficient(padded, dt), kdk_error_coefficient(state, dt), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(shadow_term(padded), shadow_term(state), rtol=1e-12, atol=0.0)
+
+
+def test_only_leapfrog_without_a_field_estimates_its_error(host):
+    state, _ = two_body_orbit(e=0.3)
+    dt = torch.full((1,), 0.01, dtype=torch.float64)
+    assert host.integrators.create("leapfrog").energy_error_coefficient(state, dt) is not None
+    for name in ("yoshida4", "rk4"):
+        assert host.integrators.create(name).energy_error_coefficient(state, dt) is None
+    in_field = state.replace(field=PointMassHost(mass=800.0, distance=30.0))
+    assert host.integrators.create("leapfrog").energy_error_coefficient(in_field, dt) is None
