@@ -38,33 +38,43 @@ from .physics import state_accelerations, state_energy
 from .state import NBodyState
 
 
-def _pair_geometry(mass: Tensor, position: Tensor, velocity: Tensor, G: float, softening: float
+def _pair_geometry(mass: Tensor, position: Tensor, velocity: Tensor, softening: float
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(i, j, r, u, rho^2, real) over the pairs i < j of N bodies: their indices (P,), r = x_j - x_i and
-    u = v_j - v_i (B, P, D), the softened squared separation rho^2 (B, P; 1 for a pair with a padding body) and
-    whether both bodies are real (B, P)."""
+    u = v_j - v_i component first, (D, B, P), so that a dot product is a sum of D contiguous slabs, the softened
+    squared separation rho^2 (B, P; 1 for a pair with a padding body) and whether both bodies are real (B, P)."""
     i, j = torch.triu_indices(mass.shape[-1], mass.shape[-1], offset=1, device=position.device)
     real = (mass.index_select(-1, i) > 0) & (mass.index_select(-1, j) > 0)
-    r = position.index_select(-2, j) - position.index_select(-2, i)
-    u = velocity.index_select(-2, j) - velocity.index_select(-2, i)
-    rho2 = torch.where(real, r.square().sum(-1) + softening**2, torch.ones_like(real, dtype=r.dtype))
+    x, v = position.permute(2, 0, 1), velocity.permute(2, 0, 1)  # (D, B, N)
+    r = x.index_select(-1, j) - x.index_select(-1, i)
+    u = v.index_select(-1, j) - v.index_select(-1, i)
+    rho2 = torch.where(real, r.square().sum(0) + softening**2, torch.ones_like(real, dtype=r.dtype))
     return i, j, r, u, rho2, real
+
+
+def _per_body(on_i: Tensor, on_j: Tensor, i: Tensor, j: Tensor, n: int) -> Tensor:
+    """(B, N, D): for each body, the sum of what its pairs i < j give it, ``on_i`` (D, B, P) to body i and ``on_j``
+    to body j. Placed in a dense (D, B, N * N) table and summed along its rows: a copy and a contiguous
+    reduction, 2-3x faster on a CPU than accumulating the P pairs into N bodies with ``index_add_``."""
+    table = on_i.new_zeros(*on_i.shape[:2], n * n)
+    table.index_copy_(-1, i * n + j, on_i).index_copy_(-1, j * n + i, on_j)
+    return table.view(*on_i.shape[:2], n, n).sum(-1).permute(1, 2, 0)
 
 
 def _flow(mass: Tensor, position: Tensor, velocity: Tensor, G: float, softening: float) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`flow_derivatives` for masses (B, N), positions and velocities (B, N, D)."""
-    i, j, r, u, rho2, real = _pair_geometry(mass, position, velocity, G, softening)
+    i, j, r, u, rho2, real = _pair_geometry(mass, position, velocity, softening)
+    n = mass.shape[-1]
     mi, mj = mass.index_select(-1, i), mass.index_select(-1, j)
     per_r3 = torch.where(real, G / rho2.pow(1.5), torch.zeros_like(rho2))  # G / rho^3, 0 for padding
-    s, u2 = (r * u).sum(-1), u.square().sum(-1)
-    pull = per_r3.unsqueeze(-1) * r  # G r / rho^3: body i is pulled by m_j times this, body j by -m_i times it
-    rate = per_r3.unsqueeze(-1) * (u - 3 * (s / rho2).unsqueeze(-1) * r)  # its time derivative
-    acceleration = torch.zeros_like(position).index_add_(-2, i, mj.unsqueeze(-1) * pull) \
-        .index_add_(-2, j, -mi.unsqueeze(-1) * pull)
-    jerk = torch.zeros_like(position).index_add_(-2, i, mj.unsqueeze(-1) * rate) \
-        .index_add_(-2, j, -mi.unsqueeze(-1) * rate)
-    w = acceleration.index_select(-2, j) - acceleration.index_select(-2, i)
-    uw, rw = (u * w).sum(-1), (r * w).sum(-1)
+    s, u2 = (r * u).sum(0), u.square().sum(0)
+    pull = per_r3 * r  # G r / rho^3: body i is pulled by m_j times this, body j by -m_i times it
+    rate = per_r3 * (u - 3 * (s / rho2) * r)  # its time derivative
+    acceleration = _per_body(mj * pull, -mi * pull, i, j, n)
+    jerk = _per_body(mj * rate, -mi * rate, i, j, n)
+    a = acceleration.permute(2, 0, 1)
+    w = a.index_select(-1, j) - a.index_select(-1, i)
+    uw, rw = (u * w).sum(0), (r * w).sum(0)
     rho5 = rho2.pow(2.5)
     k = G * mi * mj * real
     q_dot = (k * ((2 * uw * rho2 + 2 * u2 * s - 6 * s * (u2 + rw)) / rho5
@@ -83,10 +93,10 @@ def flow_derivatives(state: NBodyState, position: Tensor, velocity: Tensor) -> t
 
 def shadow_term(state: NBodyState) -> Tensor:
     """H2 (B,): the coefficient of h^2 in kick-drift-kick leapfrog's modified Hamiltonian (module doc)."""
-    i, j, r, u, rho2, real = _pair_geometry(state.mass, state.position, state.velocity, state.G, state.softening)
+    i, j, r, u, rho2, real = _pair_geometry(state.mass, state.position, state.velocity, state.softening)
     k = state.G * state.mass.index_select(-1, i) * state.mass.index_select(-1, j) * real
-    s = (r * u).sum(-1)
-    q = (k * (u.square().sum(-1) * rho2 - 3 * s * s) / rho2.pow(2.5)).sum(-1)
+    s = (r * u).sum(0)
+    q = (k * (u.square().sum(0) * rho2 - 3 * s * s) / rho2.pow(2.5)).sum(-1)
     p = (state.mass * state_accelerations(state).square().sum(-1)).sum(-1)
     return q / 12 - p / 24
 
