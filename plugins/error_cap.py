@@ -14,8 +14,8 @@ more), and there the network is right. So
 
 the base raised by ``boost`` and capped at ``cap`` times the dt whose estimated error is the gate:
 each bounds the other's mistakes. With an integrator or a state that has no estimate (``yoshida4``,
-an external field) the base's dt is taken as it is, not raised; where the estimate is not a number
-(a system of zero energy) too.
+an external field) the base's dt is taken as it is, not raised; where the estimate is not a finite number
+(a system whose energy is 0, where a relative error has no meaning) too.
 
 The estimate is taken over the longest step the cap may allow (``boost`` x base), so it describes the
 step taken where the base is within a few times the right dt, as a calibrated network is. It belongs
@@ -67,8 +67,9 @@ class ErrorCappedDt(DtPredictor):
         if coefficient is None:
             return base_dt
         exponent = 1.0 / (float(integrator.order) + 1.0)
-        capped = self.cap * (self.gate / coefficient.to(base_dt)).pow(exponent)  # inf where C = 0
-        return torch.where(torch.isnan(capped), base_dt, torch.minimum(self.boost * base_dt, capped))
+        coefficient = coefficient.to(base_dt)
+        capped = self.cap * (self.gate / coefficient).pow(exponent)  # inf where C = 0
+        return torch.where(torch.isfinite(coefficient), torch.minimum(self.boost * base_dt, capped), base_dt)
 
     def extra_repr(self) -> str:
         return f"boost={self.boost:g}, cap={self.cap:g}, gate={self.gate:g}"

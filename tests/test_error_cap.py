@@ -48,26 +48,27 @@ def test_where_the_estimate_allows_more_the_base_is_raised_by_boost(host):
 
 
 class UnknownError(Integrator):
-    """Leapfrog whose error estimate is not a number."""
+    """Leapfrog whose error estimate is ``value`` (NaN, or inf as for a system of zero energy)."""
 
     order = 2
 
-    def __init__(self, leapfrog):
-        self.leapfrog = leapfrog
+    def __init__(self, leapfrog, value: float):
+        self.leapfrog, self.value = leapfrog, value
 
     def step(self, state, dt):
         return self.leapfrog.step(state, dt)
 
     def energy_error_coefficient(self, state, dt):
-        return torch.full_like(dt, float("nan"))
+        return torch.full_like(dt, self.value)
 
 
-@pytest.mark.parametrize("integrator", ["yoshida4", "rk4", "nan"])
+@pytest.mark.parametrize("integrator", ["yoshida4", "rk4", "nan", "inf"])
 def test_without_an_estimate_the_base_is_taken_as_it_is(host, integrator):
-    """No estimate (another integrator) or none that is a number: the base's dt, not raised."""
+    """No estimate (another integrator) or none that is a finite number: the base's dt, not raised."""
     base = host.predictors.create("freefall", eta=0.05)
     capped = ErrorCappedDt(base, boost=1.27, cap=0.85, gate=GATE)
-    bound = UnknownError(host.integrators.create("leapfrog")) if integrator == "nan" else host.integrators.create(integrator)
+    leapfrog = host.integrators.create("leapfrog")
+    bound = UnknownError(leapfrog, float(integrator)) if integrator in ("nan", "inf") else host.integrators.create(integrator)
     capped.bind_integrator(bound)
     state = random_cluster(batch=2, n=5, seed=6)
     assert torch.equal(capped(state), base(state))
