@@ -24,8 +24,9 @@ runs the same weights calibrated again for ``yoshida4``
 (``nbtoolkit calibrate --model learned --integrator yoshida4 --out FILE``).
 
 Run: ``python benchmarks/bench_generalization.py [--checkpoint model.pt] [--yoshida4-model FILE] [--quick]
-[--no-feedback] [--json out.json]`` (``learned`` flies its network inside the ``feedback`` controller;
-``--no-feedback`` flies the calibrated network alone)
+[--no-feedback] [--no-error-cap] [--json out.json]`` (``learned`` flies its network inside the ``feedback``
+controller, raised and capped by the integrator's error estimate; ``--no-feedback`` flies the calibrated network
+alone, ``--no-error-cap`` without the cap)
 (``--quick`` skips the oracle, the constant dt and the yoshida4 table; the constant dt is left out where its
 search would take more than 100,000 steps, as at e = 0.99).
 """
@@ -116,20 +117,23 @@ def guarded(case: Case, integrator: Integrator, predictor: DtPredictor, label: s
             "guarded_steps": s["guarded_steps"]}
 
 
-def load_learned(host: Any, checkpoint: Path | None, feedback: bool = True) -> DtPredictor:
+def load_learned(host: Any, checkpoint: Path | None, feedback: bool = True, error_cap: bool = True) -> DtPredictor:
     """The shipped model (or ``checkpoint``), as ``learned`` flies it: inside its feedback controller
-    unless ``feedback`` is False."""
+    unless ``feedback`` is False, and with its error cap (where ``learned`` applies one) unless ``error_cap`` is False."""
+    options: dict[str, Any] = {"feedback": feedback}
     if checkpoint is not None:
-        return host.predictors.create("learned", model=str(checkpoint), feedback=feedback)
-    return host.predictors.create("learned", feedback=feedback)
+        options["model"] = str(checkpoint)
+    if not error_cap:
+        options["error_cap"] = False
+    return host.predictors.create("learned", **options)
 
 
 def run(checkpoint: Path | None, quick: bool, integrator_name: str = "leapfrog",
-        feedback: bool = True) -> dict[str, Any]:
+        feedback: bool = True, error_cap: bool = True) -> dict[str, Any]:
     host = get_host()
     integrator = host.integrators.create(integrator_name)
-    learned = load_learned(host, checkpoint, feedback)
-    model = str(checkpoint or "learned") + ("" if feedback else ", network alone")
+    learned = load_learned(host, checkpoint, feedback, error_cap)
+    model = str(checkpoint or "learned") + ("" if feedback else ", network alone") + ("" if error_cap else ", no error cap")
     results: dict[str, Any] = {"integrator": integrator_name, "model": model, "systems": []}
     for case in cases():
         start = time.perf_counter()
@@ -188,13 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-feedback", dest="feedback", action="store_false",
                         help="fly the calibrated network alone, without its feedback controller")
+    parser.add_argument("--no-error-cap", dest="error_cap", action="store_false",
+                        help="fly the network without the error cap (as learned:error_cap=false)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = [run(args.checkpoint, args.quick, feedback=args.feedback)]
+    flight = {"feedback": args.feedback, "error_cap": args.error_cap}
+    results = [run(args.checkpoint, args.quick, **flight)]
     if not args.quick:
-        results.append(run(args.checkpoint, True, "yoshida4", feedback=args.feedback))
+        results.append(run(args.checkpoint, True, "yoshida4", **flight))
         if args.yoshida4_model is not None:
-            results.append(run(args.yoshida4_model, True, "yoshida4", feedback=args.feedback))
+            results.append(run(args.yoshida4_model, True, "yoshida4", **flight))
     print()
     for r in results:
         print("\n".join(summary_lines(r)))

@@ -31,11 +31,11 @@ The systems, by kind:
   spectrum (each mass u^-1.35, u uniform), two cold collapses of a uniform sphere, and three
   softened Plummer spheres
 
-Run: ``python benchmarks/bench_outside.py [--model learned|FILE] [--no-feedback] [--only NAME,NAME]
+Run: ``python benchmarks/bench_outside.py [--model learned|FILE] [--no-feedback] [--no-error-cap] [--only NAME,NAME]
 [--json out.json] [--rules earlier.json]`` (about 35 minutes on one core, most of it tuning the rule;
 ``--only`` takes parts of system names; ``--rules`` takes the tuned rule's steps from the ``--json`` file
 of an earlier run, so comparing another model takes a few minutes; ``--no-feedback`` flies the calibrated
-network without the ``feedback`` controller that ``learned`` flies it in).
+network without the ``feedback`` controller that ``learned`` flies it in, ``--no-error-cap`` without the error cap).
 """
 
 from __future__ import annotations
@@ -351,11 +351,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="take the tuned rule's steps from the --json file of an earlier run instead of tuning")
     parser.add_argument("--no-feedback", dest="feedback", action="store_false",
                         help="fly the calibrated network alone, without its feedback controller")
+    parser.add_argument("--no-error-cap", dest="error_cap", action="store_false",
+                        help="fly the network without the error cap (as learned:error_cap=false)")
     args = parser.parse_args(argv)
     stored = _stored_rules(args.rules) if args.rules else {}
     torch.set_num_threads(1)
     host = get_host()
-    predictor = host.predictors.create("learned", feedback=args.feedback, **model_options(args.model))
+    without_cap = {} if args.error_cap else {"error_cap": False}
+    predictor = host.predictors.create("learned", feedback=args.feedback, **without_cap, **model_options(args.model))
     leapfrog = host.integrators.create("leapfrog")
     wanted = [w for w in args.only.split(",") if w]
     rows = []

@@ -50,3 +50,25 @@ def test_the_hyperbolic_pair_has_its_eccentricity_and_pericentre_and_spans_the_p
         assert r == pytest.approx(5.0) and radial == pytest.approx(-e * math.sinh(f) / (math.sqrt(a) * (e * math.cosh(f) - 1)))
         # the span: out again as far as it came in, twice the time to pericentre by Kepler's equation
         assert float(system.period[0]) == pytest.approx(2 * a ** 1.5 * (e * math.sinh(f) - f), rel=1e-12)
+
+
+def test_no_error_cap_flies_the_network_as_learned_flew_without_it(tmp_path, load_benchmark):
+    """--no-error-cap is learned:error_cap=false: on the rigid Lagrange triangle, which the cap shortens, the two
+    runs take different numbers of steps, and the flag's is that of the predictor built with the option."""
+    from nbtoolkit.evaluate import evaluate_predictor
+    from nbtoolkit.plugin_manager import get_host
+
+    bench = load_benchmark("bench_outside")
+    name = "lagrange triangle t=10"
+    build = dict(bench.SYSTEMS)[name]
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"system": name, "freefall_steps": 27}]))
+    steps = {}
+    for flags in ([], ["--no-error-cap"]):
+        out = tmp_path / f"rows{len(flags)}.json"
+        assert bench.main(["--rules", str(rules), "--json", str(out), "--only", "lagrange triangle", *flags]) == 0
+        steps[bool(flags)] = json.loads(out.read_text())[0]["learned_steps"]
+    host = get_host()
+    uncapped = evaluate_predictor(build(), host.integrators.create("leapfrog"),
+                                  host.predictors.create("learned", error_cap=False), orbits=1.0, threshold=2e-4)[0]
+    assert steps[True] == uncapped.steps and steps[False] < steps[True]
