@@ -1,9 +1,10 @@
 """Opt-in ``torch.compile`` of hot functions: ``NBTOOLKIT_COMPILE=1``.
 
 Small tensors make eager PyTorch pay its per-operation overhead (a few microseconds) hundreds of
-times per call; compiling fuses the operations into a few loops. Two paths use it, both only when no
-autograd graph is being recorded: the force kernel for small N (:mod:`nbtoolkit.kernel`) and the learned
-dt predictors' evaluation (:mod:`plugins.safety_classes`). Each compiles on its first call (a few seconds,
+times per call; compiling fuses the operations into a few loops. Three paths use it, all only when no
+autograd graph is being recorded: the force kernel for small N (:mod:`nbtoolkit.kernel`), the learned
+dt predictors' evaluation (:mod:`plugins.safety_classes`) and leapfrog's estimate of a step's error
+(:mod:`nbtoolkit.shadow`). Each compiles on its first call (a few seconds,
 again for each new shape of the batch, up to torch's recompile limit) and falls back to eager, with one
 warning, if compiling is unavailable or fails.
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .compiled import CompiledFunction
 from .physics import state_accelerations, state_energy
 from .state import NBodyState
 
@@ -101,19 +102,31 @@ def shadow_term(state: NBodyState) -> Tensor:
     return q / 12 - p / 24
 
 
+def _step_rates(mass: Tensor, position: Tensor, velocity: Tensor, acceleration: Tensor, h: Tensor, G: float,
+                softening: float) -> Tensor:
+    """max(|Simpson's mean of dH2/dt over a step of h (B, 1, 1)|, |dH2/dt at its middle|) (B,), from the state's
+    masses, positions, velocities and accelerations (module doc)."""
+    times = (torch.zeros_like(h), h / 2, h)  # the start, the middle and the end as one batch of 3 B systems
+    rates = _flow(mass.repeat(3, 1), torch.cat([position + velocity * t + acceleration * (t * t / 2) for t in times]),
+                  torch.cat([velocity + acceleration * t for t in times]), G, softening)[2]
+    start, middle, end = rates.view(3, -1)
+    return torch.maximum(((start + 4 * middle + end) / 6).abs(), middle.abs())
+
+
+#: :func:`_step_rates` compiled (``NBTOOLKIT_COMPILE=1``), one graph per batch shape: 5x faster at N = 2, 2-2.5x at
+#: N = 64-256 than eager (one call, one core); eager again after one warning if compiling fails
+compiled_step_rates = CompiledFunction(_step_rates, "leapfrog error estimate", dynamic=False)
+
+
 def kdk_error_coefficient(state: NBodyState, dt: Tensor) -> Tensor:
     """C (B,) such that one kick-drift-kick step of ``dt`` (B,) changes the energy by about |Delta E / E| = C dt^3:
     the larger of |the mean of dH2/dt over the step| (Simpson's rule on its values at the start, the middle and the
     end) and |dH2/dt at the middle|, over |E| (module doc). Not differentiable (computed without a graph); inf
     where E = 0."""
     with torch.no_grad():
-        h = dt.detach().view(-1, 1, 1)
-        x, v = state.position.detach(), state.velocity.detach()
-        a = state_accelerations(state).detach()
-        # the start, the middle and the end as one batch of 3 B systems: one pass over the pairs
-        times = (torch.zeros_like(h), h / 2, h)
-        rates = _flow(state.mass.detach().repeat(3, 1), torch.cat([x + v * t + a * (t * t / 2) for t in times]),
-                      torch.cat([v + a * t for t in times]), state.G, state.softening)[2]
-        start, middle, end = rates.view(3, -1)
-        mean = (start + 4 * middle + end) / 6
-        return torch.maximum(mean.abs(), middle.abs()) / state_energy(state).detach().abs()
+        args = (state.mass.detach(), state.position.detach(), state.velocity.detach(),
+                state_accelerations(state).detach(), dt.detach().view(-1, 1, 1), float(state.G), float(state.softening))
+        rates = compiled_step_rates(*args) if compiled_step_rates.available() else None
+        if rates is None:
+            rates = _step_rates(*args)
+        return rates / state_energy(state).detach().abs()

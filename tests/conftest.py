@@ -46,12 +46,13 @@ def load_benchmark():
 @pytest.fixture
 def fresh_compiled(monkeypatch):
     """``NBTOOLKIT_COMPILE=1``, with every compiled function of nbtoolkit (the force kernel, the learned dt
-    evaluation) not yet compiled and not failed; restored after the test."""
+    evaluation, leapfrog's error estimate) not yet compiled and not failed; restored after the test."""
     import nbtoolkit.kernel as kernel
+    import nbtoolkit.shadow as shadow
     import plugins.safety_classes as safety_classes
     from nbtoolkit.compiled import COMPILE_ENV
 
-    for function in (kernel.compiled_acc, safety_classes.compiled_dt_and_class):
+    for function in (kernel.compiled_acc, safety_classes.compiled_dt_and_class, shadow.compiled_step_rates):
         monkeypatch.setattr(function, "compiled", None)
         monkeypatch.setattr(function, "failed", False)
     monkeypatch.setenv(COMPILE_ENV, "1")

@@ -3,6 +3,9 @@ what leapfrog conserves, its rate is its time derivative, and the coefficient pr
 
 from __future__ import annotations
 
+import shutil
+import warnings
+
 import pytest
 import torch
 from systems import random_cluster, two_body_orbit
@@ -105,3 +108,20 @@ def test_only_leapfrog_without_a_field_estimates_its_error(host):
         assert host.integrators.create(name).energy_error_coefficient(state, dt) is None
     in_field = state.replace(field=PointMassHost(mass=800.0, distance=30.0))
     assert host.integrators.create("leapfrog").energy_error_coefficient(in_field, dt) is None
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler for inductor")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch's compiler stack
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch's compiler notes on the traced code
+def test_the_compiled_estimate_is_the_eager_one(host, fresh_compiled):
+    import nbtoolkit.shadow as shadow
+
+    state = random_cluster(batch=2, n=5, softening=0.05, seed=8)
+    dt = torch.tensor([0.01, 0.03], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback warning
+        compiled = kdk_error_coefficient(state, dt)
+    assert shadow.compiled_step_rates.compiled is not None and not shadow.compiled_step_rates.failed
+    eager = shadow._step_rates(state.mass, state.position, state.velocity, state_accelerations(state),
+                                      dt.view(-1, 1, 1), state.G, state.softening) / state_energy(state).abs()
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=0.0)
