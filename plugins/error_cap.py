@@ -62,14 +62,15 @@ class ErrorCappedDt(DtPredictor):
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:
         base_dt = self.base(state, history)
+        raised = self.boost * base_dt
         integrator = self._integrator()
-        coefficient = integrator.energy_error_coefficient(state, self.boost * base_dt.detach())
+        coefficient = integrator.energy_error_coefficient(state, raised.detach())
         if coefficient is None:
             return base_dt
         exponent = 1.0 / (float(integrator.order) + 1.0)
         coefficient = coefficient.to(base_dt)
         capped = self.cap * (self.gate / coefficient).pow(exponent)  # inf where C = 0
-        return torch.where(torch.isfinite(coefficient), torch.minimum(self.boost * base_dt, capped), base_dt)
+        return torch.where(torch.isfinite(coefficient), torch.minimum(raised, capped), base_dt)
 
     def extra_repr(self) -> str:
         return f"boost={self.boost:g}, cap={self.cap:g}, gate={self.gate:g}"

@@ -44,8 +44,9 @@ class Leapfrog(Integrator):
         return _kdk(state, dt)
 
     def energy_error_coefficient(self, state: NBodyState, dt: Tensor) -> Tensor | None:
-        """|dH2/dt| / |E| at the step's middle, from the h^2 term of the modified Hamiltonian
-        (:mod:`nbtoolkit.shadow`); None with an external field, whose Hessian it leaves out."""
+        """The mean of |dH2/dt| over the step (or its value at the middle, where that is larger) over |E|, from the
+        h^2 term of the modified Hamiltonian (:func:`nbtoolkit.shadow.kdk_error_coefficient`); None with an external
+        field, whose Hessian it leaves out."""
         return None if state.field is not None else kdk_error_coefficient(state, dt)
 
 
