@@ -14,6 +14,10 @@ measured in the same run, on one core:
   (best of ``--repeat``; a run's wall time includes the steps, the gate and the recording of the
   trajectory) and the ratios learned / tuned of steps and of wall time.
 
+* the error cap's estimate (:mod:`nbtoolkit.shadow`) per call, for N = 64, 256 and 1024: the accelerations, jerks
+  and dH2/dt at the three points of a step (a batch of 3 systems) in blocks of rows, the path taken from
+  ``ROWS_MIN_N`` bodies on, against the same sums over the pairs i < j (the path below it), in milliseconds.
+
 Where the ratio of wall times is above that of steps, the difference is the learned call; it pays for
 itself where one step costs more than the call: many bodies, a costlier integrator, or forces computed
 elsewhere.
@@ -22,8 +26,8 @@ elsewhere.
 evaluation and, for N <= 32, the force kernel compiled by ``torch.compile``; compile time is excluded (every
 figure is the best of several timings after an untimed call).
 
-Run: ``python benchmarks/bench_predict.py [--repeat 3] [--quick] [--compiled]`` (about a minute, two with
-``--compiled``; ``--quick`` leaves out N = 256 and Plummer-256).
+Run: ``python benchmarks/bench_predict.py [--repeat 3] [--quick] [--compiled]`` (about two minutes, three with
+``--compiled``; ``--quick`` leaves out N = 256, 1024 and Plummer-256).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Any
 
 import torch
 
-from nbtoolkit import get_host
+from nbtoolkit import get_host, shadow
 from nbtoolkit.compiled import COMPILE_ENV, compile_requested
 from nbtoolkit.evaluate import GateReport, evaluate_predictor, tune_rule
 from nbtoolkit.predictor import DtPredictor
@@ -86,6 +90,16 @@ def per_call(n: int, leapfrog: Any, freefall: DtPredictor, learned: DtPredictor,
                 best_time(lambda: learned(state), repeat, 50))
 
 
+def estimate_paths(n: int, repeat: int) -> tuple[float, float]:
+    """Seconds per evaluation of dH2/dt at a step's three points of one Plummer sphere of n bodies: in row blocks
+    and over the pairs i < j."""
+    state = one_system(n)
+    three = (state.mass.repeat(3, 1), state.position.repeat(3, 1, 1), state.velocity.repeat(3, 1, 1),
+             float(state.G), float(state.softening))
+    with torch.no_grad():
+        return best_time(lambda: shadow._flow_rows(*three), repeat), best_time(lambda: shadow._flow_pairs(*three), repeat)
+
+
 def whole_run(system: System, orbits: float, leapfrog: Any, predictor: DtPredictor, repeat: int) -> tuple[int, float]:
     """(steps, best wall seconds) of an unguarded run of ``system`` with ``predictor``."""
     reports: list[GateReport] = []
@@ -97,7 +111,7 @@ def whole_run(system: System, orbits: float, leapfrog: Any, predictor: DtPredict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="timings per figure; the best is printed")
-    parser.add_argument("--quick", action="store_true", help="leave out N = 256 and Plummer-256")
+    parser.add_argument("--quick", action="store_true", help="leave out N = 256, 1024 and Plummer-256")
     parser.add_argument("--compiled", action="store_true",
                         help=f"measure with {COMPILE_ENV}=1 (the compiled learned evaluation and force kernel)")
     args = parser.parse_args(argv)
@@ -116,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     for n in (2, 3, 16, 64) + (() if args.quick else (256,)):
         step, rule, learn = per_call(n, leapfrog, freefall, learned, args.repeat)
         print(f"{n:5d} {1e6 * step:14.0f} {1e6 * rule:9.0f} {1e6 * learn:9.0f} {learn / step:15.1f}", flush=True)
+
+    print(f"\nthe error cap's estimate, one call (milliseconds; the path in row blocks is taken from "
+          f"N = {shadow.ROWS_MIN_N})")
+    print(f"{'N':>5s} {'row blocks':>10s} {'pairs i < j':>11s} {'pairs / rows':>12s}")
+    for n in (64,) + (() if args.quick else (256, 1024)):
+        rows, pairs = estimate_paths(n, args.repeat)
+        print(f"{n:5d} {1e3 * rows:10.2f} {1e3 * pairs:11.2f} {pairs / rows:12.1f}", flush=True)
 
     print("\nwhole runs, unguarded: learned against the freefall rule tuned for the system")
     print(f"{'system':26s} {'learned steps':>13s} {'tuned steps':>11s} {'learned s':>10s} {'tuned s':>8s} "

@@ -24,8 +24,10 @@ overestimated twofold (Kepler e = 0.1 from apocentre took 119 steps with the ``l
 of 111); with the accelerations at the predicted points taken to first order (a + dt da/dt) instead of computed,
 the points are off the orbit, and on a circle, where dH2/dt is 0, the estimate is not (Kepler e = 0 over three
 periods took 75 steps instead of 67). dH2/dt needs the accelerations and jerks (da/dt) of every body: the
-three values are one pass over the pairs i < j of a batch of 3 B systems, a few times a force evaluation's
-work. An external field would add its own Hessian to Q: the
+three values are computed for a batch of 3 B systems, over the pairs i < j for fewer than :data:`ROWS_MIN_N`
+bodies, and above, in blocks of rows i (all j) sized like the force kernel's, so that every temporary stays in
+cache (:mod:`nbtoolkit.kernel`): 6x faster than the pairs at N = 256, 9x at 1024 (``benchmarks/bench_predict.py``),
+the same sums to round-off. An external field would add its own Hessian to Q: the
 estimate exists only without one.
 """
 
@@ -37,6 +39,11 @@ from torch import Tensor
 from .compiled import CompiledFunction
 from .physics import state_accelerations, state_energy
 from .state import NBodyState
+from .threads import CHUNK_ELEMENTS
+
+#: from this many bodies on, :func:`_flow` works in blocks of rows instead of over the pairs i < j (below it the
+#: pairs are fewer operations; the compiled estimate, NBTOOLKIT_COMPILE=1, is used only there)
+ROWS_MIN_N = 24
 
 
 def _pair_geometry(mass: Tensor, position: Tensor, velocity: Tensor, softening: float
@@ -64,6 +71,14 @@ def _per_body(on_i: Tensor, on_j: Tensor, i: Tensor, j: Tensor, n: int) -> Tenso
 
 def _flow(mass: Tensor, position: Tensor, velocity: Tensor, G: float, softening: float) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`flow_derivatives` for masses (B, N), positions and velocities (B, N, D)."""
+    if mass.shape[-1] >= ROWS_MIN_N:
+        return _flow_rows(mass, position, velocity, G, softening)
+    return _flow_pairs(mass, position, velocity, G, softening)
+
+
+def _flow_pairs(mass: Tensor, position: Tensor, velocity: Tensor, G: float, softening: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_flow` over the pairs i < j, component first."""
     i, j, r, u, rho2, real = _pair_geometry(mass, position, velocity, softening)
     n = mass.shape[-1]
     mi, mj = mass.index_select(-1, i), mass.index_select(-1, j)
@@ -84,11 +99,70 @@ def _flow(mass: Tensor, position: Tensor, velocity: Tensor, G: float, softening:
     return acceleration, jerk, q_dot / 12 - p_dot / 24
 
 
+def _flow_rows(mass: Tensor, position: Tensor, velocity: Tensor, G: float, softening: float
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_flow` in blocks of rows i with all columns j, each temporary (B, rows, N) within CHUNK_ELEMENTS: a
+    first pass sums the accelerations and jerks, a second, which needs every body's acceleration, the rate of Q over
+    all ordered pairs (each pair twice). 1 / rho^2 is made exactly 0 on the diagonal and for pairs with a padding
+    body (rho^2 = inf), and the rate of Q is written in powers of 1 / rho alone,
+
+        d/dt of u . K u / (G m_i m_j) = 2 (u . w) / rho^3 - s (9 u^2 + 6 r . w) / rho^5 + 15 s^3 / rho^7,
+
+    (s = r . u, w = a_j - a_i), so that those pairs add exactly 0."""
+    b, n, dim = position.shape
+    x, v = position.transpose(1, 2).contiguous(), velocity.transpose(1, 2).contiguous()  # (B, D, N)
+    g_mass = (G * mass).unsqueeze(-2)  # (B, 1, N): G m_j
+    real = mass > 0
+    both = real.unsqueeze(-1) & real.unsqueeze(-2)  # (B, N, N)
+    padded = None if bool(real.all()) else torch.zeros_like(both, dtype=x.dtype).masked_fill_(~both, torch.inf)
+    step = max(1, CHUNK_ELEMENTS // (b * n))
+
+    def geometry(r0: int, r1: int) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor, Tensor]:
+        """(r, u per component, 1 / rho^2, 1 / rho^3, s = r . u), each (B, rows, N), of rows r0 to r1."""
+        r = [c.unsqueeze(-2) - c.narrow(-1, r0, r1 - r0).unsqueeze(-1) for c in x.unbind(1)]  # x_j - x_i
+        u = [c.unsqueeze(-2) - c.narrow(-1, r0, r1 - r0).unsqueeze(-1) for c in v.unbind(1)]
+        rho2 = r[0] * r[0]
+        s = r[0] * u[0]
+        for rc, uc in zip(r[1:], u[1:]):
+            rho2.addcmul_(rc, rc)
+            s.addcmul_(rc, uc)
+        rho2.add_(softening**2).diagonal(r0, -2, -1).fill_(torch.inf)
+        if padded is not None:
+            rho2.add_(padded.narrow(-2, r0, r1 - r0))
+        inv = rho2.reciprocal_()
+        return r, u, inv, inv.sqrt().mul_(inv), s
+
+    acceleration, jerk = x.new_empty(b, dim, n), x.new_empty(b, dim, n)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        r, u, inv, inv3, s = geometry(r0, r1)
+        pull = inv3.mul_(g_mass)  # G m_j / rho^3
+        turn = (3 * s).mul_(inv).mul_(pull)  # 3 G m_j s / rho^5
+        for c in range(dim):
+            acceleration[:, c, r0:r1] = (r[c] * pull).sum(-1)
+            jerk[:, c, r0:r1] = (u[c] * pull).sum(-1) - (r[c] * turn).sum(-1)
+    q_rate = x.new_zeros(b)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        r, u, inv, inv3, s = geometry(r0, r1)
+        w = [a.unsqueeze(-2) - a.narrow(-1, r0, r1 - r0).unsqueeze(-1) for a in acceleration.unbind(1)]
+        uw, rw, u2 = u[0] * w[0], r[0] * w[0], u[0] * u[0]
+        for c in range(1, dim):
+            uw.addcmul_(u[c], w[c])
+            rw.addcmul_(r[c], w[c])
+            u2.addcmul_(u[c], u[c])
+        rate = (15 * s * s).mul_(inv).sub_(u2.mul_(9).add_(rw, alpha=6)).mul_(s).mul_(inv).add_(uw, alpha=2)
+        q_rate += (rate.mul_(inv3).mul_(g_mass).sum(-1) * mass.narrow(-1, r0, r1 - r0)).sum(-1)
+    a, da = acceleration.transpose(1, 2), jerk.transpose(1, 2)
+    p_rate = 2 * (mass * (a * da).sum(-1)).sum(-1)
+    return a, da, q_rate / 24 - p_rate / 24
+
+
 def flow_derivatives(state: NBodyState, position: Tensor, velocity: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(a, da/dt, dH2/dt) of the mutual (softened) gravity of ``state``'s bodies at the phase-space point
     (``position``, ``velocity``), each (B, N, D): the accelerations sum_j G m_j r / rho^3, the jerks
     sum_j G m_j (u / rho^3 - 3 (r . u) r / rho^5) and, (B,), the rate of change of H2 along the exact flow through
-    that point; from one pass over the pairs i < j."""
+    that point (module doc)."""
     return _flow(state.mass, position, velocity, state.G, state.softening)
 
 
@@ -113,8 +187,10 @@ def _step_rates(mass: Tensor, position: Tensor, velocity: Tensor, acceleration: 
     return torch.maximum(((start + 4 * middle + end) / 6).abs(), middle.abs())
 
 
-#: :func:`_step_rates` compiled (``NBTOOLKIT_COMPILE=1``), one graph per batch shape: 5x faster at N = 2, 2-2.5x at
-#: N = 64-256 than eager (one call, one core); eager again after one warning if compiling fails
+#: :func:`_step_rates` compiled (``NBTOOLKIT_COMPILE=1``), one graph per batch shape, used below ROWS_MIN_N bodies: 5x
+#: faster at N = 2 than eager (one call, one core); from ROWS_MIN_N on, the row blocks, eager, take less time than the
+#: compiled pairs (0.46 against 0.67 ms at N = 64, 5.2 against 10.7 at 256); eager again after one warning if
+#: compiling fails
 compiled_step_rates = CompiledFunction(_step_rates, "leapfrog error estimate", dynamic=False)
 
 
@@ -126,7 +202,8 @@ def kdk_error_coefficient(state: NBodyState, dt: Tensor) -> Tensor:
     with torch.no_grad():
         args = (state.mass.detach(), state.position.detach(), state.velocity.detach(),
                 state_accelerations(state).detach(), dt.detach().view(-1, 1, 1), float(state.G), float(state.softening))
-        rates = compiled_step_rates(*args) if compiled_step_rates.available() else None
+        compiled = compiled_step_rates.available() and state.n_bodies < ROWS_MIN_N
+        rates = compiled_step_rates(*args) if compiled else None
         if rates is None:
             rates = _step_rates(*args)
         return rates / state_energy(state).detach().abs()

@@ -125,3 +125,24 @@ def test_the_compiled_estimate_is_the_eager_one(host, fresh_compiled):
     eager = shadow._step_rates(state.mass, state.position, state.velocity, state_accelerations(state),
                                       dt.view(-1, 1, 1), state.G, state.softening) / state_energy(state).abs()
     torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("dim,softening,padding", [(3, 0.0, 0), (2, 0.05, 3), (3, 0.01, 5)])
+def test_row_blocks_sum_what_the_pairs_sum(host, monkeypatch, dim, softening, padding):
+    """The row-block path (N >= ROWS_MIN_N) gives the accelerations, jerks and dH2/dt of the path over the pairs
+    i < j, in blocks of 7 rows (the last one shorter), with padding bodies placed on a real one."""
+    import nbtoolkit.shadow as shadow
+
+    n = shadow.ROWS_MIN_N + 5
+    monkeypatch.setattr(shadow, "CHUNK_ELEMENTS", 4 * n * 7)
+    state = random_cluster(batch=4, n=n, dim=dim, softening=softening, seed=11)
+    mass = state.mass.clone()
+    mass[1, n - padding:] = 0.0
+    position = state.position.clone()
+    position[1, n - padding:] = position[1, 0]  # padding coincident with a real body and with each other
+    args = (mass, position, state.velocity, state.G, state.softening)
+    by_pairs, by_rows = shadow._flow_pairs(*args), shadow._flow_rows(*args)
+    assert shadow._flow(*args)[2].equal(by_rows[2])
+    for pairs, rows in zip(by_pairs, by_rows):
+        assert bool(rows.isfinite().all())
+        torch.testing.assert_close(rows, pairs, rtol=1e-11, atol=1e-13 * float(pairs.abs().max()))
