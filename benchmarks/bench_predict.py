@@ -26,7 +26,7 @@ elsewhere.
 evaluation and, for N <= 32, the force kernel compiled by ``torch.compile``; compile time is excluded (every
 figure is the best of several timings after an untimed call).
 
-Run: ``python benchmarks/bench_predict.py [--repeat 3] [--quick] [--compiled]`` (about two minutes, three with
+Run: ``python benchmarks/bench_predict.py [--repeat 3] [--quick] [--compiled]`` (under a minute, two with
 ``--compiled``; ``--quick`` leaves out N = 256, 1024 and Plummer-256).
 """
 
