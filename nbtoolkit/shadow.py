@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .compiled import CompiledFunction
+from .kernel import DEVICE_CHUNK_ELEMENTS
 from .physics import state_accelerations, state_energy
 from .state import NBodyState
 from .threads import CHUNK_ELEMENTS
@@ -101,10 +102,10 @@ def _flow_pairs(mass: Tensor, position: Tensor, velocity: Tensor, G: float, soft
 
 def _flow_rows(mass: Tensor, position: Tensor, velocity: Tensor, G: float, softening: float
                ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`_flow` in blocks of rows i with all columns j, each temporary (B, rows, N) within CHUNK_ELEMENTS: a
-    first pass sums the accelerations and jerks, a second, which needs every body's acceleration, the rate of Q over
-    all ordered pairs (each pair twice). 1 / rho^2 is made exactly 0 on the diagonal and for pairs with a padding
-    body (rho^2 = inf), and the rate of Q is written in powers of 1 / rho alone,
+    """:func:`_flow` in blocks of rows i with all columns j, each temporary (B, rows, N) within the force kernel's
+    chunk (CHUNK_ELEMENTS on a CPU): a first pass sums the accelerations and jerks, a second, which needs every body's
+    acceleration, the rate of Q over all ordered pairs (each pair twice). 1 / rho^2 is made exactly 0 on the diagonal
+    and for pairs with a padding body (rho^2 = inf), and the rate of Q is written in powers of 1 / rho alone,
 
         d/dt of u . K u / (G m_i m_j) = 2 (u . w) / rho^3 - s (9 u^2 + 6 r . w) / rho^5 + 15 s^3 / rho^7,
 
@@ -115,7 +116,8 @@ def _flow_rows(mass: Tensor, position: Tensor, velocity: Tensor, G: float, softe
     real = mass > 0
     both = real.unsqueeze(-1) & real.unsqueeze(-2)  # (B, N, N)
     padded = None if bool(real.all()) else torch.zeros_like(both, dtype=x.dtype).masked_fill_(~both, torch.inf)
-    step = max(1, CHUNK_ELEMENTS // (b * n))
+    chunk = CHUNK_ELEMENTS if x.device.type == "cpu" else DEVICE_CHUNK_ELEMENTS  # on a GPU, few large launches
+    step = max(1, chunk // (b * n))
 
     def geometry(r0: int, r1: int) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor, Tensor]:
         """(r, u per component, 1 / rho^2, 1 / rho^3, s = r . u), each (B, rows, N), of rows r0 to r1."""
