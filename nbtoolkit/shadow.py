@@ -26,7 +26,7 @@ the points are off the orbit, and on a circle, where dH2/dt is 0, the estimate i
 periods took 75 steps instead of 67). dH2/dt needs the accelerations and jerks (da/dt) of every body: the
 three values are computed for a batch of 3 B systems, over the pairs i < j for fewer than :data:`ROWS_MIN_N`
 bodies, and above, in blocks of rows i (all j) sized like the force kernel's, so that every temporary stays in
-cache (:mod:`nbtoolkit.kernel`): 6x faster than the pairs at N = 256, 9x at 1024 (``benchmarks/bench_predict.py``),
+cache (:mod:`nbtoolkit.kernel`): 6.5x faster than the pairs at N = 256, 7.3x at 1024 (``benchmarks/bench_predict.py``),
 the same sums to round-off. An external field would add its own Hessian to Q: the
 estimate exists only without one.
 """
