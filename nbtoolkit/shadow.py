@@ -114,8 +114,10 @@ def _flow_rows(mass: Tensor, position: Tensor, velocity: Tensor, G: float, softe
     x, v = position.transpose(1, 2).contiguous(), velocity.transpose(1, 2).contiguous()  # (B, D, N)
     g_mass = (G * mass).unsqueeze(-2)  # (B, 1, N): G m_j
     real = mass > 0
-    both = real.unsqueeze(-1) & real.unsqueeze(-2)  # (B, N, N)
-    padded = None if bool(real.all()) else torch.zeros_like(both, dtype=x.dtype).masked_fill_(~both, torch.inf)
+    padded: Tensor | None = None  # (B, N, N): inf for pairs with a padding body, 0 for the others
+    if not bool(real.all()):
+        both = real.unsqueeze(-1) & real.unsqueeze(-2)
+        padded = torch.zeros_like(both, dtype=x.dtype).masked_fill_(~both, torch.inf)
     chunk = CHUNK_ELEMENTS if x.device.type == "cpu" else DEVICE_CHUNK_ELEMENTS  # on a GPU, few large launches
     step = max(1, chunk // (b * n))
 
