@@ -27,7 +27,9 @@ periods took 75 steps instead of 67). dH2/dt needs the accelerations and jerks (
 three values are computed for a batch of 3 B systems, over the pairs i < j for fewer than :data:`ROWS_MIN_N`
 bodies, and above, in blocks of rows i (all j) sized like the force kernel's, so that every temporary stays in
 cache (:mod:`nbtoolkit.kernel`): 6.5x faster than the pairs at N = 256, 7.3x at 1024 (``benchmarks/bench_predict.py``),
-the same sums to round-off. An external field would add its own Hessian to Q: the
+the same sums to round-off. :func:`kdk_error_coefficients` estimates steps of h, 2h, ..., 2^k h at once,
+sharing their points (0, h/2, h, 2h, ..., 2^k h: k + 3 of them), so that a predictor can check that the estimate
+holds over longer steps (:mod:`plugins.error_cap`). An external field would add its own Hessian to Q: the
 estimate exists only without one.
 """
 
@@ -181,13 +183,16 @@ def shadow_term(state: NBodyState) -> Tensor:
 
 
 def _step_rates(mass: Tensor, position: Tensor, velocity: Tensor, acceleration: Tensor, h: Tensor, G: float,
-                softening: float) -> Tensor:
-    """max(|Simpson's mean of dH2/dt over a step of h (B, 1, 1)|, |dH2/dt at its middle|) (B,), from the state's
-    masses, positions, velocities and accelerations (module doc)."""
-    times = (torch.zeros_like(h), h / 2, h)  # the start, the middle and the end as one batch of 3 B systems
-    rates = _flow(mass.repeat(3, 1), torch.cat([position + velocity * t + acceleration * (t * t / 2) for t in times]),
-                  torch.cat([velocity + acceleration * t for t in times]), G, softening)[2]
-    start, middle, end = rates.view(3, -1)
+                softening: float, doublings: int = 0) -> Tensor:
+    """(doublings + 1, B): for k = 0 ... doublings, max(|Simpson's mean of dH2/dt over a step of 2^k h|, |dH2/dt at
+    its middle|), h (B, 1, 1), from the state's masses, positions, velocities and accelerations (module doc). The
+    steps share their points: dH2/dt is computed at 0, h/2, h, 2h, ..., 2^doublings h, as one batch of
+    (doublings + 3) B systems, and the step of 2^k h takes the point of 2^(k-1) h as its middle."""
+    times = [torch.zeros_like(h), h / 2] + [h * 2.0**k for k in range(doublings + 1)]
+    rates = _flow(mass.repeat(len(times), 1),
+                  torch.cat([position + velocity * t + acceleration * (t * t / 2) for t in times]),
+                  torch.cat([velocity + acceleration * t for t in times]), G, softening)[2].view(len(times), -1)
+    start, middle, end = rates[0], rates[1:-1], rates[2:]
     return torch.maximum(((start + 4 * middle + end) / 6).abs(), middle.abs())
 
 
@@ -198,16 +203,23 @@ def _step_rates(mass: Tensor, position: Tensor, velocity: Tensor, acceleration: 
 compiled_step_rates = CompiledFunction(_step_rates, "leapfrog error estimate", dynamic=False)
 
 
-def kdk_error_coefficient(state: NBodyState, dt: Tensor) -> Tensor:
-    """C (B,) such that one kick-drift-kick step of ``dt`` (B,) changes the energy by about |Delta E / E| = C dt^3:
-    the larger of |the mean of dH2/dt over the step| (Simpson's rule on its values at the start, the middle and the
-    end) and |dH2/dt at the middle|, over |E| (module doc). Not differentiable (computed without a graph); inf
-    where E = 0."""
+def kdk_error_coefficients(state: NBodyState, dt: Tensor, doublings: int = 0) -> Tensor:
+    """C (doublings + 1, B): row k such that one kick-drift-kick step of 2^k ``dt`` (B,) changes the energy by
+    about |Delta E / E| = C (2^k dt)^3: the larger of |the mean of dH2/dt over the step| (Simpson's rule on its
+    values at the start, the middle and the end) and |dH2/dt at the middle|, over |E| (module doc). Not
+    differentiable (computed without a graph); inf where E = 0."""
     with torch.no_grad():
         args = (state.mass.detach(), state.position.detach(), state.velocity.detach(),
-                state_accelerations(state).detach(), dt.detach().view(-1, 1, 1), float(state.G), float(state.softening))
+                state_accelerations(state).detach(), dt.detach().view(-1, 1, 1), float(state.G), float(state.softening),
+                doublings)
         compiled = compiled_step_rates.available() and state.n_bodies < ROWS_MIN_N
         rates = compiled_step_rates(*args) if compiled else None
         if rates is None:
             rates = _step_rates(*args)
         return rates / state_energy(state).detach().abs()
+
+
+def kdk_error_coefficient(state: NBodyState, dt: Tensor) -> Tensor:
+    """C (B,) such that one kick-drift-kick step of ``dt`` (B,) changes the energy by about |Delta E / E| = C dt^3
+    (:func:`kdk_error_coefficients`, the step of ``dt`` alone)."""
+    return kdk_error_coefficients(state, dt)[0]

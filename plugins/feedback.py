@@ -58,7 +58,11 @@ memory too, so an error that peaks over the ceiling once an orbit is met at the 
 time round instead of at the base's.
 
 The base, with its calibrated safety, is what each step starts from: the level is 1 for the first
-steps and wherever the errors leave no room either way.
+steps and wherever the errors leave no room either way. A base that raises its own dt further where it has
+checked that it may (the error cap's further raise, :mod:`plugins.error_cap`) says so in ``level_base``, the
+dt without that raise: the level multiplies ``level_base``, a raised dt above that product is kept while the
+level is at least 1, and a level under 1 lowers ``level_base`` itself; the level's growth counts from the level
+it gave, not from the raised step.
 
 The level is per system of the batch and lives for one run: it starts again at 1 when a run binds
 its integrator (``simulate``, ``evaluate``; see :mod:`nbtoolkit.contracts.predictor`) and when
@@ -216,7 +220,10 @@ class FeedbackDt(DtPredictor):
         self._coeff[self._observed % self.memory] = coeff  # the ring of the last L coefficients
         self._observed += 1
         worst = self._coeff.amax(0)  # (B,) R_n
-        reference = taken * self._cut  # the level the step would have taken without foresight
+        # the level the step would have taken without foresight; a step the base raised further than its level base
+        # (plugins.error_cap) counts at the level it was given, so that the raise does not lift the level with it
+        applied = taken if self._level is None else torch.minimum(taken, self._level.to(taken))
+        reference = applied * self._cut
         aim, cap = self._aim()
         free = self._level_for(worst, reference, aim, cap)
         if extrapolated is not None:
@@ -264,14 +271,19 @@ class FeedbackDt(DtPredictor):
         return self._level
 
     def forward(self, state, history: History | None = None) -> Tensor:
-        base_dt = self.base(state, history)
+        proposed = self.base(state, history)
+        under = getattr(self.base, "level_base", None)  # a base that raises its own dt where it has verified it
+        base_dt = proposed if under is None else under
         B = state.batch_size
         if self._coeff is None or self._coeff.shape[1] != B:  # a new run or another batch: start from level 1
             self._restart()
             self._coeff = torch.zeros((self.memory, B), dtype=torch.float64, device=base_dt.device)
             self._surprise = torch.ones(B, dtype=torch.float64, device=base_dt.device)
         self._last_base = base_dt.detach()
-        return base_dt if self._level is None else self._level.to(base_dt) * base_dt
+        if self._level is None:
+            return proposed
+        level = self._level.to(base_dt)
+        return torch.where(level >= 1.0, torch.maximum(level * base_dt, proposed), level * base_dt)
 
     def extra_repr(self) -> str:
         return (f"base={self.base_name}, target={self.target:g}, ceiling={self.ceiling:g}, window={self.window}, "

@@ -14,7 +14,7 @@ from torch import Tensor
 from nbtoolkit import hookimpl
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.physics import accelerations_at, state_accelerations
-from nbtoolkit.shadow import kdk_error_coefficient
+from nbtoolkit.shadow import kdk_error_coefficient, kdk_error_coefficients
 from nbtoolkit.state import NBodyState
 
 
@@ -48,6 +48,12 @@ class Leapfrog(Integrator):
         h^2 term of the modified Hamiltonian (:func:`nbtoolkit.shadow.kdk_error_coefficient`); None with an external
         field, whose Hessian it leaves out."""
         return None if state.field is not None else kdk_error_coefficient(state, dt)
+
+    def energy_error_coefficients(self, state: NBodyState, dt: Tensor, doublings: int) -> Tensor | None:
+        """:meth:`energy_error_coefficient` over steps of dt, 2 dt, ..., 2^doublings dt (doublings + 1, B), the steps
+        sharing the points where dH2/dt is computed (:func:`nbtoolkit.shadow.kdk_error_coefficients`: doublings + 3
+        of them instead of 3 per step)."""
+        return None if state.field is not None else kdk_error_coefficients(state, dt, doublings)
 
 
 class Yoshida4(Integrator):

@@ -47,6 +47,10 @@ DEFAULT_GATE = 2e-4
 #: runs of 744 unseen draws, the one that left none short of 99 % at any length with the most time reached
 #: (docs/models.md, "The error cap, measured")
 ERROR_CAP_BOOST, ERROR_CAP = 1.27, 0.85
+#: the further raise: where the estimate's coefficient over 2 and 4 times the raised step stays within a factor of
+#: 0.7 of its value over the raised step (no turning point near), dt may rise up to 4 times the network's, to 0.7
+#: times the dt at which the estimate reaches the gate (docs/models.md, "The further raise")
+ERROR_CAP_DOUBLINGS, ERROR_CAP_TOLERANCE, ERROR_CAP_MAX_BOOST, ERROR_CAP_RAISE = 2, 0.7, 4.0, 0.7
 
 
 def learned_predictor(
@@ -77,7 +81,9 @@ def learned_predictor(
         error_cap = feedback and not getattr(network, "options", {}).get("time_symmetric", False)
     predictor: DtPredictor = network
     if error_cap:
-        predictor = ErrorCappedDt(network, boost=ERROR_CAP_BOOST, cap=ERROR_CAP, gate=gate)
+        predictor = ErrorCappedDt(network, boost=ERROR_CAP_BOOST, cap=ERROR_CAP, gate=gate,
+                                  doublings=ERROR_CAP_DOUBLINGS, tolerance=ERROR_CAP_TOLERANCE,
+                                  max_boost=ERROR_CAP_MAX_BOOST, raise_cap=ERROR_CAP_RAISE)
     if not feedback:
         return predictor
     return FeedbackDt(predictor, target=FEEDBACK_TARGET * gate, ceiling=FEEDBACK_CEILING * gate,

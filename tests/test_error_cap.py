@@ -13,7 +13,14 @@ from nbtoolkit.integrator import Integrator
 from nbtoolkit.physics import relative_energy_error, state_energy
 from nbtoolkit.presets import make_preset
 from plugins.error_cap import ErrorCappedDt
-from plugins.learned_predictor import ERROR_CAP, ERROR_CAP_BOOST
+from plugins.learned_predictor import (
+    ERROR_CAP,
+    ERROR_CAP_BOOST,
+    ERROR_CAP_DOUBLINGS,
+    ERROR_CAP_MAX_BOOST,
+    ERROR_CAP_RAISE,
+    ERROR_CAP_TOLERANCE,
+)
 from plugins.mlp_predictor import MLPDtPredictor
 
 GATE = 2e-4
@@ -84,18 +91,79 @@ def test_before_a_run_binds_an_integrator_leapfrog_is_estimated(host):
     assert not torch.equal(unbound(state), base(state))
 
 
-@pytest.mark.parametrize("bad", [{"boost": 0.0}, {"cap": -1.0}, {"gate": float("inf")}, {"boost": float("nan")}])
+@pytest.mark.parametrize("bad", [{"boost": 0.0}, {"cap": -1.0}, {"gate": float("inf")}, {"boost": float("nan")},
+                                 {"raise_cap": 0.0}, {"max_boost": float("inf")}, {"doublings": -1}, {"doublings": 9},
+                                 {"doublings": 1.5}, {"doublings": True}, {"tolerance": 1.0}, {"tolerance": 0.0},
+                                 {"max_boost": 1.0}])
 def test_bad_settings_are_refused(host, bad):
     settings = {"boost": 1.2, "cap": 0.8, "gate": GATE, **bad}
     name = next(iter(bad))
-    with pytest.raises(ConfigError, match=f"error cap: {name} must be"):
+    with pytest.raises(ConfigError, match=f"error cap: {name} (must|\\(1\\) must)"):
         ErrorCappedDt(host.predictors.create("constant"), **settings)
+
+
+def raised_further(host, state, base_dt: float):
+    """(dt, level_base) of a constant base of ``base_dt`` inside the learned predictor's cap and further raise."""
+    capped = ErrorCappedDt(host.predictors.create("constant", dt=base_dt), boost=1.27, cap=0.85, gate=GATE,
+                           doublings=2, tolerance=0.7, max_boost=4.0, raise_cap=0.7)
+    capped.bind_integrator(host.integrators.create("leapfrog"))
+    dt = capped(state)
+    return float(dt[0]), float(capped.level_base[0])
+
+
+def test_where_the_estimate_holds_over_longer_steps_dt_rises_further_and_the_step_passes(host):
+    """On a Kepler orbit away from its turning points, the estimate's coefficient barely changes over 2 and 4 times
+    the raised step: a short base (a thousandth of the period) rises to max_boost times itself, and a longer one (a
+    hundredth) to raise_cap times the dt at which the estimate reaches the gate, whose step passes with an error
+    near 0.7^3 of the gate."""
+    leapfrog = host.integrators.create("leapfrog")
+    state, period = two_body_orbit(e=0.5)
+    state = leapfrog.step(state, torch.full((1,), period / 4, dtype=torch.float64))  # between the turning points
+    dt, level_base = raised_further(host, state, period / 1000)
+    assert level_base == pytest.approx(1.27 * period / 1000, rel=1e-12)
+    assert dt == pytest.approx(4.0 * period / 1000, rel=1e-12)
+    dt, level_base = raised_further(host, state, period / 100)
+    assert 1.27 * period / 100 < dt < 3.99 * period / 100
+    error = float(step_error(leapfrog, state, torch.full((1,), dt, dtype=torch.float64)))
+    assert 0.5 * 0.7**3 * GATE < error < 0.7**3 * GATE / 0.7
+
+
+def test_at_a_turning_point_the_estimate_is_not_trusted_further(host):
+    """At pericentre dH2/dt passes through zero: its mean over a step doubles when the step does, so no doubling is
+    verified and dt stays at the raised base, though the estimate alone would allow more."""
+    state, period = two_body_orbit(e=0.5)
+    dt, level_base = raised_further(host, state, period / 1000)
+    assert dt == level_base == pytest.approx(1.27 * period / 1000, rel=1e-12)
+
+
+def test_the_further_raise_takes_the_rigid_lagrange_triangle_in_fewer_steps_every_step_passing(host):
+    """Three equal masses rotating rigidly on an equilateral triangle: the network, which sees three eccentric pairs
+    pulled hard by a third body, proposes a third of the dt the estimate allows there."""
+    import math
+
+    from nbtoolkit.state import NBodyState, System
+
+    angle = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3], dtype=torch.float64)
+    speed = math.sqrt(1.0 / math.sqrt(3.0))
+    zero = torch.zeros(3, dtype=torch.float64)
+    state = NBodyState.from_arrays([1.0, 1.0, 1.0], torch.stack([angle.cos(), angle.sin(), zero], -1),
+                                   torch.stack([-angle.sin(), angle.cos(), zero], -1) * speed)
+    system = System(state, torch.full((1,), 10.0, dtype=torch.float64))
+    leapfrog = host.integrators.create("leapfrog")
+    further = host.predictors.create("learned")
+    once = host.predictors.create("learned")
+    once.base.doublings = 0
+    with_raise, without = (evaluate_predictor(system, leapfrog, p, orbits=1.0, threshold=GATE)[0] for p in (further, once))
+    assert with_raise.pass_fraction == 1.0 and without.pass_fraction == 1.0
+    assert with_raise.steps < 0.95 * without.steps
 
 
 def test_learned_flies_its_network_inside_the_cap_unless_told_otherwise(host):
     default = host.predictors.create("learned")
     assert isinstance(default.base, ErrorCappedDt)
     assert (default.base.boost, default.base.cap, default.base.gate) == (ERROR_CAP_BOOST, ERROR_CAP, GATE)
+    assert (default.base.doublings, default.base.tolerance, default.base.max_boost, default.base.raise_cap) == (
+        ERROR_CAP_DOUBLINGS, ERROR_CAP_TOLERANCE, ERROR_CAP_MAX_BOOST, ERROR_CAP_RAISE)
     assert isinstance(default.base.base, MLPDtPredictor)
     assert isinstance(host.predictors.create("learned", error_cap=False).base, MLPDtPredictor)
     assert isinstance(host.predictors.create("learned", feedback=False), MLPDtPredictor)

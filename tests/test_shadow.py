@@ -12,7 +12,7 @@ from systems import random_cluster, two_body_orbit
 
 from nbtoolkit.physics import relative_energy_error, state_accelerations, state_energy
 from nbtoolkit.presets import make_preset
-from nbtoolkit.shadow import flow_derivatives, kdk_error_coefficient, shadow_term
+from nbtoolkit.shadow import flow_derivatives, kdk_error_coefficient, kdk_error_coefficients, shadow_term
 from nbtoolkit.state import NBodyState
 from plugins.fields import PointMassHost
 
@@ -120,10 +120,10 @@ def test_the_compiled_estimate_is_the_eager_one(host, fresh_compiled):
     dt = torch.tensor([0.01, 0.03], dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback warning
-        compiled = kdk_error_coefficient(state, dt)
+        compiled = kdk_error_coefficients(state, dt, 2)
     assert shadow.compiled_step_rates.compiled is not None and not shadow.compiled_step_rates.failed
     eager = shadow._step_rates(state.mass, state.position, state.velocity, state_accelerations(state),
-                                      dt.view(-1, 1, 1), state.G, state.softening) / state_energy(state).abs()
+                               dt.view(-1, 1, 1), state.G, state.softening, 2) / state_energy(state).abs()
     torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=0.0)
 
 
@@ -146,3 +146,20 @@ def test_row_blocks_sum_what_the_pairs_sum(host, monkeypatch, dim, softening, pa
     for pairs, rows in zip(by_pairs, by_rows):
         assert bool(rows.isfinite().all())
         torch.testing.assert_close(rows, pairs, rtol=1e-11, atol=1e-13 * float(pairs.abs().max()))
+
+
+def test_the_doubled_steps_share_their_points_and_give_what_each_step_alone_gives(host):
+    """Row k of the ladder is the coefficient of a step of 2^k dt computed on its own; the integrator contract's
+    default (one batch of every step) gives the same rows as leapfrog's shared points."""
+    from nbtoolkit.integrator import Integrator
+
+    leapfrog = host.integrators.create("leapfrog")
+    state = random_cluster(batch=3, n=5, softening=0.02, seed=11)
+    dt = torch.tensor([0.002, 0.01, 0.03], dtype=torch.float64)
+    ladder = kdk_error_coefficients(state, dt, 3)
+    assert ladder.shape == (4, 3)
+    for k in range(4):
+        torch.testing.assert_close(ladder[k], kdk_error_coefficient(state, dt * 2**k), rtol=1e-12, atol=0.0)
+    generic = Integrator.energy_error_coefficients(leapfrog, state, dt, 3)
+    torch.testing.assert_close(leapfrog.energy_error_coefficients(state, dt, 3), generic, rtol=1e-12, atol=0.0)
+    assert host.integrators.create("yoshida4").energy_error_coefficients(state, dt, 2) is None

@@ -86,6 +86,16 @@ class Integrator(abc.ABC):
         (the ``learned`` predictor does, see :mod:`plugins.error_cap`)."""
         return None
 
+    def energy_error_coefficients(self, state: NBodyState, dt: Tensor, doublings: int) -> Tensor | None:
+        """C (doublings + 1, B): row k the :meth:`energy_error_coefficient` of a step of 2^k ``dt`` (B,), so that a
+        predictor can see whether the estimate holds over longer steps (:mod:`plugins.error_cap`); None where the
+        integrator has no estimate. The default asks :meth:`energy_error_coefficient` for every row as one batch; an
+        integrator whose estimate samples points along the step may share them between the rows instead."""
+        scales = torch.pow(2.0, torch.arange(doublings + 1, dtype=dt.dtype, device=dt.device)).unsqueeze(1)
+        batch = state if doublings == 0 else NBodyState.cat([state] * (doublings + 1))
+        coefficients = self.energy_error_coefficient(batch, (scales * dt.unsqueeze(0)).reshape(-1))
+        return None if coefficients is None else coefficients.view(doublings + 1, -1)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(order={self.order}, force_evals_per_step={self.force_evals_per_step})"
 
