@@ -18,6 +18,7 @@ Options: ``model``, the path of another model file or checkpoint to load instead
 false for the calibrated network alone (what calibration, fitting and time-symmetric runs use);
 ``error_cap``, true or false to fly with or without the error cap (unset: with it inside the controller, without
 it for the network alone or a time-symmetric network, whose dt the cap would make depend on the direction of time);
+``further_raise``, false to keep the cap's raise at 1.27 (see ``docs/models.md``, "The further raise");
 ``time_symmetric``, true to fly the network even under time reversal (see ``docs/models.md``, "Long runs
 of clusters with a hard binary").
 """
@@ -64,6 +65,9 @@ def learned_predictor(
     error_cap: Annotated[bool | None, Option("raise the network's dt and cap it by the integrator's estimate of each "
                                              "step's error (unset: inside the controller, unless the network is "
                                              "time-symmetric)", boolean())] = None,
+    further_raise: Annotated[bool, Option("with the error cap, raise the dt further where the estimate holds over "
+                                          "steps two and four times as long (false: the cap alone, whose runs "
+                                          "drift less where hard binaries form)", boolean())] = True,
 ) -> DtPredictor:
     """The shipped ``general`` model (or the model file / checkpoint ``model``), ready to fly."""
     from nbtoolkit.training.checkpoint import load_trained
@@ -82,7 +86,7 @@ def learned_predictor(
     predictor: DtPredictor = network
     if error_cap:
         predictor = ErrorCappedDt(network, boost=ERROR_CAP_BOOST, cap=ERROR_CAP, gate=gate,
-                                  doublings=ERROR_CAP_DOUBLINGS, tolerance=ERROR_CAP_TOLERANCE,
+                                  doublings=ERROR_CAP_DOUBLINGS if further_raise else 0, tolerance=ERROR_CAP_TOLERANCE,
                                   max_boost=ERROR_CAP_MAX_BOOST, raise_cap=ERROR_CAP_RAISE)
     if not feedback:
         return predictor

@@ -151,8 +151,8 @@ def test_the_further_raise_takes_the_rigid_lagrange_triangle_in_fewer_steps_ever
     system = System(state, torch.full((1,), 10.0, dtype=torch.float64))
     leapfrog = host.integrators.create("leapfrog")
     further = host.predictors.create("learned")
-    once = host.predictors.create("learned")
-    once.base.doublings = 0
+    once = host.predictors.create("learned", further_raise=False)
+    assert once.base.doublings == 0
     with_raise, without = (evaluate_predictor(system, leapfrog, p, orbits=1.0, threshold=GATE)[0] for p in (further, once))
     assert with_raise.pass_fraction == 1.0 and without.pass_fraction == 1.0
     assert with_raise.steps < 0.95 * without.steps
