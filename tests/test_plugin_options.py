@@ -20,7 +20,7 @@ DECLARED = {
     "integrators": {"leapfrog": [], "yoshida4": [], "rk4": []},
     "predictors": {
         "constant": ["dt"], "aarseth": ["eta"], "freefall": ["eta"],
-        "learned": ["model", "feedback", "time_symmetric", "error_cap"],
+        "learned": ["model", "feedback", "time_symmetric", "error_cap", "further_raise"],
         "mlp": ["hidden_width", "hidden_layers", "activation", "fourier_features", "fourier_scale", "history_len",
                 "init_factor", "max_pairs", "timescale", "time_symmetric", "seed"],
         "mlp-ensemble": ["size", "spread"],
