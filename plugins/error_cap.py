@@ -72,7 +72,7 @@ class ErrorCappedDt(DtPredictor):
         if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
             raise ConfigError(f"error cap: tolerance must be a number in (0, 1); got {tolerance!r}")
         if max_boost < boost:
-            raise ConfigError(f"error cap: max_boost ({max_boost:g}) must be at least boost ({boost:g})")
+            raise ConfigError(f"error cap: max_boost must be at least boost ({boost:g}); got {max_boost!r}")
         self.base = base
         self.boost, self.cap, self.gate = float(boost), float(cap), float(gate)
         self.doublings, self.tolerance = doublings, float(tolerance)

@@ -98,7 +98,7 @@ def test_before_a_run_binds_an_integrator_leapfrog_is_estimated(host):
 def test_bad_settings_are_refused(host, bad):
     settings = {"boost": 1.2, "cap": 0.8, "gate": GATE, **bad}
     name = next(iter(bad))
-    with pytest.raises(ConfigError, match=f"error cap: {name} (must|\\(1\\) must)"):
+    with pytest.raises(ConfigError, match=f"error cap: {name} must"):
         ErrorCappedDt(host.predictors.create("constant"), **settings)
 
 
@@ -136,18 +136,12 @@ def test_at_a_turning_point_the_estimate_is_not_trusted_further(host):
     assert dt == level_base == pytest.approx(1.27 * period / 1000, rel=1e-12)
 
 
-def test_the_further_raise_takes_the_rigid_lagrange_triangle_in_fewer_steps_every_step_passing(host):
+def test_the_further_raise_takes_the_rigid_lagrange_triangle_in_fewer_steps_every_step_passing(host, load_benchmark):
     """Three equal masses rotating rigidly on an equilateral triangle: the network, which sees three eccentric pairs
     pulled hard by a third body, proposes a third of the dt the estimate allows there."""
-    import math
+    from nbtoolkit.state import System
 
-    from nbtoolkit.state import NBodyState, System
-
-    angle = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3], dtype=torch.float64)
-    speed = math.sqrt(1.0 / math.sqrt(3.0))
-    zero = torch.zeros(3, dtype=torch.float64)
-    state = NBodyState.from_arrays([1.0, 1.0, 1.0], torch.stack([angle.cos(), angle.sin(), zero], -1),
-                                   torch.stack([-angle.sin(), angle.cos(), zero], -1) * speed)
+    state = load_benchmark("bench_outside").lagrange(0.0)
     system = System(state, torch.full((1,), 10.0, dtype=torch.float64))
     leapfrog = host.integrators.create("leapfrog")
     further = host.predictors.create("learned")

@@ -12,6 +12,7 @@ from systems import two_body_orbit
 from nbtoolkit.errors import OptionError, PluginError
 from nbtoolkit.evaluate import evaluate_predictor
 from nbtoolkit.plugin_manager import DEFAULT_PLUGINS
+from nbtoolkit.predictor import DtPredictor
 from nbtoolkit.presets import make_preset
 from nbtoolkit.simulate import iter_steps, simulate
 from nbtoolkit.state import NBodyState
@@ -309,7 +310,7 @@ def test_a_base_that_flies_its_own_controller_is_steered_by_the_new_one(host):
     assert type(symmetric.base).__name__ == "MLPDtPredictor"  # a dt that follows past errors is not symmetric
 
 
-class RaisingBase(torch.nn.Module):
+class RaisingBase(DtPredictor):
     """A base whose dt is three times the dt it gives a controller's level to multiply (``level_base``), as the
     error cap's further raise is."""
 
@@ -328,12 +329,7 @@ class RaisingBase(torch.nn.Module):
 def test_the_level_multiplies_the_base_without_its_raise_and_a_raise_above_it_is_kept(host):
     """Level 1.5: 1.5 x level_base is under the raised dt, which is taken. Level 4: over it, taken. A level under 1
     (an error over the ceiling) lowers the level base itself, the raise dropped."""
-    from nbtoolkit.predictor import DtPredictor
-
-    class Base(RaisingBase, DtPredictor):
-        pass
-
-    pred = FeedbackDt(Base(0.01), window=2, growth=1.5, max_boost=4.0, trend=0.0)
+    pred = FeedbackDt(RaisingBase(0.01), window=2, growth=1.5, max_boost=4.0, trend=0.0)
     pred.bind_integrator(host.integrators.create("leapfrog"))
     state, _ = two_body_orbit(e=0.5)
     assert float(pred(state)[0]) == pytest.approx(0.03)  # no step observed: the base's own dt
