@@ -363,21 +363,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         apply_thread_policy()
     try:
-        try:
-            return int(args.func(args) or 0)
-        except (MemoryError, RuntimeError) as exc:
-            if isinstance(exc, RuntimeError) and not _is_allocation_failure(exc):
-                raise
-            raise NBToolkitError(f"out of memory ({' '.join(str(exc).split())[-200:] or type(exc).__name__}); "
-                                 "use a smaller system, fewer systems or fewer steps") from exc
-    except (NBToolkitError, RunStopped, KeyboardInterrupt) as exc:
-        if args.debug:
+        return int(args.func(args) or 0)
+    except (NBToolkitError, RunStopped, KeyboardInterrupt, MemoryError, RuntimeError) as exc:
+        return failure_status(args, exc)
+
+
+def failure_status(args: argparse.Namespace, exc: BaseException) -> int:
+    """Print what stopped ``nbtoolkit args.command`` (``exc``, being handled) in one line and return
+    the exit status. Re-raises what is not the user's to fix (a programming error) and, under
+    ``--debug``, everything."""
+    if args.debug:
+        raise
+    if isinstance(exc, (RunStopped, KeyboardInterrupt)):
+        print("nbtoolkit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(exc, (MemoryError, RuntimeError)):
+        if isinstance(exc, RuntimeError) and not _is_allocation_failure(exc):
             raise
-        if isinstance(exc, (RunStopped, KeyboardInterrupt)):
-            print("nbtoolkit: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        print(f"nbtoolkit {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        exc = NBToolkitError(f"out of memory ({' '.join(str(exc).split())[-200:] or type(exc).__name__}); "
+                             "use a smaller system, fewer systems or fewer steps")
+    elif not isinstance(exc, NBToolkitError):
+        raise
+    print(f"nbtoolkit {args.command}: error: {exc}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def _is_allocation_failure(exc: BaseException) -> bool:

@@ -34,6 +34,7 @@ import signal
 import sys
 import textwrap
 import threading
+import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -266,10 +267,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _run_rank(args: argparse.Namespace) -> NoReturn:
-    """One rank of a data-parallel run. The first rank to fail raises (and so reports the error;
-    a rank that lost the others reports a :class:`~nbtoolkit.errors.DistributedError`); the ranks
-    that fail because of it exit with status 1 and print nothing. A rank whose run ended, its
-    checkpoint written and the process group left, ends its process at once (:func:`_end_rank`)."""
+    """One rank of a data-parallel run. The first rank to fail reports the error as ``nbtoolkit``
+    does (a rank that lost the others reports a :class:`~nbtoolkit.errors.DistributedError`); the
+    ranks that fail because of it exit with status 1 and print nothing. A rank ends its process at
+    once when it is done, its checkpoint written and the process group left, or when it has failed
+    (:func:`_end_rank`)."""
+    from ..cli import failure_status
     from .launch import die_with_launcher
 
     die_with_launcher()
@@ -277,18 +280,21 @@ def _run_rank(args: argparse.Namespace) -> NoReturn:
     try:
         status = _train(args, collective)
         shutdown(collective)
-    except Exception:
-        if not report_once():
-            raise SystemExit(1) from None
-        raise
+    except Exception as exc:
+        status = 1
+        if report_once():
+            try:
+                status = failure_status(args, exc)
+            except Exception:  # a programming error, or --debug: the traceback
+                traceback.print_exc()
     _end_rank(status)
 
 
 def _end_rank(status: int) -> NoReturn:
     """Flush what the rank printed and end its process with ``status`` without the interpreter's teardown.
     gloo's threads now and then abort a process during that teardown ("terminate called without an active
-    exception", SIGABRT, about one run in ten), and the launcher would report a run whose work is done as
-    killed."""
+    exception", SIGABRT, about one run in ten), and the launcher would report the rank as killed: a run
+    whose work is done, or one whose error the rank has already reported."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
