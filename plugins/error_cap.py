@@ -18,16 +18,24 @@ an external field) the base's dt is taken as it is, not raised; where the estima
 (a system whose energy is 0, where a relative error has no meaning) too.
 
 *The further raise* (``doublings`` > 0). Where the base is far more cautious than the estimate needs (a
-rigid rotation, a light body near a binary), ``boost`` cannot reach the estimate's dt. The estimate can be
-trusted further where it is in its asymptotic regime, which the integrator shows by estimating steps of
-2 h, 4 h, ... (h = ``boost`` x base; :meth:`~nbtoolkit.contracts.integrator.Integrator.energy_error_coefficients`):
-away from a turning point their coefficients barely differ from the one of h; near one, the mean of dH2/dt
-doubles with the step or changes sign. Where k doublings in a row stay within a factor ``tolerance`` of C(h),
+rigid rotation, a light body near a binary), ``boost`` cannot reach the estimate's dt. The integrator estimates
+steps of 2 h, 4 h, ... as well (h = ``boost`` x base;
+:meth:`~nbtoolkit.contracts.integrator.Integrator.energy_error_coefficients`), and the estimate of a longer step
+is trusted where its coefficient C stays within a factor ``tolerance`` of C(h), as it does away from a turning
+point (near one, the mean of dH2/dt doubles with the step, or cancels where dH2/dt changes sign inside it and the
+step's error comes from the next order). Where the raised step is *quiet* (its estimated error at most ``quiet``
+times the gate: the base far too cautious, as on a rigid rotation, where dH2/dt grows from near zero and C grows
+many times with the step) a C that grows is trusted too, if it grows backward in time as well (the state with its
+velocities reversed, estimated only where some system needs it): the error then grows faster than the step's
+cube, and solving the cube law with the largest C up to the longer step, either way, errs on the short side. A C
+that grows one way only is a binary on its way in to pericentre or out of it, and steps lengthened on one of the
+two ways only make its energy errors drift. Over the doublings k in a row that hold,
 
-    dt = max(the dt above, min(2^k h, max_boost x base, raise_cap x (gate / C_worst)^(1 / (order + 1)))),
+    dt = max(the dt above, max over k of min(2^k h, max_boost x base, raise_cap x (gate / C_worst(k))^(1 / (order + 1)))),
 
-C_worst the largest of the k + 1 coefficients. ``raise_cap`` is below ``cap``: the raise lengthens steps in
-some phases of an orbit and not in others, and near-gate errors in some phases only bias a run's energy.
+C_worst(k) the largest of the coefficients over the steps up to 2^k h. ``raise_cap`` is below ``cap``: the raise
+lengthens steps in some phases of an orbit and not in others, and near-gate errors in some phases only bias a run's
+energy.
 :attr:`level_base` keeps the dt without the further raise, which a controller's level multiplies
 (:mod:`plugins.feedback`): the raise and the level correct the same caution, and their product would count it
 twice.
@@ -60,7 +68,8 @@ class ErrorCappedDt(DtPredictor):
     where the estimate holds over ``doublings`` doublings of the step (module doc). ``history_len`` is the base's."""
 
     def __init__(self, base: DtPredictor, *, boost: float, cap: float, gate: float, doublings: int = 0,
-                 tolerance: float = 0.7, max_boost: float = 4.0, raise_cap: float | None = None) -> None:
+                 tolerance: float = 0.7, max_boost: float = 4.0, raise_cap: float | None = None,
+                 quiet: float = 0.0) -> None:
         super().__init__()
         raise_cap = cap if raise_cap is None else raise_cap
         for name, value in (("boost", boost), ("cap", cap), ("gate", gate), ("max_boost", max_boost),
@@ -71,12 +80,15 @@ class ErrorCappedDt(DtPredictor):
             raise ConfigError(f"error cap: doublings must be an integer from 0 to {MAX_DOUBLINGS}; got {doublings!r}")
         if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
             raise ConfigError(f"error cap: tolerance must be a number in (0, 1); got {tolerance!r}")
+        if isinstance(quiet, bool) or not (isinstance(quiet, (int, float)) and 0 <= quiet < 1):
+            raise ConfigError(f"error cap: quiet must be a number in [0, 1); got {quiet!r}")
         if max_boost < boost:
             raise ConfigError(f"error cap: max_boost must be at least boost ({boost:g}); got {max_boost!r}")
         self.base = base
         self.boost, self.cap, self.gate = float(boost), float(cap), float(gate)
         self.doublings, self.tolerance = doublings, float(tolerance)
         self.max_boost, self.raise_cap = float(max_boost), float(raise_cap)
+        self.quiet = float(quiet)
         self.history_len = int(getattr(base, "history_len", 0))
         self.integrator: Integrator | None = None
         #: (B,) the last call's dt without the further raise: what a controller's level multiplies (plugins.feedback)
@@ -107,16 +119,29 @@ class ErrorCappedDt(DtPredictor):
         self.level_base = torch.where(known, capped, base_dt)
         if not self.doublings:
             return self.level_base
-        # how many doublings in a row kept C within the tolerance of its value over the raised step
-        ratio = (coefficients / first).nan_to_num(nan=0.0)
-        steady = ((ratio >= self.tolerance) & (ratio <= 1.0 / self.tolerance)).to(torch.int64).cumprod(0)
-        verified = (steady.sum(0) - 1).clamp_min(0)  # (B,)
-        reach = torch.minimum(raised * torch.pow(2.0, verified.to(raised)), self.max_boost * base_dt)
-        rows = torch.arange(self.doublings + 1, device=verified.device).unsqueeze(1) <= verified.unsqueeze(0)
-        worst = torch.where(rows, coefficients, torch.zeros_like(coefficients)).amax(0)
-        further = torch.minimum(reach, self.raise_cap * (self.gate / worst).pow(exponent))
-        return torch.where(known & (verified > 0), torch.maximum(capped, further), self.level_base)
+        # the doublings in a row over which C stayed within the tolerance of its value over the raised step (where
+        # that step is quiet: did not fall below it, forward in time nor backward)
+        ratio = coefficients / first
+        steady = (ratio >= self.tolerance) & (ratio <= 1.0 / self.tolerance)
+        growing = (ratio > 1.0 / self.tolerance) & (first * raised.pow(float(integrator.order) + 1.0)
+                                                   <= self.quiet * self.gate)
+        if bool(growing.any()):
+            reversed_state = state.replace(velocity=-state.velocity)
+            backward = integrator.energy_error_coefficients(reversed_state, raised.detach(), self.doublings)
+            if backward is None:
+                growing = torch.zeros_like(growing)
+            else:
+                backward = backward.to(base_dt)
+                growing = growing & (backward >= self.tolerance * backward[0])
+                coefficients = torch.where(growing, torch.maximum(coefficients, backward), coefficients)
+        held = (steady | growing).to(torch.int64).cumprod(0).bool()
+        doubled = raised * torch.pow(2.0, torch.arange(self.doublings + 1).to(raised)).unsqueeze(1)
+        worst = coefficients.cummax(0).values  # the largest C over the steps up to 2^k x raised
+        reach = torch.minimum(doubled, self.max_boost * base_dt)
+        further = torch.minimum(reach, self.raise_cap * (self.gate / worst).pow(exponent))[1:]
+        further = torch.where(held[1:], further, torch.zeros_like(further)).amax(0)
+        return torch.where(known, torch.maximum(capped, further), self.level_base)
 
     def extra_repr(self) -> str:
         return (f"boost={self.boost:g}, cap={self.cap:g}, gate={self.gate:g}, doublings={self.doublings}, "
-                f"tolerance={self.tolerance:g}, max_boost={self.max_boost:g}, raise_cap={self.raise_cap:g}")
+                f"tolerance={self.tolerance:g}, max_boost={self.max_boost:g}, raise_cap={self.raise_cap:g}, quiet={self.quiet:g}")

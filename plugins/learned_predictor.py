@@ -50,8 +50,10 @@ DEFAULT_GATE = 2e-4
 ERROR_CAP_BOOST, ERROR_CAP = 1.27, 0.85
 #: the further raise: where the estimate's coefficient over 2 and 4 times the raised step stays within a factor of
 #: 0.7 of its value over the raised step (no turning point near), dt may rise up to 4 times the network's, to 0.7
-#: times the dt at which the estimate reaches the gate (docs/models.md, "The further raise")
+#: times the dt at which the estimate reaches the gate; where the raised step's estimated error is at most 0.02 of
+#: the gate, a coefficient that grows holds too, forward and backward in time (docs/models.md, "The further raise")
 ERROR_CAP_DOUBLINGS, ERROR_CAP_TOLERANCE, ERROR_CAP_MAX_BOOST, ERROR_CAP_RAISE = 2, 0.7, 4.0, 0.7
+ERROR_CAP_QUIET = 0.02
 
 
 def learned_predictor(
@@ -87,7 +89,7 @@ def learned_predictor(
     if error_cap:
         predictor = ErrorCappedDt(network, boost=ERROR_CAP_BOOST, cap=ERROR_CAP, gate=gate,
                                   doublings=ERROR_CAP_DOUBLINGS if further_raise else 0, tolerance=ERROR_CAP_TOLERANCE,
-                                  max_boost=ERROR_CAP_MAX_BOOST, raise_cap=ERROR_CAP_RAISE)
+                                  max_boost=ERROR_CAP_MAX_BOOST, raise_cap=ERROR_CAP_RAISE, quiet=ERROR_CAP_QUIET)
     if not feedback:
         return predictor
     return FeedbackDt(predictor, target=FEEDBACK_TARGET * gate, ceiling=FEEDBACK_CEILING * gate,
