@@ -55,6 +55,7 @@ from torch import Tensor
 
 from nbtoolkit.errors import ConfigError
 from nbtoolkit.integrator import Integrator
+from nbtoolkit.physics import time_reversed
 from nbtoolkit.predictor import DtPredictor, History
 from nbtoolkit.state import NBodyState
 from plugins.integrators import Leapfrog
@@ -92,7 +93,7 @@ class ErrorCappedDt(DtPredictor):
         self.history_len = int(getattr(base, "history_len", 0))
         self.integrator: Integrator | None = None
         #: (B,) the last call's dt without the further raise: what a controller's level multiplies (plugins.feedback)
-        self.level_base: Tensor | None = None
+        self.level_base = None
 
     def bind_integrator(self, integrator: Integrator) -> None:
         """A run starts: estimate its integrator's step errors."""
@@ -126,8 +127,7 @@ class ErrorCappedDt(DtPredictor):
         growing = (ratio > 1.0 / self.tolerance) & (first * raised.pow(float(integrator.order) + 1.0)
                                                    <= self.quiet * self.gate)
         if bool(growing.any()):
-            reversed_state = state.replace(velocity=-state.velocity)
-            backward = integrator.energy_error_coefficients(reversed_state, raised.detach(), self.doublings)
+            backward = integrator.energy_error_coefficients(time_reversed(state), raised.detach(), self.doublings)
             if backward is None:
                 growing = torch.zeros_like(growing)
             else:

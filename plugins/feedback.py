@@ -272,7 +272,7 @@ class FeedbackDt(DtPredictor):
 
     def forward(self, state, history: History | None = None) -> Tensor:
         proposed = self.base(state, history)
-        under = getattr(self.base, "level_base", None)  # a base that raises its own dt where it has verified it
+        under = self.base.level_base  # a base that raises its own dt where it has verified it
         base_dt = proposed if under is None else under
         B = state.batch_size
         if self._coeff is None or self._coeff.shape[1] != B:  # a new run or another batch: start from level 1

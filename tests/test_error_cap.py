@@ -158,7 +158,7 @@ def test_the_further_raise_takes_the_rigid_lagrange_triangle_in_fewer_steps_ever
     """Three equal masses rotating rigidly on an equilateral triangle: the network, which sees three eccentric pairs
     pulled hard by a third body, proposes a third of the dt the estimate allows there. Its raised steps are quiet,
     and from the exact rotation dH2/dt grows from near zero: the raise holds from the first step, and the run takes
-    under 0.85 of the steps (39 without the raise, 31 with it)."""
+    under 0.85 of the steps (39 without the raise, 30 with it)."""
     from nbtoolkit.state import System
 
     state = load_benchmark("bench_outside").lagrange(0.0)

@@ -138,6 +138,17 @@ def test_every_field_of_every_observer_event_is_documented(name):
     assert not missing, f"{event_type.__name__} fields not documented under {name}: {missing}"
 
 
+def test_every_attribute_of_the_dt_predictor_contract_is_documented():
+    """The class attributes a DtPredictor declares (history_len, time_even, level_base, ...) are rows of its table."""
+    from nbtoolkit.predictor import DtPredictor
+
+    declared = sorted(DtPredictor.__annotations__)
+    assert "level_base" in declared
+    section = doc_section("### `nbtoolkit_register_dt_predictors(register: Register) -> None`")
+    missing = [name for name in declared if f"| `{name}: " not in section]
+    assert not missing, f"DtPredictor attributes not documented: {missing}"
+
+
 def test_the_register_callback_type_is_documented_as_defined():
     assert hookspecs.Register == Callable[[str, Callable[..., Any]], None]
     assert "Register = Callable[[str, Callable[..., Any]], None]" in DOCS

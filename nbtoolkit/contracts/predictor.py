@@ -59,10 +59,15 @@ class DtPredictor(torch.nn.Module):
     every state (it reads positions, masses and even functions of the velocities only, such as |v| or the
     magnitude of the jerk). The ``symmetric`` wrapper needs such a base to be time-reversible, and makes
     one of any other (see :mod:`plugins.symmetric`); a test checks every registered predictor that declares it.
+
+    ``level_base`` (B,) is set by a predictor whose last call raised its own dt above a more cautious one
+    where it checked that it may (the error cap's further raise, :mod:`plugins.error_cap`): that more cautious
+    dt, which a controller's level multiplies (:mod:`plugins.feedback`). None (the default): the dt returned.
     """
 
     history_len: int = 0
     time_even: bool = False
+    level_base: Tensor | None = None
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
