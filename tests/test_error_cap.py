@@ -248,3 +248,27 @@ def test_the_further_raise_takes_the_longest_step_its_held_estimates_allow(host)
     capped.bind_integrator(ladder)
     capped(NBodyState.cat([state] * len(none_grows)))
     assert ladder.calls == 1  # no backward estimate
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_the_raise_keeps_its_bounds_and_gives_each_system_what_it_gives_it_alone(host, load_benchmark, seed):
+    """Random three-body systems and the rigid Lagrange triangle (quiet, its coefficient growing both ways) through the
+    learned network inside its cap and further raise: dt lies between the dt without the raise and max_boost times
+    the network's, that one at most boost times the network's; and a system's dt does not depend on the batch it
+    flies in (the backward estimate is taken per batch, only where a system needs it)."""
+    network = host.predictors.create("learned", feedback=False)
+    capped = host.predictors.create("learned").base
+    leapfrog = host.integrators.create("leapfrog")
+    states = [random_cluster(batch=1, n=3, seed=10 * seed + k) for k in range(4)]
+    states += [leapfrog.step(s, torch.full((1,), 0.05, dtype=torch.float64)) for s in states]
+    states.append(load_benchmark("bench_outside").lagrange(0.0))
+    batch = NBodyState.cat(states)
+    with torch.no_grad():
+        base = network(batch)
+        dt = capped(batch)
+        level_base = capped.level_base.clone()
+        alone = torch.cat([capped(s) for s in states])
+    assert torch.all(level_base <= ERROR_CAP_BOOST * base * (1 + 1e-12))
+    assert torch.all(level_base <= dt) and torch.all(dt <= ERROR_CAP_MAX_BOOST * base * (1 + 1e-12))
+    assert float(dt[-1]) > 1.9 * float(level_base[-1])  # the Lagrange triangle's first step is raised
+    torch.testing.assert_close(dt, alone, rtol=1e-12, atol=0)
