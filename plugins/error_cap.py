@@ -70,7 +70,7 @@ class ErrorCappedDt(DtPredictor):
 
     def __init__(self, base: DtPredictor, *, boost: float, cap: float, gate: float, doublings: int = 0,
                  tolerance: float = 0.7, max_boost: float = 4.0, raise_cap: float | None = None,
-                 quiet: float = 0.0) -> None:
+                 quiet: float = 0.0, vouch: float | None = None) -> None:
         super().__init__()
         raise_cap = cap if raise_cap is None else raise_cap
         for name, value in (("boost", boost), ("cap", cap), ("gate", gate), ("max_boost", max_boost),
@@ -83,6 +83,8 @@ class ErrorCappedDt(DtPredictor):
             raise ConfigError(f"error cap: tolerance must be a number in (0, 1); got {tolerance!r}")
         if isinstance(quiet, bool) or not (isinstance(quiet, (int, float)) and 0 <= quiet < 1):
             raise ConfigError(f"error cap: quiet must be a number in [0, 1); got {quiet!r}")
+        if vouch is not None and (isinstance(vouch, bool) or not (isinstance(vouch, (int, float)) and 0 < vouch <= 1)):
+            raise ConfigError(f"error cap: vouch must be a number in (0, 1] or None; got {vouch!r}")
         if max_boost < boost:
             raise ConfigError(f"error cap: max_boost must be at least boost ({boost:g}); got {max_boost!r}")
         self.base = base
@@ -90,10 +92,13 @@ class ErrorCappedDt(DtPredictor):
         self.doublings, self.tolerance = doublings, float(tolerance)
         self.max_boost, self.raise_cap = float(max_boost), float(raise_cap)
         self.quiet = float(quiet)
+        self.vouch = None if vouch is None else float(vouch)
         self.history_len = int(getattr(base, "history_len", 0))
         self.integrator: Integrator | None = None
         #: (B,) the last call's dt without the further raise: what a controller's level multiplies (plugins.feedback)
         self.level_base = None
+        #: (B,) the longest dt the last call's estimates vouch for, with the further raise (plugins.feedback)
+        self.dt_ceiling = None
 
     def bind_integrator(self, integrator: Integrator) -> None:
         """A run starts: estimate its integrator's step errors."""
@@ -109,6 +114,7 @@ class ErrorCappedDt(DtPredictor):
         raised = self.boost * base_dt
         integrator = self._integrator()
         estimated = integrator.energy_error_coefficients(state, raised.detach(), self.doublings)
+        self.dt_ceiling = None
         if estimated is None:
             self.level_base = base_dt
             return base_dt
@@ -140,8 +146,30 @@ class ErrorCappedDt(DtPredictor):
         reach = torch.minimum(doubled, self.max_boost * base_dt)
         further = torch.minimum(reach, self.raise_cap * (self.gate / worst).pow(exponent))[1:]
         further = torch.where(held[1:], further, torch.zeros_like(further)).amax(0)
+        if self.vouch is not None:
+            vouched = self._vouched(self.vouch * self.gate, worst, doubled, float(integrator.order) + 1.0)
+            self.dt_ceiling = torch.where(known, vouched, torch.full_like(base_dt, torch.inf))
         return torch.where(known, torch.maximum(capped, further), self.level_base)
+
+    @staticmethod
+    def _vouched(limit: float, worst: Tensor, doubled: Tensor, power: float) -> Tensor:
+        """The longest dt (B,) the estimates vouch for: where the estimated error C(dt) dt^power reaches ``limit``,
+        C(dt) the largest coefficient over the steps up to dt (``worst`` (K + 1, B) over the steps ``doubled``),
+        taken between two estimated steps as its log-linear interpolation in log dt, and beyond the longest as
+        that one's. The error so defined grows with dt, so the dt is unique."""
+        worst = worst.clamp_min(torch.finfo(worst.dtype).tiny)
+        ends = worst * doubled.pow(power)  # the error at the end of each estimated step, non-decreasing
+        reached = (ends < limit).sum(0)  # how many steps' ends stay under the limit
+        within_first = (limit / worst[0]).pow(1.0 / power)
+        beyond_last = (limit / worst[-1]).pow(1.0 / power)
+        lo, hi, start = worst[:-1], worst[1:], doubled[:-1]
+        fraction = ((limit / (lo * start.pow(power))).log() / ((hi / lo).log() + power * torch.log(torch.tensor(2.0)))
+                    ).clamp(0.0, 1.0)
+        between = start * torch.pow(2.0, fraction)  # (K, B): the dt inside each doubling
+        table = torch.cat([within_first.unsqueeze(0), between, beyond_last.unsqueeze(0)])
+        return table.gather(0, reached.unsqueeze(0)).squeeze(0)
 
     def extra_repr(self) -> str:
         return (f"boost={self.boost:g}, cap={self.cap:g}, gate={self.gate:g}, doublings={self.doublings}, "
-                f"tolerance={self.tolerance:g}, max_boost={self.max_boost:g}, raise_cap={self.raise_cap:g}, quiet={self.quiet:g}")
+                f"tolerance={self.tolerance:g}, max_boost={self.max_boost:g}, raise_cap={self.raise_cap:g}, "
+                f"quiet={self.quiet:g}, vouch={self.vouch}")

@@ -283,7 +283,9 @@ class FeedbackDt(DtPredictor):
         if self._level is None:
             return proposed
         level = self._level.to(base_dt)
-        return torch.where(level >= 1.0, torch.maximum(level * base_dt, proposed), level * base_dt)
+        levelled = torch.where(level >= 1.0, torch.maximum(level * base_dt, proposed), level * base_dt)
+        ceiling = self.base.dt_ceiling  # a base that vouches for no longer dt
+        return levelled if ceiling is None else torch.minimum(levelled, torch.maximum(ceiling.to(base_dt), proposed))
 
     def extra_repr(self) -> str:
         return (f"base={self.base_name}, target={self.target:g}, ceiling={self.ceiling:g}, window={self.window}, "

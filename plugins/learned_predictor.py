@@ -89,7 +89,8 @@ def learned_predictor(
     if error_cap:
         predictor = ErrorCappedDt(network, boost=ERROR_CAP_BOOST, cap=ERROR_CAP, gate=gate,
                                   doublings=ERROR_CAP_DOUBLINGS if further_raise else 0, tolerance=ERROR_CAP_TOLERANCE,
-                                  max_boost=ERROR_CAP_MAX_BOOST, raise_cap=ERROR_CAP_RAISE, quiet=ERROR_CAP_QUIET)
+                                  max_boost=ERROR_CAP_MAX_BOOST, raise_cap=ERROR_CAP_RAISE, quiet=ERROR_CAP_QUIET,
+                                  vouch=FEEDBACK_CEILING if feedback else None)
     if not feedback:
         return predictor
     return FeedbackDt(predictor, target=FEEDBACK_TARGET * gate, ceiling=FEEDBACK_CEILING * gate,

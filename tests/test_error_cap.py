@@ -3,6 +3,8 @@ says the step would fail; and the ``learned`` predictor, which flies its network
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from systems import random_cluster, two_body_orbit
@@ -12,7 +14,7 @@ from nbtoolkit.evaluate import evaluate_predictor
 from nbtoolkit.integrator import Integrator
 from nbtoolkit.physics import relative_energy_error, state_energy
 from nbtoolkit.presets import make_preset
-from nbtoolkit.state import NBodyState
+from nbtoolkit.state import NBodyState, System
 from plugins.error_cap import ErrorCappedDt
 from plugins.learned_predictor import (
     ERROR_CAP,
@@ -22,6 +24,7 @@ from plugins.learned_predictor import (
     ERROR_CAP_QUIET,
     ERROR_CAP_RAISE,
     ERROR_CAP_TOLERANCE,
+    FEEDBACK_CEILING,
 )
 from plugins.mlp_predictor import MLPDtPredictor
 
@@ -96,7 +99,8 @@ def test_before_a_run_binds_an_integrator_leapfrog_is_estimated(host):
 @pytest.mark.parametrize("bad", [{"boost": 0.0}, {"cap": -1.0}, {"gate": float("inf")}, {"boost": float("nan")},
                                  {"raise_cap": 0.0}, {"max_boost": float("inf")}, {"doublings": -1}, {"doublings": 9},
                                  {"doublings": 1.5}, {"doublings": True}, {"tolerance": 1.0}, {"tolerance": 0.0},
-                                 {"max_boost": 1.0}, {"quiet": 1.0}, {"quiet": -0.1}, {"quiet": True}])
+                                 {"max_boost": 1.0}, {"quiet": 1.0}, {"quiet": -0.1}, {"quiet": True},
+                                 {"vouch": 0.0}, {"vouch": 1.5}, {"vouch": True}])
 def test_bad_settings_are_refused(host, bad):
     settings = {"boost": 1.2, "cap": 0.8, "gate": GATE, **bad}
     name = next(iter(bad))
@@ -272,3 +276,62 @@ def test_the_raise_keeps_its_bounds_and_gives_each_system_what_it_gives_it_alone
     assert torch.all(level_base <= dt) and torch.all(dt <= ERROR_CAP_MAX_BOOST * base * (1 + 1e-12))
     assert float(dt[-1]) > 1.9 * float(level_base[-1])  # the Lagrange triangle's first step is raised
     torch.testing.assert_close(dt, alone, rtol=1e-12, atol=0)
+
+
+def s_type_planet() -> System:
+    """A planet of 1e-4 on a circular orbit of 0.17 (of the binary's separation at apocentre) around the primary of a
+    binary (1 + 0.56, a = 1, e = 0.05, from apocentre), flown for three binary periods."""
+    from nbtoolkit.family_sampling import kepler_relative
+
+    def one(x: float) -> torch.Tensor:
+        return torch.tensor([x], dtype=torch.float64)
+
+    m2, eb, f, phase = 0.565, 0.0517, 0.1707, 5.149
+    xb, vb = kepler_relative(one(1.0), one(eb), one(1.0 + m2), one(math.pi))
+    xp, vp = kepler_relative(one(f * (1 - eb)), one(0.0), one(1.0 + 1e-4), one(phase))
+    zero = torch.zeros(1, 3, dtype=torch.float64)
+    mass = torch.tensor([[1.0, m2, 1e-4]], dtype=torch.float64)
+    position, velocity = torch.cat([zero, xb, xp]).unsqueeze(0), torch.cat([zero, vb, vp]).unsqueeze(0)
+    weights = (mass / mass.sum()).unsqueeze(-1)
+    position = position - (weights * position).sum(1, keepdim=True)  # centre of mass at rest at the origin
+    velocity = velocity - (weights * velocity).sum(1, keepdim=True)
+    state = NBodyState.from_arrays(mass, position, velocity)
+    return System(state, torch.full((1,), 3 * 2 * math.pi / math.sqrt(1 + m2), dtype=torch.float64))
+
+
+def test_the_controller_stays_under_the_dt_the_estimate_vouches_for(host):
+    """A light planet around one star of a binary: its steps make errors far under the gate most of the time, and the
+    controller's level rises well above 1; where the planet's pair then comes near a turning point, that level would
+    take a step that the estimate over twice the raised step (its coefficient three times larger) sees failing, and
+    without the ceiling a step fails. With it (`learned`), every step passes, in fewer steps."""
+    leapfrog = host.integrators.create("leapfrog")
+    system = s_type_planet()
+    learned = host.predictors.create("learned")
+    assert learned.base.vouch == FEEDBACK_CEILING
+    unvouched = host.predictors.create("learned")
+    unvouched.base.vouch = None
+    with_ceiling, without = (evaluate_predictor(system, leapfrog, p, orbits=1.0, threshold=GATE)[0]
+                             for p in (learned, unvouched))
+    assert without.pass_fraction < 1.0
+    assert with_ceiling.pass_fraction == 1.0 and with_ceiling.steps < without.steps
+
+
+def test_the_ceiling_is_where_the_interpolated_estimate_reaches_vouch_times_the_gate(host):
+    """C steady over h, 2h and 4h: the ceiling solves C dt^3 = 0.85 x gate. C growing eightfold from h to 2h (log-linear
+    in between: C(dt) = C(h) (dt / h)^3) with an error of 1e-5 at h: the error grows like dt^6 there and reaches
+    1.7e-4 at 17^(1/6) h. Where no step's error reaches the limit, beyond 4h, the longest step's C. Without vouch, no
+    ceiling."""
+    h = 1.27
+    c = 1e-5 / h**3
+    limit = 0.85 * GATE
+    forward = [[c, c, c * 1e-6], [c, 8 * c, c * 1e-6], [c, 64 * c, c * 1e-6]]
+    capped = ErrorCappedDt(host.predictors.create("constant", dt=1.0), boost=1.27, cap=0.85, gate=GATE,
+                           doublings=2, tolerance=0.7, max_boost=4.0, raise_cap=0.7, quiet=0.02, vouch=0.85)
+    capped.bind_integrator(LadderIntegrator(forward, forward))
+    state, _ = two_body_orbit(e=0.5)
+    capped(NBodyState.cat([state] * 3))
+    expected = [(limit / c) ** (1 / 3), h * 17 ** (1 / 6), (limit / (c * 1e-6)) ** (1 / 3)]
+    assert capped.dt_ceiling.tolist() == pytest.approx(expected, rel=1e-9)
+    capped.vouch = None
+    capped(NBodyState.cat([state] * 3))
+    assert capped.dt_ceiling is None

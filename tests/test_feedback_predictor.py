@@ -341,3 +341,30 @@ def test_the_level_multiplies_the_base_without_its_raise_and_a_raise_above_it_is
     fly(pred, state, [1.0])  # far over the ceiling: the level falls to min_level
     assert float(pred.level[0]) == pytest.approx(0.5)
     assert float(pred(state)[0]) == pytest.approx(0.005)
+
+
+class VouchingBase(RaisingBase):
+    """A RaisingBase that vouches for no dt longer than ``ceiling`` (``dt_ceiling``), as the error cap does."""
+
+    def __init__(self, dt: float, ceiling: float):
+        super().__init__(dt)
+        self.ceiling = ceiling
+
+    def forward(self, state, history=None):
+        self.dt_ceiling = torch.full((state.batch_size,), self.ceiling, dtype=torch.float64)
+        return super().forward(state, history)
+
+
+def test_a_level_never_lengthens_dt_past_the_base_s_ceiling_nor_cuts_the_base_s_own_dt(host):
+    """Level 4 would take 0.04; the base vouches for 0.035, which is taken. With a ceiling under the base's own dt
+    (0.02 against 0.03), its own dt is taken. A level under 1 still lowers dt below both."""
+    leapfrog = host.integrators.create("leapfrog")
+    state, _ = two_body_orbit(e=0.5)
+    for ceiling, expected in ((0.035, 0.035), (0.02, 0.03), (0.1, 0.04)):
+        pred = FeedbackDt(VouchingBase(0.01, ceiling), window=2, growth=1.5, max_boost=4.0, trend=0.0)
+        pred.bind_integrator(leapfrog)
+        fly(pred, state, [1e-12] * 6)
+        assert float(pred.level[0]) == pytest.approx(4.0)
+        assert float(pred(state)[0]) == pytest.approx(expected)
+    fly(pred, state, [1.0])
+    assert float(pred(state)[0]) == pytest.approx(0.005)

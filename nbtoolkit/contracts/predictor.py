@@ -63,11 +63,15 @@ class DtPredictor(torch.nn.Module):
     ``level_base`` (B,) is set by a predictor whose last call raised its own dt above a more cautious one
     where it checked that it may (the error cap's further raise, :mod:`plugins.error_cap`): that more cautious
     dt, which a controller's level multiplies (:mod:`plugins.feedback`). None (the default): the dt returned.
+    ``dt_ceiling`` (B,) is set by a predictor that knows from its own checks the longest dt it vouches for (the
+    error cap: its cap on the integrator's estimate, over the longest estimated step): a controller that
+    lengthens the predictor's dt keeps it under that. None (the default): no ceiling.
     """
 
     history_len: int = 0
     time_even: bool = False
     level_base: Tensor | None = None
+    dt_ceiling: Tensor | None = None
 
     def forward(self, state: NBodyState, history: History | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
