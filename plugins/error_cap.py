@@ -40,6 +40,12 @@ energy.
 (:mod:`plugins.feedback`): the raise and the level correct the same caution, and their product would count it
 twice.
 
+*The ceiling* (``vouch``). A controller lengthens the dt this returns where a run's errors sit under its target,
+and nothing else checks the lengthened step against the estimate. :attr:`dt_ceiling` is the longest dt the
+estimates vouch for: where the estimated error reaches ``vouch`` times the gate, the coefficient taken as the largest
+over the estimated steps up to that dt, interpolated log-linearly between two of them (beyond the longest, that
+one's), so that the error grows with dt and the ceiling is one dt. A controller keeps its lengthened dt under it.
+
 The estimate is taken over the longest step the cap may allow (``boost`` x base), so it describes the
 step taken where the base is within a few times the right dt, as a calibrated network is. It belongs
 to the run's integrator, which :meth:`bind_integrator` receives when a run starts
@@ -49,6 +55,8 @@ to do for the shipped network (``learned`` flies it inside this cap; its option 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -119,7 +127,8 @@ class ErrorCappedDt(DtPredictor):
             self.level_base = base_dt
             return base_dt
         coefficients = estimated.to(base_dt)  # (K + 1, B): C over steps of 2^k x raised
-        exponent = 1.0 / (float(integrator.order) + 1.0)
+        power = float(integrator.order) + 1.0  # the estimated error is C dt^power
+        exponent = 1.0 / power
         first = coefficients[0]
         known = torch.isfinite(first)
         capped = torch.minimum(raised, self.cap * (self.gate / first).pow(exponent))  # C = 0: raised
@@ -130,8 +139,7 @@ class ErrorCappedDt(DtPredictor):
         # that step is quiet: did not fall below it, forward in time nor backward)
         ratio = coefficients / first
         steady = (ratio >= self.tolerance) & (ratio <= 1.0 / self.tolerance)
-        growing = (ratio > 1.0 / self.tolerance) & (first * raised.pow(float(integrator.order) + 1.0)
-                                                   <= self.quiet * self.gate)
+        growing = (ratio > 1.0 / self.tolerance) & (first * raised.pow(power) <= self.quiet * self.gate)
         if bool(growing.any()):
             backward = integrator.energy_error_coefficients(time_reversed(state), raised.detach(), self.doublings)
             if backward is None:
@@ -147,7 +155,7 @@ class ErrorCappedDt(DtPredictor):
         further = torch.minimum(reach, self.raise_cap * (self.gate / worst).pow(exponent))[1:]
         further = torch.where(held[1:], further, torch.zeros_like(further)).amax(0)
         if self.vouch is not None:
-            vouched = self._vouched(self.vouch * self.gate, worst, doubled, float(integrator.order) + 1.0)
+            vouched = self._vouched(self.vouch * self.gate, worst, doubled, power)
             self.dt_ceiling = torch.where(known, vouched, torch.full_like(base_dt, torch.inf))
         return torch.where(known, torch.maximum(capped, further), self.level_base)
 
@@ -163,8 +171,7 @@ class ErrorCappedDt(DtPredictor):
         within_first = (limit / worst[0]).pow(1.0 / power)
         beyond_last = (limit / worst[-1]).pow(1.0 / power)
         lo, hi, start = worst[:-1], worst[1:], doubled[:-1]
-        fraction = ((limit / (lo * start.pow(power))).log() / ((hi / lo).log() + power * torch.log(torch.tensor(2.0)))
-                    ).clamp(0.0, 1.0)
+        fraction = ((limit / (lo * start.pow(power))).log() / ((hi / lo).log() + power * math.log(2.0))).clamp(0.0, 1.0)
         between = start * torch.pow(2.0, fraction)  # (K, B): the dt inside each doubling
         table = torch.cat([within_first.unsqueeze(0), between, beyond_last.unsqueeze(0)])
         return table.gather(0, reached.unsqueeze(0)).squeeze(0)

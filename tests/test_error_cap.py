@@ -12,7 +12,7 @@ from systems import random_cluster, two_body_orbit
 from nbtoolkit.errors import ConfigError
 from nbtoolkit.evaluate import evaluate_predictor
 from nbtoolkit.integrator import Integrator
-from nbtoolkit.physics import relative_energy_error, state_energy
+from nbtoolkit.physics import relative_energy_error, state_energy, to_center_of_mass_frame
 from nbtoolkit.presets import make_preset
 from nbtoolkit.state import NBodyState, System
 from plugins.error_cap import ErrorCappedDt
@@ -291,11 +291,8 @@ def s_type_planet() -> System:
     xp, vp = kepler_relative(one(f * (1 - eb)), one(0.0), one(1.0 + 1e-4), one(phase))
     zero = torch.zeros(1, 3, dtype=torch.float64)
     mass = torch.tensor([[1.0, m2, 1e-4]], dtype=torch.float64)
-    position, velocity = torch.cat([zero, xb, xp]).unsqueeze(0), torch.cat([zero, vb, vp]).unsqueeze(0)
-    weights = (mass / mass.sum()).unsqueeze(-1)
-    position = position - (weights * position).sum(1, keepdim=True)  # centre of mass at rest at the origin
-    velocity = velocity - (weights * velocity).sum(1, keepdim=True)
-    state = NBodyState.from_arrays(mass, position, velocity)
+    state = to_center_of_mass_frame(NBodyState.from_arrays(mass, torch.cat([zero, xb, xp]).unsqueeze(0),
+                                                           torch.cat([zero, vb, vp]).unsqueeze(0)))
     return System(state, torch.full((1,), 3 * 2 * math.pi / math.sqrt(1 + m2), dtype=torch.float64))
 
 
