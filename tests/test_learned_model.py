@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from nbtoolkit import initial_conditions, physics
 from nbtoolkit.cli import main
 from nbtoolkit.evaluate import evaluate_predictor
 from nbtoolkit.io import save_state
 from nbtoolkit.presets import make_preset
+from nbtoolkit.simulate import simulate
+from nbtoolkit.state import NBodyState
 from nbtoolkit.training.checkpoint import MODEL_FORMAT, payload_digest
 from plugins.feedback import FeedbackDt
 from plugins.learned_predictor import FEEDBACK_CEILING, FEEDBACK_TARGET, MODEL_FILE, model_options
@@ -96,3 +99,37 @@ def test_simulate_a_state_file_with_the_learned_predictor(tmp_path, capsys):
     traj = np.load(tmp_path / "t.npz")
     assert traj["time"][-1, 0] == pytest.approx(1.0)
     assert float(np.mean(traj["rel_dE"] <= 2e-4)) >= 0.95
+
+
+def _fly(host, state, t_end: float) -> np.ndarray:
+    """The dts `learned` takes over [0, t_end] of ``state`` (one system), unguarded."""
+    traj = simulate(state, host.integrators.create("leapfrog"), host.predictors.create("learned"),
+                    t_end=t_end, max_steps=10_000)
+    dt = traj.dt[:, 0]
+    return dt[dt > 0]
+
+
+def test_a_run_of_learned_does_not_depend_on_units_orientation_or_labels(host):
+    """The whole shipped rule (network, error cap and controller) sees physics only: a hierarchical triple flown in
+    other units (length x 5.2, mass x 1e-3, G = 4 pi^2), turned about a skew axis, moved and with its bodies
+    relabelled takes the same steps, each dt scaled by the time unit sqrt(L^3 / (G M))."""
+    inner = initial_conditions.kepler(eccentricity=0.6, semi_major_axis=0.2, masses=(1.0, 0.4), dim=3)
+    outer = initial_conditions.kepler(eccentricity=0.2, semi_major_axis=2.0, masses=(1.4, 0.3), dim=3)
+    # the inner binary's centre of mass on the outer orbit's first body
+    position = torch.cat([inner.position + outer.position[:, :1], outer.position[:, 1:]], 1)
+    velocity = torch.cat([inner.velocity + outer.velocity[:, :1], outer.velocity[:, 1:]], 1)
+    state = physics.to_center_of_mass_frame(NBodyState.from_arrays([[1.0, 0.4, 0.3]], position, velocity))
+    length, mass, G = 5.2, 1e-3, 4 * np.pi ** 2
+    time = float(np.sqrt(length ** 3 / (G * mass)))
+    axis = torch.tensor([0.3, -0.5, 0.8], dtype=torch.float64)
+    rotation = torch.linalg.matrix_exp(torch.cross(torch.eye(3, dtype=torch.float64), (axis / axis.norm()).expand(3, 3),
+                                                   dim=-1) * 1.1)
+    order = [2, 0, 1]
+    other = NBodyState.from_arrays(
+        state.mass[:, order] * mass,
+        (state.position[:, order] @ rotation.T + torch.tensor([3.0, -1.0, 2.0], dtype=torch.float64)) * length,
+        state.velocity[:, order] @ rotation.T * (length / time), G=G)
+    steps = _fly(host, state, 4.0)
+    moved = _fly(host, other, 4.0 * time)
+    assert len(steps) > 100 and len(moved) == len(steps)
+    np.testing.assert_allclose(moved / time, steps, rtol=1e-7)
