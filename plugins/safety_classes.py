@@ -113,15 +113,15 @@ class ClassCalibratedDt(DtPredictor):
     def predict_with_class(self, state: NBodyState, history: History | None = None) -> tuple[Tensor, Tensor]:
         """(dt (B,), the safety class of each state (B,)) from one evaluation of the inputs; compiled with
         ``NBTOOLKIT_COMPILE=1`` where no autograd graph is recorded (see :mod:`nbtoolkit.compiled`)."""
-        if int(state.body_mask.sum(-1).min()) < 2:
-            raise ConfigError(f"{self.name} predictor needs at least two bodies (its timescale is the closest pair's "
-                              "timescale)")
         own = self.log_safety.dtype
         if state.dtype != own:  # a state of another precision: its inputs in the network's, its dt in the state's
             if history is not None:
                 history = History(history.position.to(own), history.velocity.to(own), history.mask)
             dt, classes = self.predict_with_class(state.to(dtype=own), history)
             return dt.to(state.dtype), classes
+        if int(state.body_mask.sum(-1).min()) < 2:
+            raise ConfigError(f"{self.name} predictor needs at least two bodies (its timescale is the closest pair's "
+                              "timescale)")
         if not torch.is_grad_enabled() and compiled_dt_and_class.available():
             if state.acceleration is None:  # one graph per shape, whether the state holds its accelerations or not
                 state = state.replace(acceleration=state_accelerations(state))

@@ -137,15 +137,15 @@ def test_a_run_of_learned_does_not_depend_on_units_orientation_or_labels(host):
 
 def test_learned_takes_a_state_of_another_precision_and_answers_in_it(host):
     """The network holds float64 weights; a float32 state is read in float64 and its dt comes back in float32."""
-    state = make_preset("kepler", eccentricity=0.7).state
-    single = state.to(dtype=torch.float32)
+    system = make_preset("kepler", eccentricity=0.7)
+    single = system.state.to(dtype=torch.float32)
     network = host.predictors.create("learned", feedback=False)
     dt = network(single)
     assert dt.dtype == torch.float32
-    assert torch.allclose(dt.double(), network(state), rtol=1e-5)
-    report = evaluate_predictor(make_preset("kepler", eccentricity=0.7), host.integrators.create("leapfrog"),
-                                host.predictors.create("learned"), orbits=1.0)[0]
+    assert torch.allclose(dt.double(), network(system.state), rtol=1e-5)
+    report = evaluate_predictor(system, host.integrators.create("leapfrog"), host.predictors.create("learned"),
+                                orbits=1.0)[0]
     traj = simulate(single, host.integrators.create("leapfrog"), host.predictors.create("learned"),
-                    t_end=float(make_preset("kepler", eccentricity=0.7).period[0]))
+                    t_end=float(system.period[0]))
     steps = int((traj.dt[:, 0] > 0).sum())
     assert abs(steps - report.steps) <= 2 and float(np.mean(traj.rel_dE[:steps, 0] <= 2e-4)) >= 0.99
